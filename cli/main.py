@@ -1,0 +1,97 @@
+"""The `aectl` command line: a thin typer layer over library calls. Errors print one line and exit non-zero."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from aectl.runtime.errors import AectlError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Learned image compression: train in PyTorch, export to ONNX, compress with onnxruntime.")
+
+
+@app.callback()
+def _root() -> None:
+    """Learned image compression: train in PyTorch, export to ONNX, compress with onnxruntime."""
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _channels(value: Optional[str]) -> Optional[tuple[int, int]]:
+    if value is None:
+        return None
+    try:
+        n, m = (int(v) for v in value.split(","))
+    except ValueError:
+        raise typer.BadParameter("expected N,M, e.g. 128,192") from None
+    return n, m
+
+
+@app.command()
+def train(
+    preset: str = typer.Option(..., help="seed-conv, seed-dense or factorized"),
+    data: str = typer.Option(..., help="folder of images (recursive), or 'stl10' with --data-root"),
+    out: Path = typer.Option(..., help="run directory for checkpoints and logs"),
+    steps: Optional[int] = typer.Option(None, help="total optimisation steps"),
+    epochs: Optional[int] = typer.Option(None, help="total epochs (an epoch covers the training pixels once)"),
+    batch_size: Optional[int] = typer.Option(None, help="default: the preset's"),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate; default: the preset's"),
+    seed: int = typer.Option(0, help="makes runs repeatable"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    resume: bool = typer.Option(False, help="continue the run in --out exactly where it stopped"),
+    quality: Optional[int] = typer.Option(None, "--quality", "-q", help="factorized: 1..8 (lambda, N/M table)"),
+    channels: Optional[str] = typer.Option(None, help="factorized: N,M channel counts, overriding the quality's"),
+    crop: Optional[int] = typer.Option(None, help="training crop side; default: the preset's"),
+    data_root: Optional[Path] = typer.Option(None, help="with --data stl10: folder holding stl10_binary/"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+    fit_steps: int = typer.Option(1000, help="seed presets: steps fitting the entropy model after training"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Train a preset on real images; checkpoints go to --out."""
+    from aectl.train.loop import TrainConfig, train as run_training
+    from aectl.train.zoo import get_preset
+
+    get_preset(preset, quality, _channels(channels))  # validates name/quality before loading data
+    if preset == "seed-conv" or preset == "seed-dense":
+        from aectl.train.report import parameter_table
+        parameter_table(preset)
+    cfg = TrainConfig(preset=preset, data=data, out=str(out), quality=quality, channels=_channels(channels),
+                      steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                      resume=resume, data_root=str(data_root) if data_root else None, threads=threads, crop=crop,
+                      fit_steps=fit_steps)
+    final = run_training(cfg, progress=progress and sys.stderr.isatty())
+    if final:
+        typer.echo(f"final validation: PSNR {final['val_psnr']:.2f} dB, est. {final['val_bpp']:.3f} bpp")
+
+
+def _die(message: str, code: int = 1) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def main() -> None:
+    """Console entry point: user errors become one `error:` line, never a traceback."""
+    try:
+        code = app(standalone_mode=False)
+    except AectlError as exc:
+        _die(str(exc))
+    except (ValueError, OSError) as exc:
+        _die(str(exc))
+    except KeyboardInterrupt:
+        _die("interrupted", 130)
+    except typer.Abort:
+        _die("aborted")
+    except typer.exceptions.TyperException as exc:  # usage errors: bad option, missing argument
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        _die(" ".join(message.split()), getattr(exc, "exit_code", 2))
+    sys.exit(code or 0)
+
+
+if __name__ == "__main__":
+    main()

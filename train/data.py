@@ -1,0 +1,120 @@
+"""Training images: a folder of any Pillow-readable files, or STL10 through torchvision.
+
+Samples are random crops of the preset's size with random flips, drawn from a seeded numpy Generator whose
+state is saved in checkpoints, so a resumed run sees exactly the batches an uninterrupted run would have.
+A deterministic held-out split (every k-th file) gives the validation crops reported each epoch.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from aectl.runtime.errors import AectlError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif", ".tga"}
+
+
+def find_images(root: Path) -> list[Path]:
+    """All image files under root, recursively, in a stable order."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_rgb(path: Path, min_side: int) -> np.ndarray:
+    """HWC uint8 RGB, EXIF orientation applied, upscaled if a side is shorter than min_side."""
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img).convert("RGB")
+    except Exception as exc:  # Pillow raises many types for unreadable files
+        raise AectlError(f"cannot read image {path}: {exc}") from None
+    if min(img.size) < min_side:
+        scale = min_side / min(img.size)
+        img = img.resize((max(min_side, round(img.width * scale)), max(min_side, round(img.height * scale))),
+                         Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+class CropSampler:
+    """Random crops with flips from a list of HWC uint8 images."""
+
+    def __init__(self, images: list[np.ndarray], crop: int, seed: int):
+        self.images = images
+        self.crop = crop
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def steps_per_epoch_pixels(self) -> int:
+        return sum(img.shape[0] * img.shape[1] for img in self.images)
+
+    def batch(self, size: int) -> np.ndarray:
+        """(size, 3, crop, crop) float32 in [0, 1]."""
+        out = np.empty((size, 3, self.crop, self.crop), dtype=np.float32)
+        for i in range(size):
+            img = self.images[self.rng.integers(len(self.images))]
+            top = self.rng.integers(img.shape[0] - self.crop + 1)
+            left = self.rng.integers(img.shape[1] - self.crop + 1)
+            patch = img[top:top + self.crop, left:left + self.crop]
+            if self.rng.random() < 0.5:
+                patch = patch[:, ::-1]
+            if self.rng.random() < 0.5:
+                patch = patch[::-1]
+            out[i] = patch.transpose(2, 0, 1) / 255.0
+        return out
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+
+def center_crops(images: list[np.ndarray], crop: int) -> np.ndarray:
+    """Deterministic validation crops: the centre crop of each image, (N, 3, crop, crop) float32."""
+    out = []
+    for img in images:
+        top, left = (img.shape[0] - crop) // 2, (img.shape[1] - crop) // 2
+        out.append(img[top:top + crop, left:left + crop].transpose(2, 0, 1) / 255.0)
+    return np.stack(out).astype(np.float32)
+
+
+def split_holdout(items: list, fraction: float = 0.1) -> tuple[list, list]:
+    """Every k-th item (k = 1/fraction) is held out for validation; at least one when there are two or more."""
+    if len(items) < 2:
+        return items, items
+    k = max(2, round(1 / fraction))
+    val = items[k - 1::k] or items[-1:]
+    train = [x for x in items if not any(x is v for v in val)]
+    return train, val
+
+
+def load_folder(root: Path, crop: int) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    if not root.is_dir():
+        raise AectlError(f"--data {root}: not a directory (give a folder of images, or 'stl10' with --data-root)")
+    paths = find_images(root)
+    if not paths:
+        raise AectlError(f"--data {root}: no image files found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    train_paths, val_paths = split_holdout(paths)
+    train = [load_rgb(p, crop) for p in train_paths]
+    val = [load_rgb(p, crop) for p in val_paths]
+    return train, val, [str(p) for p in val_paths]
+
+
+def load_stl10(root: Path | None, crop: int) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """STL10's unlabeled split (100k 96x96 images) through torchvision, never downloaded here."""
+    try:
+        from torchvision.datasets import STL10  # optional: the CPU torch here has no matching torchvision
+    except Exception:
+        raise AectlError("--data stl10 needs torchvision, which does not import here: install a torchvision "
+                         "matching your torch (pip install torchvision), or pass a folder of images to --data") from None
+    if root is None:
+        raise AectlError("--data stl10 needs --data-root DIR, the folder holding stl10_binary/")
+    try:
+        dataset = STL10(str(root), split="unlabeled", download=False)
+    except Exception:
+        raise AectlError(f"STL10 not found under {root}: put the extracted stl10_binary/ folder there "
+                         "(from https://cs.stanford.edu/~acoates/stl10/)") from None
+    images = list(dataset.data.transpose(0, 2, 3, 1))
+    cut = max(1, math.ceil(len(images) * 0.05))
+    return images[:-cut], images[-cut:], [f"stl10 unlabeled[{len(images) - cut}:]"]

@@ -1,0 +1,333 @@
+"""The training loop, top to bottom: data, model, optimisers, steps, validation, checkpoints.
+
+Rate-distortion presets minimise  bpp + lambda * 255^2 * MSE  with uniform noise for rounding (Balle et al.
+2017) plus the entropy bottleneck's quantile loss on its own optimiser. The seed presets train on MSE alone, as
+their articles do; afterwards a quantisation step and a factorized density are fitted to their latents
+(fit_seed_entropy) so that they get a real bitstream too.
+
+A run directory holds `run.json` (what was asked), `last.pt` (written atomically; everything needed to resume
+exactly: weights, optimiser states, step, RNG states) and `log.jsonl` (one line per validation).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from aectl.runtime.errors import AectlError
+from aectl.train.data import CropSampler, center_crops, load_folder, load_stl10
+from aectl.train.zoo import Preset, get_preset
+
+CHECKPOINT = "last.pt"
+
+
+@dataclass
+class TrainConfig:
+    preset: str
+    data: str
+    out: str
+    quality: int | None = None
+    channels: tuple[int, int] | None = None
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    data_root: str | None = None
+    threads: int | None = None
+    crop: int | None = None          # override the preset's training crop side
+    checkpoint_every: float = 60.0   # seconds between checkpoints
+    fit_steps: int = 1000            # seed presets: entropy-model fitting steps after training
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AectlError("--device cuda: this torch build sees no CUDA device")
+    if name not in ("cpu", "cuda"):
+        raise AectlError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def bits_per_pixel(likelihoods: torch.Tensor, num_pixels: int) -> torch.Tensor:
+    return torch.log2(likelihoods).sum().neg() / num_pixels
+
+
+def psnr(mse: float) -> float:
+    return 10 * math.log10(1 / max(mse, 1e-12))
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint file, or a run directory's latest one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise AectlError(f"no checkpoint at {path} (train first: aectl train ... --out RUN_DIR)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise AectlError(f"cannot read checkpoint {path}: {exc}") from None
+
+
+def build_from_checkpoint(ckpt: dict) -> tuple[torch.nn.Module, Preset]:
+    cfg = ckpt["config"]
+    preset = get_preset(cfg["preset"], cfg.get("quality"), tuple(cfg["channels"]) if cfg.get("channels") else None)
+    model = preset.build()
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, preset
+
+
+@torch.no_grad()
+def evaluate(model, preset: Preset, val: torch.Tensor, device: torch.device) -> dict:
+    """Validation: quantised reconstruction PSNR, estimated bpp, and the training loss on the val crops."""
+    model.eval()
+    mse_sum, bits, loss_sum = 0.0, 0.0, 0.0
+    for start in range(0, len(val), 16):
+        x = val[start:start + 16].to(device)
+        out = model(x)
+        x_hat = out["x_hat"].clamp(0, 1)
+        mse = F.mse_loss(x_hat, x).item()
+        mse_sum += mse * len(x)
+        bits += torch.log2(out["likelihoods"]).sum().neg().item()
+        loss_sum += loss_terms(model, preset, x, out)["loss"].item() * len(x)
+    model.train()
+    n = len(val)
+    mse = mse_sum / n
+    return {"val_loss": loss_sum / n, "val_mse": mse, "val_psnr": psnr(mse),
+            "val_bpp": bits / (n * val.shape[-1] * val.shape[-2])}
+
+
+def loss_terms(model, preset: Preset, x: torch.Tensor, out: dict) -> dict:
+    mse = F.mse_loss(out["x_hat"], x)
+    if not preset.rate_distortion:
+        return {"loss": mse, "mse": mse}
+    bpp = bits_per_pixel(out["likelihoods"], x.shape[0] * x.shape[2] * x.shape[3])
+    return {"loss": bpp + preset.params["lmbda"] * 255**2 * mse, "mse": mse, "bpp": bpp}
+
+
+def learning_rate(base: float, step: int, total: int) -> float:
+    """Constant, then a tenth for the last 10% of the run (a common schedule for these models)."""
+    return base * (0.1 if step >= 0.9 * total else 1.0)
+
+
+def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
+    """Run (or resume) training; returns the final metrics. Checkpoints land in cfg.out."""
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT
+    resumed = None
+    if ckpt_path.exists():
+        if not cfg.resume:
+            raise AectlError(f"{out} already holds a checkpoint; pass --resume to continue it, or pick another --out")
+        resumed = load_checkpoint(ckpt_path)
+        old = resumed["config"]
+        for key in ("preset", "quality", "channels", "seed", "data"):
+            if key in old and _norm(old[key]) != _norm(getattr(cfg, key)):
+                raise AectlError(f"--resume: {key} differs from the run in {out} ({old[key]!r} != {getattr(cfg, key)!r})")
+    elif cfg.resume:
+        log(f"note: nothing to resume in {out}; starting a new run")
+
+    preset = get_preset(cfg.preset, cfg.quality, cfg.channels)
+    if cfg.crop:
+        if preset.fixed_size and cfg.crop != preset.fixed_size:
+            raise AectlError(f"--crop: {preset.name} only takes {preset.fixed_size}x{preset.fixed_size} inputs")
+        if cfg.crop % preset.stride:
+            raise AectlError(f"--crop must be a multiple of {preset.stride} for {preset.name}")
+        preset.crop = cfg.crop
+    batch_size = cfg.batch_size or preset.batch_size
+    lr = cfg.lr or preset.lr
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    if cfg.data == "stl10":
+        train_imgs, val_imgs, val_names = load_stl10(Path(cfg.data_root) if cfg.data_root else None, preset.crop)
+    else:
+        train_imgs, val_imgs, val_names = load_folder(Path(cfg.data), preset.crop)
+    sampler = CropSampler(train_imgs, preset.crop, cfg.seed)
+    val = torch.from_numpy(center_crops(val_imgs, preset.crop))
+    steps_per_epoch = max(1, round(sampler.steps_per_epoch_pixels / (preset.crop**2 * batch_size)))
+    if cfg.steps is not None and cfg.epochs is not None:
+        raise AectlError("give --steps or --epochs, not both")
+    total = cfg.steps if cfg.steps is not None else (cfg.epochs or 1) * steps_per_epoch
+    if total < 1:
+        raise AectlError("--steps/--epochs must be positive")
+
+    torch.manual_seed(cfg.seed)
+    model = preset.build().to(device)
+    main_params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
+    optimizer = torch.optim.Adam(main_params, lr=lr)
+    aux_optimizer = torch.optim.Adam([model.entropy.quantiles], lr=1e-3)
+    step, history = 0, []
+    if resumed:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        aux_optimizer.load_state_dict(resumed["aux_optimizer"])
+        sampler.set_state(resumed["sampler"])
+        torch.set_rng_state(resumed["torch_rng"])
+        step, history = resumed["step"], resumed["history"]
+        log(f"resumed {out} at step {step}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    run_info = {"command": "aectl " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "",
+                "config": _config_dict(cfg), "preset": preset.to_dict(), "batch_size": batch_size, "lr": lr,
+                "total_steps": total, "steps_per_epoch": steps_per_epoch, "train_images": len(train_imgs),
+                "val": val_names, "device": str(device)}
+    (out / "run.json").write_text(json.dumps(run_info, indent=2))
+
+    def save():
+        atomic_torch_save({"config": _config_dict(cfg), "preset": preset.to_dict(), "model": model.state_dict(),
+                           "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(),
+                           "sampler": sampler.state(), "torch_rng": torch.get_rng_state(), "step": step,
+                           "history": history, "run": run_info}, ckpt_path)
+
+    model.train()
+    last_save = time.monotonic()
+    with _progress(progress, total, step) as bar:
+        while step < total:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(lr, step, total)
+            x = torch.from_numpy(sampler.batch(batch_size)).to(device)
+            out_ = model(x)
+            terms = loss_terms(model, preset, x, out_)
+            if not torch.isfinite(terms["loss"]):
+                raise AectlError(f"loss is not finite at step {step}; lower --lr or resume from the last checkpoint")
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(main_params, 1.0)
+            optimizer.step()
+            aux = model.entropy.aux_loss()
+            aux_optimizer.zero_grad(set_to_none=True)
+            aux.backward()
+            aux_optimizer.step()
+            step += 1
+            bar.update(step, terms)
+            if step % steps_per_epoch == 0 or step == total:
+                metrics = {"step": step, "epoch": step / steps_per_epoch, **evaluate(model, preset, val, device)}
+                history.append(metrics)
+                with open(out / "log.jsonl", "a") as fh:
+                    fh.write(json.dumps(metrics) + "\n")
+                bar.note(f"step {step} val: PSNR {metrics['val_psnr']:.2f} dB, est. {metrics['val_bpp']:.3f} bpp, "
+                         f"loss {metrics['val_loss']:.4g}")
+            if time.monotonic() - last_save > cfg.checkpoint_every or step == total:
+                save()
+                last_save = time.monotonic()
+
+    if not preset.rate_distortion and not resumed_fitted(resumed, step):
+        fit_seed_entropy(model, sampler, val, device, cfg.fit_steps, batch_size, log)
+        history.append({"step": step, "fitted": True, **evaluate(model, preset, val, device)})
+        save()
+    final = history[-1] if history else {}
+    log(f"done: {step} steps; {out / CHECKPOINT}")
+    return final
+
+
+def resumed_fitted(resumed: dict | None, step: int) -> bool:
+    return bool(resumed and resumed["step"] == step and resumed["history"] and resumed["history"][-1].get("fitted"))
+
+
+def fit_seed_entropy(model, sampler: CropSampler, val: torch.Tensor, device, steps: int, batch_size: int, log) -> None:
+    """Seed presets store float latents in their articles. To range-code them we pick the coarsest uniform
+    quantisation step that costs at most 0.5 dB on the validation crops, then fit a factorized density to the
+    scaled latents (noise for rounding, as in training) with the decoder frozen."""
+    model.eval()
+    with torch.no_grad():
+        y = model.encode(val.to(device))
+        ref = F.mse_loss(model.decode(y).clamp(0, 1), val.to(device)).item()
+        spread = float(y.std()) or 1.0
+        step_size = spread / 256
+        for k in range(8, -1, -1):
+            candidate = spread / 2**k
+            q = torch.round(y / candidate) * candidate
+            mse = F.mse_loss(model.decode(q).clamp(0, 1), val.to(device)).item()
+            if psnr(mse) < psnr(ref) - 0.5:
+                break
+            step_size = candidate
+    model.latent_step.fill_(step_size)
+    log(f"fitting entropy model: latent step {step_size:.4g} (float-latent PSNR {psnr(ref):.2f} dB)")
+    eb = model.entropy
+    eb.train()
+    opt = torch.optim.Adam([p for n, p in eb.named_parameters() if n != "quantiles"], lr=1e-2)
+    aux_opt = torch.optim.Adam([eb.quantiles], lr=1e-2)
+    with torch.no_grad():
+        # Start the quantiles where the data is, so the aux loss has little to travel.
+        y_train = model.encode(torch.from_numpy(sampler.batch(max(batch_size, 64))).to(device)) / step_size
+        flat = y_train.transpose(0, 1).reshape(y_train.shape[1], -1)
+        eb.quantiles.data[:, 0, 1] = flat.median(dim=1).values
+        eb.quantiles.data[:, 0, 0] = flat.min(dim=1).values - 1
+        eb.quantiles.data[:, 0, 2] = flat.max(dim=1).values + 1
+    for _ in range(steps):
+        with torch.no_grad():
+            y_s = model.encode(torch.from_numpy(sampler.batch(batch_size)).to(device)) / step_size
+        _, likelihoods = eb(y_s)
+        rate = -torch.log2(likelihoods).sum() / y_s.numel()
+        opt.zero_grad(set_to_none=True)
+        rate.backward()
+        opt.step()
+        aux = eb.aux_loss()
+        aux_opt.zero_grad(set_to_none=True)
+        aux.backward()
+        aux_opt.step()
+    eb.eval()
+
+
+def _norm(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _config_dict(cfg: TrainConfig) -> dict:
+    d = dict(cfg.__dict__)
+    d["channels"] = list(cfg.channels) if cfg.channels else None
+    return d
+
+
+class _progress:
+    """A rich progress bar with step, loss and speed, or plain periodic lines when not interactive."""
+
+    def __init__(self, enabled: bool, total: int, start: int):
+        self.enabled, self.total, self.start = enabled, total, start
+        self.t0 = time.monotonic()
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} steps/s"),
+                                TimeRemainingColumn())
+            self.bar.__enter__()
+            self.task = self.bar.add_task("train", total=self.total, completed=self.start, loss="-", speed="-")
+        return self
+
+    def update(self, step: int, terms: dict) -> None:
+        if self.enabled and (step % 5 == 0 or step == self.total):
+            speed = (step - self.start) / max(time.monotonic() - self.t0, 1e-9)
+            self.bar.update(self.task, completed=step, loss=f"{terms['loss'].item():.4g}", speed=f"{speed:.2f}")
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            self.bar.console.print(text)
+        else:
+            print(text, file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.__exit__(*exc)

@@ -1,0 +1,74 @@
+"""One place that maps a preset name (and quality) to its constructor, training recipe and export rules.
+
+As in optimum's model configs, each preset declares beside the model what export and the runtime need: input
+size rule (fixed size or stride), which axes are dynamic and the parity tolerance.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from torch import nn
+
+from aectl.train.models import Factorized, SeedConv, SeedDense
+
+# Factorized prior, MSE: lambda per quality as in Balle et al. 2018 / CompressAI's model zoo
+# (loss = rate_bpp + lambda * 255^2 * MSE). N/M: the papers use 128/192 up to quality 5 and 192/320 above;
+# those are the defaults here and `--channels N,M` overrides them (the shipped CPU-trained models are smaller).
+FACTORIZED_QUALITIES: dict[int, tuple[float, int, int]] = {
+    1: (0.0018, 128, 192),
+    2: (0.0035, 128, 192),
+    3: (0.0067, 128, 192),
+    4: (0.0130, 128, 192),
+    5: (0.0250, 128, 192),
+    6: (0.0483, 192, 320),
+    7: (0.0932, 192, 320),
+    8: (0.1800, 192, 320),
+}
+
+
+@dataclass
+class Preset:
+    name: str
+    description: str
+    crop: int                 # training crop side
+    fixed_size: int | None    # input side the model only accepts (None: fully convolutional)
+    stride: int               # input sides must be a multiple of this
+    batch_size: int
+    lr: float
+    tolerance: float          # max |torch - onnxruntime| on [0, 1] reconstructions, fp32
+    rate_distortion: bool     # trained on rate + lambda * distortion (else MSE only, density fitted after)
+    params: dict = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        if self.name == "seed-conv":
+            return SeedConv()
+        if self.name == "seed-dense":
+            return SeedDense()
+        return Factorized(self.params["n"], self.params["m"])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def get_preset(name: str, quality: int | None = None, channels: tuple[int, int] | None = None) -> Preset:
+    if name == "seed-conv":
+        return Preset(name, "first seed article: conv 3-12-24-48-24 autoencoder, 64x64 crops", crop=64,
+                      fixed_size=None, stride=16, batch_size=32, lr=1e-3, tolerance=1e-4, rate_distortion=False)
+    if name == "seed-dense":
+        return Preset(name, "second seed article: dense 6912-3456-1728 autoencoder with BatchNorm, 48x48",
+                      crop=48, fixed_size=48, stride=48, batch_size=32, lr=1e-3, tolerance=1e-4,
+                      rate_distortion=False)
+    if name == "factorized":
+        quality = 3 if quality is None else quality
+        if quality not in FACTORIZED_QUALITIES:
+            raise ValueError(f"quality must be 1..8, got {quality}")
+        lmbda, n, m = FACTORIZED_QUALITIES[quality]
+        if channels is not None:
+            n, m = channels
+        return Preset(name, f"factorized prior (Balle et al. 2018), quality {quality}", crop=256,
+                      fixed_size=None, stride=16, batch_size=8, lr=1e-4, tolerance=1e-4, rate_distortion=True,
+                      params={"quality": quality, "lmbda": lmbda, "n": n, "m": m})
+    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+
+
+PRESETS = ("seed-conv", "seed-dense", "factorized")
