@@ -70,6 +70,48 @@ def train(
         typer.echo(f"final validation: PSNR {final['val_psnr']:.2f} dB, est. {final['val_bpp']:.3f} bpp")
 
 
+@app.command()
+def export(
+    source: Path = typer.Argument(..., help="run directory (its latest checkpoint) or checkpoint file"),
+    out: Path = typer.Option(..., "--out", "-o", help="bundle directory to write"),
+    force: bool = typer.Option(False, help="replace an existing bundle"),
+) -> None:
+    """Export a checkpoint to encoder.onnx + decoder.onnx + manifest.json, verified against torch."""
+    from aectl.export.onnx_export import export_bundle
+
+    export_bundle(source, out, force=force, log=typer.echo)
+
+
+@app.command()
+def verify(
+    bundle: Path = typer.Argument(..., help="bundle directory"),
+    source: Path = typer.Argument(..., help="run directory or checkpoint the bundle was exported from"),
+    provider: str = typer.Option("cpu", help="onnxruntime provider to check: cpu, cuda or auto"),
+) -> None:
+    """Re-run the torch vs onnxruntime parity check of a bundle on demand."""
+    from aectl.export.parity import verify_bundle
+
+    report = verify_bundle(bundle, source, provider=provider)
+    typer.echo(f"ok: {bundle} matches {source} on {report['provider']}: max |torch - onnxruntime| = "
+               f"{report['max_abs_diff']:.2e} <= {report['tolerance']:.0e} over {len(report['cases'])} cases")
+
+
+@app.command()
+def info(target: Path = typer.Argument(..., help="a bundle directory")) -> None:
+    """Print what a bundle's manifest holds."""
+    from aectl.cli.show import show_bundle
+
+    show_bundle(target)
+
+
+@app.command()
+def doctor() -> None:
+    """Versions, installed onnxruntime distributions, and which providers really work here."""
+    from aectl.cli.show import show_doctor
+
+    show_doctor()
+
+
 def _die(message: str, code: int = 1) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)

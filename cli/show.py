@@ -1,0 +1,74 @@
+"""Human-readable views for `aectl info` and `aectl doctor`."""
+from __future__ import annotations
+
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from aectl.runtime.errors import AectlError
+
+console = Console()
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def show_bundle(path: Path) -> None:
+    from aectl.runtime.bundle import load_bundle
+
+    if path.is_file():
+        raise AectlError(f"{path}: aectl info takes a bundle directory")
+    b = load_bundle(path)
+    m = b.manifest
+    table = Table(title=f"bundle {path}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    ent = m["entropy"]
+    train = m.get("training", {})
+    metrics = train.get("metrics") or {}
+    rows = [
+        ("model id", m["model_id"]),
+        ("preset", f"{m['preset']} ({m.get('description', '')})"),
+        ("architecture", ", ".join(f"{k}={v}" for k, v in m.get("architecture", {}).items())),
+        ("input", m["input"]["rule"] + f", values in {m['input']['value_range']}"),
+        ("latent", m["latent"]["rule"]),
+        ("files", ", ".join(f"{r}: {f['path']} ({f.get('bytes', '?')} B, sha256 {f['sha256'][:12]}...)"
+                            for r, f in m["files"].items())),
+        ("opset", str(m.get("opset"))),
+        ("entropy tables", f"{len(ent['cdfs'])} channels, {ent['precision']}-bit, step {ent['step']:.4g}, "
+                           f"tail mass {ent['tail_mass']:g}"),
+        ("parity", f"max diff {m.get('parity', {}).get('max_abs_diff', float('nan')):.2e} <= {m.get('tolerance')}"),
+        ("training", f"{train.get('steps')} steps, seed {train.get('seed')}, data {train.get('data')}"),
+        ("command", str(train.get("command"))),
+        ("final metrics", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def show_doctor() -> None:
+    from aectl.runtime.providers import installed_distributions, usable_providers
+
+    table = Table(title="aectl doctor", show_header=False)
+    table.add_column("item", style="bold")
+    table.add_column("value")
+    table.add_row("python", f"{sys.version.split()[0]} ({platform.platform()})")
+    for dist in ("aectl", "numpy", "constriction", "pillow", "typer", "rich", "torch", "onnx", "onnxscript"):
+        table.add_row(dist, _version(dist))
+    dists = installed_distributions()
+    table.add_row("onnxruntime distributions", ", ".join(f"{k} {v}" for k, v in dists.items()) or "none")
+    if "onnxruntime" in dists and "onnxruntime-gpu" in dists:
+        table.add_row("warning", "onnxruntime and onnxruntime-gpu are both installed and overwrite each other")
+    if dists:
+        for name, verdict in usable_providers().items():
+            table.add_row(f"provider {name}", verdict)
+    console.print(table)

@@ -1,0 +1,167 @@
+"""Checkpoint -> bundle: encoder.onnx + decoder.onnx (self-contained) + manifest.json.
+
+Uses the dynamo-based torch.onnx exporter with explicit dynamic shapes: batch always, and height/width as
+multiples of the model's stride for fully convolutional models. The bundle is assembled in a temporary folder
+next to the destination, checked (onnx.checker, then onnxruntime against torch on shapes never traced) and
+only then renamed into place, so a failed export leaves nothing behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from aectl.export.graphs import DecoderGraph, EncoderGraph
+from aectl.export.tables import build_tables
+from aectl.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, sha256_file
+from aectl.runtime.errors import AectlError
+from aectl.train.entropy import TAIL_MASS
+from aectl.train.loop import build_from_checkpoint, load_checkpoint
+from aectl.train.zoo import Preset
+
+TRACE_BATCH = 2
+MAX_SIDE = 1 << 16
+
+
+def _dynamic_shapes(preset: Preset) -> tuple[dict, dict]:
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    if preset.fixed_size is not None:
+        return {"x": {0: batch}}, {"y_hat": {0: batch}}
+    h = torch.export.Dim("h", min=1, max=MAX_SIDE // preset.stride)
+    w = torch.export.Dim("w", min=1, max=MAX_SIDE // preset.stride)
+    return ({"x": {0: batch, 2: preset.stride * h, 3: preset.stride * w}},
+            {"y_hat": {0: batch, 2: h, 3: w}})
+
+
+def _export_graph(module: torch.nn.Module, example: torch.Tensor, in_name: str, out_name: str,
+                  dynamic: dict, path: Path) -> None:
+    with warnings.catch_warnings(), _quiet_exporter():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, (example,), dynamo=True, input_names=[in_name], output_names=[out_name],
+                                    dynamic_shapes=dynamic, external_data=False, verbose=False)
+    program.save(str(path), external_data=False)  # one self-contained file, no .onnx.data beside it
+    model = onnx.load(str(path), load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        raise AectlError(f"{path.name}: exporter left external data; the bundle must be self-contained")
+    onnx.checker.check_model(model, full_check=True)
+
+
+class _quiet_exporter:
+    """The exporter logs its progress at INFO/WARNING; keep the CLI's output to what we print."""
+
+    def __enter__(self):
+        self.loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")]
+        self.levels = [lg.level for lg in self.loggers]
+        for lg in self.loggers:
+            lg.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        for lg, level in zip(self.loggers, self.levels):
+            lg.setLevel(level)
+
+
+def _model_id(encoder: onnx.ModelProto, decoder: onnx.ModelProto, tables: dict) -> str:
+    """Derived from both graphs and the entropy tables: anything that changes the bitstream changes the id."""
+    digest = hashlib.sha256()
+    for part in (encoder.SerializeToString(deterministic=True), decoder.SerializeToString(deterministic=True),
+                 json.dumps(tables, sort_keys=True).encode()):
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()[:32]
+
+
+def _stamp(path: Path, model_id: str) -> None:
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {"aectl.model_id": model_id})
+    onnx.save(model, str(path))
+
+
+def entropy_tables(model) -> dict:
+    pmf = model.entropy.pmf_tables()
+    return build_tables(pmf["pmf"].numpy(), pmf["offset"].numpy(), pmf["length"].numpy(), pmf["medians"].numpy(),
+                        float(model.latent_step), TAIL_MASS)
+
+
+def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
+                  parity_images: np.ndarray | None = None, log=print) -> dict:
+    """Export a run directory's latest checkpoint (or a checkpoint file) to a verified bundle."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise AectlError(f"{out_dir} already exists; pass --force to replace it")
+    ckpt = load_checkpoint(Path(source))
+    model, preset = build_from_checkpoint(ckpt)
+    side = preset.fixed_size or 4 * preset.stride
+    example = torch.rand(TRACE_BATCH, 3, side, side, generator=torch.Generator().manual_seed(0))
+    enc_dyn, dec_dyn = _dynamic_shapes(preset)
+    with torch.no_grad():
+        latent_example = model.encode(example)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        _export_graph(EncoderGraph(model), example, "x", "y", enc_dyn, tmp / "encoder.onnx")
+        _export_graph(DecoderGraph(model), latent_example, "y_hat", "x_hat", dec_dyn, tmp / "decoder.onnx")
+        tables = entropy_tables(model)
+        enc_proto, dec_proto = onnx.load(str(tmp / "encoder.onnx")), onnx.load(str(tmp / "decoder.onnx"))
+        model_id = _model_id(enc_proto, dec_proto, tables)
+        for name in ("encoder.onnx", "decoder.onnx"):
+            _stamp(tmp / name, model_id)
+        manifest = build_manifest(ckpt, preset, model, tables, model_id, tmp, enc_proto)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+        from aectl.export.parity import check_parity
+        report = check_parity(tmp, model, preset, images=parity_images)
+        manifest["parity"] = report
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.chmod(0o755)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log(f"wrote {out_dir} (model {model_id}); parity max |torch - onnxruntime| = {report['max_abs_diff']:.2e} "
+        f"<= {report['tolerance']:.0e}")
+    return manifest
+
+
+def build_manifest(ckpt: dict, preset: Preset, model, tables: dict, model_id: str, folder: Path,
+                   encoder_proto: onnx.ModelProto) -> dict:
+    opset = next((o.version for o in encoder_proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    history = ckpt.get("history") or [{}]
+    run = ckpt.get("run", {})
+    conv = preset.fixed_size is None
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_id": model_id,
+        "preset": preset.name,
+        "architecture": {"class": type(model).__name__, **preset.params},
+        "description": preset.description,
+        "input": {"layout": "NCHW", "dtype": "float32", "channels": 3, "value_range": [0.0, 1.0],
+                  "fixed_size": preset.fixed_size, "stride": preset.stride,
+                  "rule": (f"H and W multiples of {preset.stride}" if conv
+                           else f"exactly {preset.fixed_size}x{preset.fixed_size}; larger images are tiled")},
+        "latent": {"layout": "NCHW" if conv else "NC", "channels": model.latent_channels,
+                   "rule": f"(N, {model.latent_channels}, H/{preset.stride}, W/{preset.stride})" if conv
+                   else f"(N, {model.latent_channels})"},
+        "dynamic_axes": {"x": ["batch", "height", "width"] if conv else ["batch"],
+                         "y_hat": ["batch", "h", "w"] if conv else ["batch"]},
+        "files": {role: {"path": f"{role}.onnx", "sha256": sha256_file(folder / f"{role}.onnx"),
+                         "bytes": (folder / f"{role}.onnx").stat().st_size} for role in ("encoder", "decoder")},
+        "opset": opset,
+        "onnx_ir_version": encoder_proto.ir_version,
+        "exporter": f"torch {torch.__version__} (dynamo)",
+        "tolerance": preset.tolerance,
+        "entropy": tables,
+        "training": {"command": run.get("command"), "data": ckpt["config"].get("data"), "seed": ckpt["config"].get("seed"),
+                     "steps": ckpt.get("step"), "batch_size": run.get("batch_size"), "lr": run.get("lr"),
+                     "crop": preset.crop, "validation": run.get("val"), "metrics": history[-1]},
+    }

@@ -1,0 +1,123 @@
+"""A model bundle on disk: manifest.json plus encoder.onnx and/or decoder.onnx.
+
+Loading validates the manifest before anything else, keeps every file path inside the bundle directory and
+checks each file's sha256 before a session is created, so a tampered or half-copied bundle never runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from aectl.runtime.errors import AectlError
+
+MANIFEST = "manifest.json"
+FORMAT = "aectl-bundle"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest["model_id"]
+
+    @property
+    def has_encoder(self) -> bool:
+        return "encoder" in self.manifest["files"]
+
+    @property
+    def input_rule(self) -> dict:
+        return self.manifest["input"]
+
+    @property
+    def latent_rule(self) -> dict:
+        return self.manifest["latent"]
+
+    @property
+    def entropy(self) -> dict:
+        return self.manifest["entropy"]
+
+    def file(self, role: str, verify: bool = True) -> Path:
+        """Path of the 'encoder' or 'decoder' file, its hash checked."""
+        entry = self.manifest["files"].get(role)
+        if entry is None:
+            raise AectlError(f"bundle {self.path} has no {role} (a decoder-only bundle cannot compress)")
+        path = (self.path / entry["path"]).resolve()
+        if self.path.resolve() not in path.parents:
+            raise AectlError(f"bundle {self.path}: {role} path {entry['path']!r} points outside the bundle")
+        if not path.is_file():
+            raise AectlError(f"bundle {self.path}: {entry['path']} is missing")
+        if verify and sha256_file(path) != entry["sha256"]:
+            raise AectlError(f"bundle {self.path}: {entry['path']} does not match its sha256 in the manifest "
+                             "(corrupted or modified)")
+        return path
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise AectlError(f"{path}: not a bundle directory (expected a folder with {MANIFEST})")
+    if not manifest_path.is_file():
+        raise AectlError(f"{path}: no {MANIFEST} here; is this a bundle made by `aectl export`?")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AectlError(f"{manifest_path}: not valid JSON ({exc})") from None
+    validate_manifest(manifest, manifest_path)
+    return Bundle(path, manifest)
+
+
+def validate_manifest(m: dict, where: Path) -> None:
+    """Refuse manifests with missing or impossible values, with a message naming the field."""
+    def need(cond: bool, what: str) -> None:
+        if not cond:
+            raise AectlError(f"{where}: invalid manifest: {what}")
+
+    need(isinstance(m, dict), "not a JSON object")
+    need(m.get("format") == FORMAT, f"format is not {FORMAT!r}")
+    need(m.get("format_version") == FORMAT_VERSION,
+         f"format_version {m.get('format_version')!r} is not supported (this aectl reads {FORMAT_VERSION})")
+    need(isinstance(m.get("model_id"), str) and len(m["model_id"]) == 32, "model_id must be 32 hex characters")
+    files = m.get("files")
+    need(isinstance(files, dict) and "decoder" in files, "files.decoder is required")
+    for role, entry in files.items():
+        need(role in ("encoder", "decoder"), f"unknown file role {role!r}")
+        need(isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("sha256"), str),
+             f"files.{role} needs path and sha256")
+        need(not Path(entry["path"]).is_absolute() and ".." not in Path(entry["path"]).parts,
+             f"files.{role}.path must stay inside the bundle")
+    inp = m.get("input", {})
+    need(inp.get("channels") == 3, "input.channels must be 3")
+    fixed, stride = inp.get("fixed_size"), inp.get("stride")
+    need(isinstance(stride, int) and 1 <= stride <= 1024, "input.stride must be an integer in 1..1024")
+    need(fixed is None or (isinstance(fixed, int) and 1 <= fixed <= 4096), "input.fixed_size must be null or 1..4096")
+    lat = m.get("latent", {})
+    need(isinstance(lat.get("channels"), int) and 1 <= lat["channels"] <= 1 << 16, "latent.channels out of range")
+    need(lat.get("layout") in ("NCHW", "NC"), "latent.layout must be NCHW or NC")
+    ent = m.get("entropy", {})
+    channels = lat["channels"]
+    need(isinstance(ent.get("precision"), int) and 8 <= ent["precision"] <= 24, "entropy.precision must be 8..24")
+    step = ent.get("step")
+    need(isinstance(step, (int, float)) and step > 0 and step < 1e6, "entropy.step must be positive")
+    for key in ("offsets", "medians", "cdfs"):
+        need(isinstance(ent.get(key), list) and len(ent[key]) == channels, f"entropy.{key} needs one entry per channel")
+    total = 1 << ent["precision"]
+    for c, cdf in enumerate(ent["cdfs"]):
+        need(isinstance(cdf, list) and 3 <= len(cdf) <= (1 << 16) and cdf[0] == 0 and cdf[-1] == total,
+             f"entropy.cdfs[{c}] must start at 0 and end at 2**precision")
+        need(all(isinstance(v, int) for v in cdf) and all(b > a for a, b in zip(cdf, cdf[1:])),
+             f"entropy.cdfs[{c}] must be strictly increasing integers")

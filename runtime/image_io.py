@@ -1,0 +1,142 @@
+"""Images in and out through Pillow: any mode becomes 8-bit RGB for the network, and comes back in a mode
+that matches the original.
+
+- EXIF orientation is applied on input (the codec stores upright pixels; the output carries no rotation tag).
+- Grayscale (L, 1, I;16, I, F) is replicated to RGB and returned as grayscale.
+- 16-bit images are coded at 8-bit precision (the network's) and written back as 16-bit (value * 257).
+- Palette images are returned as RGB (or RGBA if the palette has transparency).
+- Alpha is kept losslessly: the alpha plane travels zlib-compressed beside the lossy colour payload.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from aectl.runtime.errors import AectlError
+
+_GRAY_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+@dataclass
+class Pixels:
+    rgb: np.ndarray               # HxWx3 uint8
+    alpha: np.ndarray | None      # HxW uint8, or None
+    channels: int                 # original: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA
+    bit_depth: int                # original: 8 or 16
+
+
+def open_image(path: str | Path, max_pixels: int) -> Image.Image:
+    Image.MAX_IMAGE_PIXELS = None  # our own limit below replaces Pillow's warning-then-error guard
+    try:
+        img = Image.open(path)
+        if img.width * img.height > max_pixels:
+            raise AectlError(f"{path}: {img.width}x{img.height} exceeds the limit of {max_pixels} pixels "
+                             "(raise --max-pixels if you trust this file)")
+        img.load()
+    except AectlError:
+        raise
+    except FileNotFoundError:
+        raise AectlError(f"{path}: no such file") from None
+    except Exception as exc:  # Pillow raises many exception types for unreadable files
+        raise AectlError(f"{path}: cannot read image ({exc})") from None
+    return img
+
+
+def to_pixels(img: Image.Image) -> Pixels:
+    """Any Pillow image -> upright 8-bit RGB plus what is needed to restore its mode."""
+    img = ImageOps.exif_transpose(img)
+    mode = img.mode
+    if mode in _GRAY_16 or mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        is16 = mode != "F" and (mode != "I" or values.max(initial=0) > 255)
+        gray = np.rint(np.clip(values / 257 if is16 else values, 0, 255)).astype(np.uint8)
+        return Pixels(np.repeat(gray[:, :, None], 3, axis=2), None, 1, 16 if is16 else 8)
+    if mode == "P" or mode == "PA":
+        img = img.convert("RGBA" if ("transparency" in img.info or mode == "PA") else "RGB")
+        mode = img.mode
+    if mode in ("1", "L"):
+        gray = np.asarray(img.convert("L"))
+        return Pixels(np.repeat(gray[:, :, None], 3, axis=2), None, 1, 8)
+    if mode in ("LA", "La"):
+        la = np.asarray(img.convert("LA"))
+        return Pixels(np.repeat(la[:, :, :1], 3, axis=2), np.ascontiguousarray(la[:, :, 1]), 2, 8)
+    if mode in ("RGBA", "RGBa"):
+        rgba = np.asarray(img.convert("RGBA"))
+        return Pixels(np.ascontiguousarray(rgba[:, :, :3]), np.ascontiguousarray(rgba[:, :, 3]), 4, 8)
+    try:
+        rgb = np.asarray(img.convert("RGB"))
+    except Exception as exc:
+        raise AectlError(f"cannot convert image mode {mode} to RGB ({exc})") from None
+    return Pixels(rgb, None, 3, 8)
+
+
+def array_to_pixels(array: np.ndarray) -> Pixels:
+    """HxWx3 uint8 RGB (or HxW uint8 gray) numpy array -> Pixels."""
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
+        raise AectlError(f"expected an HxWx3 or HxW uint8 array, got {array.dtype} {array.shape}")
+    if array.ndim == 2:
+        return Pixels(np.repeat(array[:, :, None], 3, axis=2), None, 1, 8)
+    return Pixels(np.ascontiguousarray(array), None, 3, 8)
+
+
+def from_pixels(rgb: np.ndarray, alpha: np.ndarray | None, channels: int, bit_depth: int) -> Image.Image:
+    """Decoded RGB (+ alpha) -> a Pillow image in the original's mode family."""
+    if channels in (1, 2):
+        gray = np.asarray(Image.fromarray(rgb).convert("L"))
+        if bit_depth == 16:
+            return Image.fromarray(gray.astype(np.uint16) * 257)
+        if channels == 2:
+            return Image.fromarray(np.stack([gray, alpha], axis=2))
+        return Image.fromarray(gray)
+    if channels == 4:
+        return Image.fromarray(np.concatenate([rgb, alpha[:, :, None]], axis=2))
+    return Image.fromarray(rgb)
+
+
+def pack_alpha(alpha: np.ndarray | None) -> bytes:
+    return zlib.compress(alpha.tobytes(), 9) if alpha is not None else b""
+
+
+def unpack_alpha(data: bytes, height: int, width: int) -> np.ndarray:
+    """Inflate with an output cap, so a crafted plane cannot expand past the image size."""
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(data, height * width + 1)
+    except zlib.error as exc:
+        raise AectlError(f"corrupted alpha plane ({exc})") from None
+    if len(raw) != height * width or not inflater.eof or inflater.unused_data:
+        raise AectlError("corrupted alpha plane (wrong size)")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(height, width)
+
+
+def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image | None = None,
+                 force: bool = False) -> None:
+    """Write next to the destination, then rename: an interruption never leaves a partial file."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise AectlError(f"{path} exists; pass --force to overwrite")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if image is not None:
+                fmt = Image.registered_extensions().get(path.suffix.lower())
+                if fmt is None:
+                    raise AectlError(f"{path}: unknown image format for extension {path.suffix!r}")
+                image.save(fh, format=fmt)
+            else:
+                fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

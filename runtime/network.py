@@ -1,0 +1,77 @@
+"""The two ONNX halves of a bundle behind numpy: encode(x) -> y and decode(y_hat) -> x, plus the
+quantisation that sits between them. Shape rules are checked here because onnxruntime does not enforce
+derived-dimension rules such as "a multiple of 16"."""
+from __future__ import annotations
+
+import numpy as np
+
+from aectl.runtime.bundle import Bundle
+from aectl.runtime.errors import AectlError
+from aectl.runtime.providers import create_session
+
+INT32_LIMIT = 2**31 - 1
+
+
+class Network:
+    def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None):
+        self.bundle = bundle
+        self.provider = provider
+        self.threads = threads
+        self._sessions: dict = {}
+        ent = bundle.entropy
+        self.step = np.float32(ent["step"])
+        self.medians = np.asarray(ent["medians"], dtype=np.float32)
+
+    def session(self, role: str):
+        """Sessions are created on first use, so a decoder-only client never touches the encoder."""
+        if role not in self._sessions:
+            self._sessions[role] = create_session(str(self.bundle.file(role)), self.provider, self.threads)
+        return self._sessions[role]
+
+    @property
+    def providers(self) -> list[str]:
+        return [s.get_providers()[0] for s in self._sessions.values()]
+
+    def check_input(self, x: np.ndarray) -> None:
+        rule = self.bundle.input_rule
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4 or x.shape[1] != 3:
+            raise AectlError(f"expected a float32 array of shape (N, 3, H, W), got "
+                             f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+        h, w = x.shape[2:]
+        if x.shape[0] < 1 or h < 1 or w < 1:
+            raise AectlError(f"empty input of shape {x.shape}")
+        if rule["fixed_size"] is not None:
+            if (h, w) != (rule["fixed_size"],) * 2:
+                raise AectlError(f"this model takes {rule['fixed_size']}x{rule['fixed_size']} inputs, got {h}x{w}")
+        elif h % rule["stride"] or w % rule["stride"]:
+            raise AectlError(f"height and width must be multiples of {rule['stride']}, got {h}x{w}")
+
+    def latent_shape(self, n: int, h: int, w: int) -> tuple[int, ...]:
+        lat = self.bundle.latent_rule
+        if lat["layout"] == "NC":
+            return (n, lat["channels"])
+        stride = self.bundle.input_rule["stride"]
+        return (n, lat["channels"], h // stride, w // stride)
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        self.check_input(x)
+        return self.session("encoder").run(None, {"x": x})[0]
+
+    def decode(self, y_hat: np.ndarray) -> np.ndarray:
+        lat = self.bundle.latent_rule
+        ndim = 2 if lat["layout"] == "NC" else 4
+        if not isinstance(y_hat, np.ndarray) or y_hat.ndim != ndim or y_hat.shape[1] != lat["channels"]:
+            raise AectlError(f"expected latents of shape (N, {lat['channels']}{', h, w' if ndim == 4 else ''}), "
+                             f"got {getattr(y_hat, 'shape', type(y_hat).__name__)}")
+        return self.session("decoder").run(None, {"y_hat": np.ascontiguousarray(y_hat, dtype=np.float32)})[0]
+
+    def _channel_view(self, values: np.ndarray) -> np.ndarray:
+        return self.medians.reshape(1, -1, *([1] * (values.ndim - 2)))
+
+    def quantize(self, y: np.ndarray) -> np.ndarray:
+        """Integer symbols: round(y / step - median), clipped to the int32 range the bitstream carries."""
+        scaled = y / self.step - self._channel_view(y)
+        return np.clip(np.rint(scaled), -INT32_LIMIT, INT32_LIMIT).astype(np.int32)
+
+    def dequantize(self, symbols: np.ndarray) -> np.ndarray:
+        return ((symbols.astype(np.float32) + self._channel_view(symbols)) * self.step).astype(np.float32)
