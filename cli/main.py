@@ -1,6 +1,7 @@
 """The `aectl` command line: a thin typer layer over library calls. Errors print one line and exit non-zero."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -97,11 +98,52 @@ def verify(
 
 
 @app.command()
-def info(target: Path = typer.Argument(..., help="a bundle directory")) -> None:
-    """Print what a bundle's manifest holds."""
-    from aectl.cli.show import show_bundle
+def info(
+    target: Path = typer.Argument(..., help="a bundle directory or an .aec file"),
+    json_out: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Print what a bundle's manifest or an .aec file's header holds."""
+    from aectl.cli.show import show_aec, show_bundle
 
-    show_bundle(target)
+    show_aec(target, json_out) if target.is_file() else show_bundle(target, json_out)
+
+
+@app.command()
+def compress(
+    inputs: list[Path] = typer.Argument(..., help="image files or directories (recursive)"),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="bundle directory"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (or .aec file for one input); "
+                                       "default: next to each input"),
+    provider: str = typer.Option("auto", help="onnxruntime provider: auto, cpu or cuda"),
+    force: bool = typer.Option(False, help="overwrite existing outputs"),
+    json_out: bool = typer.Option(False, "--json", help="print per-file results as JSON"),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads"),
+    max_pixels: int = typer.Option(1 << 28, help="refuse images larger than this many pixels"),
+) -> None:
+    """Compress images into .aec files."""
+    from aectl.cli.batch import compress_files
+
+    raise typer.Exit(compress_files(inputs, model, out, provider, force, json_out, threads, max_pixels))
+
+
+@app.command()
+def decompress(
+    inputs: list[Path] = typer.Argument(..., help=".aec files or directories (recursive)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (or image file for one input); "
+                                       "default: next to each input"),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="bundle; default: found by the file's model id"),
+    provider: str = typer.Option("auto", help="onnxruntime provider: auto, cpu or cuda"),
+    image_format: str = typer.Option("png", "--format", help="output image format (file suffix): png, bmp, tiff, ..."),
+    force: bool = typer.Option(False, help="overwrite existing outputs"),
+    json_out: bool = typer.Option(False, "--json", help="print per-file results as JSON"),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads"),
+    max_pixels: int = typer.Option(1 << 28, help="refuse files declaring more pixels than this"),
+) -> None:
+    """Decompress .aec files back to images."""
+    from aectl.cli.batch import decompress_files
+
+    raise typer.Exit(decompress_files(inputs, out, model, provider, image_format, force, json_out, threads,
+                                      max_pixels))
 
 
 @app.command()
@@ -132,6 +174,10 @@ def main() -> None:
     except typer.exceptions.TyperException as exc:  # usage errors: bad option, missing argument
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         _die(" ".join(message.split()), getattr(exc, "exit_code", 2))
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if os.environ.get("AECTL_DEBUG"):
+            raise
+        _die(f"internal error: {type(exc).__name__}: {exc} (set AECTL_DEBUG=1 for the traceback)")
     sys.exit(code or 0)
 
 

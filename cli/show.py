@@ -1,6 +1,7 @@
 """Human-readable views for `aectl info` and `aectl doctor`."""
 from __future__ import annotations
 
+import json
 import platform
 import sys
 from importlib import metadata
@@ -21,13 +22,16 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def show_bundle(path: Path) -> None:
+def show_bundle(path: Path, json_out: bool = False) -> None:
     from aectl.runtime.bundle import load_bundle
 
     if path.is_file():
         raise AectlError(f"{path}: aectl info takes a bundle directory")
     b = load_bundle(path)
     m = b.manifest
+    if json_out:
+        print(json.dumps({k: v for k, v in m.items() if k != "entropy"} | {"path": str(path)}, indent=1))
+        return
     table = Table(title=f"bundle {path}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
@@ -71,4 +75,22 @@ def show_doctor() -> None:
     if dists:
         for name, verdict in usable_providers().items():
             table.add_row(f"provider {name}", verdict)
+    console.print(table)
+
+
+def show_aec(path: Path, json_out: bool = False) -> None:
+    from aectl.runtime.container import describe
+    from aectl.runtime.files import read_header
+
+    header = read_header(path)
+    fields = describe(header) | {"file_bytes": path.stat().st_size,
+                                 "bpp": 8 * path.stat().st_size / (header.width * header.height)}
+    if json_out:
+        print(json.dumps(fields, indent=1))
+        return
+    table = Table(title=f".aec file {path}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in fields.items():
+        table.add_row(key.replace("_", " "), f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)

@@ -1,0 +1,112 @@
+"""compress/decompress over many files: progress bar, per-file summary or JSON, exit status 1 if any failed."""
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+
+from aectl.runtime import files
+from aectl.runtime.errors import AectlError
+
+
+@contextmanager
+def _progress(total: int, label: str):
+    """A rich progress bar on stderr for more than one file; a no-op otherwise."""
+    if total < 2:
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda: bar.advance(task)
+
+
+def _report(results: list[files.Result], json_out: bool) -> int:
+    failed = [r for r in results if not r.ok]
+    if json_out:
+        typer.echo(json.dumps({"files": [r.to_dict() for r in results], "ok": len(results) - len(failed),
+                               "failed": len(failed)}, indent=1))
+    else:
+        for r in failed:
+            where = "" if r.error.startswith(r.source) else f"{r.source}: "
+            typer.echo(f"error: {where}{r.error}", err=True)
+        if len(results) > 1:
+            typer.echo(f"{len(results) - len(failed)} ok, {len(failed)} failed", err=True)
+    return 1 if failed else 0
+
+
+def _print_ok(json_out: bool, advance):
+    def on_result(r: files.Result) -> None:
+        advance()
+        if r.ok and not json_out:
+            extra = f"{r.bpp:.3f} bpp, " if r.bpp is not None else ""
+            extra += f"ratio {r.ratio:.1f}:1, " if r.ratio is not None else ""
+            typer.echo(f"{r.source} -> {r.target} ({r.width}x{r.height}, {extra}{r.bytes} B)")
+    return on_result
+
+
+def compress_files(inputs, model, out, provider, force, json_out, threads, max_pixels) -> int:
+    from aectl.runtime.codec import Codec
+
+    if model is None:
+        raise AectlError("no model given: pass a bundle with -m BUNDLE")
+    codec = Codec(model, provider=provider, threads=threads, max_pixels=max_pixels)
+    jobs = files.plan_jobs(inputs, out, files.IMAGE_SUFFIXES, files.AEC_SUFFIX)
+    if not jobs:
+        raise AectlError("no image files found in the given inputs")
+
+    def work(job):
+        data = codec.compress(job.source)
+        from aectl.runtime.container import parse
+        header = parse(data, max_pixels)[0]
+        return data, files.compress_info(data, header.width, header.height, header.channels, header.bit_depth)
+
+    with _progress(len(jobs), "compress") as advance:
+        results = files.run_jobs(jobs, work, force, on_result=_print_ok(json_out, advance))
+    return _report(results, json_out)
+
+
+def decompress_files(inputs, out, model, provider, image_format, force, json_out, threads, max_pixels) -> int:
+    from aectl.runtime.codec import Codec
+    from aectl.runtime.container import parse
+    from aectl.runtime.image_io import atomic_write
+    from aectl.runtime.registry import find_bundle
+
+    suffix = "." + image_format.lower().lstrip(".")
+    from PIL import Image
+    if suffix not in Image.registered_extensions():
+        raise AectlError(f"--format {image_format}: Pillow cannot write that format")
+    jobs = files.plan_jobs(inputs, out, {files.AEC_SUFFIX}, suffix)
+    if not jobs:
+        raise AectlError("no .aec files found in the given inputs")
+    codecs: dict[str, Codec] = {}
+    fixed = Codec(model, provider=provider, threads=threads, max_pixels=max_pixels) if model else None
+
+    def work(job):
+        try:
+            data = job.source.read_bytes()
+        except OSError as exc:
+            raise AectlError(exc.strerror) from None
+        header = parse(data, max_pixels)[0]
+        codec = fixed
+        if codec is None:
+            if header.model_id not in codecs:
+                codecs[header.model_id] = Codec(find_bundle(header.model_id), provider=provider, threads=threads,
+                                                max_pixels=max_pixels)
+            codec = codecs[header.model_id]
+        image = codec.decompress(data)
+        return image, {"bytes": len(data), "width": header.width, "height": header.height,
+                       "bpp": 8 * len(data) / (header.width * header.height)}
+
+    def write(job, image):
+        atomic_write(job.target, image=image, force=force)
+
+    with _progress(len(jobs), "decompress") as advance:
+        results = files.run_jobs(jobs, work, force, write=write, on_result=_print_ok(json_out, advance))
+    return _report(results, json_out)

@@ -1,0 +1,106 @@
+"""Many files in, many files out: input discovery (recursive, tree mirrored), output naming, and a per-file
+result so one bad file is reported and skipped while the rest completes."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from aectl.runtime import container
+from aectl.runtime.errors import AectlError
+from aectl.runtime.image_io import atomic_write
+
+AEC_SUFFIX = ".aec"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".gif",
+                  ".tga"}
+
+
+@dataclass
+class Job:
+    source: Path
+    target: Path
+
+
+@dataclass
+class Result:
+    source: str
+    target: str
+    ok: bool
+    error: str | None = None
+    bytes: int | None = None
+    width: int | None = None
+    height: int | None = None
+    bpp: float | None = None
+    ratio: float | None = None
+    seconds: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def plan_jobs(inputs: Iterable[Path], out: Path | None, suffixes: set[str], new_suffix: str) -> list[Job]:
+    """Files as given; directories walked recursively for `suffixes`, their tree mirrored under `out`.
+
+    A single file with `out` ending in new_suffix is written there; otherwise `out` is a directory (default:
+    next to each input).
+    """
+    inputs = list(inputs)
+    jobs = []
+    for src in inputs:
+        if src.is_dir():
+            for f in sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in suffixes):
+                rel = f.relative_to(src)
+                base = (out / src.name if len(inputs) > 1 else out) if out else src
+                jobs.append(Job(f, (base / rel).with_suffix(new_suffix)))
+        else:
+            if out is not None and len(inputs) == 1 and out.suffix.lower() == new_suffix and not out.is_dir():
+                target = out
+            else:
+                target = (out / src.name if out else src).with_suffix(new_suffix)
+            jobs.append(Job(src, target))
+    return jobs
+
+
+def run_jobs(jobs: list[Job], work: Callable[[Job], tuple[bytes | None, dict]], force: bool,
+             write: Callable[[Job, bytes | object], None] | None = None,
+             on_result: Callable[[Result], None] | None = None) -> list[Result]:
+    """Run `work` per job, writing each output atomically; errors become failed results, not exceptions."""
+    results = []
+    for job in jobs:
+        start = time.perf_counter()
+        try:
+            if job.target.resolve() == job.source.resolve():
+                raise AectlError("output would overwrite the input")
+            if job.target.exists() and not force:
+                raise AectlError(f"{job.target} exists; pass --force to overwrite")
+            if not job.source.is_file():
+                raise AectlError("no such file")
+            output, info = work(job)
+            if write is not None:
+                write(job, output)
+            else:
+                atomic_write(job.target, output, force=force)
+            result = Result(str(job.source), str(job.target), True, seconds=time.perf_counter() - start, **info)
+        except AectlError as exc:
+            result = Result(str(job.source), str(job.target), False, error=str(exc))
+        except MemoryError:
+            result = Result(str(job.source), str(job.target), False, error="out of memory")
+        results.append(result)
+        if on_result:
+            on_result(result)
+    return results
+
+
+def compress_info(data: bytes, width: int, height: int, channels: int, bit_depth: int) -> dict:
+    raw = width * height * channels * bit_depth // 8
+    return {"bytes": len(data), "width": width, "height": height, "bpp": 8 * len(data) / (width * height),
+            "ratio": raw / len(data)}
+
+
+def read_header(path: Path) -> container.Header:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise AectlError(f"{path}: {exc.strerror}") from None
+    return container.parse(data)[0]
