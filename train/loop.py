@@ -179,11 +179,12 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
     aux_optimizer = torch.optim.Adam([model.entropy.quantiles], lr=1e-3)
     step, history = 0, []
     if resumed:
-        model.load_state_dict(resumed["model"])
+        state = resumed.get("resume", resumed)  # checkpoints before 0.1 kept the training state top-level
+        model.load_state_dict(state["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         aux_optimizer.load_state_dict(resumed["aux_optimizer"])
-        sampler.set_state(resumed["sampler"])
-        torch.set_rng_state(resumed["torch_rng"])
+        sampler.set_state(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
         step, history = resumed["step"], resumed["history"]
         log(f"resumed {out} at step {step}")
 
@@ -194,11 +195,13 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
                 "val": val_names, "device": str(device)}
     (out / "run.json").write_text(json.dumps(run_info, indent=2))
 
-    def save():
+    def save(resume_state: dict | None = None):
+        """resume_state: the training state to continue from, when `model` holds post-training fits."""
+        state = resume_state or {"model": model.state_dict(), "sampler": sampler.state(),
+                                 "torch_rng": torch.get_rng_state()}
         atomic_torch_save({"config": _config_dict(cfg), "preset": preset.to_dict(), "model": model.state_dict(),
                            "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(),
-                           "sampler": sampler.state(), "torch_rng": torch.get_rng_state(), "step": step,
-                           "history": history, "run": run_info}, ckpt_path)
+                           "resume": state, "step": step, "history": history, "run": run_info}, ckpt_path)
 
     model.train()
     last_save = time.monotonic()
@@ -232,17 +235,16 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
                 save()
                 last_save = time.monotonic()
 
-    if not preset.rate_distortion and not resumed_fitted(resumed, step):
+    if not preset.rate_distortion:
+        # Fitting changes the model and draws random numbers: keep the pre-fit state for --resume.
+        trained_state = {"model": {k: v.clone() for k, v in model.state_dict().items()}, "sampler": sampler.state(),
+                         "torch_rng": torch.get_rng_state()}
         fit_seed_entropy(model, sampler, val, device, cfg.fit_steps, batch_size, log)
         history.append({"step": step, "fitted": True, **evaluate(model, preset, val, device)})
-        save()
+        save(trained_state)
     final = history[-1] if history else {}
     log(f"done: {step} steps; {out / CHECKPOINT}")
     return final
-
-
-def resumed_fitted(resumed: dict | None, step: int) -> bool:
-    return bool(resumed and resumed["step"] == step and resumed["history"] and resumed["history"][-1].get("fitted"))
 
 
 def fit_seed_entropy(model, sampler: CropSampler, val: torch.Tensor, device, steps: int, batch_size: int, log) -> None:
