@@ -47,6 +47,9 @@ def session_options(threads: int | None = None):
     # Optimise at load time for this machine; bundles ship graphs without machine-specific layouts.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    # The CPU arena keeps the largest buffers of every input shape it has seen; big images are coded as tiles
+    # of a few different shapes, so the arena would hold several copies. Plain allocation keeps memory bounded.
+    opts.enable_cpu_mem_arena = False
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -1,0 +1,249 @@
+"""The codec end to end on real images: bitstreams, the container's defences, any size and mode."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aectl.runtime import Codec, container, tiling
+from aectl.runtime.entropy_coder import EntropyCoder, finish, new_decoder, new_encoder
+from aectl.runtime.errors import AectlError
+from aectl.train.loop import build_from_checkpoint, load_checkpoint
+from conftest import aectl_exe
+
+
+def torch_reference(run, image: np.ndarray, codec: Codec) -> tuple[np.ndarray, np.ndarray]:
+    """What the torch model reconstructs with the codec's padding/tiling: (uint8 image, symbols)."""
+    model, _ = build_from_checkpoint(load_checkpoint(run))
+    h, w = image.shape[:2]
+    th, tw = tiling.choose_tile_size(h, w, codec.stride, codec.fixed_size)
+    out = np.empty_like(image)
+    all_symbols = []
+    for t in tiling.plan(h, w, th, tw, codec.stride, codec.fixed_size):
+        x = torch.from_numpy(tiling.cut(image, t)[None])
+        with torch.no_grad():
+            symbols = model.quantize(model.encode(x))
+            decoded = model.decode(model.dequantize(symbols)).clamp(0, 1).numpy()[0]
+        tiling.paste(out, decoded, t)
+        all_symbols.append(symbols.numpy().ravel())
+    return out, np.concatenate(all_symbols)
+
+
+@pytest.mark.parametrize("preset", ["seed-conv", "seed-dense", "factorized"])
+@pytest.mark.parametrize("source", ["kodak", "photos"])
+def test_round_trip_matches_torch_quantised_reconstruction(trained, preset, source, kodak, photos):
+    run, bundle = trained[preset]
+    path = kodak / "kodim04.png" if source == "kodak" else photos / "017.png"
+    image = np.asarray(Image.open(path).convert("RGB"))
+    if source == "photos":
+        image = image[:400, :600]  # keep the dense preset's tile count small
+    codec = Codec(bundle, provider="cpu")
+    data = codec.compress(image)
+    decoded = np.asarray(codec.decompress(data))
+    expected, torch_symbols = torch_reference(run, image, codec)
+    # Symbols may differ only where a value sits within float noise of a rounding boundary.
+    header, payload, _ = container.parse(data)
+    assert header.width == image.shape[1] and header.height == image.shape[0]
+    diff = np.abs(decoded.astype(int) - expected.astype(int))
+    # 1e-4 on [0, 1] can flip the final rounding to 8 bits by one level, never more.
+    assert diff.max() <= 1, diff.max()
+    assert (diff > 0).mean() < 0.01
+
+
+def test_bpp_printed_equals_file_size(trained, kodak, tmp_path):
+    _, bundle = trained["factorized"]
+    proc = subprocess.run([aectl_exe(), "compress", kodak / "kodim05.png", kodak / "kodim06.png", "-m", bundle,
+                           "-o", tmp_path, "--json", "--provider", "cpu"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] == 2
+    for entry in report["files"]:
+        size = (tmp_path / entry["target"].split("/")[-1]).stat().st_size
+        assert entry["bytes"] == size
+        assert entry["bpp"] == pytest.approx(8 * size / (entry["width"] * entry["height"]))
+
+
+@pytest.mark.parametrize("kind", ["zeros", "random", "huge", "extremes", "mixed"])
+def test_symbols_decode_exactly_for_adversarial_latents(trained, kind):
+    _, bundle = trained["factorized"]
+    coder = EntropyCoder(Codec(bundle, provider="cpu").bundle.entropy)
+    rng = np.random.default_rng(7)
+    shape = (coder.channels, 300)
+    symbols = {
+        "zeros": np.zeros(shape, np.int32),
+        "random": rng.integers(-40, 40, shape).astype(np.int32),
+        "huge": rng.integers(-2**31 + 1, 2**31 - 1, shape, dtype=np.int64).astype(np.int32),
+        "extremes": np.tile(np.array([2**31 - 1, -(2**31 - 1), 0, 1, -1], np.int32), (shape[0], 60)),
+        "mixed": np.where(rng.random(shape) < 0.01, 10**6, 0).astype(np.int32),
+    }[kind]
+    enc = new_encoder()
+    coder.encode_block(enc, symbols)
+    coder.encode_block(enc, symbols[:, :5])
+    dec = new_decoder(finish(enc))
+    assert np.array_equal(coder.decode_block(dec, 300), symbols)
+    assert np.array_equal(coder.decode_block(dec, 5), symbols[:, :5])
+
+
+@pytest.fixture(scope="module")
+def small_file(trained):
+    _, bundle = trained["seed-conv"]
+    codec = Codec(bundle, provider="cpu")
+    image = np.asarray(Image.open(__import__("conftest").KODAK / "kodim08.png").convert("RGB"))[100:117, 200:233]
+    return codec, codec.compress(image)
+
+
+def test_every_single_byte_flip_is_rejected(small_file):
+    codec, data = small_file
+    for i in range(len(data)):
+        bad = bytearray(data)
+        bad[i] ^= 0xFF
+        with pytest.raises(AectlError):
+            codec.decompress(bytes(bad))
+
+
+def test_every_truncation_is_rejected(small_file):
+    codec, data = small_file
+    for n in range(len(data)):
+        with pytest.raises(AectlError):
+            codec.decompress(data[:n])
+    with pytest.raises(AectlError, match="unexpected bytes"):
+        codec.decompress(data + b"\0")
+
+
+def test_foreign_file_and_model_mismatch_are_named(trained, small_file):
+    codec, data = small_file
+    with pytest.raises(AectlError, match="not an .aec file"):
+        codec.decompress(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    other = Codec(trained["factorized"][1], provider="cpu")
+    with pytest.raises(AectlError) as err:
+        other.decompress(data)
+    assert codec.model_id in str(err.value) and other.model_id in str(err.value)
+
+
+def test_declared_size_is_checked_before_allocation(small_file):
+    codec, data = small_file
+    header, payload, alpha = container.parse(data)
+    header.width, header.height = 60000, 60000
+    with pytest.raises(AectlError, match="exceeds the limit"):
+        codec.decompress(container.pack(header, payload, alpha))
+
+
+MODES = ["RGB", "L", "RGBA", "LA", "P", "PA-transparent", "1", "I;16", "CMYK"]
+
+
+def _make(mode: str, base: Image.Image) -> Image.Image:
+    if mode == "I;16":
+        return Image.fromarray(np.asarray(base.convert("L")).astype(np.uint16) * 257 + 3)
+    if mode == "PA-transparent":
+        img = base.convert("P")
+        img.info["transparency"] = 0
+        return img
+    if mode in ("RGBA", "LA"):
+        img = base.convert(mode)
+        alpha = Image.linear_gradient("L").resize(base.size)
+        img.putalpha(alpha)
+        return img
+    return base.convert(mode)
+
+
+@pytest.mark.parametrize("preset", ["seed-conv", "factorized", "seed-dense"])
+@pytest.mark.parametrize("size", [(1, 1), (17, 33), (64, 64), (768, 512)])
+def test_sizes_and_modes_round_trip(trained, kodak, preset, size):
+    _, bundle = trained[preset]
+    codec = Codec(bundle, provider="cpu")
+    base = Image.open(kodak / "kodim09.png").convert("RGB")
+    base = base.crop((0, 0, *size)) if size[0] <= base.width else base
+    modes = MODES if size != (768, 512) else ["RGB", "RGBA"]
+    for mode in modes:
+        img = _make(mode, base)
+        out = codec.decompress(codec.compress(img))
+        assert out.size == img.size, mode
+        if mode in ("L", "1", "I;16"):
+            assert out.mode == ("I;16" if mode == "I;16" else "L"), mode
+        if mode in ("RGBA", "LA"):
+            assert np.array_equal(np.asarray(out)[..., -1], np.asarray(img)[..., -1]), "alpha is kept losslessly"
+        if mode == "PA-transparent":
+            assert out.mode == "RGBA"
+
+
+def test_exif_rotation_is_applied(trained, kodak, tmp_path):
+    _, bundle = trained["seed-conv"]
+    codec = Codec(bundle, provider="cpu")
+    img = Image.open(kodak / "kodim10.png").convert("RGB").crop((0, 0, 96, 48))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    img.save(tmp_path / "rot.jpg", exif=exif.tobytes(), quality=95)
+    out = codec.decompress(codec.compress(tmp_path / "rot.jpg"))
+    assert out.size == (48, 96)
+
+
+def test_batch_api_matches_single_calls(trained, kodak):
+    _, bundle = trained["factorized"]
+    codec = Codec(bundle, provider="cpu")
+    images = [np.asarray(Image.open(kodak / f"kodim0{i}.png").convert("RGB")) for i in (1, 2, 3)]
+    batch = codec.compress_batch(images)
+    assert batch == [codec.compress(img) for img in images]
+    decoded = codec.decompress_batch(batch)
+    assert all(np.array_equal(np.asarray(a), np.asarray(codec.decompress(b))) for a, b in zip(decoded, batch))
+
+
+def test_huge_image_in_bounded_memory(trained, tmp_path):
+    """12000x8000 (96 Mpx) round-trips through tiles; peak memory stays within a few image-sizes."""
+    _, bundle = trained["seed-conv"]
+    code = f"""
+import numpy as np
+from PIL import Image
+from aectl.runtime import Codec
+codec = Codec({str(bundle)!r}, provider="cpu", threads=2)
+tile = np.asarray(Image.open({str(__import__('conftest').KODAK / 'kodim01.png')!r}).convert('RGB'))
+image = np.ascontiguousarray(np.tile(tile, (16, 16, 1))[:8000, :12000])
+data = codec.compress(image)
+del image
+out = codec.decompress(data)
+assert out.size == (12000, 8000)
+# VmHWM: this process's own peak (ru_maxrss would include the forking parent's).
+print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) // 1024)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    peak_mb = int(proc.stdout.split()[-1])
+    image_mb = 12000 * 8000 * 3 / 2**20  # 275 MB of uint8 pixels
+    assert peak_mb < 5 * image_mb, f"peak RSS {peak_mb} MB"
+
+
+def test_cli_batch_reports_bad_files_and_mirrors_tree(trained, kodak, tmp_path):
+    _, bundle = trained["seed-conv"]
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.open(kodak / "kodim11.png").crop((0, 0, 100, 80)).save(src / "sub" / "a.png")
+    Image.open(kodak / "kodim12.png").crop((0, 0, 50, 70)).save(src / "b.png")
+    (src / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    proc = subprocess.run([aectl_exe(), "compress", src, "-m", bundle, "-o", out, "--provider", "cpu"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert (out / "sub" / "a.aec").is_file() and (out / "b.aec").is_file() and not (out / "broken.aec").exists()
+    assert proc.stderr.count("broken.png") == 1
+    again = subprocess.run([aectl_exe(), "compress", src / "b.png", "-m", bundle, "-o", out], capture_output=True,
+                           text=True)
+    assert again.returncode == 1 and "--force" in again.stderr
+    back = tmp_path / "back"
+    proc = subprocess.run([aectl_exe(), "decompress", out, "-o", back, "-m", bundle], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(back / "sub" / "a.png").size == (100, 80)
+    assert not list(back.rglob("*.tmp")) and not list(out.rglob("*.tmp"))
+
+
+def test_decompress_finds_bundle_by_model_id(trained, kodak, tmp_path, monkeypatch):
+    _, bundle = trained["factorized"]
+    aec = tmp_path / "k.aec"
+    aec.write_bytes(Codec(bundle, provider="cpu").compress(kodak / "kodim03.png"))
+    env = {**__import__("os").environ, "AECTL_BUNDLES": str(bundle.parent)}
+    proc = subprocess.run([aectl_exe(), "decompress", aec, "-o", tmp_path / "k.png"], capture_output=True,
+                          text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([aectl_exe(), "info", aec, "--json"], capture_output=True, text=True)
+    assert json.loads(proc.stdout)["model_id"] == Codec(bundle, provider="cpu").model_id
