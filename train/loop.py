@@ -28,6 +28,7 @@ from aectl.train.data import CropSampler, center_crops, load_folder, load_stl10
 from aectl.train.zoo import Preset, get_preset
 
 CHECKPOINT = "last.pt"
+MIN_EPOCH_STEPS = 50
 
 
 @dataclass
@@ -165,7 +166,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
         train_imgs, val_imgs, val_names = load_folder(Path(cfg.data), preset.crop)
     sampler = CropSampler(train_imgs, preset.crop, cfg.seed)
     val = torch.from_numpy(center_crops(val_imgs, preset.crop))
-    steps_per_epoch = max(1, round(sampler.steps_per_epoch_pixels / (preset.crop**2 * batch_size)))
+    # An epoch covers the training pixels once (in random crops); at least MIN_EPOCH_STEPS for tiny datasets.
+    steps_per_epoch = max(MIN_EPOCH_STEPS, round(sampler.steps_per_epoch_pixels / (preset.crop**2 * batch_size)))
     if cfg.steps is not None and cfg.epochs is not None:
         raise AectlError("give --steps or --epochs, not both")
     total = cfg.steps if cfg.steps is not None else (cfg.epochs or 1) * steps_per_epoch
