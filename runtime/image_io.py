@@ -44,7 +44,8 @@ def open_image(path: str | Path, max_pixels: int) -> Image.Image:
     except FileNotFoundError:
         raise AectlError(f"{path}: no such file") from None
     except Exception as exc:  # Pillow raises many exception types for unreadable files
-        raise AectlError(f"{path}: cannot read image ({exc})") from None
+        detail = str(exc).replace(f"'{path}'", "").replace(str(path), "").strip() or type(exc).__name__
+        raise AectlError(f"{path}: cannot read image ({detail})") from None
     return img
 
 

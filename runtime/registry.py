@@ -45,3 +45,8 @@ def find_bundle(model_id: str) -> Bundle:
             continue
     searched = ", ".join(str(p) for p in search_paths())
     raise AectlError(f"no bundle with model id {model_id} found (searched {searched}); pass it with -m BUNDLE")
+
+
+def shipped_bundles() -> list[Path]:
+    """Bundles that ship inside the package, in name order."""
+    return sorted(p for p in SHIPPED.iterdir() if (p / MANIFEST).is_file()) if SHIPPED.is_dir() else []
