@@ -7,7 +7,11 @@ EXTRAS ?= cpu,train,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install demo test clean
+EDGE_VENV ?= .venv-edge
+EDGE_STAMP := $(EDGE_VENV)/.installed
+SOURCES := $(shell git ls-files '*.py' 2>/dev/null) pyproject.toml constraints.txt
+
+.PHONY: install edge demo test clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,11 +21,23 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The edge environment: a plain (non-editable) install of the base package with the cpu extra only.
+# It must hold no torch and no onnx; the tests decode files from the full install with it.
+$(EDGE_STAMP): $(SOURCES)
+	rm -rf $(EDGE_VENV)
+	$(PYTHON) -m venv $(EDGE_VENV)
+	$(EDGE_VENV)/bin/python -m pip install --quiet -c constraints.txt ".[cpu]"
+	@if $(EDGE_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^(torch|onnx) '; then \
+		echo "error: torch or onnx found in the edge environment"; exit 1; fi
+	touch $@
+
+edge: $(EDGE_STAMP)
+
 demo: install
 	$(PY) examples/demo.py
 
-test: install
-	$(PY) -m pytest
+test: install edge
+	AECTL_EDGE_PYTHON=$(EDGE_VENV)/bin/python $(PY) -m pytest
 
 clean:
-	rm -rf out build *.egg-info .pytest_cache
+	rm -rf out build *.egg-info .pytest_cache $(EDGE_VENV)

@@ -57,6 +57,9 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     if model is None:
         raise AectlError("no model given: pass a bundle with -m BUNDLE")
     codec = Codec(model, provider=provider, threads=threads, max_pixels=max_pixels)
+    if not codec.bundle.has_encoder:
+        raise AectlError(f"bundle {model} is decoder-only (no encoder.onnx) and cannot compress; "
+                         "use the full bundle it was stripped from")
     jobs = files.plan_jobs(inputs, out, files.IMAGE_SUFFIXES, files.AEC_SUFFIX)
     if not jobs:
         raise AectlError("no image files found in the given inputs")

@@ -52,6 +52,7 @@ def train(
     data_root: Optional[Path] = typer.Option(None, help="with --data stl10: folder holding stl10_binary/"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
     fit_steps: int = typer.Option(1000, help="seed presets: steps fitting the entropy model after training"),
+    init_from: Optional[Path] = typer.Option(None, help="start from the weights of another run or checkpoint"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Train a preset on real images; checkpoints go to --out."""
@@ -65,7 +66,7 @@ def train(
     cfg = TrainConfig(preset=preset, data=data, out=str(out), quality=quality, channels=_channels(channels),
                       steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                       resume=resume, data_root=str(data_root) if data_root else None, threads=threads, crop=crop,
-                      fit_steps=fit_steps)
+                      fit_steps=fit_steps, init_from=str(init_from) if init_from else None)
     final = run_training(cfg, progress=progress and sys.stderr.isatty())
     if final:
         typer.echo(f"final validation: PSNR {final['val_psnr']:.2f} dB, est. {final['val_bpp']:.3f} bpp")
@@ -76,11 +77,13 @@ def export(
     source: Path = typer.Argument(..., help="run directory (its latest checkpoint) or checkpoint file"),
     out: Path = typer.Option(..., "--out", "-o", help="bundle directory to write"),
     force: bool = typer.Option(False, help="replace an existing bundle"),
+    decoder_only: bool = typer.Option(False, "--decoder-only", help="write an edge bundle: decoder and manifest only"),
+    ort: bool = typer.Option(False, "--ort", help="also write decoder.ort (ORT format, for mobile/minimal builds)"),
 ) -> None:
     """Export a checkpoint to encoder.onnx + decoder.onnx + manifest.json, verified against torch."""
     from aectl.export.onnx_export import export_bundle
 
-    export_bundle(source, out, force=force, log=typer.echo)
+    export_bundle(source, out, force=force, decoder_only=decoder_only, ort=ort, log=typer.echo)
 
 
 @app.command()
@@ -95,6 +98,23 @@ def verify(
     report = verify_bundle(bundle, source, provider=provider)
     typer.echo(f"ok: {bundle} matches {source} on {report['provider']}: max |torch - onnxruntime| = "
                f"{report['max_abs_diff']:.2e} <= {report['tolerance']:.0e} over {len(report['cases'])} cases")
+
+
+bundle_app = typer.Typer(no_args_is_help=True, help="Operations on bundle directories.")
+app.add_typer(bundle_app, name="bundle")
+
+
+@bundle_app.command("strip")
+def bundle_strip(
+    source: Path = typer.Argument(..., help="bundle directory"),
+    out: Path = typer.Option(..., "--out", "-o", help="decoder-only bundle to write"),
+    force: bool = typer.Option(False, help="replace an existing output"),
+) -> None:
+    """Copy a bundle without its encoder, for clients that only decompress."""
+    from aectl.runtime.bundle import strip_bundle
+
+    stripped = strip_bundle(source, out, force=force)
+    typer.echo(f"wrote {out} (decoder-only, model {stripped.model_id})")
 
 
 @app.command()

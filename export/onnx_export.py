@@ -90,8 +90,12 @@ def entropy_tables(model) -> dict:
 
 
 def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
-                  parity_images: np.ndarray | None = None, log=print) -> dict:
-    """Export a run directory's latest checkpoint (or a checkpoint file) to a verified bundle."""
+                  parity_images: np.ndarray | None = None, decoder_only: bool = False, ort: bool = False,
+                  log=print) -> dict:
+    """Export a run directory's latest checkpoint (or a checkpoint file) to a verified bundle.
+
+    decoder_only: drop the encoder after the checks (an edge bundle). ort: also write decoder.ort.
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise AectlError(f"{out_dir} already exists; pass --force to replace it")
@@ -119,6 +123,12 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
         from aectl.export.parity import check_parity
         report = check_parity(tmp, model, preset, images=parity_images)
         manifest["parity"] = report
+        if ort:
+            manifest["files"]["decoder_ort"] = _add_ort_decoder(tmp, model, preset)
+        if decoder_only:
+            (tmp / "encoder.onnx").unlink()
+            del manifest["files"]["encoder"]
+            manifest["decoder_only"] = True
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -130,6 +140,17 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
     log(f"wrote {out_dir} (model {model_id}); parity max |torch - onnxruntime| = {report['max_abs_diff']:.2e} "
         f"<= {report['tolerance']:.0e}")
     return manifest
+
+
+def _add_ort_decoder(folder: Path, model, preset: Preset) -> dict:
+    """Convert decoder.onnx to decoder.ort and hold it to the same parity tolerance against torch."""
+    from aectl.export.ort_format import LEVEL, convert_to_ort
+    from aectl.export.parity import check_decoder_file
+
+    convert_to_ort(folder / "decoder.onnx", folder / "decoder.ort")
+    diff = check_decoder_file(folder / "decoder.ort", model, preset)
+    return {"path": "decoder.ort", "sha256": sha256_file(folder / "decoder.ort"),
+            "bytes": (folder / "decoder.ort").stat().st_size, "optimization_level": LEVEL, "max_abs_diff": diff}
 
 
 def build_manifest(ckpt: dict, preset: Preset, model, tables: dict, model_id: str, folder: Path,

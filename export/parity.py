@@ -75,3 +75,21 @@ def verify_bundle(bundle_dir: str | Path, source: str | Path, provider: str = "c
     else:
         shapes = shapes + [(8, preset.fixed_size, preset.fixed_size)]
     return check_parity(bundle_dir, model, preset, shapes=shapes, provider=provider)
+
+
+def check_decoder_file(path: Path, model, preset: Preset) -> float:
+    """A single decoder file (e.g. decoder.ort) against torch on an untraced shape; raises over tolerance."""
+    from aectl.runtime.providers import create_session
+
+    session = create_session(str(path), "cpu")
+    rng = np.random.default_rng(99)
+    b, h, w = parity_shapes(preset)[-1]
+    with torch.no_grad():
+        y = model.encode(torch.from_numpy(rng.random((b, 3, h, w), dtype=np.float32)))
+        y_hat = model.dequantize(model.quantize(y))
+        expected = model.decode(y_hat).clamp(0, 1).numpy()
+    got = session.run(None, {"y_hat": y_hat.numpy()})[0]
+    diff = float(np.abs(got - expected).max())
+    if diff > preset.tolerance:
+        raise AectlError(f"{path.name}: max |torch - onnxruntime| = {diff:.3g} > tolerance {preset.tolerance:g}")
+    return diff

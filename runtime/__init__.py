@@ -3,7 +3,7 @@
 Only numpy, onnxruntime, constriction and Pillow are used here; nothing imports torch, train/ or export/.
 """
 from aectl.runtime.bundle import Bundle, load_bundle
-from aectl.runtime.codec import Codec
+from aectl.runtime.codec import Codec, Decoder
 from aectl.runtime.errors import AectlError
 
-__all__ = ["AectlError", "Bundle", "Codec", "load_bundle"]
+__all__ = ["AectlError", "Bundle", "Codec", "Decoder", "load_bundle"]

@@ -15,6 +15,7 @@ from aectl.runtime.errors import AectlError
 MANIFEST = "manifest.json"
 FORMAT = "aectl-bundle"
 FORMAT_VERSION = 1
+FILE_ROLES = ("encoder", "decoder", "decoder_ort")
 
 
 def sha256_file(path: Path) -> str:
@@ -37,6 +38,11 @@ class Bundle:
     @property
     def has_encoder(self) -> bool:
         return "encoder" in self.manifest["files"]
+
+    @property
+    def decoder_role(self) -> str:
+        """'decoder' (ONNX) when present, else 'decoder_ort' (ORT format, for minimal/mobile builds)."""
+        return "decoder" if "decoder" in self.manifest["files"] else "decoder_ort"
 
     @property
     def input_rule(self) -> dict:
@@ -93,9 +99,10 @@ def validate_manifest(m: dict, where: Path) -> None:
          f"format_version {m.get('format_version')!r} is not supported (this aectl reads {FORMAT_VERSION})")
     need(isinstance(m.get("model_id"), str) and len(m["model_id"]) == 32, "model_id must be 32 hex characters")
     files = m.get("files")
-    need(isinstance(files, dict) and "decoder" in files, "files.decoder is required")
+    need(isinstance(files, dict) and ("decoder" in files or "decoder_ort" in files),
+         "files.decoder (or files.decoder_ort) is required")
     for role, entry in files.items():
-        need(role in ("encoder", "decoder"), f"unknown file role {role!r}")
+        need(role in FILE_ROLES, f"unknown file role {role!r}")
         need(isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("sha256"), str),
              f"files.{role} needs path and sha256")
         need(not Path(entry["path"]).is_absolute() and ".." not in Path(entry["path"]).parts,
@@ -121,3 +128,36 @@ def validate_manifest(m: dict, where: Path) -> None:
              f"entropy.cdfs[{c}] must start at 0 and end at 2**precision")
         need(all(isinstance(v, int) for v in cdf) and all(b > a for a, b in zip(cdf, cdf[1:])),
              f"entropy.cdfs[{c}] must be strictly increasing integers")
+
+
+def strip_bundle(source: str | Path, out: str | Path, force: bool = False) -> Bundle:
+    """A decoder-only copy of a bundle: decoder file(s) and the manifest (entropy tables included), no encoder.
+
+    Written to a temporary folder beside `out` and renamed into place, hashes checked on the way.
+    """
+    import shutil
+    import tempfile
+
+    bundle = load_bundle(source)
+    out = Path(out)
+    if out.exists() and not force:
+        raise AectlError(f"{out} already exists; pass --force to replace it")
+    if out.resolve() == bundle.path.resolve():
+        raise AectlError("strip: the output must differ from the input bundle")
+    manifest = json.loads(json.dumps(bundle.manifest))
+    manifest["files"].pop("encoder", None)
+    manifest["decoder_only"] = True
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for role, entry in manifest["files"].items():
+            shutil.copyfile(bundle.file(role), tmp / entry["path"])
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        tmp.chmod(0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_bundle(out)

@@ -1,9 +1,13 @@
-"""The public API: Codec(bundle, provider).
+"""The public API.
 
-    encode(x) / decode(latents)            NCHW float32 batches in [0, 1] through the two ONNX halves
+Decoder(bundle, provider) needs only decoder.onnx (edge clients):
+    decode(latents)                        latents -> NCHW float32 images in [0, 1]
+    decompress(bytes) -> PIL.Image         an .aec file back to pixels, in the original's mode
+    decompress_batch                       same, grouping same-size files into one session run
+Codec(bundle, provider) adds the encoder:
+    encode(x)                              NCHW float32 batches in [0, 1] -> continuous latents
     compress(image) -> bytes               a complete .aec file: quantised, range-coded latents
-    decompress(bytes) -> PIL.Image         back to pixels, in the original's mode
-    compress_batch / decompress_batch      same, grouping same-size images into one session run
+    compress_batch                         same, grouping same-size images into one session run
 """
 from __future__ import annotations
 
@@ -20,8 +24,9 @@ from aectl.runtime.network import Network
 RUN_PIXELS = 1 << 22  # pixels per network run: bounds memory for big images and big batches
 
 
-class Codec:
-    """A loaded bundle, ready to run. Sessions start lazily on the chosen provider (cpu, cuda or auto)."""
+class Decoder:
+    """A loaded bundle that turns .aec files back into images. Sessions start lazily on the chosen provider
+    (cpu, cuda or auto), so a decoder-only client never needs the encoder."""
 
     def __init__(self, bundle: str | Path | Bundle, provider: str = "auto", threads: int | None = None,
                  max_pixels: int = container.DEFAULT_MAX_PIXELS, batch_size: int = 8):
@@ -37,25 +42,83 @@ class Codec:
     def model_id(self) -> str:
         return self.bundle.model_id
 
-    # -- network halves -------------------------------------------------------------------------------------
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        """Images (N, 3, H, W) float32 in [0, 1] -> continuous latents."""
-        return self.network.encode(x)
-
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Latents -> images (N, 3, H, W) float32 in [0, 1]."""
         return self.network.decode(latents)
 
-    # -- files ----------------------------------------------------------------------------------------------
-    def compress(self, image: Image.Image | np.ndarray | str | Path) -> bytes:
-        return self.compress_batch([image])[0]
-
     def decompress(self, data: bytes) -> Image.Image:
         return self.decompress_batch([data])[0]
 
+    def decompress_batch(self, blobs: list[bytes]) -> list[Image.Image]:
+        parsed = [self._parse(data) for data in blobs]
+        decoders = [entropy_coder.new_decoder(payload) for _, payload, _ in parsed]
+        outputs = [np.empty((h.height, h.width, 3), dtype=np.uint8) for h, _, _ in parsed]
+        single = {}
+        for i, (h, _, _) in enumerate(parsed):
+            tiles = tiling.plan(h.height, h.width, h.tile_height, h.tile_width, self.stride, self.fixed_size)
+            if len(tiles) == 1:
+                single.setdefault((tiles[0].padded_height, tiles[0].padded_width), []).append((i, tiles[0]))
+                continue
+            for run in tiling.runs(tiles, self._run_limit(tiles[0])):
+                self._decode_run([(i, t) for t in run], decoders, outputs)
+        for items in single.values():
+            limit = self._run_limit(items[0][1])
+            for start in range(0, len(items), limit):
+                self._decode_run(items[start:start + limit], decoders, outputs)
+        images = []
+        for (h, _, alpha), rgb in zip(parsed, outputs):
+            plane = image_io.unpack_alpha(alpha, h.height, h.width) if h.has_alpha else None
+            images.append(image_io.from_pixels(rgb, plane, h.channels, h.bit_depth))
+        return images
+
+    # -- internals ------------------------------------------------------------------------------------------
+    def _run_limit(self, tile: tiling.Tile) -> int:
+        return max(1, min(self.batch_size, RUN_PIXELS // (tile.padded_height * tile.padded_width)))
+
+    def _latent_tile_shape(self, th: int, tw: int) -> tuple[int, int, int]:
+        lat = self.bundle.latent_rule
+        if lat["layout"] == "NC":
+            return lat["channels"], 1, 1
+        return lat["channels"], th // self.stride, tw // self.stride
+
+    def _decode_run(self, items, decoders, outputs) -> None:
+        shape = self.network.latent_shape(1, items[0][1].padded_height, items[0][1].padded_width)[1:]
+        count = int(np.prod(shape[1:], dtype=np.int64))
+        symbols = np.stack([self.coder.decode_block(decoders[i], count).reshape(shape) for i, _ in items])
+        decoded = self.network.decode(self.network.dequantize(symbols))
+        for (i, t), img in zip(items, decoded):
+            tiling.paste(outputs[i], img, t)
+
+    def _parse(self, data: bytes):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise AectlError(f"decompress takes the bytes of an .aec file, not a {type(data).__name__}")
+        header, payload, alpha = container.parse(bytes(data), self.max_pixels)
+        if header.model_id != self.model_id:
+            raise AectlError(f"file was made by model {header.model_id}, but the bundle {self.bundle.path} is model "
+                             f"{self.model_id}; pass the matching bundle with -m")
+        expected_tile = tiling.choose_tile_size(header.height, header.width, self.stride, self.fixed_size)
+        if (header.tile_height, header.tile_width) != expected_tile or \
+                (header.latent_channels, header.latent_height, header.latent_width) != \
+                self._latent_tile_shape(*expected_tile):
+            raise AectlError("corrupted .aec file (tile or latent shape does not fit the model)")
+        return header, payload, alpha
+
+
+class Codec(Decoder):
+    """A full bundle: compresses images to .aec bytes and decompresses them."""
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """Images (N, 3, H, W) float32 in [0, 1] -> continuous latents."""
+        if not self.bundle.has_encoder:
+            raise AectlError(f"bundle {self.bundle.path} is decoder-only and cannot encode or compress")
+        return self.network.encode(x)
+
+    def compress(self, image: Image.Image | np.ndarray | str | Path) -> bytes:
+        return self.compress_batch([image])[0]
+
     def compress_batch(self, images: list) -> list[bytes]:
         if not self.bundle.has_encoder:
-            raise AectlError(f"bundle {self.bundle.path} is decoder-only and cannot compress")
+            raise AectlError(f"bundle {self.bundle.path} is decoder-only and cannot encode or compress")
         pixels = [self._pixels(img) for img in images]
         encoders = [entropy_coder.new_encoder() for _ in pixels]
         tile_sizes, single = [], {}
@@ -81,29 +144,6 @@ class Codec:
             out.append(container.pack(header, entropy_coder.finish(enc), image_io.pack_alpha(px.alpha)))
         return out
 
-    def decompress_batch(self, blobs: list[bytes]) -> list[Image.Image]:
-        parsed = [self._parse(data) for data in blobs]
-        decoders = [entropy_coder.new_decoder(payload) for _, payload, _ in parsed]
-        outputs = [np.empty((h.height, h.width, 3), dtype=np.uint8) for h, _, _ in parsed]
-        single = {}
-        for i, (h, _, _) in enumerate(parsed):
-            tiles = tiling.plan(h.height, h.width, h.tile_height, h.tile_width, self.stride, self.fixed_size)
-            if len(tiles) == 1:
-                single.setdefault((tiles[0].padded_height, tiles[0].padded_width), []).append((i, tiles[0]))
-                continue
-            for run in tiling.runs(tiles, self._run_limit(tiles[0])):
-                self._decode_run([(i, t) for t in run], decoders, outputs)
-        for items in single.values():
-            limit = self._run_limit(items[0][1])
-            for start in range(0, len(items), limit):
-                self._decode_run(items[start:start + limit], decoders, outputs)
-        images = []
-        for (h, _, alpha), rgb in zip(parsed, outputs):
-            plane = image_io.unpack_alpha(alpha, h.height, h.width) if h.has_alpha else None
-            images.append(image_io.from_pixels(rgb, plane, h.channels, h.bit_depth))
-        return images
-
-    # -- internals ------------------------------------------------------------------------------------------
     def _pixels(self, image) -> image_io.Pixels:
         if isinstance(image, (str, Path)):
             image = image_io.open_image(image, self.max_pixels)
@@ -118,39 +158,8 @@ class Codec:
             raise AectlError(f"{w}x{h} exceeds the limit of {self.max_pixels} pixels")
         return px
 
-    def _run_limit(self, tile: tiling.Tile) -> int:
-        return max(1, min(self.batch_size, RUN_PIXELS // (tile.padded_height * tile.padded_width)))
-
-    def _latent_tile_shape(self, th: int, tw: int) -> tuple[int, int, int]:
-        lat = self.bundle.latent_rule
-        if lat["layout"] == "NC":
-            return lat["channels"], 1, 1
-        return lat["channels"], th // self.stride, tw // self.stride
-
     def _encode_run(self, items, pixels, encoders) -> None:
         x = np.stack([tiling.cut(pixels[i].rgb, t) for i, t in items])
         symbols = self.network.quantize(self.network.encode(x))
         for (i, _), sym in zip(items, symbols):
             self.coder.encode_block(encoders[i], sym.reshape(sym.shape[0], -1))
-
-    def _decode_run(self, items, decoders, outputs) -> None:
-        shape = self.network.latent_shape(1, items[0][1].padded_height, items[0][1].padded_width)[1:]
-        count = int(np.prod(shape[1:], dtype=np.int64))
-        symbols = np.stack([self.coder.decode_block(decoders[i], count).reshape(shape) for i, _ in items])
-        decoded = self.network.decode(self.network.dequantize(symbols))
-        for (i, t), img in zip(items, decoded):
-            tiling.paste(outputs[i], img, t)
-
-    def _parse(self, data: bytes):
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise AectlError(f"decompress takes the bytes of an .aec file, not a {type(data).__name__}")
-        header, payload, alpha = container.parse(bytes(data), self.max_pixels)
-        if header.model_id != self.model_id:
-            raise AectlError(f"file was made by model {header.model_id}, but the bundle {self.bundle.path} is model "
-                             f"{self.model_id}; pass the matching bundle with -m")
-        expected_tile = tiling.choose_tile_size(header.height, header.width, self.stride, self.fixed_size)
-        if (header.tile_height, header.tile_width) != expected_tile or \
-                (header.latent_channels, header.latent_height, header.latent_width) != \
-                self._latent_tile_shape(*expected_tile):
-            raise AectlError("corrupted .aec file (tile or latent shape does not fit the model)")
-        return header, payload, alpha

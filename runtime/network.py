@@ -24,6 +24,8 @@ class Network:
 
     def session(self, role: str):
         """Sessions are created on first use, so a decoder-only client never touches the encoder."""
+        if role == "decoder":
+            role = self.bundle.decoder_role
         if role not in self._sessions:
             self._sessions[role] = create_session(str(self.bundle.file(role)), self.provider, self.threads)
         return self._sessions[role]

@@ -48,6 +48,7 @@ class TrainConfig:
     data_root: str | None = None
     threads: int | None = None
     crop: int | None = None          # override the preset's training crop side
+    init_from: str | None = None     # start from another run's weights (e.g. a neighbouring quality)
     checkpoint_every: float = 60.0   # seconds between checkpoints
     fit_steps: int = 1000            # seed presets: entropy-model fitting steps after training
 
@@ -180,6 +181,13 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
     optimizer = torch.optim.Adam(main_params, lr=lr)
     aux_optimizer = torch.optim.Adam([model.entropy.quantiles], lr=1e-3)
     step, history = 0, []
+    if cfg.init_from and not resumed:
+        source = load_checkpoint(Path(cfg.init_from))
+        try:
+            model.load_state_dict(source["model"])
+        except RuntimeError:
+            raise AectlError(f"--init-from {cfg.init_from}: its architecture differs from this run's") from None
+        log(f"initialised from {cfg.init_from} (step {source.get('step')})")
     if resumed:
         state = resumed.get("resume", resumed)  # checkpoints before 0.1 kept the training state top-level
         model.load_state_dict(state["model"])
