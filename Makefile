@@ -11,7 +11,7 @@ EDGE_VENV ?= .venv-edge
 EDGE_STAMP := $(EDGE_VENV)/.installed
 SOURCES := $(shell git ls-files '*.py' 2>/dev/null) pyproject.toml constraints.txt
 
-.PHONY: install edge demo test clean
+.PHONY: install edge demo test fuzz clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,14 @@ demo: install
 
 test: install edge
 	AECTL_EDGE_PYTHON=$(EDGE_VENV)/bin/python $(PY) -m pytest
+
+# Bounded coverage-guided fuzzing of the .aec parser and decoder (atheris); seeds are real .aec files.
+FUZZ_SECONDS ?= 120
+fuzz: install
+	$(PY) -m pip install --quiet atheris
+	$(PY) tests/make_fuzz_corpus.py out/fuzz
+	$(PY) tests/fuzz_container.py out/fuzz/bundle out/fuzz/corpus -max_total_time=$(FUZZ_SECONDS) \
+		-timeout=20 -rss_limit_mb=4096 -max_len=4096
 
 clean:
 	rm -rf out build *.egg-info .pytest_cache $(EDGE_VENV)

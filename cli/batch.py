@@ -51,7 +51,7 @@ def _print_ok(json_out: bool, advance):
     return on_result
 
 
-def compress_files(inputs, model, out, provider, force, json_out, threads, max_pixels) -> int:
+def compress_files(inputs, model, out, provider, force, json_out, threads, max_pixels, fail_fast=False) -> int:
     from aectl.runtime.codec import Codec
 
     if model is None:
@@ -71,11 +71,12 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
         return data, files.compress_info(data, header.width, header.height, header.channels, header.bit_depth)
 
     with _progress(len(jobs), "compress") as advance:
-        results = files.run_jobs(jobs, work, force, on_result=_print_ok(json_out, advance))
+        results = files.run_jobs(jobs, work, force, on_result=_print_ok(json_out, advance), fail_fast=fail_fast)
     return _report(results, json_out)
 
 
-def decompress_files(inputs, out, model, provider, image_format, force, json_out, threads, max_pixels) -> int:
+def decompress_files(inputs, out, model, provider, image_format, force, json_out, threads, max_pixels,
+                     fail_fast=False) -> int:
     from aectl.runtime.codec import Codec
     from aectl.runtime.container import parse
     from aectl.runtime.image_io import atomic_write
@@ -111,5 +112,6 @@ def decompress_files(inputs, out, model, provider, image_format, force, json_out
         atomic_write(job.target, image=image, force=force)
 
     with _progress(len(jobs), "decompress") as advance:
-        results = files.run_jobs(jobs, work, force, write=write, on_result=_print_ok(json_out, advance))
+        results = files.run_jobs(jobs, work, force, write=write, on_result=_print_ok(json_out, advance),
+                                 fail_fast=fail_fast)
     return _report(results, json_out)

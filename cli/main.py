@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from aectl.runtime.errors import AectlError
+from aectl.runtime.errors import AectlError, received_signals
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Learned image compression: train in PyTorch, export to ONNX, compress with onnxruntime.")
@@ -53,6 +54,7 @@ def train(
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
     fit_steps: int = typer.Option(1000, help="seed presets: steps fitting the entropy model after training"),
     init_from: Optional[Path] = typer.Option(None, help="start from the weights of another run or checkpoint"),
+    checkpoint_every: float = typer.Option(60.0, help="seconds between checkpoints (also saved on Ctrl-C/SIGTERM)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Train a preset on real images; checkpoints go to --out."""
@@ -66,8 +68,9 @@ def train(
     cfg = TrainConfig(preset=preset, data=data, out=str(out), quality=quality, channels=_channels(channels),
                       steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                       resume=resume, data_root=str(data_root) if data_root else None, threads=threads, crop=crop,
-                      fit_steps=fit_steps, init_from=str(init_from) if init_from else None)
-    final = run_training(cfg, progress=progress and sys.stderr.isatty())
+                      fit_steps=fit_steps, init_from=str(init_from) if init_from else None,
+                      checkpoint_every=checkpoint_every)
+    final = run_training(cfg, progress=progress and sys.stderr.isatty(), log=lambda msg: typer.echo(msg, err=True))
     if final:
         typer.echo(f"final validation: PSNR {final['val_psnr']:.2f} dB, est. {final['val_bpp']:.3f} bpp")
 
@@ -139,11 +142,12 @@ def compress(
     json_out: bool = typer.Option(False, "--json", help="print per-file results as JSON"),
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads"),
     max_pixels: int = typer.Option(1 << 28, help="refuse images larger than this many pixels"),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="stop at the first file that fails"),
 ) -> None:
     """Compress images into .aec files."""
     from aectl.cli.batch import compress_files
 
-    raise typer.Exit(compress_files(inputs, model, out, provider, force, json_out, threads, max_pixels))
+    raise typer.Exit(compress_files(inputs, model, out, provider, force, json_out, threads, max_pixels, fail_fast))
 
 
 @app.command()
@@ -158,12 +162,13 @@ def decompress(
     json_out: bool = typer.Option(False, "--json", help="print per-file results as JSON"),
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads"),
     max_pixels: int = typer.Option(1 << 28, help="refuse files declaring more pixels than this"),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="stop at the first file that fails"),
 ) -> None:
     """Decompress .aec files back to images."""
     from aectl.cli.batch import decompress_files
 
     raise typer.Exit(decompress_files(inputs, out, model, provider, image_format, force, json_out, threads,
-                                      max_pixels))
+                                      max_pixels, fail_fast))
 
 
 @app.command()
@@ -179,18 +184,23 @@ def _die(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM is raised like Ctrl-C, so partial outputs are removed on the way out."""
+    received_signals.append(signum)
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console entry point: user errors become one `error:` line, never a traceback."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = app(standalone_mode=False)
     except AectlError as exc:
         _die(str(exc))
     except (ValueError, OSError) as exc:
         _die(str(exc))
-    except KeyboardInterrupt:
-        _die("interrupted", 130)
-    except typer.Abort:
-        _die("aborted")
+    except (KeyboardInterrupt, typer.Abort):
+        _stopped()
     except typer.exceptions.TyperException as exc:  # usage errors: bad option, missing argument
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         _die(" ".join(message.split()), getattr(exc, "exit_code", 2))
@@ -198,7 +208,15 @@ def main() -> None:
         if os.environ.get("AECTL_DEBUG"):
             raise
         _die(f"internal error: {type(exc).__name__}: {exc} (set AECTL_DEBUG=1 for the traceback)")
+    if received_signals or code == 130:  # typer turns KeyboardInterrupt into exit code 130 on its own
+        _stopped()
     sys.exit(code or 0)
+
+
+def _stopped() -> None:
+    if signal.SIGTERM in received_signals:
+        _die("terminated", 143)
+    _die("interrupted", 130)
 
 
 if __name__ == "__main__":

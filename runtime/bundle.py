@@ -6,11 +6,13 @@ checks each file's sha256 before a session is created, so a tampered or half-cop
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from aectl.runtime.errors import AectlError
+from aectl.runtime.onnx_guard import check_self_contained
 
 MANIFEST = "manifest.json"
 FORMAT = "aectl-bundle"
@@ -55,6 +57,21 @@ class Bundle:
     @property
     def entropy(self) -> dict:
         return self.manifest["entropy"]
+
+    def read(self, role: str) -> bytes:
+        """The bytes of a model file, hash-checked and (for ONNX) checked to be self-contained. Sessions are
+        created from these bytes, so the file cannot change between the check and the load."""
+        path = self.file(role, verify=False)
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.manifest["files"][role]["sha256"]:
+            raise AectlError(f"bundle {self.path}: {path.name} does not match its sha256 in the manifest "
+                             "(corrupted or modified)")
+        if path.suffix == ".onnx":
+            try:
+                check_self_contained(data)
+            except AectlError as exc:
+                raise AectlError(f"bundle {self.path}: {path.name}: {exc}") from None
+        return data
 
     def file(self, role: str, verify: bool = True) -> Path:
         """Path of the 'encoder' or 'decoder' file, its hash checked."""
@@ -122,6 +139,11 @@ def validate_manifest(m: dict, where: Path) -> None:
     need(isinstance(step, (int, float)) and step > 0 and step < 1e6, "entropy.step must be positive")
     for key in ("offsets", "medians", "cdfs"):
         need(isinstance(ent.get(key), list) and len(ent[key]) == channels, f"entropy.{key} needs one entry per channel")
+    need(isinstance(ent.get("tail_mass"), (int, float)) and 0 <= ent["tail_mass"] < 0.5, "entropy.tail_mass")
+    need(all(isinstance(v, int) and abs(v) < 1 << 31 for v in ent["offsets"]), "entropy.offsets must be int32")
+    need(all(isinstance(v, (int, float)) and math.isfinite(v) and abs(v) < 1e6 for v in ent["medians"]),
+         "entropy.medians must be finite numbers")
+    need(math.isfinite(step), "entropy.step must be finite")
     total = 1 << ent["precision"]
     for c, cdf in enumerate(ent["cdfs"]):
         need(isinstance(cdf, list) and 3 <= len(cdf) <= (1 << 16) and cdf[0] == 0 and cdf[-1] == total,

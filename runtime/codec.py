@@ -101,6 +101,12 @@ class Decoder:
                 (header.latent_channels, header.latent_height, header.latent_width) != \
                 self._latent_tile_shape(*expected_tile):
             raise AectlError("corrupted .aec file (tile or latent shape does not fit the model)")
+        tiles = tiling.plan(header.height, header.width, *expected_tile, self.stride, self.fixed_size)
+        per_channel = sum(int(np.prod(self.network.latent_shape(1, t.padded_height, t.padded_width)[2:],
+                                      dtype=np.int64)) for t in tiles)
+        if 8 * len(payload) + 64 < self.coder.min_payload_bits(per_channel):
+            raise AectlError(f"corrupted .aec file (a payload of {len(payload)} bytes cannot hold a "
+                             f"{header.width}x{header.height} image)")
         return header, payload, alpha
 
 

@@ -25,10 +25,18 @@ class EntropyCoder:
         self.models = [constriction.stream.model.Categorical(np.diff(cdf).astype(np.float64), perfect=False)
                        for cdf in cdfs]
         self.uniform = constriction.stream.model.Uniform(1 << 16)
+        # The cheapest any symbol of channel c can be: -log2 of its most probable bin. A valid payload for
+        # n symbols per channel needs at least sum(n * min_bits) bits, which bounds decoding work per byte.
+        total = float(1 << int(tables["precision"]))
+        self.min_bits = np.array([-np.log2(np.diff(cdf).max() / total) for cdf in cdfs])
 
     @property
     def channels(self) -> int:
         return len(self.models)
+
+    def min_payload_bits(self, symbols_per_channel: int) -> float:
+        """A lower bound on the payload of a block (with a margin for the coder's own rounding)."""
+        return 0.9 * symbols_per_channel * float(self.min_bits.sum())
 
     def encode_block(self, encoder, symbols: np.ndarray) -> None:
         """Append one block, symbols of shape (C, K) int32, to a constriction RangeEncoder."""
@@ -58,7 +66,7 @@ class EntropyCoder:
                 zigzag = (halves[:, 0] << 16) | halves[:, 1]
                 values = np.where(zigzag & 1, -(zigzag + 1) // 2, zigzag // 2)
                 out[outside] = values  # row-major order matches the encoder's per-channel concatenation
-        except (ValueError, RuntimeError, OverflowError) as exc:
+        except Exception as exc:  # constriction raises AssertionError, ValueError... on invalid data
             raise AectlError(f"corrupted payload: entropy decoding failed ({exc})") from None
         out[~outside] += np.broadcast_to(self.offsets[:, None], out.shape)[~outside]
         return out.astype(np.int32)

@@ -64,8 +64,9 @@ def plan_jobs(inputs: Iterable[Path], out: Path | None, suffixes: set[str], new_
 
 def run_jobs(jobs: list[Job], work: Callable[[Job], tuple[bytes | None, dict]], force: bool,
              write: Callable[[Job, bytes | object], None] | None = None,
-             on_result: Callable[[Result], None] | None = None) -> list[Result]:
-    """Run `work` per job, writing each output atomically; errors become failed results, not exceptions."""
+             on_result: Callable[[Result], None] | None = None, fail_fast: bool = False) -> list[Result]:
+    """Run `work` per job, writing each output atomically; errors become failed results, not exceptions.
+    fail_fast stops after the first failure."""
     results = []
     for job in jobs:
         start = time.perf_counter()
@@ -89,6 +90,8 @@ def run_jobs(jobs: list[Job], work: Callable[[Job], tuple[bytes | None, dict]], 
         results.append(result)
         if on_result:
             on_result(result)
+        if fail_fast and not result.ok:
+            break
     return results
 
 

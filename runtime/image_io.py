@@ -137,7 +137,9 @@ def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise AectlError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise

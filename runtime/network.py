@@ -27,7 +27,7 @@ class Network:
         if role == "decoder":
             role = self.bundle.decoder_role
         if role not in self._sessions:
-            self._sessions[role] = create_session(str(self.bundle.file(role)), self.provider, self.threads)
+            self._sessions[role] = create_session(self.bundle.read(role), self.provider, self.threads)
         return self._sessions[role]
 
     @property

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aectl.runtime.errors import AectlError
+from aectl.runtime.errors import AectlError, received_signals
 from aectl.train.data import CropSampler, center_crops, load_folder, load_stl10
 from aectl.train.zoo import Preset, get_preset
 
@@ -196,6 +197,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
         sampler.set_state(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         step, history = resumed["step"], resumed["history"]
+        _truncate_log(out / "log.jsonl", step)
         log(f"resumed {out} at step {step}")
 
     out.mkdir(parents=True, exist_ok=True)
@@ -215,35 +217,52 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
 
     model.train()
     last_save = time.monotonic()
-    with _progress(progress, total, step) as bar:
-        while step < total:
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(lr, step, total)
-            x = torch.from_numpy(sampler.batch(batch_size)).to(device)
-            out_ = model(x)
-            terms = loss_terms(model, preset, x, out_)
-            if not torch.isfinite(terms["loss"]):
-                raise AectlError(f"loss is not finite at step {step}; lower --lr or resume from the last checkpoint")
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(main_params, 1.0)
-            optimizer.step()
-            aux = model.entropy.aux_loss()
-            aux_optimizer.zero_grad(set_to_none=True)
-            aux.backward()
-            aux_optimizer.step()
-            step += 1
-            bar.update(step, terms)
-            if step % steps_per_epoch == 0 or step == total:
-                metrics = {"step": step, "epoch": step / steps_per_epoch, **evaluate(model, preset, val, device)}
-                history.append(metrics)
-                with open(out / "log.jsonl", "a") as fh:
-                    fh.write(json.dumps(metrics) + "\n")
-                bar.note(f"step {step} val: PSNR {metrics['val_psnr']:.2f} dB, est. {metrics['val_bpp']:.3f} bpp, "
-                         f"loss {metrics['val_loss']:.4g}")
-            if time.monotonic() - last_save > cfg.checkpoint_every or step == total:
-                save()
-                last_save = time.monotonic()
+
+    def train_steps() -> None:
+        nonlocal step, last_save
+        with _progress(progress, total, step) as bar:
+            while step < total:
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(lr, step, total)
+                x = torch.from_numpy(sampler.batch(batch_size)).to(device)
+                out_ = model(x)
+                terms = loss_terms(model, preset, x, out_)
+                if not torch.isfinite(terms["loss"]):
+                    raise AectlError(f"loss is not finite at step {step}; lower --lr or resume from the last checkpoint")
+                optimizer.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(main_params, 1.0)
+                optimizer.step()
+                aux = model.entropy.aux_loss()
+                aux_optimizer.zero_grad(set_to_none=True)
+                aux.backward()
+                aux_optimizer.step()
+                step += 1
+                bar.update(step, terms)
+                if step % steps_per_epoch == 0 or step == total:
+                    metrics = {"step": step, "epoch": step / steps_per_epoch, **evaluate(model, preset, val, device)}
+                    history.append(metrics)
+                    with open(out / "log.jsonl", "a") as fh:
+                        fh.write(json.dumps(metrics) + "\n")
+                    bar.note(f"step {step} val: PSNR {metrics['val_psnr']:.2f} dB, est. {metrics['val_bpp']:.3f} bpp, "
+                             f"loss {metrics['val_loss']:.4g}")
+                if time.monotonic() - last_save > cfg.checkpoint_every or step == total:
+                    save()
+                    last_save = time.monotonic()
+                if stop_requested:
+                    save()
+                    log(f"stopped by signal {stop_requested[0]} at step {step}; checkpoint saved, continue with --resume")
+                    raise KeyboardInterrupt
+
+    # Ctrl-C and SIGTERM finish the current step, save, then stop: a kill loses nothing but the step in flight.
+    stop_requested: list[int] = []
+
+    def request_stop(signum: int) -> None:
+        stop_requested.append(signum)
+        received_signals.append(signum)
+
+    with _graceful_stop(request_stop):
+        train_steps()
 
     if not preset.rate_distortion:
         # Fitting changes the model and draws random numbers: keep the pre-fit state for --resume.
@@ -300,6 +319,32 @@ def fit_seed_entropy(model, sampler: CropSampler, val: torch.Tensor, device, ste
         aux.backward()
         aux_opt.step()
     eb.eval()
+
+
+class _graceful_stop:
+    """Route SIGINT/SIGTERM to a callback for the duration (main thread only; elsewhere a no-op)."""
+
+    def __init__(self, callback):
+        self.callback, self.previous = callback, {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, lambda signum, frame: self.callback(signum))
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop validation lines written after the checkpoint we resume from (a run killed between saves)."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in lines))
 
 
 def _norm(value):

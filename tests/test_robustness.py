@@ -1,0 +1,248 @@
+"""Hostile files, hostile bundles, interrupted and failing writes, big batches, killed training runs."""
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from aectl.runtime import Codec, Decoder, container, load_bundle
+from aectl.runtime.errors import AectlError
+from conftest import KODAK, aectl_exe
+
+
+@pytest.fixture(scope="module")
+def seed_codec(trained):
+    return Codec(trained["seed-conv"][1], provider="cpu", max_pixels=1 << 22)
+
+
+@pytest.fixture(scope="module")
+def valid_files(seed_codec):
+    photo = Image.open(KODAK / "kodim05.png")
+    return [seed_codec.compress(photo.crop((0, 0, w, h)).convert(mode))
+            for w, h, mode in [(1, 1, "RGB"), (33, 17, "RGBA"), (48, 64, "L")]]
+
+
+def _repair_crc(data: bytes) -> bytes:
+    body = data[:-container.CRC_SIZE]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _decode_or_clean_error(decoder: Decoder, data: bytes) -> None:
+    try:
+        image = decoder.decompress(data)
+    except AectlError as exc:
+        assert str(exc) and "\n" not in str(exc)
+    else:
+        assert image.width >= 1 and image.height >= 1
+
+
+@settings(max_examples=300, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=400))
+def test_arbitrary_bytes_end_in_an_image_or_one_error(seed_codec, data):
+    _decode_or_clean_error(seed_codec, data)
+    _decode_or_clean_error(seed_codec, container.MAGIC + data)
+
+
+@settings(max_examples=400, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(index=st.integers(0, 2), edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)),
+                                                min_size=1, max_size=6), fix_crc=st.booleans())
+def test_mutated_files_with_repaired_checksums(seed_codec, valid_files, index, edits, fix_crc):
+    """Past the checksum: header fields, payload and alpha plane with arbitrary values."""
+    data = bytearray(valid_files[index])
+    for pos, value in edits:
+        data[pos % (len(data) - container.CRC_SIZE)] = value
+    data = bytes(data)
+    _decode_or_clean_error(seed_codec, _repair_crc(data) if fix_crc else data)
+
+
+def test_declared_sizes_are_limited_before_allocation(seed_codec, valid_files):
+    header, payload, alpha = container.parse(valid_files[0])
+    for w, h in [(1 << 20, 1 << 20), (5000, 5000), (2048, 2048)]:
+        header.width, header.height = w, h
+        with pytest.raises(AectlError, match="exceeds the limit|cannot hold|tile or latent"):
+            seed_codec.decompress(container.pack(header, payload, alpha))
+
+
+# -- hostile bundles --------------------------------------------------------------------------------------------
+def _copy_bundle(src, dst):
+    shutil.copytree(src, dst)
+    return dst, json.loads((dst / "manifest.json").read_text())
+
+
+def _write_manifest(folder, manifest):
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["files"]["decoder"].update(path="../decoder.onnx"), "inside the bundle"),
+    (lambda m: m["files"]["decoder"].update(path="/etc/passwd"), "inside the bundle"),
+    (lambda m: m["files"]["decoder"].update(sha256="0" * 64), "sha256"),
+    (lambda m: m["entropy"].update(precision=40), "precision"),
+    (lambda m: m["entropy"].update(step=-1.0), "step"),
+    (lambda m: m["entropy"]["cdfs"][0].reverse(), "cdfs"),
+    (lambda m: m["entropy"]["medians"].pop(), "medians"),
+    (lambda m: m["latent"].update(channels=0), "latent.channels"),
+    (lambda m: m["input"].update(stride=0), "stride"),
+    (lambda m: m.update(format_version=99), "format_version"),
+    (lambda m: m.update(model_id="x"), "model_id"),
+])
+def test_hostile_manifests_are_refused(trained, tmp_path, edit, message):
+    folder, manifest = _copy_bundle(trained["seed-conv"][1], tmp_path / "b")
+    edit(manifest)
+    _write_manifest(folder, manifest)
+    with pytest.raises(AectlError, match=message):
+        Decoder(folder, provider="cpu").decode(np.zeros((1, 24, 1, 1), np.float32))
+
+
+def test_onnx_external_data_is_refused_even_with_a_matching_hash(trained, tmp_path):
+    import onnx
+
+    folder, manifest = _copy_bundle(trained["seed-conv"][1], tmp_path / "b")
+    (tmp_path / "outside.bin").write_bytes(b"\0" * 16)
+    model = onnx.load(str(folder / "decoder.onnx"))
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", "../outside.bin"), ("offset", "0"), ("length", "16")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    (folder / "decoder.onnx").write_bytes(model.SerializeToString())
+    manifest["files"]["decoder"]["sha256"] = hashlib.sha256((folder / "decoder.onnx").read_bytes()).hexdigest()
+    _write_manifest(folder, manifest)
+    with pytest.raises(AectlError, match="external data"):
+        Decoder(folder, provider="cpu").decode(np.zeros((1, 24, 1, 1), np.float32))
+
+
+def test_tampered_model_is_refused_before_a_session_exists(trained, tmp_path):
+    folder, _ = _copy_bundle(trained["seed-conv"][1], tmp_path / "b")
+    blob = bytearray((folder / "decoder.onnx").read_bytes())
+    blob[-10] ^= 1
+    (folder / "decoder.onnx").write_bytes(bytes(blob))
+    decoder = Decoder(folder, provider="cpu")
+    with pytest.raises(AectlError, match="sha256"):
+        decoder.decode(np.zeros((1, 24, 1, 1), np.float32))
+    assert not decoder.network._sessions
+
+
+# -- files on disk ----------------------------------------------------------------------------------------------
+def _tree_digest(folder):
+    return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_sigterm_mid_batch_leaves_no_partial_output(trained, tmp_path):
+    _, bundle = trained["factorized"]
+    src = tmp_path / "in"
+    src.mkdir()
+    photo = Image.open(KODAK / "kodim06.png")
+    for i in range(40):
+        photo.crop((i, i, i + 512, i + 384)).save(src / f"img{i:02d}.png")
+    before = _tree_digest(src)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([aectl_exe(), "compress", src, "-m", bundle, "-o", out, "--provider", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("*.aec"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "error: terminated"
+    written = sorted(out.glob("*.aec"))
+    assert 2 <= len(written) < 40
+    assert not [p for p in out.iterdir() if p.suffix != ".aec"], "no temporary files left behind"
+    decoder = Decoder(bundle, provider="cpu")
+    for path in written:
+        assert decoder.decompress(path.read_bytes()).size == (512, 384)
+    assert _tree_digest(src) == before, "inputs untouched"
+
+
+def test_full_disk_fails_cleanly(trained, tmp_path):
+    """RLIMIT_FSIZE makes the kernel refuse writes past a size, as a full disk would (EFBIG like ENOSPC)."""
+    _, bundle = trained["factorized"]
+    out = tmp_path / "out"
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+    proc = subprocess.run([aectl_exe(), "compress", KODAK / "kodim07.png", "-m", bundle, "-o", out, "--provider",
+                           "cpu"], capture_output=True, text=True, preexec_fn=limit)
+    assert proc.returncode == 1
+    assert "cannot write" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists() or not list(out.iterdir()), "no partial or temporary file"
+
+
+def test_same_input_and_output_is_refused(trained, tmp_path):
+    _, bundle = trained["seed-conv"]
+    aec = tmp_path / "a.aec"
+    aec.write_bytes(Codec(bundle, provider="cpu").compress(KODAK / "kodim01.png"))
+    before = aec.read_bytes()
+    proc = subprocess.run([aectl_exe(), "decompress", aec, "-m", bundle, "-o", aec, "--format", "aec", "--force"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and aec.read_bytes() == before
+
+
+def test_thousand_files_with_bad_ones(trained, tmp_path):
+    _, bundle = trained["seed-conv"]
+    src = tmp_path / "many"
+    src.mkdir()
+    base = np.asarray(Image.open(KODAK / "kodim02.png").convert("RGB"))
+    bad = {17, 400, 999}
+    for i in range(1000):
+        path = src / f"{i:04d}.png"
+        if i in bad:
+            path.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+        else:
+            Image.fromarray(base[i % 480:i % 480 + 16, :24]).save(path)
+    proc = subprocess.run([aectl_exe(), "compress", src, "-m", bundle, "-o", tmp_path / "out", "--json",
+                           "--provider", "cpu"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert report["ok"] == 997 and report["failed"] == 3
+    failed = sorted(f["source"] for f in report["files"] if not f["ok"])
+    assert failed == sorted(str(src / f"{i:04d}.png") for i in bad)
+    assert len(list((tmp_path / "out").glob("*.aec"))) == 997
+    fast = subprocess.run([aectl_exe(), "compress", src, "-m", bundle, "-o", tmp_path / "fast", "--fail-fast",
+                           "--json"], capture_output=True, text=True, timeout=900)
+    report = json.loads(fast.stdout)
+    assert fast.returncode == 1 and report["failed"] == 1 and report["ok"] == 17
+
+
+# -- training ---------------------------------------------------------------------------------------------------
+def test_sigterm_during_training_then_resume_matches_uninterrupted(photos, tmp_path):
+    args = ["train", "--preset", "seed-conv", "--data", photos, "--steps", "300", "--batch-size", "4",
+            "--seed", "5", "--fit-steps", "3", "--threads", "1", "--checkpoint-every", "0.5"]
+    straight = subprocess.run([aectl_exe(), *args, "--out", tmp_path / "straight"], capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([aectl_exe(), *args, "--out", run], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "last.pt").exists():  # the first periodic checkpoint
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "checkpoint saved" in err and err.strip().splitlines()[-1] == "error: terminated"
+    stopped_at = torch.load(run / "last.pt", weights_only=False)["step"]
+    assert 0 < stopped_at < 300
+    resumed = subprocess.run([aectl_exe(), *args, "--out", run, "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
+    b = torch.load(run / "last.pt", weights_only=False)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["history"] == b["history"], "same validation curve"
