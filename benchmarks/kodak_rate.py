@@ -1,7 +1,10 @@
 """Mean bpp and PSNR of bundles on a folder of images (default ../shared/data/kodak-dev), next to what storing
 the same latents as float32 would cost (the seed articles' storage) and JPEG at the same bpp.
 
-    python benchmarks/kodak_rate.py BUNDLE [BUNDLE ...] [--data DIR] [--json]
+    python benchmarks/kodak_rate.py BUNDLE [BUNDLE ...] [--data DIR] [--json] [--record]
+
+--record writes the means and the per-image figures into each bundle's manifest ("evaluation"), which is
+what `tests/test_shipped.py` holds shipped bundles to. The manifest is not part of the model id or hashes.
 """
 from __future__ import annotations
 
@@ -47,8 +50,17 @@ def main() -> None:
     parser.add_argument("bundles", nargs="+", type=Path)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "kodak-dev")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--record", action="store_true", help="store the results in each bundle's manifest")
     args = parser.parse_args()
     results = [measure(b, args.data) for b in args.bundles]
+    if args.record:
+        for bundle, result in zip(args.bundles, results):
+            manifest_path = bundle / "manifest.json"
+            manifest = json.loads(manifest_path.read_text())
+            manifest["evaluation"] = {"data": args.data.name, "provider": "cpu", "mean": result["mean"],
+                                      "per_image": {r["image"]: {"bpp": r["bpp"], "psnr": r["psnr"]}
+                                                    for r in result["per_image"]}}
+            manifest_path.write_text(json.dumps(manifest, indent=1))
     if args.json:
         print(json.dumps(results, indent=1))
         return

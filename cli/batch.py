@@ -55,7 +55,12 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     from aectl.runtime.codec import Codec
 
     if model is None:
-        raise AectlError("no model given: pass a bundle with -m BUNDLE")
+        from aectl.runtime.registry import shipped_bundles
+
+        shipped = shipped_bundles()
+        if not shipped:
+            raise AectlError("no model given and none ships with this install: pass a bundle with -m BUNDLE")
+        model = shipped[0]
     codec = Codec(model, provider=provider, threads=threads, max_pixels=max_pixels)
     if not codec.bundle.has_encoder:
         raise AectlError(f"bundle {model} is decoder-only (no encoder.onnx) and cannot compress; "

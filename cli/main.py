@@ -134,7 +134,7 @@ def info(
 @app.command()
 def compress(
     inputs: list[Path] = typer.Argument(..., help="image files or directories (recursive)"),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="bundle directory"),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="bundle directory; default: the shipped model"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (or .aec file for one input); "
                                        "default: next to each input"),
     provider: str = typer.Option("auto", help="onnxruntime provider: auto, cpu or cuda"),
