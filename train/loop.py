@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from aectl.runtime.errors import AectlError, received_signals
 from aectl.train.data import CropSampler, center_crops, load_folder, load_stl10
+from aectl.train.distributed import Distributed
 from aectl.train.zoo import Preset, get_preset
 
 CHECKPOINT = "last.pt"
@@ -159,6 +160,9 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
     batch_size = cfg.batch_size or preset.batch_size
     lr = cfg.lr or preset.lr
     device = pick_device(cfg.device)
+    ddp = Distributed(device)
+    device = ddp.device(device)
+    ddp.check_batch(batch_size)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
@@ -176,8 +180,10 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
     if total < 1:
         raise AectlError("--steps/--epochs must be positive")
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = preset.build().to(device)
+    if ddp.rank:
+        torch.manual_seed(cfg.seed + 7919 * ddp.rank)  # other ranks draw their own quantisation noise
     main_params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
     optimizer = torch.optim.Adam(main_params, lr=lr)
     aux_optimizer = torch.optim.Adam([model.entropy.quantiles], lr=1e-3)
@@ -195,20 +201,27 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
         optimizer.load_state_dict(resumed["optimizer"])
         aux_optimizer.load_state_dict(resumed["aux_optimizer"])
         sampler.set_state(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
+        if ddp.is_main:
+            torch.set_rng_state(state["torch_rng"])
+        else:
+            torch.manual_seed(cfg.seed + 7919 * ddp.rank + step)
         step, history = resumed["step"], resumed["history"]
         _truncate_log(out / "log.jsonl", step)
         log(f"resumed {out} at step {step}")
 
-    out.mkdir(parents=True, exist_ok=True)
+    if ddp.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     run_info = {"command": "aectl " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "",
                 "config": _config_dict(cfg), "preset": preset.to_dict(), "batch_size": batch_size, "lr": lr,
                 "total_steps": total, "steps_per_epoch": steps_per_epoch, "train_images": len(train_imgs),
-                "val": val_names, "device": str(device)}
-    (out / "run.json").write_text(json.dumps(run_info, indent=2))
+                "val": val_names, "device": str(device), "world_size": ddp.world}
+    if ddp.is_main:
+        (out / "run.json").write_text(json.dumps(run_info, indent=2))
 
     def save(resume_state: dict | None = None):
         """resume_state: the training state to continue from, when `model` holds post-training fits."""
+        if not ddp.is_main:
+            return
         state = resume_state or {"model": model.state_dict(), "sampler": sampler.state(),
                                  "torch_rng": torch.get_rng_state()}
         atomic_torch_save({"config": _config_dict(cfg), "preset": preset.to_dict(), "model": model.state_dict(),
@@ -217,15 +230,16 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
 
     model.train()
     last_save = time.monotonic()
+    net = ddp.wrap(model, preset.rate_distortion)
 
     def train_steps() -> None:
         nonlocal step, last_save
-        with _progress(progress, total, step) as bar:
+        with _progress(progress and ddp.is_main, total, step) as bar:
             while step < total:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(lr, step, total)
-                x = torch.from_numpy(sampler.batch(batch_size)).to(device)
-                out_ = model(x)
+                x = ddp.my_slice(torch.from_numpy(sampler.batch(batch_size))).to(device)
+                out_ = net(x)
                 terms = loss_terms(model, preset, x, out_)
                 if not torch.isfinite(terms["loss"]):
                     raise AectlError(f"loss is not finite at step {step}; lower --lr or resume from the last checkpoint")
@@ -239,7 +253,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
                 aux_optimizer.step()
                 step += 1
                 bar.update(step, terms)
-                if step % steps_per_epoch == 0 or step == total:
+                if ddp.is_main and (step % steps_per_epoch == 0 or step == total):
                     metrics = {"step": step, "epoch": step / steps_per_epoch, **evaluate(model, preset, val, device)}
                     history.append(metrics)
                     with open(out / "log.jsonl", "a") as fh:
@@ -264,6 +278,12 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
     with _graceful_stop(request_stop):
         train_steps()
 
+    # Every rank hashes its weights; rank 0 records them, so a run can show its replicas never drifted.
+    run_info["rank_weight_digests"] = ddp.weight_digests(model)
+    ddp.close()
+    if not ddp.is_main:
+        return {}
+    save()
     if not preset.rate_distortion:
         # Fitting changes the model and draws random numbers: keep the pre-fit state for --resume.
         trained_state = {"model": {k: v.clone() for k, v in model.state_dict().items()}, "sampler": sampler.state(),

@@ -1,0 +1,72 @@
+"""`torchrun --nproc_per_node 2 aectl train ...` on CPU (gloo): replicas stay identical, the run follows a
+single-process run with the same global batch, and a checkpoint resumes under a different world size.
+
+Tolerance: validation loss within 1e-3 relative of the single-process run (the two differ only in the order of
+float reductions; Adam can turn that into weight differences of a few learning rates on near-zero gradients)."""
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import aectl_exe
+
+ARGS = ["train", "--preset", "seed-conv", "--batch-size", "8", "--seed", "2", "--fit-steps", "3", "--threads", "1",
+        "--no-progress"]
+TOLERANCE = 1e-3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(nproc: int, *args):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+           "127.0.0.1", "--master_port", str(_free_port()), aectl_exe(), *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _single(*args):
+    proc = subprocess.run([aectl_exe(), *map(str, args)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _ckpt(run):
+    return torch.load(run / "last.pt", weights_only=False)
+
+
+def _val_loss(ckpt):
+    return [h["val_loss"] for h in ckpt["history"] if not h.get("fitted")][-1]
+
+
+@pytest.fixture(scope="module")
+def single_run(photos, tmp_path_factory):
+    run = tmp_path_factory.mktemp("single") / "run"
+    _single(*ARGS, "--data", photos, "--out", run, "--steps", "8")
+    return run
+
+
+def test_two_processes_hold_identical_weights_and_match_one_process(photos, tmp_path, single_run):
+    run = tmp_path / "ddp"
+    _torchrun(2, *ARGS, "--data", photos, "--out", run, "--steps", "8")
+    ddp = _ckpt(run)
+    assert ddp["run"]["world_size"] == 2
+    digests = ddp["run"]["rank_weight_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1], "replicas drifted"
+    assert list(run.iterdir()) and sorted(p.name for p in run.iterdir()) == ["last.pt", "log.jsonl", "run.json"]
+    assert _val_loss(ddp) == pytest.approx(_val_loss(_ckpt(single_run)), rel=TOLERANCE)
+
+
+def test_resume_with_a_different_world_size(photos, tmp_path, single_run):
+    run = tmp_path / "mixed"
+    _torchrun(2, *ARGS, "--data", photos, "--out", run, "--steps", "4")
+    _single(*ARGS, "--data", photos, "--out", run, "--steps", "8", "--resume")
+    mixed = _ckpt(run)
+    assert mixed["step"] == 8 and mixed["run"]["world_size"] == 1
+    assert _val_loss(mixed) == pytest.approx(_val_loss(_ckpt(single_run)), rel=TOLERANCE)

@@ -1,0 +1,81 @@
+"""Data-parallel training under torchrun (PyTorch DistributedDataParallel).
+
+`torchrun --nproc_per_node N aectl train ...` sets RANK/WORLD_SIZE; we join the process group (gloo on CPU,
+nccl on GPU) and wrap the model. Every rank draws the same global batch from the same seeded crop sampler and
+trains on its own slice of it, so the sampler state in a checkpoint is valid for any world size (resume with
+a different N works) and N ranks with global batch B follow the same trajectory as one process with batch B,
+up to float reduction order. Only rank 0 writes checkpoints and logs.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import torch
+import torch.distributed as dist
+
+from aectl.runtime.errors import AectlError
+
+
+class Distributed:
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world > 1
+        if self.enabled and not dist.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if device.type == "cuda":
+                torch.cuda.set_device(self.local_rank)
+            dist.init_process_group(backend)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, device: torch.device) -> torch.device:
+        return torch.device("cuda", self.local_rank) if self.enabled and device.type == "cuda" else device
+
+    def check_batch(self, batch_size: int) -> None:
+        if batch_size % self.world:
+            raise AectlError(f"--batch-size {batch_size} (the global batch) must be divisible by the "
+                             f"{self.world} processes")
+
+    def wrap(self, model: torch.nn.Module, rate_distortion: bool) -> torch.nn.Module:
+        """DDP over the parameters the training loss reaches. The entropy model's quantiles have their own loss,
+        whose gradient is identical on every rank (it depends only on replicated parameters), so they stay in
+        step unsynced; MSE-only presets do not train the entropy model at all (it is fitted afterwards)."""
+        if not self.enabled:
+            return model
+        ignore = ["entropy.quantiles"] if rate_distortion else \
+            [name for name, _ in model.named_parameters() if name.startswith("entropy.")]
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignore)
+        device_ids = [self.local_rank] if next(model.parameters()).is_cuda else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    def my_slice(self, batch: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return batch
+        per_rank = batch.shape[0] // self.world
+        return batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+    def weight_digests(self, model: torch.nn.Module) -> list[str]:
+        """sha256 of every rank's parameters, gathered on all ranks: a check that replicas never drifted."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        mine = digest.hexdigest()
+        if not self.enabled:
+            return [mine]
+        gathered: list = [None] * self.world
+        dist.all_gather_object(gathered, mine)
+        return gathered
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
