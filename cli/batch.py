@@ -51,7 +51,8 @@ def _print_ok(json_out: bool, advance):
     return on_result
 
 
-def compress_files(inputs, model, out, provider, force, json_out, threads, max_pixels, fail_fast=False) -> int:
+def compress_files(inputs, model, out, provider, force, json_out, threads, max_pixels, fail_fast=False,
+                   engine="local", workers=None) -> int:
     from aectl.runtime.codec import Codec
 
     if model is None:
@@ -68,6 +69,18 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     jobs = files.plan_jobs(inputs, out, files.IMAGE_SUFFIXES, files.AEC_SUFFIX)
     if not jobs:
         raise AectlError("no image files found in the given inputs")
+    if engine == "ray":
+        from aectl.integrations.ray import compress_jobs
+
+        results = []
+        with _progress(len(jobs), "compress (ray)") as advance:
+            on_result = _print_ok(json_out, advance)
+            for result in compress_jobs(jobs, model, force, workers=workers, provider=provider):
+                results.append(result)
+                on_result(result)
+        return _report(results, json_out)
+    if engine != "local":
+        raise AectlError(f"--engine must be local or ray, got {engine!r}")
 
     def work(job):
         data = codec.compress(job.source)

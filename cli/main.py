@@ -143,11 +143,14 @@ def compress(
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads"),
     max_pixels: int = typer.Option(1 << 28, help="refuse images larger than this many pixels"),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="stop at the first file that fails"),
+    engine: str = typer.Option("local", help="local, or ray (Ray Data on $RAY_ADDRESS or a local Ray)"),
+    workers: Optional[int] = typer.Option(None, help="--engine ray: parallel workers (each loads the bundle once)"),
 ) -> None:
     """Compress images into .aec files."""
     from aectl.cli.batch import compress_files
 
-    raise typer.Exit(compress_files(inputs, model, out, provider, force, json_out, threads, max_pixels, fail_fast))
+    raise typer.Exit(compress_files(inputs, model, out, provider, force, json_out, threads, max_pixels, fail_fast,
+                                    engine, workers))
 
 
 @app.command()

@@ -1,0 +1,1 @@
+"""Bridges to distributed engines (optional extras; nothing here is imported by the runtime)."""
