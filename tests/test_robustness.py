@@ -143,7 +143,9 @@ def _tree_digest(folder):
             if p.is_file()}
 
 
-def test_sigterm_mid_batch_leaves_no_partial_output(trained, tmp_path):
+@pytest.mark.parametrize("sig, code, message", [(signal.SIGTERM, 143, "error: terminated"),
+                                                 (signal.SIGINT, 130, "error: interrupted")])
+def test_signal_mid_batch_leaves_no_partial_output(trained, tmp_path, sig, code, message):
     _, bundle = trained["factorized"]
     src = tmp_path / "in"
     src.mkdir()
@@ -157,9 +159,9 @@ def test_sigterm_mid_batch_leaves_no_partial_output(trained, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("*.aec"))) < 2:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "error: terminated"
+    assert proc.returncode == code and err.strip().splitlines()[-1] == message
     written = sorted(out.glob("*.aec"))
     assert 2 <= len(written) < 40
     assert not [p for p in out.iterdir() if p.suffix != ".aec"], "no temporary files left behind"
