@@ -280,17 +280,22 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
 
     # Every rank hashes its weights; rank 0 records them, so a run can show its replicas never drifted.
     run_info["rank_weight_digests"] = ddp.weight_digests(model)
-    ddp.close()
+    try:
+        if ddp.is_main:
+            save()
+            if not preset.rate_distortion:
+                # Fitting changes the model and draws random numbers: keep the pre-fit state for --resume.
+                trained_state = {"model": {k: v.clone() for k, v in model.state_dict().items()},
+                                 "sampler": sampler.state(), "torch_rng": torch.get_rng_state()}
+                fit_seed_entropy(model, sampler, val, device, cfg.fit_steps, batch_size, log)
+                history.append({"step": step, "fitted": True, **evaluate(model, preset, val, device)})
+                save(trained_state)
+    finally:
+        # Everyone leaves the process group together, after rank 0 has written its last checkpoint.
+        ddp.barrier()
+        ddp.close()
     if not ddp.is_main:
         return {}
-    save()
-    if not preset.rate_distortion:
-        # Fitting changes the model and draws random numbers: keep the pre-fit state for --resume.
-        trained_state = {"model": {k: v.clone() for k, v in model.state_dict().items()}, "sampler": sampler.state(),
-                         "torch_rng": torch.get_rng_state()}
-        fit_seed_entropy(model, sampler, val, device, cfg.fit_steps, batch_size, log)
-        history.append({"step": step, "fitted": True, **evaluate(model, preset, val, device)})
-        save(trained_state)
     final = history[-1] if history else {}
     log(f"done: {step} steps; {out / CHECKPOINT}")
     return final
