@@ -20,11 +20,6 @@ def _root() -> None:
     """Learned image compression: train in PyTorch, export to ONNX, compress with onnxruntime."""
 
 
-def fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 def _channels(value: Optional[str]) -> Optional[tuple[int, int]]:
     if value is None:
         return None
@@ -183,7 +178,9 @@ def doctor() -> None:
 
 
 def _die(message: str, code: int = 1) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    """Exactly one line on stderr, however long or multi-line the underlying message is."""
+    line = " ".join(str(message).split())
+    print(f"error: {line[:500] + ' ...' if len(line) > 500 else line}", file=sys.stderr)
     sys.exit(code)
 
 
@@ -206,7 +203,7 @@ def main() -> None:
         _stopped()
     except typer.exceptions.TyperException as exc:  # usage errors: bad option, missing argument
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        _die(" ".join(message.split()), getattr(exc, "exit_code", 2))
+        _die(message, getattr(exc, "exit_code", 2))
     except Exception as exc:  # a bug: still one line, the traceback on request
         if os.environ.get("AECTL_DEBUG"):
             raise
