@@ -13,8 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from aectl.runtime.errors import AectlError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif", ".tga"}
+from aectl.runtime.files import IMAGE_SUFFIXES
 
 
 def find_images(root: Path) -> list[Path]:
