@@ -107,8 +107,6 @@ def compress_jobs(jobs: list[Job], bundle: str | Path, force: bool, workers: int
             yield Result(str(job.source), str(job.target), False, error=row["error"])
             continue
         try:
-            if job.target.exists() and not force:
-                raise AectlError(f"{job.target} exists; pass --force to overwrite")
             atomic_write(job.target, bytes(row["aec"]), force=force)
         except AectlError as exc:
             yield Result(str(job.source), str(job.target), False, error=str(exc))

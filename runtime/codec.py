@@ -12,6 +12,7 @@ Codec(bundle, provider) adds the encoder:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -53,18 +54,10 @@ class Decoder:
         parsed = [self._parse(data) for data in blobs]
         decoders = [entropy_coder.new_decoder(payload) for _, payload, _ in parsed]
         outputs = [np.empty((h.height, h.width, 3), dtype=np.uint8) for h, _, _ in parsed]
-        single = {}
-        for i, (h, _, _) in enumerate(parsed):
-            tiles = tiling.plan(h.height, h.width, h.tile_height, h.tile_width, self.stride, self.fixed_size)
-            if len(tiles) == 1:
-                single.setdefault((tiles[0].padded_height, tiles[0].padded_width), []).append((i, tiles[0]))
-                continue
-            for run in tiling.runs(tiles, self._run_limit(tiles[0])):
-                self._decode_run([(i, t) for t in run], decoders, outputs)
-        for items in single.values():
-            limit = self._run_limit(items[0][1])
-            for start in range(0, len(items), limit):
-                self._decode_run(items[start:start + limit], decoders, outputs)
+        plans = [tiling.plan(h.height, h.width, h.tile_height, h.tile_width, self.stride, self.fixed_size)
+                 for h, _, _ in parsed]
+        for run in self._network_runs(plans):
+            self._decode_run(run, decoders, outputs)
         images = []
         for (h, _, alpha), rgb in zip(parsed, outputs):
             plane = image_io.unpack_alpha(alpha, h.height, h.width) if h.has_alpha else None
@@ -72,6 +65,22 @@ class Decoder:
         return images
 
     # -- internals ------------------------------------------------------------------------------------------
+    def _network_runs(self, plans: list[list[tiling.Tile]]) -> Iterator[list[tuple[int, tiling.Tile]]]:
+        """Session runs as lists of (image index, tile). A tiled image runs its tiles in raster order (the
+        order of its bitstream); single-tile images of one padded size share runs, which is what batches
+        same-size images together. Each image's blocks still come in its own order."""
+        single: dict[tuple[int, int], list] = {}
+        for i, tiles in enumerate(plans):
+            if len(tiles) == 1:
+                single.setdefault((tiles[0].padded_height, tiles[0].padded_width), []).append((i, tiles[0]))
+                continue
+            for run in tiling.runs(tiles, self._run_limit(tiles[0])):
+                yield [(i, t) for t in run]
+        for items in single.values():
+            limit = self._run_limit(items[0][1])
+            for start in range(0, len(items), limit):
+                yield items[start:start + limit]
+
     def _run_limit(self, tile: tiling.Tile) -> int:
         return max(1, min(self.batch_size, RUN_PIXELS // (tile.padded_height * tile.padded_width)))
 
@@ -127,21 +136,11 @@ class Codec(Decoder):
             raise AectlError(f"bundle {self.bundle.path} is decoder-only and cannot encode or compress")
         pixels = [self._pixels(img) for img in images]
         encoders = [entropy_coder.new_encoder() for _ in pixels]
-        tile_sizes, single = [], {}
-        for i, px in enumerate(pixels):
-            h, w = px.rgb.shape[:2]
-            th, tw = tiling.choose_tile_size(h, w, self.stride, self.fixed_size)
-            tile_sizes.append((th, tw))
-            tiles = tiling.plan(h, w, th, tw, self.stride, self.fixed_size)
-            if len(tiles) == 1:
-                single.setdefault((tiles[0].padded_height, tiles[0].padded_width), []).append((i, tiles[0]))
-                continue
-            for run in tiling.runs(tiles, self._run_limit(tiles[0])):
-                self._encode_run([(i, t) for t in run], pixels, encoders)
-        for items in single.values():  # same-size images share one session run
-            limit = self._run_limit(items[0][1])
-            for start in range(0, len(items), limit):
-                self._encode_run(items[start:start + limit], pixels, encoders)
+        tile_sizes = [tiling.choose_tile_size(*px.rgb.shape[:2], self.stride, self.fixed_size) for px in pixels]
+        plans = [tiling.plan(*px.rgb.shape[:2], th, tw, self.stride, self.fixed_size)
+                 for px, (th, tw) in zip(pixels, tile_sizes)]
+        for run in self._network_runs(plans):
+            self._encode_run(run, pixels, encoders)
         out = []
         for px, enc, (th, tw) in zip(pixels, encoders, tile_sizes):
             lat = self._latent_tile_shape(th, tw)
