@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= cpu,train,dev,ray
+EXTRAS ?= cpu,train,dev,ray,eval
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
@@ -11,7 +11,7 @@ EDGE_VENV ?= .venv-edge
 EDGE_STAMP := $(EDGE_VENV)/.installed
 SOURCES := $(shell git ls-files '*.py' 2>/dev/null) pyproject.toml constraints.txt
 
-.PHONY: install edge demo test fuzz clean
+.PHONY: install edge demo test fuzz models eval clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,20 @@ demo: install
 
 test: install edge
 	AECTL_EDGE_PYTHON=$(EDGE_VENV)/bin/python $(PY) -m pytest
+
+# Retrain every shipped quality from scratch with its recorded recipe (train/recipes.py), export it into models/
+# and record its kodak-dev figures. Many CPU hours (the stages resume, so it can span sessions); RUNS keeps them.
+RUNS ?= runs/models
+QUALITIES ?= 1 2 3 4 5
+models: install
+	for q in $(QUALITIES); do \
+		$(PY) -m aectl.train.recipes build $$q --runs $(RUNS) --out models/factorized-q$$q --force || exit 1; \
+	done
+	$(PY) benchmarks/kodak_rate.py $(addprefix models/factorized-q,$(QUALITIES)) --record
+
+# The README's rate-distortion table and plot: every shipped model against JPEG, WebP and AVIF on kodak-dev.
+eval: install
+	$(PY) -m aectl.cli.main eval --data ../shared/data/kodak-dev --baselines jpeg,webp,avif -o benchmarks/rd --force
 
 # Bounded coverage-guided fuzzing of the .aec parser and decoder (atheris); seeds are real .aec files.
 FUZZ_SECONDS ?= 120

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from aectl.runtime import Codec, container
-from aectl.runtime.metrics import baseline_at_bpp, bpp, psnr
+from aectl.runtime.metrics import baseline_at_bpp, bpp, ms_ssim, psnr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def measure(bundle: Path, data: Path) -> dict:
         decoded = np.asarray(codec.decompress(blob))
         rate = bpp(len(blob), header.width, header.height)
         jpeg = baseline_at_bpp(image, "jpeg", rate)
-        rows.append({"image": path.name, "bpp": rate, "psnr": psnr(image, decoded),
+        rows.append({"image": path.name, "bpp": rate, "psnr": psnr(image, decoded), "ms_ssim": ms_ssim(image, decoded),
                      "float_latent_bpp": float_storage_bpp(header, tiles), "jpeg_bpp": jpeg["bpp"],
                      "jpeg_psnr": jpeg["psnr"]})
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "image"}
@@ -58,7 +58,7 @@ def main() -> None:
             manifest_path = bundle / "manifest.json"
             manifest = json.loads(manifest_path.read_text())
             manifest["evaluation"] = {"data": args.data.name, "provider": "cpu", "mean": result["mean"],
-                                      "per_image": {r["image"]: {"bpp": r["bpp"], "psnr": r["psnr"]}
+                                      "per_image": {r["image"]: {k: r[k] for k in ("bpp", "psnr", "ms_ssim")}
                                                     for r in result["per_image"]}}
             manifest_path.write_text(json.dumps(manifest, indent=1))
     if args.json:

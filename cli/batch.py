@@ -45,23 +45,28 @@ def _print_ok(json_out: bool, advance):
     def on_result(r: files.Result) -> None:
         advance()
         if r.ok and not json_out:
-            extra = f"{r.bpp:.3f} bpp, " if r.bpp is not None else ""
+            extra = f"q{r.quality}, " if r.quality is not None else ""
+            extra += f"{r.bpp:.3f} bpp, " if r.bpp is not None else ""
             extra += f"ratio {r.ratio:.1f}:1, " if r.ratio is not None else ""
             typer.echo(f"{r.source} -> {r.target} ({r.width}x{r.height}, {extra}{r.bytes} B)")
     return on_result
 
 
 def compress_files(inputs, model, out, provider, force, json_out, threads, max_pixels, fail_fast=False,
-                   engine="local", workers=None) -> int:
+                   engine="local", workers=None, quality=None, max_bytes=None, max_bpp=None) -> int:
     from aectl.runtime.codec import Codec
+    from aectl.runtime.registry import shipped_bundle, shipped_qualities
 
+    if model is not None and quality is not None:
+        raise AectlError("give -m BUNDLE or -q QUALITY, not both")
+    budget = max_bytes is not None or max_bpp is not None
+    if budget and (quality is not None or engine != "local"):
+        raise AectlError("--max-bytes/--max-bpp choose the quality themselves: drop -q, and use --engine local")
+    if max_bytes is not None and max_bpp is not None:
+        raise AectlError("give --max-bytes or --max-bpp, not both")
+    chosen_by_user = model is not None
     if model is None:
-        from aectl.runtime.registry import shipped_bundles
-
-        shipped = shipped_bundles()
-        if not shipped:
-            raise AectlError("no model given and none ships with this install: pass a bundle with -m BUNDLE")
-        model = shipped[0]
+        model = shipped_bundle(quality)
     codec = Codec(model, provider=provider, threads=threads, max_pixels=max_pixels)
     if not codec.bundle.has_encoder:
         raise AectlError(f"bundle {model} is decoder-only (no encoder.onnx) and cannot compress; "
@@ -82,11 +87,27 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     if engine != "local":
         raise AectlError(f"--engine must be local or ray, got {engine!r}")
 
+    ladder = None
+    if budget:
+        from aectl.runtime.rate_control import QualityLadder
+
+        own_level = codec.bundle.manifest.get("architecture", {}).get("quality") or 0
+        levels = {own_level: model} if chosen_by_user else shipped_qualities()
+        ladder = QualityLadder(levels, provider=provider, threads=threads, max_pixels=max_pixels)
+
     def work(job):
-        data = codec.compress(job.source)
         from aectl.runtime.container import parse
+
+        chosen = None
+        if ladder:
+            data, chosen = ladder.compress_within(job.source, max_bytes=max_bytes, max_bpp=max_bpp)
+        else:
+            data = codec.compress(job.source)
         header = parse(data, max_pixels)[0]
-        return data, files.compress_info(data, header.width, header.height, header.channels, header.bit_depth)
+        info = files.compress_info(data, header.width, header.height, header.channels, header.bit_depth)
+        if chosen:
+            info["quality"] = chosen
+        return data, info
 
     with _progress(len(jobs), "compress") as advance:
         results = files.run_jobs(jobs, work, force, on_result=_print_ok(json_out, advance), fail_fast=fail_fast)

@@ -50,6 +50,8 @@ def train(
     fit_steps: int = typer.Option(1000, help="seed presets: steps fitting the entropy model after training"),
     init_from: Optional[Path] = typer.Option(None, help="start from the weights of another run or checkpoint"),
     checkpoint_every: float = typer.Option(60.0, help="seconds between checkpoints (also saved on Ctrl-C/SIGTERM)"),
+    stop_at: Optional[int] = typer.Option(None, help="pause at this step with a checkpoint (the learning-rate "
+                                          "schedule still follows --steps); continue with --resume"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Train a preset on real images; checkpoints go to --out."""
@@ -64,7 +66,7 @@ def train(
                       steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                       resume=resume, data_root=str(data_root) if data_root else None, threads=threads, crop=crop,
                       fit_steps=fit_steps, init_from=str(init_from) if init_from else None,
-                      checkpoint_every=checkpoint_every)
+                      checkpoint_every=checkpoint_every, stop_at=stop_at)
     final = run_training(cfg, progress=progress and sys.stderr.isatty(), log=lambda msg: typer.echo(msg, err=True))
     if final:
         typer.echo(f"final validation: PSNR {final['val_psnr']:.2f} dB, est. {final['val_bpp']:.3f} bpp")
@@ -129,7 +131,12 @@ def info(
 @app.command()
 def compress(
     inputs: list[Path] = typer.Argument(..., help="image files or directories (recursive)"),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="bundle directory; default: the shipped model"),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="bundle directory; default: a shipped model"),
+    quality: Optional[int] = typer.Option(None, "--quality", "-q", help="shipped model quality (see `aectl models`); "
+                                          "default: 4"),
+    max_bytes: Optional[int] = typer.Option(None, help="use the best shipped quality whose file fits in this many bytes"),
+    max_bpp: Optional[float] = typer.Option(None, help="use the best shipped quality whose file fits in this many "
+                                            "bits per pixel"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (or .aec file for one input); "
                                        "default: next to each input"),
     provider: str = typer.Option("auto", help="onnxruntime provider: auto, cpu or cuda"),
@@ -145,7 +152,7 @@ def compress(
     from aectl.cli.batch import compress_files
 
     raise typer.Exit(compress_files(inputs, model, out, provider, force, json_out, threads, max_pixels, fail_fast,
-                                    engine, workers))
+                                    engine, workers, quality=quality, max_bytes=max_bytes, max_bpp=max_bpp))
 
 
 @app.command()
@@ -167,6 +174,33 @@ def decompress(
 
     raise typer.Exit(decompress_files(inputs, out, model, provider, image_format, force, json_out, threads,
                                       max_pixels, fail_fast))
+
+
+@app.command()
+def models(json_out: bool = typer.Option(False, "--json", help="print JSON, with each bundle's path")) -> None:
+    """The models shipped with aectl, with their rate and quality on kodak-dev."""
+    from aectl.cli.show import show_models
+
+    show_models(json_out)
+
+
+@app.command("eval")
+def evaluate(
+    model: Optional[list[Path]] = typer.Option(None, "--model", "-m", help="bundle (repeat for a curve); "
+                                               "default: every shipped model"),
+    data: Path = typer.Option(..., help="folder of evaluation images (e.g. Kodak)"),
+    baselines: str = typer.Option("jpeg,webp,avif", help="comma-separated: jpeg, webp, avif (through Pillow)"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for results.json, per_image.csv, curves.csv, rd.png"),
+    provider: str = typer.Option("cpu", help="onnxruntime provider for the models"),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads"),
+    force: bool = typer.Option(False, help="overwrite existing results in --out"),
+    json_out: bool = typer.Option(False, "--json", help="print the summary (curves, BD-rates) as JSON"),
+) -> None:
+    """Rate-distortion evaluation: bpp, PSNR, MS-SSIM per image, BD-rates against JPEG/WebP/AVIF, and an RD plot."""
+    from aectl.cli.show import show_eval
+
+    show_eval(model, data, [b.strip() for b in baselines.split(",") if b.strip()], out, provider, threads, force,
+              json_out)
 
 
 @app.command()

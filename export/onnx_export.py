@@ -184,5 +184,5 @@ def build_manifest(ckpt: dict, preset: Preset, model, tables: dict, model_id: st
         "entropy": tables,
         "training": {"command": run.get("command"), "data": ckpt["config"].get("data"), "seed": ckpt["config"].get("seed"),
                      "steps": ckpt.get("step"), "batch_size": run.get("batch_size"), "lr": run.get("lr"),
-                     "crop": preset.crop, "validation": run.get("val"), "metrics": history[-1]},
+                     "crop": ckpt["config"].get("crop") or preset.crop, "validation": run.get("val"), "metrics": history[-1]},
     }

@@ -33,6 +33,7 @@ class Result:
     height: int | None = None
     bpp: float | None = None
     ratio: float | None = None
+    quality: int | None = None      # the shipped quality --max-bytes/--max-bpp chose
     seconds: float | None = None
 
     def to_dict(self) -> dict:

@@ -50,3 +50,31 @@ def find_bundle(model_id: str) -> Bundle:
 def shipped_bundles() -> list[Path]:
     """Bundles that ship inside the package, in name order."""
     return sorted(p for p in SHIPPED.iterdir() if (p / MANIFEST).is_file()) if SHIPPED.is_dir() else []
+
+
+DEFAULT_QUALITY = 4  # what `aectl compress` uses without -m or -q
+
+
+def shipped_qualities() -> dict[int, Path]:
+    """Shipped bundles by their quality level (the `architecture.quality` in each manifest)."""
+    found = {}
+    for path in shipped_bundles():
+        try:
+            quality = json.loads((path / MANIFEST).read_text()).get("architecture", {}).get("quality")
+        except (OSError, ValueError):
+            continue
+        if isinstance(quality, int):
+            found[quality] = path
+    return dict(sorted(found.items()))
+
+
+def shipped_bundle(quality: int | None = None) -> Path:
+    """The shipped bundle for `quality` (default DEFAULT_QUALITY, or the nearest shipped one to it)."""
+    levels = shipped_qualities()
+    if not levels:
+        raise AectlError("no model given and none ships with this install: pass a bundle with -m BUNDLE")
+    if quality is None:
+        return levels[min(levels, key=lambda q: (abs(q - DEFAULT_QUALITY), -q))]
+    if quality not in levels:
+        raise AectlError(f"-q {quality}: no shipped model at that quality; shipped: {', '.join(map(str, levels))}")
+    return levels[quality]

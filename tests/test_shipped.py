@@ -1,18 +1,26 @@
-"""The bundles shipped in the package load, pass their hash checks, and still reach the quality recorded in
-their manifest on a kodak-dev image."""
+"""The bundles shipped in the package: they load, pass their hash checks and still reach the quality recorded
+in their manifest on a kodak-dev image; `aectl models`, `-q`, `--max-bytes`/`--max-bpp` and `aectl eval` on them."""
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from aectl.runtime import Codec
 from aectl.runtime.metrics import bpp, psnr
-from aectl.runtime.registry import shipped_bundles
+from aectl.runtime.registry import DEFAULT_QUALITY, shipped_bundle, shipped_bundles, shipped_qualities
+from test_cli import aectl
 
 SHIPPED = shipped_bundles()
+LEVELS = shipped_qualities()
 
 
-def test_a_default_model_ships():
-    assert SHIPPED, "no bundle under models/"
+def test_four_or_more_qualities_ship_with_a_documented_default():
+    assert len(LEVELS) >= 4, f"shipped qualities: {sorted(LEVELS)}"
+    assert shipped_bundle(None) == LEVELS[DEFAULT_QUALITY]
+    for path in LEVELS.values():
+        manifest = json.loads((path / "manifest.json").read_text())
+        assert manifest["training"]["recipe"][0].startswith("aectl train"), "recipe not recorded"
 
 
 @pytest.mark.parametrize("bundle", SHIPPED, ids=[b.name for b in SHIPPED])
@@ -26,3 +34,59 @@ def test_shipped_bundle_round_trips_at_recorded_quality(bundle, kodak):
     decoded = np.asarray(codec.decompress(data))
     assert abs(psnr(image, decoded) - recorded["psnr"]) <= 0.5
     assert bpp(len(data), image.shape[1], image.shape[0]) == pytest.approx(recorded["bpp"], rel=0.01)
+
+
+def test_models_lists_every_shipped_bundle():
+    listed = json.loads(aectl("models", "--json").stdout)
+    assert [m["quality"] for m in listed["models"]] == sorted(LEVELS)
+    assert {m["path"] for m in listed["models"]} == {str(p) for p in LEVELS.values()}
+    rates = [m["bpp"] for m in listed["models"]]
+    assert rates == sorted(rates) and all(r > 0 for r in rates)
+    assert "default" in aectl("models").stdout
+
+
+def test_quality_option_picks_the_shipped_level(kodak, tmp_path):
+    low, high = min(LEVELS), max(LEVELS)
+    for q in (low, high):
+        aectl("compress", kodak / "kodim03.png", "-q", q, "-o", tmp_path / f"q{q}.aec")
+    info = {q: json.loads(aectl("info", tmp_path / f"q{q}.aec", "--json").stdout) for q in (low, high)}
+    assert info[low]["model_id"] == json.loads((LEVELS[low] / "manifest.json").read_text())["model_id"]
+    assert (tmp_path / f"q{low}.aec").stat().st_size < (tmp_path / f"q{high}.aec").stat().st_size
+    bad = aectl("compress", kodak / "kodim03.png", "-q", 99, "-o", tmp_path / "x.aec", check=False)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "shipped" in bad.stderr
+
+
+def test_max_bytes_picks_the_best_quality_that_fits(kodak, tmp_path):
+    source = kodak / "kodim03.png"
+    sizes = {q: len(Codec(path, provider="cpu").compress(source)) for q, path in LEVELS.items()}
+    qualities = sorted(sizes)
+    target = qualities[len(qualities) // 2]
+    budget = (sizes[target] + sizes[qualities[qualities.index(target) + 1]]) // 2  # between two levels
+    proc = aectl("compress", source, "--max-bytes", budget, "-o", tmp_path / "fit.aec", "--json")
+    chosen = json.loads(proc.stdout)["files"][0]
+    assert chosen["quality"] == target and chosen["bytes"] == sizes[target] <= budget
+    assert (tmp_path / "fit.aec").stat().st_size == sizes[target]
+    width, height = Image.open(source).size
+    by_bpp = aectl("compress", source, "--max-bpp", 8 * budget / (width * height), "-o", tmp_path / "bpp.aec")
+    assert f"q{target}" in by_bpp.stdout
+    tight = aectl("compress", source, "--max-bytes", 100, "-o", tmp_path / "tight.aec", check=False)
+    assert tight.returncode != 0 and "does not fit" in tight.stderr and not (tmp_path / "tight.aec").exists()
+
+
+def test_eval_writes_results_csv_and_plot(kodak, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "kodim03.png").symlink_to(kodak / "kodim03.png")
+    out = tmp_path / "eval"
+    summary = json.loads(aectl("eval", "--data", data, "--baselines", "jpeg", "-o", out, "--json").stdout)
+    assert sorted(p.name for p in out.iterdir()) == ["curves.csv", "per_image.csv", "rd.png", "results.json"]
+    points = summary["curves"]["factorized"]
+    assert len(points) == len(LEVELS) and all(0 < p["ms_ssim"] < 1 for p in points)
+    versus = summary["comparisons"]["factorized"]["jpeg"]
+    assert np.isfinite(versus["bd_rate_psnr"]) and np.isfinite(versus["bd_rate_ms_ssim"])
+    rows = (out / "per_image.csv").read_text().splitlines()
+    assert rows[0] == "codec,setting,image,bytes,bpp,psnr,ms_ssim" and len(rows) == 1 + len(LEVELS) + 11
+    again = aectl("eval", "--data", data, "--baselines", "jpeg", "-o", out, check=False)
+    assert again.returncode != 0 and "--force" in again.stderr
+    unknown = aectl("eval", "--data", data, "--baselines", "gif", "-o", tmp_path / "e2", check=False)
+    assert unknown.returncode != 0 and "gif" in unknown.stderr and not (tmp_path / "e2").exists()

@@ -53,6 +53,7 @@ class TrainConfig:
     init_from: str | None = None     # start from another run's weights (e.g. a neighbouring quality)
     checkpoint_every: float = 60.0   # seconds between checkpoints
     fit_steps: int = 1000            # seed presets: entropy-model fitting steps after training
+    stop_at: int | None = None       # pause here with a checkpoint; the schedule still follows steps/epochs
 
 
 def pick_device(name: str) -> torch.device:
@@ -230,12 +231,13 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
 
     model.train()
     last_save = time.monotonic()
+    end = min(total, cfg.stop_at) if cfg.stop_at else total
     net = ddp.wrap(model, preset.rate_distortion)
 
     def train_steps() -> None:
         nonlocal step, last_save
         with _progress(progress and ddp.is_main, total, step) as bar:
-            while step < total:
+            while step < end:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(lr, step, total)
                 x = ddp.my_slice(torch.from_numpy(sampler.batch(batch_size))).to(device)
@@ -260,7 +262,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
                         fh.write(json.dumps(metrics) + "\n")
                     bar.note(f"step {step} val: PSNR {metrics['val_psnr']:.2f} dB, est. {metrics['val_bpp']:.3f} bpp, "
                              f"loss {metrics['val_loss']:.4g}")
-                if time.monotonic() - last_save > cfg.checkpoint_every or step == total:
+                if time.monotonic() - last_save > cfg.checkpoint_every or step == end:
                     save()
                     last_save = time.monotonic()
                 if stop_requested:
@@ -277,6 +279,11 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
 
     with _graceful_stop(request_stop):
         train_steps()
+    if step < total:  # paused by --stop-at (checkpoint already written): continue later with --resume
+        ddp.barrier()
+        ddp.close()
+        log(f"paused at step {step} of {total} (--stop-at); continue with --resume")
+        return (history[-1] if history else {}) if ddp.is_main else {}
 
     # Every rank hashes its weights; rank 0 records them, so a run can show its replicas never drifted.
     run_info["rank_weight_digests"] = ddp.weight_digests(model)

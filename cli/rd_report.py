@@ -1,0 +1,71 @@
+"""Files `aectl eval` writes: results.json, per_image.csv, curves.csv and rd.png (PSNR and MS-SSIM panels)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from aectl.runtime.errors import AectlError
+from aectl.runtime.evaluate import PER_IMAGE_FIELDS
+from aectl.runtime.image_io import atomic_write
+
+CURVE_FIELDS = ("codec", "setting", "images", "bpp", "psnr", "ms_ssim", "ms_ssim_db")
+OUTPUTS = ("results.json", "per_image.csv", "curves.csv", "rd.png")
+
+
+def _csv(rows: list[dict], fields) -> bytes:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def rd_plot(result: dict, title: str = "") -> bytes:
+    """Rate-distortion curves as a PNG: our models as solid lines with markers, baselines dashed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise AectlError("the RD plot needs matplotlib: pip install 'aectl[eval]'") from None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, metric, label in ((axes[0], "psnr", "PSNR (dB, RGB)"), (axes[1], "ms_ssim_db", "MS-SSIM (dB)")):
+        for codec, points in result["curves"].items():
+            ours = codec in result["models"]
+            ax.plot([p["bpp"] for p in points], [p[metric] for p in points], "o-" if ours else ".--",
+                    label=codec, linewidth=2 if ours else 1)
+        ax.set_xlabel("bits per pixel")
+        ax.set_ylabel(label)
+        ax.set_xlim(0, 1.6)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title or f"{result['data']} ({result['images']} images)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(result: dict, out: Path, force: bool = False) -> list[Path]:
+    if not force:
+        existing = [out / name for name in OUTPUTS if (out / name).exists()]
+        if existing:
+            raise AectlError(f"{existing[0]} exists; pass --force to overwrite")
+    plot = rd_plot(result)  # before writing anything, so a missing matplotlib leaves no partial report
+    files = {
+        "results.json": json.dumps(result, indent=1).encode(),
+        "per_image.csv": _csv(result["per_image"], PER_IMAGE_FIELDS),
+        "curves.csv": _csv([{"codec": c, **p} for c, pts in result["curves"].items() for p in pts], CURVE_FIELDS),
+        "rd.png": plot,
+    }
+    for name, data in files.items():
+        atomic_write(out / name, data, force=True)
+    return [out / name for name in files]
+
+
+def summary(result: dict) -> dict:
+    """What `--json` prints and the console table shows: curves and comparisons, without per-image rows."""
+    return {k: v for k, v in result.items() if k != "per_image"}

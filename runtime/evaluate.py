@@ -1,0 +1,152 @@
+"""Rate-distortion evaluation of bundles against the codecs people use today (JPEG, WebP, AVIF via Pillow).
+
+Every rate is a real file size: .aec files for our models, Pillow's encoded bytes for the baselines. Quality is
+PSNR on 8-bit RGB and MS-SSIM. Bundles whose folder names differ only in a trailing `-qN` form one curve (one
+point per quality); each baseline is swept over its quality settings. BD-rates compare each model curve with
+each baseline over the quality range they share, using the baseline points that bracket the model's rates.
+"""
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from aectl.runtime.bdrate import bd_rate, quality_at_rate
+from aectl.runtime.errors import AectlError
+from aectl.runtime.files import IMAGE_SUFFIXES
+from aectl.runtime.metrics import bpp, ms_ssim, ms_ssim_db, pillow_encode, psnr
+
+BASELINE_SETTINGS = {
+    "jpeg": (5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90),
+    "webp": (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90),
+    "avif": (5, 10, 20, 30, 40, 50, 60, 70, 80),
+}
+PER_IMAGE_FIELDS = ("codec", "setting", "image", "bytes", "bpp", "psnr", "ms_ssim")
+
+
+@dataclass
+class Measured:
+    codec: str     # curve name: a model family or a baseline
+    setting: str   # quality within the curve: "q4", or a baseline's quality setting
+    image: str
+    bytes: int
+    bpp: float
+    psnr: float
+    ms_ssim: float
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in PER_IMAGE_FIELDS}
+
+
+def curve_name(bundle: Path) -> str:
+    return re.sub(r"-q\d+$", "", bundle.resolve().name)
+
+
+def load_images(data: Path) -> list[tuple[str, np.ndarray]]:
+    paths = sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if data.is_dir() else []
+    if not paths:
+        raise AectlError(f"--data {data}: no images found")
+    return [(p.name, np.asarray(Image.open(p).convert("RGB"))) for p in paths]
+
+
+def _measure(codec: str, setting: str, name: str, image: np.ndarray, blob: bytes, decoded: np.ndarray) -> Measured:
+    h, w = image.shape[:2]
+    return Measured(codec, setting, name, len(blob), bpp(len(blob), w, h), psnr(image, decoded),
+                    ms_ssim(image, decoded))
+
+
+def measure_bundle(bundle: Path, images, provider: str = "cpu", threads: int | None = None) -> list[Measured]:
+    from aectl.runtime.codec import Codec
+
+    codec = Codec(bundle, provider=provider, threads=threads)
+    quality = codec.bundle.manifest.get("architecture", {}).get("quality")
+    setting = f"q{quality}" if quality is not None else bundle.name
+    rows = []
+    for name, image in images:
+        blob = codec.compress(image)
+        rows.append(_measure(curve_name(bundle), setting, name, image, blob,
+                             np.asarray(codec.decompress(blob).convert("RGB"))))
+    return rows
+
+
+def measure_baseline(codec: str, images, settings=None) -> list[Measured]:
+    if codec not in BASELINE_SETTINGS:
+        raise AectlError(f"unknown baseline {codec!r}; choose from {', '.join(BASELINE_SETTINGS)}")
+    rows = []
+    for q in settings or BASELINE_SETTINGS[codec]:
+        for name, image in images:
+            blob = pillow_encode(image, codec, q)
+            decoded = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
+            rows.append(_measure(codec, str(q), name, image, blob, decoded))
+    return rows
+
+
+def curves(rows: list[Measured]) -> dict[str, list[dict]]:
+    """Per curve, one point per setting: the mean over images of bpp, PSNR and MS-SSIM, sorted by rate."""
+    grouped: dict[tuple[str, str], list[Measured]] = {}
+    for r in rows:
+        grouped.setdefault((r.codec, r.setting), []).append(r)
+    out: dict[str, list[dict]] = {}
+    for (codec, setting), group in grouped.items():
+        mean_ssim = float(np.mean([r.ms_ssim for r in group]))
+        out.setdefault(codec, []).append({
+            "setting": setting, "images": len(group), "bpp": float(np.mean([r.bpp for r in group])),
+            "psnr": float(np.mean([r.psnr for r in group])), "ms_ssim": mean_ssim, "ms_ssim_db": ms_ssim_db(mean_ssim)})
+    return {codec: sorted(points, key=lambda p: p["bpp"]) for codec, points in out.items()}
+
+
+def _bracketing(points: list[dict], low: float, high: float) -> list[dict]:
+    """The baseline points inside [low, high] bpp plus the nearest one beyond each end."""
+    inside = [i for i, p in enumerate(points) if low <= p["bpp"] <= high]
+    below = [i for i, p in enumerate(points) if p["bpp"] < low]
+    above = [i for i, p in enumerate(points) if p["bpp"] > high]
+    keep = inside + ([below[-1]] if below else []) + ([above[0]] if above else [])
+    return [points[i] for i in sorted(keep)]
+
+
+def compare(model: list[dict], baseline: list[dict]) -> dict:
+    """BD-rate (PSNR and MS-SSIM dB) of a model curve against a baseline curve, and the PSNR gain at each
+    model point (baseline interpolated at the same bpp)."""
+    ref = _bracketing(baseline, model[0]["bpp"], model[-1]["bpp"])
+    result: dict = {"baseline_points": [p["setting"] for p in ref]}
+    for key, metric in (("bd_rate_psnr", "psnr"), ("bd_rate_ms_ssim", "ms_ssim_db")):
+        try:
+            result[key] = bd_rate([p["bpp"] for p in ref], [p[metric] for p in ref],
+                                  [p["bpp"] for p in model], [p[metric] for p in model])
+        except ValueError as exc:
+            result[key] = None
+            result[f"{key}_why"] = str(exc)
+    gains = []
+    for p in model:
+        at = quality_at_rate(p["bpp"], [b["bpp"] for b in baseline], [b["psnr"] for b in baseline])
+        gains.append({"setting": p["setting"], "bpp": p["bpp"],
+                      "psnr_gain": None if at is None else p["psnr"] - at})
+    result["psnr_gain_at_model_points"] = gains
+    return result
+
+
+def evaluate(bundles: list[Path], data: Path, baselines: list[str], provider: str = "cpu",
+             threads: int | None = None, progress: Callable[[str], None] = lambda _: None) -> dict:
+    """Measure every bundle and baseline on every image in `data`; return per-image rows, curves, BD-rates."""
+    unknown = [b for b in baselines if b not in BASELINE_SETTINGS]
+    if unknown:
+        raise AectlError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINE_SETTINGS)}")
+    images = load_images(data)
+    rows: list[Measured] = []
+    for bundle in bundles:
+        progress(f"model {bundle}")
+        rows += measure_bundle(bundle, images, provider, threads)
+    for codec in baselines:
+        progress(f"baseline {codec}")
+        rows += measure_baseline(codec, images)
+    all_curves = curves(rows)
+    models = sorted({curve_name(b) for b in bundles})
+    comparisons = {m: {b: compare(all_curves[m], all_curves[b]) for b in baselines} for m in models}
+    return {"data": str(data), "images": len(images), "provider": provider, "models": models,
+            "baselines": baselines, "curves": all_curves, "comparisons": comparisons,
+            "per_image": [r.to_dict() for r in rows]}

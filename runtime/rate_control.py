@@ -1,0 +1,49 @@
+"""Fitting a file into a byte budget: encode with the best shipped quality whose .aec file fits.
+
+Learned codecs have no rate control knob inside one model, so we try the quality levels from the highest down
+and keep the first file that fits (file size grows with quality, so the first fit is the best one).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from aectl.runtime.errors import AectlError
+
+
+class QualityLadder:
+    """Codecs for several bundles, tried best-first; each codec loads on first use."""
+
+    def __init__(self, bundles: dict[int, Path], **codec_options):
+        if not bundles:
+            raise AectlError("no models to choose from for --max-bytes/--max-bpp")
+        self.bundles = dict(sorted(bundles.items(), reverse=True))  # highest quality first
+        self.options = codec_options
+        self._codecs: dict = {}
+
+    def codec(self, quality: int):
+        from aectl.runtime.codec import Codec
+
+        if quality not in self._codecs:
+            self._codecs[quality] = Codec(self.bundles[quality], **self.options)
+        return self._codecs[quality]
+
+    def compress_within(self, image, max_bytes: int | None = None, max_bpp: float | None = None) -> tuple[bytes, int]:
+        """The file of the highest quality that fits, and that quality. `image` is anything Codec.compress takes."""
+        from aectl.runtime import container, image_io
+
+        if (max_bytes is None) == (max_bpp is None):
+            raise AectlError("give exactly one of --max-bytes and --max-bpp")
+        if (max_bytes is not None and max_bytes <= 0) or (max_bpp is not None and max_bpp <= 0):
+            raise AectlError("--max-bytes/--max-bpp must be positive")
+        if isinstance(image, (str, Path)):  # decode the file once, not once per candidate
+            image = image_io.open_image(image, self.options.get("max_pixels", container.DEFAULT_MAX_PIXELS))
+        smallest = None
+        for quality in self.bundles:
+            data = self.codec(quality).compress(image)
+            if max_bytes is None:
+                header = container.parse(data)[0]
+                max_bytes = int(max_bpp * header.width * header.height / 8)
+            if len(data) <= max_bytes:
+                return data, quality
+            smallest = (len(data), quality)
+        raise AectlError(f"does not fit in {max_bytes} B: the lowest quality (q{smallest[1]}) needs {smallest[0]} B")

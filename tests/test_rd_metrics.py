@@ -1,0 +1,51 @@
+"""BD-rate against hand-computed cases, and MS-SSIM's basic properties on a real image."""
+import io
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aectl.runtime.bdrate import bd_rate, quality_at_rate
+from aectl.runtime.metrics import ms_ssim, ms_ssim_db, pillow_encode
+
+
+def test_a_constant_rate_ratio_is_its_bd_rate():
+    psnr = [30.0, 32.0, 34.0, 36.0, 38.0]
+    ref = [0.2, 0.35, 0.55, 0.8, 1.2]
+    assert bd_rate(ref, psnr, [0.8 * r for r in ref], psnr) == pytest.approx(-20.0, abs=1e-9)
+    assert bd_rate(ref, psnr, ref, psnr) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_log_linear_curves_over_their_overlap_only():
+    # ref: ln r = D/10 on D in [30, 40]; test: ln r = 0.5 + D/20 on D in [34, 44]. They share D in [34, 40];
+    # the mean of (0.5 + D/20 - D/10) over it is 0.5 - 37/20 = -1.35, so BD-rate = (e^-1.35 - 1) * 100.
+    d_ref, d_test = np.linspace(30, 40, 5), np.linspace(34, 44, 6)
+    result = bd_rate(np.exp(d_ref / 10), d_ref, np.exp(0.5 + d_test / 20), d_test)
+    assert result == pytest.approx((math.exp(-1.35) - 1) * 100, abs=1e-6)  # -74.076...%
+    assert result == pytest.approx(-74.0760, abs=1e-3)
+
+
+def test_bd_rate_refuses_curves_it_cannot_compare():
+    with pytest.raises(ValueError, match="four"):
+        bd_rate([0.1, 0.2, 0.3], [30, 31, 32], [0.1, 0.2, 0.3, 0.4], [30, 31, 32, 33])
+    with pytest.raises(ValueError, match="overlap"):
+        bd_rate([0.1, 0.2, 0.3, 0.4], [20, 21, 22, 23], [0.1, 0.2, 0.3, 0.4], [30, 31, 32, 33])
+
+
+def test_quality_at_rate_interpolates_in_log_rate():
+    assert quality_at_rate(0.2, [0.1, 0.4], [30, 32]) == pytest.approx(31.0)
+    assert quality_at_rate(0.05, [0.1, 0.4], [30, 32]) is None
+
+
+def test_ms_ssim_is_one_for_identical_images_and_drops_with_jpeg_quality(kodak):
+    image = np.asarray(Image.open(kodak / "kodim03.png").convert("RGB"))
+    assert ms_ssim(image, image) == pytest.approx(1.0)
+    scores = [ms_ssim(image, np.asarray(Image.open(io.BytesIO(pillow_encode(image, "jpeg", q))).convert("RGB")))
+              for q in (5, 30, 90)]
+    assert 0.8 < scores[0] < scores[1] < scores[2] < 1.0
+    decoded = np.asarray(Image.open(io.BytesIO(pillow_encode(image, "jpeg", 30))).convert("RGB"))
+    assert ms_ssim(decoded, image) == pytest.approx(scores[1], rel=1e-12)  # symmetric
+    assert ms_ssim_db(0.99) == pytest.approx(20.0)
+    with pytest.raises(ValueError, match="176"):
+        ms_ssim(image[:100], image[:100])

@@ -1,0 +1,154 @@
+"""How every shipped bundle was trained, as data: the exact `aectl train` stages, from scratch, in order.
+
+Training budget here is a 2-core CPU, so the shipped qualities share work: one long quality-4 run from
+scratch, and the other qualities start from its weights (or a neighbour's) with their own lambda, as
+learned-codec papers do when they fine-tune a rate point from a neighbouring one. A stage may be paused at
+several steps (`snapshots`) so later stages can start from that point; `--stop-at` pauses a run without
+changing its learning-rate schedule, and `--resume` continues it exactly.
+
+    python -m aectl.train.recipes show 4                 # the commands behind models/factorized-q4
+    python -m aectl.train.recipes build 4 --runs runs/models --out models/factorized-q4
+
+`build` runs (or resumes) every stage the quality needs, exports the bundle and records the recipe in its
+manifest ("training.recipe"). From scratch it is many CPU hours; on a GPU, `--device cuda` in COMMON.
+Runs are repeatable (seeded, resume is exact), but a retrain on another machine or torch version matches
+the shipped numbers statistically, not bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import typer
+
+from aectl.runtime.errors import AectlError
+
+DATA = "../shared/data/photos"
+COMMON = "--preset factorized --channels 64,128 --crop 128 --batch-size 8 --threads 1 --seed 0 --no-progress"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str                      # run folder under --runs
+    quality: int
+    lr: float
+    steps: int                     # the length the learning-rate schedule is planned for
+    init_from: str | None = None   # "stage" (its end) or "stage@step" (one of its snapshots)
+    stop_at: int | None = None     # where the stage ends, if before `steps`
+    snapshots: tuple[int, ...] = field(default=())
+
+    @property
+    def end(self) -> int:
+        return self.stop_at or self.steps
+
+    def pauses(self) -> list[int]:
+        return sorted(set(self.snapshots) | {self.end})
+
+
+STAGES = {s.name: s for s in (
+    Stage("q4-base", 4, 3e-4, 300_000, stop_at=26_840, snapshots=(14_349,)),
+    Stage("q2-base", 2, 3e-4, 300_000, init_from="q4-base@14349", stop_at=9_677),
+    Stage("q4", 4, 3e-5, 2_000, init_from="q4-base@26840"),
+    Stage("q5", 5, 3e-4, 5_000, init_from="q4-base@26840"),
+    Stage("q3", 3, 3e-4, 4_000, init_from="q4-base@26840"),
+    Stage("q2", 2, 3e-4, 5_000, init_from="q2-base@9677"),
+    Stage("q1", 1, 3e-4, 4_000, init_from="q2"),
+)}
+SHIPPED = {1: "q1", 2: "q2", 3: "q3", 4: "q4", 5: "q5"}  # quality -> the stage whose end is shipped
+
+
+def lineage(name: str) -> list[Stage]:
+    """The stages a stage depends on, roots first, itself last."""
+    if name not in STAGES:
+        raise AectlError(f"unknown stage {name!r}; known: {', '.join(STAGES)}")
+    stage = STAGES[name]
+    parent = stage.init_from.split("@")[0] if stage.init_from else None
+    return (lineage(parent) if parent else []) + [stage]
+
+
+def snapshot(runs: Path, name: str, step: int) -> Path:
+    return runs / f"{name}@{step}.pt"
+
+
+def source_checkpoint(runs: Path, ref: str) -> Path:
+    name, _, step = ref.partition("@")
+    return snapshot(runs, name, int(step) if step else STAGES[name].end)
+
+
+def commands(stage: Stage, runs: Path, data: str = DATA) -> list[str]:
+    """One `aectl train` command per pause point; each after the first resumes the same run."""
+    out = []
+    for i, pause in enumerate(stage.pauses()):
+        cmd = (f"aectl train {COMMON} -q {stage.quality} --lr {stage.lr:g} --steps {stage.steps} "
+               f"--data {data} --out {runs / stage.name}")
+        if stage.init_from:
+            cmd += f" --init-from {source_checkpoint(runs, stage.init_from)}"
+        if pause != stage.steps:
+            cmd += f" --stop-at {pause}"
+        out.append(cmd + " --resume")
+    return out
+
+
+def recipe(quality: int, runs: Path = Path("runs"), data: str = DATA) -> list[str]:
+    if quality not in SHIPPED:
+        raise AectlError(f"no recipe for quality {quality}; shipped: {', '.join(map(str, SHIPPED))}")
+    return [cmd for stage in lineage(SHIPPED[quality]) for cmd in commands(stage, runs, data)]
+
+
+def _run(cmd: str) -> None:
+    typer.echo(f"$ {cmd}", err=True)
+    args = shlex.split(cmd)
+    args[0] = str(Path(sys.executable).parent / "aectl")
+    if subprocess.run(args).returncode != 0:
+        raise AectlError(f"stage failed: {cmd}")
+
+
+def build(quality: int, runs: Path, out: Path, data: str = DATA, force: bool = False) -> Path:
+    """Train (resuming whatever is done), export, and record the recipe in the bundle's manifest."""
+    for stage in lineage(SHIPPED[quality]):
+        for pause, cmd in zip(stage.pauses(), commands(stage, runs, data)):
+            if not snapshot(runs, stage.name, pause).exists():
+                _run(cmd)
+                shutil.copy2(runs / stage.name / "last.pt", snapshot(runs, stage.name, pause))
+    final = snapshot(runs, SHIPPED[quality], STAGES[SHIPPED[quality]].end)
+    _run(f"aectl export {final} --out {out}" + (" --force" if force else ""))
+    record_recipe(out, quality)
+    return out
+
+
+def record_recipe(bundle: Path, quality: int) -> None:
+    """Write the from-scratch commands into the manifest (not part of the model id or the file hashes)."""
+    manifest_path = bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["training"]["recipe"] = recipe(quality, Path("runs/models"), DATA)
+    tmp = manifest_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(manifest_path)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@app.command()
+def show(quality: int, runs: Path = Path("runs"), data: str = DATA) -> None:
+    """Print the commands that train a shipped quality from scratch."""
+    typer.echo("\n".join(recipe(quality, runs, data)))
+
+
+@app.command("build")
+def build_command(quality: int, runs: Path = typer.Option(Path("runs/models")),
+                  out: Path = typer.Option(...), data: str = DATA, force: bool = False) -> None:
+    """Run every stage a shipped quality needs (resuming), then export it with its recipe recorded."""
+    build(quality, runs, out, data, force)
+
+
+if __name__ == "__main__":
+    try:
+        app(standalone_mode=False)
+    except AectlError as exc:
+        sys.exit(f"error: {exc}")
