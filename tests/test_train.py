@@ -25,6 +25,18 @@ def test_resume_continues_exactly(photos, tmp_path):
         assert torch.equal(value, b["model"][key]), key
 
 
+def test_stop_at_pauses_without_changing_the_schedule(photos, tmp_path):
+    """What the shipped recipes rely on: --stop-at then --resume equals one uninterrupted run."""
+    train(_cfg(photos, tmp_path / "straight", steps=10), progress=False, log=lambda *_: None)
+    train(_cfg(photos, tmp_path / "paused", steps=10, stop_at=4), progress=False, log=lambda *_: None)
+    assert load_checkpoint(tmp_path / "paused")["step"] == 4
+    train(_cfg(photos, tmp_path / "paused", steps=10, resume=True), progress=False, log=lambda *_: None)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "paused")
+    assert a["step"] == b["step"] == 10
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
 def test_same_seed_same_weights_and_refuses_to_clobber(photos, tmp_path):
     train(_cfg(photos, tmp_path / "a", steps=2), progress=False, log=lambda *_: None)
     train(_cfg(photos, tmp_path / "b", steps=2), progress=False, log=lambda *_: None)
