@@ -1,10 +1,13 @@
-"""`make demo`: the whole pipeline on real images that live in this repository.
+"""`make demo`: the whole pipeline on real images.
 
-1. takes the pretrained factorized bundle shipped in the package; only when none ships (a development
+1. takes the default pretrained bundle shipped in the package; only when none ships (a development
    checkout before models were trained) it trains one briefly on examples/train-images and exports it,
-2. compresses examples/images (two Kodak images) to .aec files with onnxruntime and decompresses them,
+2. compresses kodak-dev (../shared/data/kodak-dev; examples/images, two Kodak images, where that is absent)
+   to .aec files with onnxruntime and decompresses them,
 3. prints bpp and PSNR per image beside JPEG at the same bpp, and the bundle's parity figure (torch vs
-   onnxruntime, measured at export); writes the files and images under out/demo/.
+   onnxruntime, measured at export),
+4. measures every shipped quality and JPEG/WebP on the same images and draws the RD plot;
+   everything lands under out/demo/ (aec/, decoded/, rd.png).
 """
 from __future__ import annotations
 
@@ -18,10 +21,12 @@ from rich.table import Table
 
 from aectl.runtime import Codec, load_bundle
 from aectl.runtime.metrics import baseline_at_bpp, bpp, psnr
-from aectl.runtime.registry import shipped_bundles
+from aectl.runtime.registry import shipped_bundle, shipped_qualities
 
 HERE = Path(__file__).resolve().parent
 OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parent / "out" / "demo"
+KODAK = HERE.parent.parent / "shared" / "data" / "kodak-dev"
+DATA = KODAK if KODAK.is_dir() else HERE / "images"
 STEPS = 800
 
 
@@ -41,8 +46,8 @@ def trained_here(console: Console) -> Path:
 
 def main() -> None:
     console = Console()
-    shipped = shipped_bundles()
-    bundle = shipped[0] if shipped else trained_here(console)
+    levels = shipped_qualities()
+    bundle = shipped_bundle(None) if levels else trained_here(console)
     manifest = load_bundle(bundle).manifest
     console.print(f"model: {bundle} ({manifest['description']}, {manifest['training']['steps']} training steps)")
     codec = Codec(bundle, provider="auto")
@@ -51,7 +56,7 @@ def main() -> None:
         table.add_column(col, justify="right" if col != "image" else "left")
     (OUT / "aec").mkdir(parents=True, exist_ok=True)
     (OUT / "decoded").mkdir(parents=True, exist_ok=True)
-    for path in sorted((HERE / "images").glob("*.png")):
+    for path in sorted(DATA.glob("*.png")):
         original = np.asarray(Image.open(path).convert("RGB"))
         data = codec.compress(original)
         (OUT / "aec" / f"{path.stem}.aec").write_bytes(data)
@@ -65,7 +70,23 @@ def main() -> None:
     console.print(table)
     parity = manifest["parity"]
     console.print(f"parity torch vs onnxruntime: max |diff| {parity['max_abs_diff']:.2e} "
-                  f"(tolerance {parity['tolerance']:.0e}); outputs in {OUT}")
+                  f"(tolerance {parity['tolerance']:.0e})")
+    rd_plot_of(list(levels.values()) or [bundle], console)
+    console.print(f"outputs in {OUT}: aec/, decoded/, rd.png")
+
+
+def rd_plot_of(bundles: list[Path], console: Console) -> None:
+    """Every shipped quality against JPEG and WebP on the same images, as `aectl eval` measures them."""
+    from aectl.cli.rd_report import rd_plot
+    from aectl.runtime.evaluate import evaluate
+
+    with console.status("rate-distortion curves: shipped models, JPEG and WebP"):
+        result = evaluate(bundles, DATA, ["jpeg", "webp"], provider="cpu")
+    (OUT / "rd.png").write_bytes(rd_plot(result, title=f"{DATA.name}: aectl shipped models vs JPEG and WebP"))
+    for model, against in result["comparisons"].items():
+        for baseline, c in against.items():
+            if c["bd_rate_psnr"] is not None:
+                console.print(f"BD-rate {model} vs {baseline} (PSNR): {c['bd_rate_psnr']:+.1f}%")
 
 
 if __name__ == "__main__":
