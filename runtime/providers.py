@@ -179,6 +179,14 @@ def probe(name: str) -> tuple[bool, str]:
     return (True, "works") if float(out.sum()) == 4.0 else (False, "wrong result")
 
 
+def require_provider(name: str) -> None:
+    """Fail once, before a batch starts, when the asked provider cannot run here (instead of once per file)."""
+    if name not in PROVIDER_NAMES:
+        raise AectlError(f"unknown provider {name!r}; choose one of {', '.join(PROVIDER_NAMES)}")
+    if name not in ("auto", "cpu"):
+        create_session(_identity_model(), name, engine_cache=False)  # raises the provider's one-line error
+
+
 def usable_providers() -> dict[str, str]:
     """For `aectl doctor`: which providers really create a working session here, by trying each."""
     return {name: probe(name)[1] for name in ("cpu", "cuda", "tensorrt")}
