@@ -56,6 +56,7 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
                    engine="local", workers=None, quality=None, max_bytes=None, max_bpp=None) -> int:
     from aectl.runtime.codec import Codec
     from aectl.runtime.registry import shipped_bundle, shipped_qualities
+    from aectl.runtime.providers import PROVIDER_NAMES, require_provider
 
     if model is not None and quality is not None:
         raise AectlError("give -m BUNDLE or -q QUALITY, not both")
@@ -65,6 +66,11 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     if max_bytes is not None and max_bpp is not None:
         raise AectlError("give --max-bytes or --max-bpp, not both")
     chosen_by_user = model is not None
+    if engine == "ray":  # the workers may have a GPU the driver lacks: check only the name here
+        if provider not in PROVIDER_NAMES:
+            require_provider(provider)
+    else:
+        require_provider(provider)
     if model is None:
         model = shipped_bundle(quality)
     codec = Codec(model, provider=provider, threads=threads, max_pixels=max_pixels)
@@ -119,8 +125,10 @@ def decompress_files(inputs, out, model, provider, image_format, force, json_out
     from aectl.runtime.codec import Codec
     from aectl.runtime.container import parse
     from aectl.runtime.image_io import atomic_write
+    from aectl.runtime.providers import require_provider
     from aectl.runtime.registry import find_bundle
 
+    require_provider(provider)
     suffix = "." + image_format.lower().lstrip(".")
     from PIL import Image
     if suffix not in Image.registered_extensions():

@@ -90,7 +90,7 @@ def export(
 def verify(
     bundle: Path = typer.Argument(..., help="bundle directory"),
     source: Path = typer.Argument(..., help="run directory or checkpoint the bundle was exported from"),
-    provider: str = typer.Option("cpu", help="onnxruntime provider to check: cpu, cuda or auto"),
+    provider: str = typer.Option("cpu", help="onnxruntime provider to check: cpu, cuda, tensorrt or auto"),
 ) -> None:
     """Re-run the torch vs onnxruntime parity check of a bundle on demand."""
     from aectl.export.parity import verify_bundle
@@ -139,7 +139,7 @@ def compress(
                                             "bits per pixel"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (or .aec file for one input); "
                                        "default: next to each input"),
-    provider: str = typer.Option("auto", help="onnxruntime provider: auto, cpu or cuda"),
+    provider: str = typer.Option("auto", help="onnxruntime provider: auto (CUDA if it works, else CPU), cpu, cuda or tensorrt"),
     force: bool = typer.Option(False, help="overwrite existing outputs"),
     json_out: bool = typer.Option(False, "--json", help="print per-file results as JSON"),
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads"),
@@ -161,7 +161,7 @@ def decompress(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (or image file for one input); "
                                        "default: next to each input"),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="bundle; default: found by the file's model id"),
-    provider: str = typer.Option("auto", help="onnxruntime provider: auto, cpu or cuda"),
+    provider: str = typer.Option("auto", help="onnxruntime provider: auto (CUDA if it works, else CPU), cpu, cuda or tensorrt"),
     image_format: str = typer.Option("png", "--format", help="output image format (file suffix): png, bmp, tiff, ..."),
     force: bool = typer.Option(False, help="overwrite existing outputs"),
     json_out: bool = typer.Option(False, "--json", help="print per-file results as JSON"),

@@ -1,15 +1,55 @@
 """The two ONNX halves of a bundle behind numpy: encode(x) -> y and decode(y_hat) -> x, plus the
 quantisation that sits between them. Shape rules are checked here because onnxruntime does not enforce
-derived-dimension rules such as "a multiple of 16"."""
+derived-dimension rules such as "a multiple of 16".
+
+Every run goes through onnxruntime's IOBinding (https://onnxruntime.ai/docs/api/python/api_summary.html#iobinding,
+https://onnxruntime.ai/docs/performance/tune-performance/iobinding.html), on the CPU as on a GPU, so the
+code that serves CUDA is the code the CPU tests run. The input lives in an OrtValue on the session's device
+that is kept while the shape repeats (a batch of same-size images, the full tiles of a big image) and
+refilled in place: one host-to-device copy per run, no device allocation. The output is bound to the
+device and stays there until the entropy coder needs it, then comes to the host in one copy."""
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
 from aectl.runtime.bundle import Bundle
 from aectl.runtime.errors import AectlError
-from aectl.runtime.providers import create_session
+from aectl.runtime.providers import GPU_DEVICE_ID, create_session, import_ort, session_device
 
 INT32_LIMIT = 2**31 - 1
+
+
+class _Binding:
+    """One session's IOBinding and the device input it refills. Not thread-safe: Network keeps one per thread
+    (the edge HTTP service decodes requests on concurrent threads with one Decoder)."""
+
+    def __init__(self, session):
+        self.session = session
+        self.device = session_device(session)
+        self.device_id = 0 if self.device == "cpu" else GPU_DEVICE_ID
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
+        self.binding = session.io_binding()
+        self.input = None  # OrtValue on self.device, reused while the input shape repeats
+
+    def run(self, array: np.ndarray) -> np.ndarray:
+        ort = import_ort()
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        if self.input is None or tuple(self.input.shape()) != array.shape:
+            self.input = None  # free the old buffer before allocating the new one
+            self.input = ort.OrtValue.ortvalue_from_shape_and_type(array.shape, np.float32, self.device,
+                                                                  self.device_id)
+            self.binding.bind_ortvalue_input(self.input_name, self.input)
+        self.input.update_inplace(array)  # the one host-to-device copy (a memcpy on the CPU)
+        # Bound afresh every run: after a run the binding holds the output it allocated and would hand that
+        # same buffer to the next run, which fails when the shape changes and, on the CPU, would overwrite
+        # the array returned last time (.numpy() shares the buffer there and keeps it alive; on a GPU it is
+        # the one device-to-host copy).
+        self.binding.bind_output(self.output_name, self.device, self.device_id)
+        self.session.run_with_iobinding(self.binding)
+        return self.binding.get_outputs()[0].numpy()
 
 
 class Network:
@@ -18,6 +58,7 @@ class Network:
         self.provider = provider
         self.threads = threads
         self._sessions: dict = {}
+        self._local = threading.local()  # role -> _Binding, per thread
         ent = bundle.entropy
         self.step = np.float32(ent["step"])
         self.medians = np.asarray(ent["medians"], dtype=np.float32)
@@ -29,6 +70,15 @@ class Network:
         if role not in self._sessions:
             self._sessions[role] = create_session(self.bundle.read(role), self.provider, self.threads)
         return self._sessions[role]
+
+    def binding(self, role: str) -> _Binding:
+        """This thread's IOBinding for a role, created once and reused for every later run."""
+        if role == "decoder":
+            role = self.bundle.decoder_role
+        bindings = self._local.__dict__.setdefault("bindings", {})
+        if role not in bindings:
+            bindings[role] = _Binding(self.session(role))
+        return bindings[role]
 
     @property
     def providers(self) -> list[str]:
@@ -57,7 +107,7 @@ class Network:
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         self.check_input(x)
-        return self.session("encoder").run(None, {"x": x})[0]
+        return self.binding("encoder").run(x)
 
     def decode(self, y_hat: np.ndarray) -> np.ndarray:
         lat = self.bundle.latent_rule
@@ -65,7 +115,7 @@ class Network:
         if not isinstance(y_hat, np.ndarray) or y_hat.ndim != ndim or y_hat.shape[1] != lat["channels"]:
             raise AectlError(f"expected latents of shape (N, {lat['channels']}{', h, w' if ndim == 4 else ''}), "
                              f"got {getattr(y_hat, 'shape', type(y_hat).__name__)}")
-        return self.session("decoder").run(None, {"y_hat": np.ascontiguousarray(y_hat, dtype=np.float32)})[0]
+        return self.binding("decoder").run(y_hat)
 
     def _channel_view(self, values: np.ndarray) -> np.ndarray:
         return self.medians.reshape(1, -1, *([1] * (values.ndim - 2)))

@@ -1,19 +1,24 @@
 """One factory for onnxruntime sessions, so provider choice and its checks live in a single place (as rembg
-does). Asking for CUDA where it cannot run is an error, never a silent CPU session: onnxruntime-gpu lists the
-CUDA provider as available even when the CUDA libraries are missing, then quietly builds a CPU-only session,
-so we check `session.get_providers()` after creating it."""
+does). Asking for CUDA or TensorRT where it cannot run is an error, never a silent CPU session:
+onnxruntime-gpu lists the CUDA and TensorRT providers as available even when their libraries are missing,
+then quietly builds a session on the next provider in the list, so we check `session.get_providers()` after
+creating it."""
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from importlib import metadata
+from pathlib import Path
 
 from aectl.runtime.errors import AectlError
 
-PROVIDER_NAMES = ("auto", "cpu", "cuda")
+PROVIDER_NAMES = ("auto", "cpu", "cuda", "tensorrt")
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml",
                      "onnxruntime-silicon", "ort-nightly", "ort-nightly-gpu")
-EXECUTION_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+EXECUTION_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                       "tensorrt": "TensorrtExecutionProvider"}
+GPU_DEVICE_ID = 0  # one GPU per process; CUDA_VISIBLE_DEVICES picks which
 
 
 def installed_distributions() -> dict[str, str]:
@@ -56,58 +61,135 @@ def session_options(threads: int | None = None):
     return opts
 
 
-def _cuda_options() -> dict:
-    # HEURISTIC avoids re-tuning cuDNN for every new image size; TF32 off keeps parity with fp32 torch.
-    return {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"}
+def cuda_options() -> dict:
+    """CUDA provider options (https://onnxruntime.ai/docs/execution-providers/CUDA-ExecutionProvider.html).
+
+    cudnn_conv_algo_search HEURISTIC: EXHAUSTIVE (the default) benchmarks every cuDNN algorithm for each new
+    input shape, hundreds of ms per image size, and image sizes vary from file to file; HEURISTIC asks cuDNN's
+    heuristics once, with no benchmarking. use_tf32 0: TF32 convolutions round inputs to 10 mantissa bits,
+    far outside the 1e-4 parity the bundles are checked to, and would move latents across rounding
+    boundaries, so CUDA-encoded symbols would disagree with CPU-encoded ones more often."""
+    return {"device_id": GPU_DEVICE_ID, "cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"}
 
 
-def create_session(model: str | bytes, provider: str = "auto", threads: int | None = None):
-    """An InferenceSession on exactly the asked provider (auto: CUDA if it really works, else CPU)."""
+def tensorrt_cache_dir() -> Path:
+    """Where TensorRT engines are kept between processes: $XDG_CACHE_HOME/aectl/trt (~/.cache/aectl/trt)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "aectl" / "trt"
+
+
+def tensorrt_options(engine_cache: bool = True) -> dict:
+    """TensorRT provider options (https://onnxruntime.ai/docs/execution-providers/TensorRT-ExecutionProvider.html).
+
+    fp32 only (fp16 would break parity with the CPU decoder). Building an engine takes seconds per input
+    shape, so engines and TensorRT's timing cache are stored on disk and reused by later processes; the
+    cache is keyed by the model and the shape range, so a new image size can still build a new engine."""
+    opts = {"device_id": GPU_DEVICE_ID, "trt_fp16_enable": False, "trt_int8_enable": False}
+    if engine_cache:
+        path = tensorrt_cache_dir()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AectlError(f"cannot create the TensorRT engine cache {path}: {exc.strerror}") from None
+        opts.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(path),
+                     "trt_timing_cache_enable": True, "trt_timing_cache_path": str(path)})
+    return opts
+
+
+def _provider_chain(provider: str, engine_cache: bool) -> list:
+    """What onnxruntime is asked for: the named provider first, then its fallbacks for unsupported nodes."""
+    if provider == "tensorrt":
+        return [("TensorrtExecutionProvider", tensorrt_options(engine_cache)),
+                ("CUDAExecutionProvider", cuda_options()), "CPUExecutionProvider"]
+    if provider == "cuda":
+        return [("CUDAExecutionProvider", cuda_options()), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+_NOT_USABLE = {
+    "cuda": "CUDA provider is installed but not usable here (CUDA or cuDNN libraries missing, or no GPU); "
+            "onnxruntime fell back to {got}. Use --provider cpu or fix the CUDA setup",
+    "tensorrt": "TensorRT provider is installed but not usable here (TensorRT, CUDA or cuDNN libraries missing, "
+                "or no GPU); onnxruntime fell back to {got}. Use --provider cuda or cpu, or install TensorRT",
+}
+_NOT_BUILT = {
+    "cuda": "--provider cuda: this onnxruntime has no CUDA provider (available: {available}); "
+            "install aectl[gpu] on a machine with a GPU",
+    "tensorrt": "--provider tensorrt: this onnxruntime has no TensorRT provider (available: {available}); "
+                "install aectl[gpu] and TensorRT on a machine with a GPU",
+}
+
+
+def create_session(model: str | bytes, provider: str = "auto", threads: int | None = None,
+                   engine_cache: bool = True):
+    """An InferenceSession on exactly the asked provider (auto: CUDA if it really works, else CPU; auto never
+    picks TensorRT, whose engine builds cost seconds on first use)."""
     if provider not in PROVIDER_NAMES:
         raise AectlError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDER_NAMES)}")
     ort = import_ort()
     available = ort.get_available_providers()
     opts = session_options(threads)
-    if provider in ("cuda", "auto") and "CUDAExecutionProvider" in available:
-        try:
-            session = ort.InferenceSession(model, sess_options=opts,
-                                           providers=[("CUDAExecutionProvider", _cuda_options()), "CPUExecutionProvider"])
-        except Exception as exc:
-            if provider == "cuda":
-                raise AectlError(f"CUDA provider failed to start: {exc}".splitlines()[0]) from None
-        else:
-            if session.get_providers()[0] == "CUDAExecutionProvider":
-                return session
-            if provider == "cuda":
-                raise AectlError("CUDA provider is installed but not usable here (CUDA or cuDNN libraries missing, "
-                                 "or no GPU); onnxruntime fell back to CPU. Use --provider cpu or fix the CUDA setup")
-    elif provider == "cuda":
-        raise AectlError("--provider cuda: this onnxruntime has no CUDA provider "
-                         f"(available: {', '.join(available)}); install aectl[gpu] on a machine with a GPU")
+    wanted = "cuda" if provider == "auto" else provider
+    if wanted != "cpu":
+        label = "CUDA" if wanted == "cuda" else "TensorRT"
+        if EXECUTION_PROVIDERS[wanted] in available:
+            try:
+                session = ort.InferenceSession(model, sess_options=opts,
+                                               providers=_provider_chain(wanted, engine_cache))
+            except AectlError:
+                raise
+            except Exception as exc:
+                if provider != "auto":
+                    raise AectlError(f"{label} provider failed to start: {exc}".splitlines()[0]) from None
+            else:
+                got = session.get_providers()[0]
+                if got == EXECUTION_PROVIDERS[wanted]:
+                    return session
+                if provider != "auto":
+                    raise AectlError(_NOT_USABLE[wanted].format(got=got))
+        elif provider != "auto":
+            raise AectlError(_NOT_BUILT[wanted].format(available=", ".join(available)))
     try:
         return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise AectlError(f"onnxruntime cannot load the model: {exc}".splitlines()[0]) from None
 
 
-def usable_providers() -> dict[str, str]:
-    """For `aectl doctor`: which providers really create a working session here, by trying each."""
+def session_device(session) -> str:
+    """The OrtValue device type of a session's first provider: where its inputs and outputs live."""
+    return "cpu" if session.get_providers()[0] == "CPUExecutionProvider" else "cuda"
+
+
+@functools.lru_cache(maxsize=None)
+def probe(name: str) -> tuple[bool, str]:
+    """Whether a provider really runs a model here, by running one (not by trusting get_available_providers,
+    which lists CUDA and TensorRT whenever the package was built with them). Used by doctor and the tests."""
     import numpy as np
 
     ort = import_ort()
-    results = {}
-    probe = _identity_model()
-    for name in ("cpu", "cuda"):
-        if EXECUTION_PROVIDERS[name] not in ort.get_available_providers():
-            results[name] = "not in this onnxruntime build"
-            continue
-        try:
-            session = create_session(probe, name)
-            out = session.run(None, {"x": np.ones((1, 2), np.float32)})[0]
-            results[name] = "works" if float(out.sum()) == 4.0 else "wrong result"
-        except AectlError as exc:
-            results[name] = f"fails: {exc}"
-    return results
+    if EXECUTION_PROVIDERS[name] not in ort.get_available_providers():
+        return False, "not in this onnxruntime build"
+    try:
+        session = create_session(_identity_model(), name, engine_cache=False)
+        out = session.run(None, {"x": np.ones((1, 2), np.float32)})[0]
+    except AectlError as exc:
+        return False, f"fails: {exc}"
+    except Exception as exc:  # a provider that starts and then fails to run
+        return False, f"fails: {exc}".splitlines()[0]
+    return (True, "works") if float(out.sum()) == 4.0 else (False, "wrong result")
+
+
+def require_provider(name: str) -> None:
+    """Fail once, before a batch starts, when the asked provider cannot run here (instead of once per file)."""
+    if name not in PROVIDER_NAMES:
+        raise AectlError(f"unknown provider {name!r}; choose one of {', '.join(PROVIDER_NAMES)}")
+    if name not in ("auto", "cpu"):
+        create_session(_identity_model(), name, engine_cache=False)  # raises the provider's one-line error
+
+
+def usable_providers() -> dict[str, str]:
+    """For `aectl doctor`: which providers really create a working session here, by trying each."""
+    return {name: probe(name)[1] for name in ("cpu", "cuda", "tensorrt")}
 
 
 def _identity_model() -> bytes:

@@ -2,6 +2,8 @@
 import json
 import subprocess
 
+import pytest
+
 from conftest import aectl_exe
 
 
@@ -51,14 +53,31 @@ def test_doctor_lists_working_cpu_provider():
     assert "provider cpu" in proc.stdout and "works" in proc.stdout
 
 
-def test_asking_for_cuda_without_it_is_a_clear_error(tmp_path, trained, kodak):
-    from aectl.runtime.providers import import_ort
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
+def test_asking_for_an_unusable_gpu_provider_is_one_clear_line(tmp_path, kodak, provider):
+    """Where the provider does not really run (doctor's probe, not just get_available_providers: onnxruntime-gpu
+    lists CUDA on machines without a GPU), compress and decompress stop before any file with one line."""
+    from aectl.runtime.providers import probe
 
-    if "CUDAExecutionProvider" in import_ort().get_available_providers():
-        import pytest
-        pytest.skip("CUDA provider present; covered by the CUDA tests")
-    _, bundle = trained["seed-conv"]
-    proc = aectl("compress", kodak / "kodim01.png", "-m", bundle, "-o", tmp_path / "x.aec", "--provider", "cuda",
-                 check=False)
-    assert proc.returncode != 0 and "cuda" in proc.stderr.lower()
-    assert not (tmp_path / "x.aec").exists()
+    works, _ = probe(provider)
+    if works:
+        pytest.skip(f"{provider} works here; covered by tests/test_cuda.py")
+    images = [kodak / "kodim01.png", kodak / "kodim02.png"]
+    for args in (("compress", *images, "-o", tmp_path / "out"), ("decompress", tmp_path, "-o", tmp_path / "out")):
+        proc = aectl(*args, "--provider", provider, check=False)
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+        assert f"--provider {provider}:" in lines[0] or "not usable here" in lines[0], lines[0]
+        assert "Traceback" not in proc.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_doctor_probes_gpu_providers():
+    from aectl.runtime.providers import probe
+
+    proc = aectl("doctor")
+    for name in ("cuda", "tensorrt"):
+        works, verdict = probe(name)
+        assert f"provider {name}" in proc.stdout
+        assert ("works" in proc.stdout.split(f"provider {name}")[1].splitlines()[0]) == works, verdict
