@@ -7,16 +7,18 @@ import numpy as np
 
 from aectl.runtime.bundle import Bundle
 from aectl.runtime.errors import AectlError
-from aectl.runtime.providers import create_session
+from aectl.runtime.providers import DEFAULT_TUNING, Tuning, create_session
 
 INT32_LIMIT = 2**31 - 1
 
 
 class Network:
-    def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None):
+    def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None,
+                 tuning: Tuning = DEFAULT_TUNING):
         self.bundle = bundle
         self.provider = provider
         self.threads = threads
+        self.tuning = tuning
         self._sessions: dict = {}
         ent = bundle.entropy
         self.step = np.float32(ent["step"])
@@ -27,7 +29,8 @@ class Network:
         if role == "decoder":
             role = self.bundle.decoder_role
         if role not in self._sessions:
-            self._sessions[role] = create_session(self.bundle.read(role), self.provider, self.threads)
+            self._sessions[role] = create_session(self.bundle.read(role), self.provider, self.threads,
+                                                 self.tuning)
         return self._sessions[role]
 
     @property

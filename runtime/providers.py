@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from dataclasses import dataclass
 from importlib import metadata
 
 from aectl.runtime.errors import AectlError
@@ -41,15 +42,44 @@ def import_ort():
     return onnxruntime
 
 
-def session_options(threads: int | None = None):
+OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The onnxruntime knobs `aectl bench` and benchmarks/ort_knobs.py vary; the defaults are what the runtime
+    uses. See https://onnxruntime.ai/docs/performance/tune-performance/ for each knob.
+
+    optimization: graph optimisation level applied when the session loads. Bundles ship unoptimised graphs
+        (ORT_ENABLE_ALL bakes in machine-specific layouts such as NCHWc), so "all" here is done per machine.
+    mem_arena: onnxruntime's CPU memory arena. Off by default: the arena keeps the largest buffers of every
+        input shape it has seen, and big images run as tiles of several shapes (benchmarks/README.md has
+        what turning it on changes).
+    optimized_model_path: also write the graph as optimised (use with "extended" only, which is portable).
+    """
+
+    optimization: str = "all"
+    mem_arena: bool = False
+    optimized_model_path: str | None = None
+
+
+DEFAULT_TUNING = Tuning()
+
+
+def session_options(threads: int | None = None, tuning: Tuning = DEFAULT_TUNING):
     ort = import_ort()
+    if tuning.optimization not in OPTIMIZATION_LEVELS:
+        raise AectlError(f"unknown graph optimisation level {tuning.optimization!r}; "
+                         f"choose one of {', '.join(OPTIMIZATION_LEVELS)}")
     opts = ort.SessionOptions()
-    # Optimise at load time for this machine; bundles ship graphs without machine-specific layouts.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    levels = ort.GraphOptimizationLevel
+    opts.graph_optimization_level = {"disabled": levels.ORT_DISABLE_ALL, "basic": levels.ORT_ENABLE_BASIC,
+                                     "extended": levels.ORT_ENABLE_EXTENDED, "all": levels.ORT_ENABLE_ALL
+                                     }[tuning.optimization]
     opts.log_severity_level = 3
-    # The CPU arena keeps the largest buffers of every input shape it has seen; big images are coded as tiles
-    # of a few different shapes, so the arena would hold several copies. Plain allocation keeps memory bounded.
-    opts.enable_cpu_mem_arena = False
+    opts.enable_cpu_mem_arena = tuning.mem_arena
+    if tuning.optimized_model_path:
+        opts.optimized_model_filepath = tuning.optimized_model_path
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -61,13 +91,14 @@ def _cuda_options() -> dict:
     return {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"}
 
 
-def create_session(model: str | bytes, provider: str = "auto", threads: int | None = None):
+def create_session(model: str | bytes, provider: str = "auto", threads: int | None = None,
+                   tuning: Tuning = DEFAULT_TUNING):
     """An InferenceSession on exactly the asked provider (auto: CUDA if it really works, else CPU)."""
     if provider not in PROVIDER_NAMES:
         raise AectlError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDER_NAMES)}")
     ort = import_ort()
     available = ort.get_available_providers()
-    opts = session_options(threads)
+    opts = session_options(threads, tuning)
     if provider in ("cuda", "auto") and "CUDAExecutionProvider" in available:
         try:
             session = ort.InferenceSession(model, sess_options=opts,
