@@ -7,7 +7,7 @@ import numpy as np
 
 from aectl.runtime.bundle import Bundle
 from aectl.runtime.errors import AectlError
-from aectl.runtime.providers import DEFAULT_TUNING, Tuning, create_session
+from aectl.runtime.providers import DEFAULT_TUNING, Tuning, create_session, run_options
 
 INT32_LIMIT = 2**31 - 1
 
@@ -60,7 +60,8 @@ class Network:
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         self.check_input(x)
-        return self.session("encoder").run(None, {"x": x})[0]
+        pixels = x.shape[0] * x.shape[2] * x.shape[3]
+        return self.session("encoder").run(None, {"x": x}, run_options(self.tuning, pixels))[0]
 
     def decode(self, y_hat: np.ndarray) -> np.ndarray:
         lat = self.bundle.latent_rule
@@ -68,7 +69,10 @@ class Network:
         if not isinstance(y_hat, np.ndarray) or y_hat.ndim != ndim or y_hat.shape[1] != lat["channels"]:
             raise AectlError(f"expected latents of shape (N, {lat['channels']}{', h, w' if ndim == 4 else ''}), "
                              f"got {getattr(y_hat, 'shape', type(y_hat).__name__)}")
-        return self.session("decoder").run(None, {"y_hat": np.ascontiguousarray(y_hat, dtype=np.float32)})[0]
+        stride = self.bundle.input_rule["stride"]
+        pixels = y_hat.shape[0] * (int(np.prod(y_hat.shape[2:])) * stride * stride if ndim == 4 else 1)
+        return self.session("decoder").run(None, {"y_hat": np.ascontiguousarray(y_hat, dtype=np.float32)},
+                                           run_options(self.tuning, pixels))[0]
 
     def _channel_view(self, values: np.ndarray) -> np.ndarray:
         return self.medians.reshape(1, -1, *([1] * (values.ndim - 2)))

@@ -52,18 +52,31 @@ class Tuning:
 
     optimization: graph optimisation level applied when the session loads. Bundles ship unoptimised graphs
         (ORT_ENABLE_ALL bakes in machine-specific layouts such as NCHWc), so "all" here is done per machine.
-    mem_arena: onnxruntime's CPU memory arena. Off by default: the arena keeps the largest buffers of every
-        input shape it has seen, and big images run as tiles of several shapes (benchmarks/README.md has
-        what turning it on changes).
+    mem_arena: onnxruntime's CPU memory arena. On: without it every large intermediate is mmap'ed, page-faulted
+        and returned on every run (benchmarks/README.md: the arena made the networks 1.3-1.5x faster here).
+        The arena keeps the largest buffers of every input shape it has seen, so runs larger than
+        SHRINK_ABOVE_PIXELS (tiles of big images, big batches) hand their memory back after the run
+        (providers.run_options); peak memory stays bounded by the run size.
     optimized_model_path: also write the graph as optimised (use with "extended" only, which is portable).
     """
 
     optimization: str = "all"
-    mem_arena: bool = False
+    mem_arena: bool = True
     optimized_model_path: str | None = None
 
 
 DEFAULT_TUNING = Tuning()
+SHRINK_ABOVE_PIXELS = 1 << 20  # input pixels of one run above which the arena is shrunk after the run
+
+
+def run_options(tuning: Tuning, pixels: int):
+    """RunOptions that return the CPU arena's memory after a large run ("memory.enable_memory_arena_shrinkage",
+    https://onnxruntime.ai/docs/get-started/with-c.html), or None for runs that keep it."""
+    if not tuning.mem_arena or pixels <= SHRINK_ABOVE_PIXELS:
+        return None
+    opts = import_ort().RunOptions()
+    opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return opts
 
 
 def session_options(threads: int | None = None, tuning: Tuning = DEFAULT_TUNING):
