@@ -148,6 +148,7 @@ def _drop_duplicate_casts(model: onnx.ModelProto) -> None:
             continue
         seen.add(key)
         keep.append(node)
+    keep = _bypass_round_trips(keep, {o.name for o in model.graph.output})
     # It also appends the input casts at the end; ONNX requires nodes in topological order.
     available = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer} | {""}
     ordered, pending = [], keep
@@ -162,6 +163,33 @@ def _drop_duplicate_casts(model: onnx.ModelProto) -> None:
     del model.graph.node[:]
     model.graph.node.extend(ordered)
     del model.graph.value_info[:]  # stale element types of converted tensors; the checker re-infers them
+
+
+def _bypass_round_trips(nodes: list, outputs: set) -> list:
+    """Between two blocked nodes the converter casts fp32 -> fp16 -> fp32 (GDN's x*x would pass through fp16 and
+    overflow after all). Where a Cast to fp16 feeds only Casts to fp32, both go and their consumers read the
+    fp32 tensor directly."""
+    to = {n.name: next((a.i for a in n.attribute if a.name == "to"), None) for n in nodes if n.op_type == "Cast"}
+    consumers: dict = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    rename, drop = {}, set()
+    for n in nodes:
+        if n.op_type != "Cast" or to[n.name] != onnx.TensorProto.FLOAT16 or n.output[0] in outputs:
+            continue
+        users = consumers.get(n.output[0], [])
+        if users and all(u.op_type == "Cast" and to[u.name] == onnx.TensorProto.FLOAT for u in users):
+            drop.add(id(n))
+            for u in users:
+                drop.add(id(u))
+                rename[u.output[0]] = n.input[0]
+    kept = [n for n in nodes if id(n) not in drop]
+    for n in kept:
+        for k, name in enumerate(n.input):
+            if name in rename:
+                n.input[k] = rename[name]
+    return kept
 
 
 def convert_fp16(decoder_path: Path, out_path: Path) -> dict:
