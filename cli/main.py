@@ -79,11 +79,15 @@ def export(
     force: bool = typer.Option(False, help="replace an existing bundle"),
     decoder_only: bool = typer.Option(False, "--decoder-only", help="write an edge bundle: decoder and manifest only"),
     ort: bool = typer.Option(False, "--ort", help="also write decoder.ort (ORT format, for mobile/minimal builds)"),
+    precision: str = typer.Option("fp32", help="decoder precision: fp32, fp16 or int8 (the encoder stays fp32)"),
+    calibration: Optional[Path] = typer.Option(None, help="--precision int8/fp16: folder of real photos for "
+                                               "calibration and checks; default: the run's training data"),
 ) -> None:
     """Export a checkpoint to encoder.onnx + decoder.onnx + manifest.json, verified against torch."""
     from aectl.export.onnx_export import export_bundle
 
-    export_bundle(source, out, force=force, decoder_only=decoder_only, ort=ort, log=typer.echo)
+    export_bundle(source, out, force=force, decoder_only=decoder_only, ort=ort, precision=precision,
+                  calibration=calibration, log=typer.echo)
 
 
 @app.command()
@@ -174,6 +178,55 @@ def decompress(
 
     raise typer.Exit(decompress_files(inputs, out, model, provider, image_format, force, json_out, threads,
                                       max_pixels, fail_fast))
+
+
+def _batch_sizes(value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise typer.BadParameter("expected comma-separated batch sizes, e.g. 1,8") from None
+    if not sizes or min(sizes) < 1:
+        raise typer.BadParameter("batch sizes must be positive")
+    return sizes
+
+
+@app.command()
+def bench(
+    images: Path = typer.Option(..., "--images", help="folder of images to compress (e.g. kodak-dev)"),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="bundle directory; default: the shipped model"),
+    provider: str = typer.Option("cpu", help="cpu, cuda or all (every provider that works here)"),
+    threads: int = typer.Option(2, help="intra-op threads for onnxruntime, torch and the matmul peak"),
+    repeats: int = typer.Option(3, help="timed passes over all images; the median pass is reported"),
+    batch_sizes: str = typer.Option("1,8", "--batch-sizes", help="comma-separated images per call"),
+    torch: bool = typer.Option(True, "--torch/--no-torch", help="also torch eager, when torch is installed"),
+    baselines: str = typer.Option("jpeg,webp", help="Pillow codecs at the same bpp (comma-separated; '' for none)"),
+    limit: Optional[int] = typer.Option(None, help="use only the first N images"),
+    json_out: bool = typer.Option(False, "--json", help="print the full results as JSON"),
+    save: Optional[Path] = typer.Option(None, help="also write the JSON results to this file"),
+) -> None:
+    """Throughput of compress/decompress: onnxruntime vs torch eager vs JPEG/WebP, time split, % of matmul peak."""
+    import json
+
+    from aectl.cli.show import show_bench
+    from aectl.perf.bench import BenchConfig, run_bench
+
+    if model is None:
+        from aectl.runtime.registry import shipped_bundles
+
+        if not shipped_bundles():
+            raise AectlError("no model given and none ships with this install: pass a bundle with -m BUNDLE")
+        model = shipped_bundles()[0]
+    cfg = BenchConfig(bundle=str(model), images=str(images), provider=provider, threads=threads, repeats=repeats,
+                      batch_sizes=_batch_sizes(batch_sizes), torch=torch,
+                      baselines=tuple(b for b in baselines.split(",") if b), limit=limit)
+    result = run_bench(cfg, log=lambda msg: typer.echo(msg, err=True))
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        save.write_text(json.dumps(result, indent=1))
+    if json_out:
+        print(json.dumps(result, indent=1))
+    else:
+        show_bench(result)
 
 
 @app.command()

@@ -160,3 +160,50 @@ def show_eval(bundles, data: Path, baselines: list[str], out: Path, provider: st
             console.print(f"{model} vs {baseline}: BD-rate {fmt(c['bd_rate_psnr'])} (PSNR), "
                           f"{fmt(c['bd_rate_ms_ssim'])} (MS-SSIM)")
     console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+def show_bench(result: dict) -> None:
+    """Tables for `aectl bench`; --json prints everything these summarise."""
+    imgs, m = result["images"], result["machine"]
+    console.print(f"[bold]bench[/bold] {result['bundle']['path']} on {imgs['count']} images "
+                  f"({', '.join(f'{n} x {s}' for s, n in imgs['sizes'].items())}), {result['config']['threads']} threads, "
+                  f"{result['config']['repeats']} repeats (median pass); {m['processor']}, load average "
+                  f"{m['load_average_before'][0] if m['load_average_before'] else '?':.2f}")
+    if "rate" in result:
+        console.print(f"aectl: {result['rate']['bpp']:.3f} bpp, {result['rate']['psnr']:.2f} dB; " + ", ".join(
+            f"{name} (Pillow): {b['bpp']:.3f} bpp, {b['psnr']:.2f} dB" for name, b in result.get("baselines", {}).items()))
+    for provider, entry in result["providers"].items():
+        table = Table(title=f"throughput on {provider} (time split in % of the pass)")
+        for col in ("engine", "batch", "direction", "Mpx/s", "img/s", "io", "net", "quant", "entropy",
+                    "cont."):
+            table.add_column(col, justify="right" if col not in ("engine", "direction") else "left",
+                             no_wrap=True)
+        for engine, runs in entry["engines"].items():
+            if "skipped" in runs:
+                table.add_row(engine, "", f"skipped: {runs['skipped']}", *[""] * 7)
+                continue
+            for bkey, rec in runs.items():
+                for direction in ("compress", "decompress"):
+                    r = rec[direction]
+                    table.add_row("ort" if engine == "onnxruntime" else engine, bkey.split("_")[1], direction,
+                                  f"{r['mpx_per_s']:.2f}", f"{r['images_per_s']:.2f}",
+                                  *(f"{100 * r['shares'][k]:.1f}" for k in
+                                    ("io", "network", "quantize", "entropy", "container")))
+        for name, base in result.get("baselines", {}).items():
+            for direction in ("compress", "decompress"):
+                r = base[direction]
+                table.add_row(name, "1", direction,
+                              f"{r['mpx_per_s']:.2f}", f"{r['images_per_s']:.2f}", *[""] * 5)
+        console.print(table)
+        for bkey, ratios in entry.get("ratios", {}).items():
+            if ratios:
+                console.print(f"{bkey}: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}x" for k, v in ratios.items()))
+        peak = entry.get("peak", {})
+        if "macs_per_s" in peak:
+            console.print(f"matmul peak ({peak['method']}): {peak['macs_per_s'] / 1e9:.1f} GMAC/s")
+        for engine, rows in entry.get("efficiency", {}).items():
+            for bkey, row in rows.items():
+                console.print(f"{engine} {bkey}: " + ", ".join(
+                    f"{role} {r['macs_per_s'] / 1e9:.1f} GMAC/s"
+                    + (f" ({r['percent_of_peak']:.0f}% of peak)" if r["percent_of_peak"] is not None else "")
+                    for role, r in row.items()))

@@ -91,16 +91,25 @@ def entropy_tables(model) -> dict:
 
 def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
                   parity_images: np.ndarray | None = None, decoder_only: bool = False, ort: bool = False,
-                  log=print) -> dict:
+                  precision: str = "fp32", calibration: str | Path | None = None, log=print) -> dict:
     """Export a run directory's latest checkpoint (or a checkpoint file) to a verified bundle.
 
     decoder_only: drop the encoder after the checks (an edge bundle). ort: also write decoder.ort.
+    precision: fp32, or fp16 / int8 for the decoder (export/precision.py); int8 calibrates on real images from
+    `calibration` (default: the run's training data folder).
     """
+    from aectl.export.precision import PRECISIONS
+
     out_dir = Path(out_dir)
+    if precision not in PRECISIONS:
+        raise AectlError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision != "fp32" and ort:
+        raise AectlError("--ort is only made for fp32 decoders; export the ORT format from an fp32 bundle")
     if out_dir.exists() and not force:
         raise AectlError(f"{out_dir} already exists; pass --force to replace it")
     ckpt = load_checkpoint(Path(source))
     model, preset = build_from_checkpoint(ckpt)
+    variant_images = _variant_images(ckpt, calibration) if precision != "fp32" else None
     side = preset.fixed_size or 4 * preset.stride
     example = torch.rand(TRACE_BATCH, 3, side, side, generator=torch.Generator().manual_seed(0))
     enc_dyn, dec_dyn = _dynamic_shapes(preset)
@@ -123,6 +132,14 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
         from aectl.export.parity import check_parity
         report = check_parity(tmp, model, preset, images=parity_images)
         manifest["parity"] = report
+        for role in manifest["files"]:
+            manifest["files"][role]["precision"] = "fp32"
+        if precision != "fp32":
+            manifest["files"]["decoder"] = _reduce_decoder(tmp, model, preset, precision, variant_images, model_id)
+            dec = manifest["files"]["decoder"]
+            log(f"{precision} decoder: {dec['bytes']} B (fp32 {dec['fp32_bytes']} B); max |torch fp32 - "
+                f"{precision}| = {dec['parity']['max_abs_diff']:.2e}, least PSNR {dec['parity']['min_psnr_db']:.1f} dB")
+            (tmp / "decoder.fp32.onnx").unlink()
         if ort:
             manifest["files"]["decoder_ort"] = _add_ort_decoder(tmp, model, preset)
         if decoder_only:
@@ -140,6 +157,53 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
     log(f"wrote {out_dir} (model {model_id}); parity max |torch - onnxruntime| = {report['max_abs_diff']:.2e} "
         f"<= {report['tolerance']:.0e}")
     return manifest
+
+
+def _variant_images(ckpt: dict, calibration: str | Path | None) -> dict:
+    """Real photos for a reduced-precision decoder: every other file calibrates (int8), the rest check parity,
+    so parity is never measured on calibration images. Default folder: the run's training data."""
+    from aectl.train.data import find_images, load_rgb
+
+    folder = calibration or ckpt.get("config", {}).get("data")
+    if not folder or not Path(folder).is_dir():
+        raise AectlError(f"--calibration: {folder!r} is not a folder of images (reduced-precision export needs "
+                         "real photos; pass --calibration DIR)")
+    files = find_images(Path(folder))
+    if len(files) < 4:
+        raise AectlError(f"--calibration {folder}: found {len(files)} images, need at least 4")
+    return {"folder": str(folder), "calibrate": [load_rgb(p, 64) for p in files[0::2][:32]],
+            "check": [load_rgb(p, 64) for p in files[1::2][:6]],
+            "calibration_files": [p.name for p in files[0::2][:32]]}
+
+
+def _reduce_decoder(folder: Path, model, preset: Preset, precision: str, images: dict, model_id: str) -> dict:
+    """Replace decoder.onnx by its fp16 or int8 variant, checked against torch; returns its files entry."""
+    from aectl.export.parity import check_variant
+    from aectl.export.precision import calibration_latents, convert_fp16, quantize_int8
+    from aectl.runtime.bundle import load_bundle
+    from aectl.runtime.network import Network
+
+    fp32 = folder / "decoder.fp32.onnx"
+    (folder / "decoder.onnx").rename(fp32)
+    target = folder / "decoder.onnx"
+    if precision == "int8":
+        network = Network(_manifest_only_bundle(folder), "cpu")  # its quantize/dequantize only
+        latents = calibration_latents(str(folder / "encoder.onnx"), network, images["calibrate"])
+        info = quantize_int8(fp32, target, latents)
+        info["calibration"] = {"folder": images["folder"], "files": images["calibration_files"]}
+    else:
+        info = convert_fp16(fp32, target)
+    _stamp(target, model_id)
+    report = check_variant(target, model, preset, precision, images["check"])
+    return {"path": "decoder.onnx", "sha256": sha256_file(target), "bytes": target.stat().st_size,
+            "precision": precision, "fp32_bytes": fp32.stat().st_size, "conversion": info,
+            "tolerance": report["tolerance"], "parity": report}
+
+
+def _manifest_only_bundle(folder: Path):
+    from aectl.runtime.bundle import Bundle
+
+    return Bundle(folder, json.loads((folder / MANIFEST).read_text()))
 
 
 def _add_ort_decoder(folder: Path, model, preset: Preset) -> dict:

@@ -93,3 +93,41 @@ def check_decoder_file(path: Path, model, preset: Preset) -> float:
     if diff > preset.tolerance:
         raise AectlError(f"{path.name}: max |torch - onnxruntime| = {diff:.3g} > tolerance {preset.tolerance:g}")
     return diff
+
+
+def check_variant(path: Path, model, preset: Preset, precision: str, images: list[np.ndarray],
+                  crop: int = 256) -> dict:
+    """A reduced-precision decoder file against the fp32 torch decoder on real latents: centre crops of real
+    images (never the calibration images) through torch's encoder, quantised as the codec does. Raises
+    AectlError over the preset's tolerance for that precision (zoo.Preset.variant_tolerances)."""
+    from aectl.runtime.providers import create_session
+
+    tol = preset.variant_tolerances[precision]
+    session = create_session(str(path), "cpu")
+    worst, psnrs, cases = 0.0, [], []
+    for img in images:
+        h, w = (min(crop, img.shape[0]) // preset.stride * preset.stride,
+                min(crop, img.shape[1]) // preset.stride * preset.stride)
+        if preset.fixed_size is not None:
+            h = w = preset.fixed_size
+        if h < preset.stride or w < preset.stride or img.shape[0] < h or img.shape[1] < w:
+            continue
+        top, left = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
+        x = np.ascontiguousarray(img[top:top + h, left:left + w].transpose(2, 0, 1)[None], np.float32) / 255
+        with torch.no_grad():
+            y_hat = model.dequantize(model.quantize(model.encode(torch.from_numpy(x))))
+            expected = model.decode(y_hat).clamp(0, 1).numpy()
+        got = session.run(None, {"y_hat": y_hat.numpy()})[0]
+        diff = float(np.abs(got - expected).max())
+        mse = float(np.mean((got.astype(np.float64) - expected) ** 2))
+        psnr = float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
+        worst, psnrs = max(worst, diff), psnrs + [psnr]
+        cases.append({"shape": list(x.shape), "max_abs_diff": diff, "psnr_db": psnr})
+    if not cases:
+        raise AectlError("variant parity: no image large enough to check")
+    report = {"precision": precision, "reference": "fp32 torch decoder", "tolerance": tol, "max_abs_diff": worst,
+              "min_psnr_db": min(psnrs), "cases": cases}
+    if worst > tol["max_abs_diff"] or min(psnrs) < tol["min_psnr_db"]:
+        raise AectlError(f"{precision} parity failed: max |torch fp32 - {precision}| = {worst:.3g} (tolerance "
+                         f"{tol['max_abs_diff']:g}), least PSNR {min(psnrs):.1f} dB (tolerance {tol['min_psnr_db']:g} dB)")
+    return report

@@ -21,6 +21,7 @@ from aectl.runtime import container, entropy_coder, image_io, tiling
 from aectl.runtime.bundle import Bundle, load_bundle
 from aectl.runtime.errors import AectlError
 from aectl.runtime.network import Network
+from aectl.runtime.profile import Stages, stage
 
 RUN_PIXELS = 1 << 22  # pixels per network run: bounds memory for big images and big batches
 
@@ -30,9 +31,12 @@ class Decoder:
     (cpu, cuda or auto), so a decoder-only client never needs the encoder."""
 
     def __init__(self, bundle: str | Path | Bundle, provider: str = "auto", threads: int | None = None,
-                 max_pixels: int = container.DEFAULT_MAX_PIXELS, batch_size: int = 8):
+                 max_pixels: int = container.DEFAULT_MAX_PIXELS, batch_size: int = 8, network: Network | None = None):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        self.network = Network(self.bundle, provider, threads)
+        # `network` lets another implementation of the same two graphs (aectl.train.torch_ref, for the
+        # benchmark) run inside the unchanged pipeline.
+        self.network = network if network is not None else Network(self.bundle, provider, threads)
+        self.stages: Stages | None = None  # set to a profile.Stages() to account time per stage
         self.coder = entropy_coder.EntropyCoder(self.bundle.entropy)
         self.max_pixels = max_pixels
         self.batch_size = max(1, batch_size)
@@ -51,17 +55,22 @@ class Decoder:
         return self.decompress_batch([data])[0]
 
     def decompress_batch(self, blobs: list[bytes]) -> list[Image.Image]:
-        parsed = [self._parse(data) for data in blobs]
-        decoders = [entropy_coder.new_decoder(payload) for _, payload, _ in parsed]
-        outputs = [np.empty((h.height, h.width, 3), dtype=np.uint8) for h, _, _ in parsed]
+        with stage(self.stages, "container"):
+            parsed = [self._parse(data) for data in blobs]
+        with stage(self.stages, "entropy"):
+            decoders = [entropy_coder.new_decoder(payload) for _, payload, _ in parsed]
+        with stage(self.stages, "io"):
+            outputs = [np.empty((h.height, h.width, 3), dtype=np.uint8) for h, _, _ in parsed]
         plans = [tiling.plan(h.height, h.width, h.tile_height, h.tile_width, self.stride, self.fixed_size)
                  for h, _, _ in parsed]
         for run in self._network_runs(plans):
             self._decode_run(run, decoders, outputs)
         images = []
         for (h, _, alpha), rgb in zip(parsed, outputs):
-            plane = image_io.unpack_alpha(alpha, h.height, h.width) if h.has_alpha else None
-            images.append(image_io.from_pixels(rgb, plane, h.channels, h.bit_depth))
+            with stage(self.stages, "container"):
+                plane = image_io.unpack_alpha(alpha, h.height, h.width) if h.has_alpha else None
+            with stage(self.stages, "io"):
+                images.append(image_io.from_pixels(rgb, plane, h.channels, h.bit_depth))
         return images
 
     # -- internals ------------------------------------------------------------------------------------------
@@ -93,10 +102,15 @@ class Decoder:
     def _decode_run(self, items, decoders, outputs) -> None:
         shape = self.network.latent_shape(1, items[0][1].padded_height, items[0][1].padded_width)[1:]
         count = int(np.prod(shape[1:], dtype=np.int64))
-        symbols = np.stack([self.coder.decode_block(decoders[i], count).reshape(shape) for i, _ in items])
-        decoded = self.network.decode(self.network.dequantize(symbols))
-        for (i, t), img in zip(items, decoded):
-            tiling.paste(outputs[i], img, t)
+        with stage(self.stages, "entropy"):
+            symbols = np.stack([self.coder.decode_block(decoders[i], count).reshape(shape) for i, _ in items])
+        with stage(self.stages, "quantize"):
+            latents = self.network.dequantize(symbols)
+        with stage(self.stages, "network"):
+            decoded = self.network.decode(latents)
+        with stage(self.stages, "io"):
+            for (i, t), img in zip(items, decoded):
+                tiling.paste(outputs[i], img, t)
 
     def _parse(self, data: bytes):
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -134,7 +148,8 @@ class Codec(Decoder):
     def compress_batch(self, images: list) -> list[bytes]:
         if not self.bundle.has_encoder:
             raise AectlError(f"bundle {self.bundle.path} is decoder-only and cannot encode or compress")
-        pixels = [self._pixels(img) for img in images]
+        with stage(self.stages, "io"):
+            pixels = [self._pixels(img) for img in images]
         encoders = [entropy_coder.new_encoder() for _ in pixels]
         tile_sizes = [tiling.choose_tile_size(*px.rgb.shape[:2], self.stride, self.fixed_size) for px in pixels]
         plans = [tiling.plan(*px.rgb.shape[:2], th, tw, self.stride, self.fixed_size)
@@ -146,7 +161,10 @@ class Codec(Decoder):
             lat = self._latent_tile_shape(th, tw)
             header = container.Header(self.model_id, px.rgb.shape[1], px.rgb.shape[0], px.channels, px.bit_depth,
                                        tw, th, *lat)
-            out.append(container.pack(header, entropy_coder.finish(enc), image_io.pack_alpha(px.alpha)))
+            with stage(self.stages, "entropy"):
+                payload = entropy_coder.finish(enc)
+            with stage(self.stages, "container"):
+                out.append(container.pack(header, payload, image_io.pack_alpha(px.alpha)))
         return out
 
     def _pixels(self, image) -> image_io.Pixels:
@@ -164,7 +182,12 @@ class Codec(Decoder):
         return px
 
     def _encode_run(self, items, pixels, encoders) -> None:
-        x = np.stack([tiling.cut(pixels[i].rgb, t) for i, t in items])
-        symbols = self.network.quantize(self.network.encode(x))
-        for (i, _), sym in zip(items, symbols):
-            self.coder.encode_block(encoders[i], sym.reshape(sym.shape[0], -1))
+        with stage(self.stages, "io"):
+            x = np.stack([tiling.cut(pixels[i].rgb, t) for i, t in items])
+        with stage(self.stages, "network"):
+            y = self.network.encode(x)
+        with stage(self.stages, "quantize"):
+            symbols = self.network.quantize(y)
+        with stage(self.stages, "entropy"):
+            for (i, _), sym in zip(items, symbols):
+                self.coder.encode_block(encoders[i], sym.reshape(sym.shape[0], -1))

@@ -16,7 +16,8 @@ import numpy as np
 
 from aectl.runtime.bundle import Bundle
 from aectl.runtime.errors import AectlError
-from aectl.runtime.providers import GPU_DEVICE_ID, create_session, import_ort, session_device
+from aectl.runtime.providers import (DEFAULT_TUNING, GPU_DEVICE_ID, Tuning, create_session, import_ort, run_options,
+                                     session_device)
 
 INT32_LIMIT = 2**31 - 1
 
@@ -34,7 +35,7 @@ class _Binding:
         self.binding = session.io_binding()
         self.input = None  # OrtValue on self.device, reused while the input shape repeats
 
-    def run(self, array: np.ndarray) -> np.ndarray:
+    def run(self, array: np.ndarray, options=None) -> np.ndarray:
         ort = import_ort()
         array = np.ascontiguousarray(array, dtype=np.float32)
         if self.input is None or tuple(self.input.shape()) != array.shape:
@@ -48,15 +49,17 @@ class _Binding:
         # the array returned last time (.numpy() shares the buffer there and keeps it alive; on a GPU it is
         # the one device-to-host copy).
         self.binding.bind_output(self.output_name, self.device, self.device_id)
-        self.session.run_with_iobinding(self.binding)
+        self.session.run_with_iobinding(self.binding, options)
         return self.binding.get_outputs()[0].numpy()
 
 
 class Network:
-    def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None):
+    def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None,
+                 tuning: Tuning = DEFAULT_TUNING):
         self.bundle = bundle
         self.provider = provider
         self.threads = threads
+        self.tuning = tuning
         self._sessions: dict = {}
         self._local = threading.local()  # role -> _Binding, per thread
         ent = bundle.entropy
@@ -68,7 +71,8 @@ class Network:
         if role == "decoder":
             role = self.bundle.decoder_role
         if role not in self._sessions:
-            self._sessions[role] = create_session(self.bundle.read(role), self.provider, self.threads)
+            self._sessions[role] = create_session(self.bundle.read(role), self.provider, self.threads,
+                                                 self.tuning)
         return self._sessions[role]
 
     def binding(self, role: str) -> _Binding:
@@ -107,7 +111,8 @@ class Network:
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         self.check_input(x)
-        return self.binding("encoder").run(x)
+        pixels = x.shape[0] * x.shape[2] * x.shape[3]
+        return self.binding("encoder").run(x, run_options(self.tuning, pixels))
 
     def decode(self, y_hat: np.ndarray) -> np.ndarray:
         lat = self.bundle.latent_rule
@@ -115,7 +120,9 @@ class Network:
         if not isinstance(y_hat, np.ndarray) or y_hat.ndim != ndim or y_hat.shape[1] != lat["channels"]:
             raise AectlError(f"expected latents of shape (N, {lat['channels']}{', h, w' if ndim == 4 else ''}), "
                              f"got {getattr(y_hat, 'shape', type(y_hat).__name__)}")
-        return self.binding("decoder").run(y_hat)
+        stride = self.bundle.input_rule["stride"]
+        pixels = y_hat.shape[0] * (int(np.prod(y_hat.shape[2:])) * stride * stride if ndim == 4 else 1)
+        return self.binding("decoder").run(y_hat, run_options(self.tuning, pixels))
 
     def _channel_view(self, values: np.ndarray) -> np.ndarray:
         return self.medians.reshape(1, -1, *([1] * (values.ndim - 2)))

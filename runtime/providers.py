@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -46,15 +47,57 @@ def import_ort():
     return onnxruntime
 
 
-def session_options(threads: int | None = None):
+OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The onnxruntime knobs `aectl bench` and benchmarks/ort_knobs.py vary; the defaults are what the runtime
+    uses. See https://onnxruntime.ai/docs/performance/tune-performance/ for each knob.
+
+    optimization: graph optimisation level applied when the session loads. Bundles ship unoptimised graphs
+        (ORT_ENABLE_ALL bakes in machine-specific layouts such as NCHWc), so "all" here is done per machine.
+    mem_arena: onnxruntime's CPU memory arena. On: without it every large intermediate is mmap'ed, page-faulted
+        and returned on every run (benchmarks/README.md: the arena made the networks 1.3-1.5x faster here).
+        The arena keeps the largest buffers of every input shape it has seen, so runs larger than
+        SHRINK_ABOVE_PIXELS (tiles of big images, big batches) hand their memory back after the run
+        (providers.run_options); peak memory stays bounded by the run size.
+    optimized_model_path: also write the graph as optimised (use with "extended" only, which is portable).
+    """
+
+    optimization: str = "all"
+    mem_arena: bool = True
+    optimized_model_path: str | None = None
+
+
+DEFAULT_TUNING = Tuning()
+SHRINK_ABOVE_PIXELS = 1 << 20  # input pixels of one run above which the arena is shrunk after the run
+
+
+def run_options(tuning: Tuning, pixels: int):
+    """RunOptions that return the CPU arena's memory after a large run ("memory.enable_memory_arena_shrinkage",
+    https://onnxruntime.ai/docs/get-started/with-c.html), or None for runs that keep it."""
+    if not tuning.mem_arena or pixels <= SHRINK_ABOVE_PIXELS:
+        return None
+    opts = import_ort().RunOptions()
+    opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return opts
+
+
+def session_options(threads: int | None = None, tuning: Tuning = DEFAULT_TUNING):
     ort = import_ort()
+    if tuning.optimization not in OPTIMIZATION_LEVELS:
+        raise AectlError(f"unknown graph optimisation level {tuning.optimization!r}; "
+                         f"choose one of {', '.join(OPTIMIZATION_LEVELS)}")
     opts = ort.SessionOptions()
-    # Optimise at load time for this machine; bundles ship graphs without machine-specific layouts.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    levels = ort.GraphOptimizationLevel
+    opts.graph_optimization_level = {"disabled": levels.ORT_DISABLE_ALL, "basic": levels.ORT_ENABLE_BASIC,
+                                     "extended": levels.ORT_ENABLE_EXTENDED, "all": levels.ORT_ENABLE_ALL
+                                     }[tuning.optimization]
     opts.log_severity_level = 3
-    # The CPU arena keeps the largest buffers of every input shape it has seen; big images are coded as tiles
-    # of a few different shapes, so the arena would hold several copies. Plain allocation keeps memory bounded.
-    opts.enable_cpu_mem_arena = False
+    opts.enable_cpu_mem_arena = tuning.mem_arena
+    if tuning.optimized_model_path:
+        opts.optimized_model_filepath = tuning.optimized_model_path
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -121,14 +164,14 @@ _NOT_BUILT = {
 
 
 def create_session(model: str | bytes, provider: str = "auto", threads: int | None = None,
-                   engine_cache: bool = True):
+                   tuning: Tuning = DEFAULT_TUNING, engine_cache: bool = True):
     """An InferenceSession on exactly the asked provider (auto: CUDA if it really works, else CPU; auto never
     picks TensorRT, whose engine builds cost seconds on first use)."""
     if provider not in PROVIDER_NAMES:
         raise AectlError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDER_NAMES)}")
     ort = import_ort()
     available = ort.get_available_providers()
-    opts = session_options(threads)
+    opts = session_options(threads, tuning)
     wanted = "cuda" if provider == "auto" else provider
     if wanted != "cpu":
         label = "CUDA" if wanted == "cuda" else "TensorRT"

@@ -1,0 +1,205 @@
+"""Reduced-precision decoders: `aectl export --precision fp16|int8`.
+
+Only the decoder changes. The encoder stays fp32 because its output, rounded to integer symbols, *is* the
+bitstream: with an fp32 encoder a bundle of any precision writes the same .aec files as the fp32 bundle, and
+files decode with any variant (the model id and entropy tables are those of the fp32 export). The decoder's
+inputs and outputs stay float32, so the runtime feeds and reads it unchanged; the manifest records the
+precision and the parity tolerance of each file.
+
+- int8: static QDQ quantisation with onnxruntime.quantization.quantize_static
+  (https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html): per-channel int8 weights,
+  uint8 activations (the U8S8 combination ORT recommends for x86), calibrated with real latents: crops of real
+  photos through the fp32 encoder, quantised and dequantised as the codec does. The synthesis convolutions
+  become QDQ Conv pairs that onnxruntime's CPU provider fuses into QLinearConv; the GDN nodes (x*x, the gamma
+  convolution, sqrt, the product) are excluded and stay fp32: squares span a range 8 bits cannot hold.
+- fp16: onnxruntime.transformers.float16.convert_float_to_float16 with keep_io_types, GDN nodes blocked
+  (kept fp32, casts inserted around them): x*x overflows fp16 (max 65504) for activations above 256.
+
+Tolerances per variant are declared beside the model (zoo.Preset.variant_tolerances, as optimum declares
+ATOL_FOR_VALIDATION in its model configs) and checked at export on real images never used for calibration.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from aectl.runtime.errors import AectlError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+CALIBRATION_CROP = 256
+
+
+def gdn_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes implementing GDN / inverse GDN: Mul(x, x) -> Conv(gamma, beta) -> Sqrt
+    [-> Reciprocal] -> Mul(x, .). Found structurally, so any model built from train.layers.GDN works."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found: list[str] = []
+    for node in model.graph.node:
+        if node.op_type != "Mul" or len(node.input) != 2 or node.input[0] != node.input[1]:
+            continue
+        chain = [node]
+        nxt = consumers.get(node.output[0], [])
+        if len(nxt) != 1 or nxt[0].op_type != "Conv":
+            continue
+        chain.append(nxt[0])
+        cur = nxt[0]
+        for op in ("Sqrt", "Reciprocal", "Mul"):
+            nxt = consumers.get(cur.output[0], [])
+            if len(nxt) == 1 and nxt[0].op_type == op:
+                chain.append(nxt[0])
+                cur = nxt[0]
+                if op == "Mul":
+                    break
+            elif op == "Reciprocal":
+                continue
+            else:
+                break
+        if chain[-1].op_type != "Mul" or len(chain) < 4:
+            raise AectlError(f"GDN pattern at {node.name!r} is not Mul->Conv->Sqrt[->Reciprocal]->Mul")
+        found.extend(n.name for n in chain)
+    if any(not name for name in found):
+        raise AectlError("GDN nodes without names cannot be excluded from conversion")
+    return found
+
+
+def calibration_latents(encoder: bytes | str, network, images: list[np.ndarray], crop: int = CALIBRATION_CROP,
+                        batch: int = 4) -> list[np.ndarray]:
+    """Dequantised latents of centre crops of real images, through the fp32 encoder session."""
+    from aectl.runtime.providers import create_session
+
+    session = create_session(encoder, "cpu")
+    crops = []
+    for img in images:
+        h, w = img.shape[:2]
+        side_h, side_w = min(crop, h) // 16 * 16, min(crop, w) // 16 * 16
+        top, left = (h - side_h) // 2, (w - side_w) // 2
+        if side_h and side_w and (side_h, side_w) == (min(crop, h) // 16 * 16, min(crop, w) // 16 * 16):
+            crops.append(img[top:top + side_h, left:left + side_w])
+    by_shape: dict = {}
+    for c in crops:
+        by_shape.setdefault(c.shape, []).append(c)
+    out = []
+    for group in by_shape.values():
+        for i in range(0, len(group), batch):
+            x = np.stack(group[i:i + batch]).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
+            y = session.run(None, {"x": np.ascontiguousarray(x)})[0]
+            out.append(network.dequantize(network.quantize(y)))
+    return out
+
+
+class _Reader:
+    """onnxruntime.quantization.CalibrationDataReader over a list of latent batches."""
+
+    def __init__(self, latents: list[np.ndarray]):
+        self.items = iter([{"y_hat": y} for y in latents])
+
+    def get_next(self):
+        return next(self.items, None)
+
+
+def quantize_int8(decoder_path: Path, out_path: Path, latents: list[np.ndarray]) -> dict:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import CalibrationDataReader
+
+    class Reader(_Reader, CalibrationDataReader):
+        pass
+
+    model = onnx.load(str(decoder_path))
+    excluded = gdn_nodes(model)
+    work = out_path.with_suffix(".work")
+    work.mkdir(exist_ok=True)
+    try:
+        # Pre-processing (shape inference, ORT's basic optimisations) as the quantisation docs recommend.
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        pre = work / "pre.onnx"
+        quant_pre_process(str(decoder_path), str(pre), skip_symbolic_shape=True)
+        names = {n.name for n in onnx.load(str(pre)).graph.node}
+        quantize_static(str(pre), str(out_path), Reader(latents), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["Conv"], per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=[n for n in excluded if n in names],
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"CalibTensorRangeSymmetric": False})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    quantized = onnx.load(str(out_path))
+    convs = [n for n in quantized.graph.node if n.op_type == "Conv"]
+    dq_inputs = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
+    int8_convs = sum(1 for n in convs if n.input[0] in dq_inputs)
+    return {"precision": "int8", "method": "static QDQ, per-channel int8 weights, uint8 activations, MinMax",
+            "calibration_batches": len(latents), "int8_convs": int8_convs, "fp32_convs": len(convs) - int8_convs,
+            "fp32_nodes": "GDN"}
+
+
+def _drop_duplicate_casts(model: onnx.ModelProto) -> None:
+    """The converter inserts one Cast per (blocked consumer, input) pair; when two blocked nodes read the same
+    tensor (GDN reads x twice: x*x and x*norm) it emits identical Casts with the same name and output, which
+    the checker rejects. Identical copies are dropped."""
+    seen, keep = set(), []
+    for node in model.graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if node.op_type == "Cast" and key in seen:
+            continue
+        seen.add(key)
+        keep.append(node)
+    keep = _bypass_round_trips(keep, {o.name for o in model.graph.output})
+    # It also appends the input casts at the end; ONNX requires nodes in topological order.
+    available = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer} | {""}
+    ordered, pending = [], keep
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise AectlError("fp16 conversion produced a graph with a cycle")
+        for n in ready:
+            available.update(n.output)
+        ordered.extend(ready)
+        pending = [n for n in pending if n not in ready]
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+    del model.graph.value_info[:]  # stale element types of converted tensors; the checker re-infers them
+
+
+def _bypass_round_trips(nodes: list, outputs: set) -> list:
+    """Between two blocked nodes the converter casts fp32 -> fp16 -> fp32 (GDN's x*x would pass through fp16 and
+    overflow after all). Where a Cast to fp16 feeds only Casts to fp32, both go and their consumers read the
+    fp32 tensor directly."""
+    to = {n.name: next((a.i for a in n.attribute if a.name == "to"), None) for n in nodes if n.op_type == "Cast"}
+    consumers: dict = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    rename, drop = {}, set()
+    for n in nodes:
+        if n.op_type != "Cast" or to[n.name] != onnx.TensorProto.FLOAT16 or n.output[0] in outputs:
+            continue
+        users = consumers.get(n.output[0], [])
+        if users and all(u.op_type == "Cast" and to[u.name] == onnx.TensorProto.FLOAT for u in users):
+            drop.add(id(n))
+            for u in users:
+                drop.add(id(u))
+                rename[u.output[0]] = n.input[0]
+    kept = [n for n in nodes if id(n) not in drop]
+    for n in kept:
+        for k, name in enumerate(n.input):
+            if name in rename:
+                n.input[k] = rename[name]
+    return kept
+
+
+def convert_fp16(decoder_path: Path, out_path: Path) -> dict:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(decoder_path))
+    blocked = gdn_nodes(model)
+    converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked)
+    _drop_duplicate_casts(converted)
+    onnx.checker.check_model(converted, full_check=True)
+    onnx.save(converted, str(out_path))
+    return {"precision": "fp16", "method": "onnxruntime.transformers.float16, float32 inputs/outputs",
+            "fp32_nodes": "GDN", "blocked_nodes": len(blocked)}

@@ -1,0 +1,189 @@
+"""aectl bench end to end on a tiny real model (structure and sane values, never timings), MAC counts that are
+checked against hand-computed ones, and one-line errors for bad inputs."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import aectl_exe
+from test_torch_free import run_blocked
+
+
+def aectl(*args, check=True):
+    proc = subprocess.run([aectl_exe(), *map(str, args)], capture_output=True, text=True, timeout=900)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def factorized_macs(n: int, m: int, h: int, w: int) -> tuple[int, int]:
+    """Encoder and decoder MACs of models.Factorized at an h x w input, counted by hand from its layers:
+    four 5x5 stride-2 convs with GDN (a 1x1 C x C conv on x*x) between them, and four sub-pixel stages
+    (3x3 conv to 4 * C_out channels at the low resolution, then depth-to-space) with inverse GDN."""
+    enc = (h // 2 * w // 2) * n * 3 * 25 + (h // 2 * w // 2) * n * n \
+        + (h // 4 * w // 4) * n * n * 25 + (h // 4 * w // 4) * n * n \
+        + (h // 8 * w // 8) * n * n * 25 + (h // 8 * w // 8) * n * n \
+        + (h // 16 * w // 16) * m * n * 25
+    dec = (h // 16 * w // 16) * 4 * n * m * 9 + (h // 8 * w // 8) * n * n \
+        + (h // 8 * w // 8) * 4 * n * n * 9 + (h // 4 * w // 4) * n * n \
+        + (h // 4 * w // 4) * 4 * n * n * 9 + (h // 2 * w // 2) * n * n \
+        + (h // 2 * w // 2) * 4 * 3 * n * 9
+    return enc, dec
+
+
+def test_macs_of_a_tiny_factorized_graph_match_the_hand_count(trained):
+    from aectl.perf.macs import count_macs
+    from aectl.runtime import load_bundle
+
+    _, bundle = trained["factorized"]
+    arch = load_bundle(bundle).manifest["architecture"]
+    n, m = arch["n"], arch["m"]
+    for batch, h, w in [(1, 64, 96), (2, 48, 32)]:
+        enc, dec = factorized_macs(n, m, h, w)
+        assert count_macs(bundle / "encoder.onnx", {"x": (batch, 3, h, w)})["total"] == batch * enc
+        counted = count_macs(bundle / "decoder.onnx", {"y_hat": (batch, m, h // 16, w // 16)})
+        assert counted["total"] == batch * dec
+        assert set(counted["by_op"]) == {"Conv"} and counted["elementwise"] > 0
+
+
+def test_macs_of_hand_built_graph():
+    """Grouped Conv, ConvTranspose, MatMul and Gemm with transA in one graph, each counted by hand."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from aectl.perf.macs import count_macs
+
+    w_conv = numpy_helper.from_array(np.zeros((8, 2, 3, 3), np.float32), "wc")      # group 2: C_in/group = 2
+    w_tr = numpy_helper.from_array(np.zeros((8, 3, 4, 4), np.float32), "wt")        # C_out = 3
+    b_mm = numpy_helper.from_array(np.zeros((5, 7), np.float32), "bm")
+    a_gemm = numpy_helper.from_array(np.zeros((7, 6), np.float32), "ag")            # transA: (6, 7) @ (7, 2)
+    b_gemm = numpy_helper.from_array(np.zeros((7, 2), np.float32), "bg")
+    nodes = [
+        helper.make_node("Conv", ["x", "wc"], ["c"], group=2, pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("ConvTranspose", ["c", "wt"], ["t"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("MatMul", ["v", "bm"], ["mm"]),
+        helper.make_node("Gemm", ["ag", "bg"], ["g"], transA=1),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, "h", "w"]),
+                                           helper.make_tensor_value_info("v", TensorProto.FLOAT, [3, 5])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("t", "mm", "g")],
+                              [w_conv, w_tr, b_mm, a_gemm, b_gemm])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    got = count_macs(model, {"x": (2, 4, 10, 12), "v": (3, 5)})
+    conv = 2 * 8 * 5 * 6 * 2 * 3 * 3            # N * C_out * H_out * W_out * C_in/group * k * k
+    transposed = 2 * 8 * 5 * 6 * 3 * 4 * 4      # N * C_in * H_in * W_in * C_out * k * k
+    assert got["by_op"] == {"Conv": conv, "ConvTranspose": transposed, "MatMul": 3 * 7 * 5, "Gemm": 6 * 2 * 7}
+    assert got["total"] == conv + transposed + 105 + 84
+
+
+@pytest.fixture(scope="module")
+def two_images(kodak, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench-images")
+    for name in ("kodim03.png", "kodim07.png"):
+        shutil.copy(kodak / name, folder / name)
+    return folder
+
+
+def test_bench_end_to_end_on_a_tiny_model(trained, two_images, tmp_path):
+    _, bundle = trained["factorized"]
+    saved = tmp_path / "bench.json"
+    proc = aectl("bench", "-m", bundle, "--images", two_images, "--provider", "cpu", "--repeats", "2",
+                 "--batch-sizes", "1,2", "--json", "--save", saved)
+    result = json.loads(proc.stdout)
+    assert json.loads(saved.read_text()) == result
+    assert result["images"]["count"] == 2 and result["config"]["threads"] == 2
+    cpu = result["providers"]["cpu"]
+    assert cpu["session_providers"] == ["CPUExecutionProvider", "CPUExecutionProvider"]
+    assert set(cpu["engines"]) == {"onnxruntime", "torch"}
+    # torch eager runs the bundle's own weights: same numbers as onnxruntime.
+    assert cpu["torch_vs_onnxruntime_max_diff"]["encoder_rel_diff"] <= 1e-4
+    assert cpu["torch_vs_onnxruntime_max_diff"]["decoder_abs_diff"] <= 1e-4
+    for engine in ("onnxruntime", "torch"):
+        for batch in ("batch_1", "batch_2"):
+            for direction in ("compress", "decompress"):
+                rec = cpu["engines"][engine][batch][direction]
+                assert len(rec["repeats_seconds"]) == 2 and rec["seconds"] in rec["repeats_seconds"]
+                assert rec["images_per_s"] == pytest.approx(2 / rec["seconds"])
+                assert rec["mpx_per_s"] == pytest.approx(2 * 768 * 512 / 1e6 / rec["seconds"])
+                assert set(rec["stages"]) == {"io", "network", "quantize", "entropy", "container"}
+                assert all(v >= 0 for v in rec["stages"].values()) and rec["stages"]["network"] > 0
+                assert rec["stages"]["entropy"] > 0 and rec["stages"]["container"] > 0
+                assert sum(rec["stages"].values()) <= rec["seconds"]
+    arch = result["bundle"]["architecture"]
+    enc, dec = factorized_macs(arch["n"], arch["m"], 512, 768)
+    # kodim03 is 768x512, kodim07 512x768: the same count either way round.
+    assert result["macs"]["encoder"]["total"] == 2 * enc and result["macs"]["decoder"]["total"] == 2 * dec
+    assert cpu["peak"]["macs_per_s"] > 0 and cpu["peak"]["threads"] == 2
+    eff = cpu["efficiency"]["onnxruntime"]["batch_1"]
+    for role in ("encoder", "decoder"):
+        assert eff[role]["macs_per_s"] == pytest.approx(eff[role]["macs"] / eff[role]["network_seconds"])
+        assert eff[role]["percent_of_peak"] == pytest.approx(100 * eff[role]["macs_per_s"] / cpu["peak"]["macs_per_s"])
+    ratios = cpu["ratios"]["batch_1"]
+    for key in ("compress_onnxruntime_over_torch", "decompress_onnxruntime_over_torch",
+                "compress_network_onnxruntime_over_torch", "compress_onnxruntime_over_jpeg",
+                "decompress_onnxruntime_over_webp"):
+        assert ratios[key] > 0
+    assert ratios["compress_onnxruntime_over_torch"] == pytest.approx(
+        cpu["engines"]["torch"]["batch_1"]["compress"]["seconds"] / cpu["engines"]["onnxruntime"]["batch_1"]["compress"]["seconds"])
+    # Rate and quality of the run are those of the codec itself (recomputed here outside the bench).
+    from PIL import Image
+
+    from aectl.runtime import Codec
+    from aectl.runtime.metrics import bpp, psnr
+
+    codec, rates, psnrs = Codec(bundle, provider="cpu"), [], []
+    for p in sorted(two_images.iterdir()):
+        original = np.asarray(Image.open(p).convert("RGB"))
+        data = codec.compress(p)
+        rates.append(bpp(len(data), original.shape[1], original.shape[0]))
+        psnrs.append(psnr(original, np.asarray(codec.decompress(data))))
+    assert result["rate"]["bpp"] == pytest.approx(np.mean(rates)) and result["rate"]["psnr"] == pytest.approx(np.mean(psnrs))
+    for name in ("jpeg", "webp"):
+        base = result["baselines"][name]
+        assert base["bpp"] > 0 and base["compress"]["seconds"] > 0 and len(base["qualities"]) == 2
+    # The human-readable form of the same run.
+    text = aectl("bench", "-m", bundle, "--images", two_images, "--repeats", "1", "--batch-sizes", "1",
+                 "--no-torch", "--baselines", "jpeg").stdout
+    assert "throughput on cpu" in text and "GMAC/s" in text and "% of peak" in text
+
+
+def test_bench_skips_torch_where_it_cannot_import(trained, two_images):
+    _, bundle = trained["factorized"]
+    code = f"""
+import json
+from aectl.perf.bench import BenchConfig, run_bench
+r = run_bench(BenchConfig({str(bundle)!r}, {str(two_images)!r}, repeats=1, batch_sizes=(1,), baselines=(), limit=1,
+                          peak=False))
+assert 'torch' not in sys.modules
+print(json.dumps(r["providers"]["cpu"]["engines"]["torch"]))
+"""
+    proc = run_blocked(code)
+    assert proc.returncode == 0, proc.stderr
+    assert "torch not importable" in json.loads(proc.stdout.strip().splitlines()[-1])["skipped"]
+
+
+def test_bench_bad_inputs_are_one_line_errors(trained, two_images, tmp_path):
+    from aectl.runtime.providers import import_ort
+
+    _, bundle = trained["factorized"]
+    cases = [
+        ("--images", tmp_path / "missing"),
+        ("--images", tmp_path),                                 # a folder without images
+        ("--images", two_images, "--provider", "tpu"),
+        ("--images", two_images, "--batch-sizes", "0,8"),
+        ("--images", two_images, "--batch-sizes", "one"),
+        ("--images", two_images, "--baselines", "gif"),
+        ("--images", two_images, "-m", tmp_path),                # not a bundle
+    ]
+    if "CUDAExecutionProvider" not in import_ort().get_available_providers():
+        cases.append(("--images", two_images, "--provider", "cuda"))
+    for args in cases:
+        if "-m" not in args:
+            args = ("-m", bundle) + args
+        proc = aectl("bench", *args, check=False)
+        assert proc.returncode != 0, args
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, proc.stderr)

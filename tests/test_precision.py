@@ -1,0 +1,139 @@
+"""Reduced-precision decoders (aectl export --precision fp16|int8): each variant is held to its own stated
+tolerance against the fp32 torch decoder, keeps the bitstream, and really is the precision it claims."""
+import json
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import aectl_exe
+
+VARIANTS = ("fp16", "int8")
+
+
+@pytest.fixture(scope="module")
+def variants(trained, photos, tmp_path_factory):
+    from aectl.export.onnx_export import export_bundle
+
+    run, _ = trained["factorized"]
+    root = tmp_path_factory.mktemp("variants")
+    out = {}
+    for precision in VARIANTS:
+        export_bundle(run, root / precision, precision=precision, calibration=photos, log=lambda *_: None)
+        out[precision] = root / precision
+    return out
+
+
+@pytest.mark.parametrize("precision", VARIANTS)
+def test_variant_manifest_states_precision_tolerance_and_parity(trained, variants, precision):
+    from aectl.runtime import load_bundle
+    from aectl.train.zoo import get_preset
+
+    _, fp32 = trained["factorized"]
+    b, ref = load_bundle(variants[precision]), load_bundle(fp32)
+    dec = b.manifest["files"]["decoder"]
+    assert dec["precision"] == precision and b.manifest["files"]["encoder"]["precision"] == "fp32"
+    assert dec["tolerance"] == get_preset("factorized").variant_tolerances[precision]
+    assert dec["parity"]["max_abs_diff"] <= dec["tolerance"]["max_abs_diff"]
+    assert dec["parity"]["min_psnr_db"] >= dec["tolerance"]["min_psnr_db"]
+    assert len(dec["parity"]["cases"]) >= 2
+    # The fp32 encoder and entropy tables of the same checkpoint. (The model id is not compared: two export
+    # runs of one checkpoint can serialise the decoder graph differently, which changes the id.)
+    assert b.entropy == ref.entropy
+    weights = [{t.name: t.raw_data for t in onnx.load(str(folder / "encoder.onnx")).graph.initializer}
+               for folder in (variants[precision], fp32)]
+    assert weights[0] == weights[1]
+    props = {p.key: p.value for p in onnx.load(str(variants[precision] / "decoder.onnx")).metadata_props}
+    assert props["aectl.model_id"] == b.model_id
+    assert not (variants[precision] / "decoder.fp32.onnx").exists()
+
+
+@pytest.mark.parametrize("precision", VARIANTS)
+def test_variant_keeps_the_bitstream_and_decodes_close_to_fp32(trained, variants, precision, kodak):
+    from aectl.runtime import Codec, container
+    from aectl.runtime.metrics import psnr
+
+    _, fp32 = trained["factorized"]
+    ref, var = Codec(fp32, provider="cpu"), Codec(variants[precision], provider="cpu")
+    image = kodak / "kodim05.png"
+    data, data_var = ref.compress(image), var.compress(image)
+    # The same range-coded payload, byte for byte: only the header's model id may differ.
+    assert container.parse(data_var)[1] == container.parse(data)[1] and len(data_var) == len(data)
+    a, b = np.asarray(ref.decompress(data)), np.asarray(var.decompress(data_var))
+    tol = var.bundle.manifest["files"]["decoder"]["tolerance"]
+    assert psnr(a, b) >= tol["min_psnr_db"]
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 255 * tol["max_abs_diff"] + 1
+
+
+def test_int8_decoder_is_quantised_except_gdn(variants):
+    from aectl.export.precision import gdn_nodes
+
+    model = onnx.load(str(variants["int8"] / "decoder.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") >= 4 and ops.count("DequantizeLinear") >= 8
+    dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    quantised = [n for n in convs if n.input[0] in dq and n.input[1] in dq]
+    assert len(quantised) == 4                                      # the four sub-pixel convolutions
+    names = set(gdn_nodes(model))
+    assert len(names) == 12 and all(n.name in names for n in convs if n not in quantised)
+    manifest = json.loads((variants["int8"] / "manifest.json").read_text())
+    conv = manifest["files"]["decoder"]["conversion"]
+    assert conv["int8_convs"] == 4 and conv["fp32_convs"] == 3 and conv["calibration"]["files"]
+
+
+def test_fp16_decoder_keeps_gdn_in_fp32(variants):
+    from onnx import TensorProto
+
+    from aectl.export.precision import gdn_nodes
+
+    model = onnx.load(str(variants["fp16"] / "decoder.onnx"))
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    produced = {o: n for n in model.graph.node for o in n.output}
+    gdn = set(gdn_nodes(model))
+    assert len(gdn) == 12
+
+    def is_fp32(name: str) -> bool:
+        if name in types:
+            return types[name] == TensorProto.FLOAT
+        node = produced[name]
+        if node.op_type == "Cast":
+            return next(a.i for a in node.attribute if a.name == "to") == TensorProto.FLOAT
+        return node.name in gdn
+
+    for node in model.graph.node:
+        if node.name in gdn:         # every input of a GDN node is float32 (an fp32 tensor or a cast to it)
+            assert all(is_fp32(i) for i in node.input if i), node.name
+        elif node.op_type == "Conv":  # the sub-pixel convolutions hold fp16 weights
+            assert types[node.input[1]] == TensorProto.FLOAT16, node.name
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+
+
+def test_variant_parity_check_can_fail(trained, variants, photos):
+    """The check is real: the same int8 file fails a tolerance it does not meet."""
+    from aectl.export.parity import check_variant
+    from aectl.runtime.errors import AectlError
+    from aectl.train.data import find_images, load_rgb
+    from aectl.train.loop import build_from_checkpoint, load_checkpoint
+
+    run, _ = trained["factorized"]
+    model, preset = build_from_checkpoint(load_checkpoint(run))
+    images = [load_rgb(p, 64) for p in find_images(photos)[1::2][:2]]
+    check_variant(variants["int8"] / "decoder.onnx", model, preset, "int8", images)
+    preset.variant_tolerances = {"int8": {"max_abs_diff": 1e-5, "min_psnr_db": 100.0}}
+    with pytest.raises(AectlError, match="int8 parity failed"):
+        check_variant(variants["int8"] / "decoder.onnx", model, preset, "int8", images)
+
+
+def test_bad_precision_options_are_one_line_errors(trained, tmp_path):
+    run, _ = trained["factorized"]
+    for args in (("--precision", "int4"), ("--precision", "int8", "--calibration", tmp_path / "none"),
+                 ("--precision", "fp16", "--ort")):
+        proc = subprocess.run([aectl_exe(), "export", str(run), "-o", str(tmp_path / "b"), *map(str, args)],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode != 0, args
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, proc.stderr)
+        assert not (tmp_path / "b").exists()
