@@ -55,10 +55,10 @@ STAGES = {s.name: s for s in (
     Stage("q2-base", 2, 3e-4, 300_000, init_from="q4-base@14349", stop_at=9_677),
     Stage("q4", 4, 3e-5, 2_000, init_from="q4-base@26840"),
     Stage("q5", 5, 3e-4, 7_000, init_from="q4-base@26840"),
-    Stage("q3", 3, 3e-4, 4_000, init_from="q4-base@26840"),
+    Stage("q3", 3, 3e-4, 7_000, init_from="q4-base@26840"),
     Stage("q2", 2, 3e-4, 7_000, init_from="q2-base@9677"),
     Stage("q1", 1, 3e-4, 5_000, init_from="q2"),
-    Stage("q6", 6, 3e-4, 3_000, init_from="q4-base@26840"),
+    Stage("q6", 6, 3e-4, 6_000, init_from="q4-base@26840"),
 )}
 SHIPPED = {1: "q1", 2: "q2", 3: "q3", 4: "q4", 5: "q5", 6: "q6"}  # quality -> the stage whose end is shipped
 
