@@ -47,8 +47,10 @@ def train(
     crop: Optional[int] = typer.Option(None, help="training crop side; default: the preset's"),
     data_root: Optional[Path] = typer.Option(None, help="with --data stl10: folder holding stl10_binary/"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
-    fit_steps: int = typer.Option(1000, help="seed presets: steps fitting the entropy model after training"),
-    init_from: Optional[Path] = typer.Option(None, help="start from the weights of another run or checkpoint"),
+    fit_steps: int = typer.Option(1000, help="steps fitting the entropy model: seed presets after training, "
+                                  "--init-from BUNDLE before it"),
+    init_from: Optional[Path] = typer.Option(None, help="start from the weights of another run, checkpoint or "
+                                             "exported bundle (its density is refitted)"),
     checkpoint_every: float = typer.Option(60.0, help="seconds between checkpoints (also saved on Ctrl-C/SIGTERM)"),
     stop_at: Optional[int] = typer.Option(None, help="pause at this step with a checkpoint (the learning-rate "
                                           "schedule still follows --steps); continue with --resume"),

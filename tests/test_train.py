@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from aectl.runtime.errors import AectlError
-from aectl.train.loop import CHECKPOINT, TrainConfig, load_checkpoint, train
+from aectl.train.loop import CHECKPOINT, TrainConfig, build_from_checkpoint, load_checkpoint, train
 
 
 def _cfg(photos, out, **kw):
@@ -63,3 +63,25 @@ def test_stl10_without_torchvision_is_a_clear_error(tmp_path):
         pass
     with pytest.raises(AectlError, match="torchvision"):
         train(TrainConfig(preset="seed-conv", data="stl10", out=str(tmp_path / "r"), steps=1), progress=False)
+
+
+def test_init_from_a_bundle_takes_its_weights_and_refits_the_density(trained, photos, tmp_path):
+    """Fine-tuning a quality from a neighbour's exported bundle when its checkpoint is gone (train/recipes.py)."""
+    source_run, bundle = trained["factorized"]
+    source = load_checkpoint(source_run)
+    opts = dict(preset="factorized", data=str(photos), batch_size=4, seed=1, threads=2, channels=(16, 24), crop=64,
+                fit_steps=200)
+    out = tmp_path / "from-bundle"
+    final = train(TrainConfig(out=str(out), steps=1, lr=1e-12, init_from=str(bundle), **opts),
+                  progress=False, log=lambda *_: None)
+    tuned, _ = build_from_checkpoint(load_checkpoint(out))
+    original, _ = build_from_checkpoint(source)
+    x = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the transforms are the bundle's (GDN's beta/gamma via their reparametrisation)
+        y = original.encode(x)
+        assert torch.allclose(tuned.encode(x), y, rtol=1e-5, atol=1e-5 * float(y.abs().max()))
+        assert torch.allclose(tuned.decode(y.round()), original.decode(y.round()), atol=1e-5)
+    assert 0 < final["val_bpp"] < 1.5 * source["history"][-1]["val_bpp"]
+    with pytest.raises(AectlError, match="architecture differs"):
+        train(TrainConfig(out=str(tmp_path / "wider"), steps=1, init_from=str(bundle), **{**opts, "channels": (32, 48)}),
+              progress=False, log=lambda *_: None)

@@ -52,7 +52,7 @@ class TrainConfig:
     crop: int | None = None          # override the preset's training crop side
     init_from: str | None = None     # start from another run's weights (e.g. a neighbouring quality)
     checkpoint_every: float = 60.0   # seconds between checkpoints
-    fit_steps: int = 1000            # seed presets: entropy-model fitting steps after training
+    fit_steps: int = 1000            # entropy-model fitting steps: seed presets after training, bundle init before
     stop_at: int | None = None       # pause here with a checkpoint; the schedule still follows steps/epochs
 
 
@@ -190,12 +190,15 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
     aux_optimizer = torch.optim.Adam([model.entropy.quantiles], lr=1e-3)
     step, history = 0, []
     if cfg.init_from and not resumed:
-        source = load_checkpoint(Path(cfg.init_from))
-        try:
-            model.load_state_dict(source["model"])
-        except RuntimeError:
-            raise AectlError(f"--init-from {cfg.init_from}: its architecture differs from this run's") from None
-        log(f"initialised from {cfg.init_from} (step {source.get('step')})")
+        if (Path(cfg.init_from) / "manifest.json").is_file():
+            init_from_bundle(model, Path(cfg.init_from), sampler, batch_size, device, cfg.fit_steps, log)
+        else:
+            source = load_checkpoint(Path(cfg.init_from))
+            try:
+                model.load_state_dict(source["model"])
+            except RuntimeError:
+                raise AectlError(f"--init-from {cfg.init_from}: its architecture differs from this run's") from None
+            log(f"initialised from {cfg.init_from} (step {source.get('step')})")
     if resumed:
         state = resumed.get("resume", resumed)  # checkpoints before 0.1 kept the training state top-level
         model.load_state_dict(state["model"])
@@ -327,6 +330,13 @@ def fit_seed_entropy(model, sampler: CropSampler, val: torch.Tensor, device, ste
             step_size = candidate
     model.latent_step.fill_(step_size)
     log(f"fitting entropy model: latent step {step_size:.4g} (float-latent PSNR {psnr(ref):.2f} dB)")
+    fit_density(model, sampler, device, steps, batch_size)
+
+
+def fit_density(model, sampler: CropSampler, device, steps: int, batch_size: int) -> None:
+    """Fit the factorized density (and its tail quantiles) to the latents of training crops, with the
+    transforms frozen: the rate term of the training loss, rounding replaced by noise."""
+    step_size = float(model.latent_step)
     eb = model.entropy
     eb.train()
     opt = torch.optim.Adam([p for n, p in eb.named_parameters() if n != "quantiles"], lr=1e-2)
@@ -351,6 +361,30 @@ def fit_seed_entropy(model, sampler: CropSampler, val: torch.Tensor, device, ste
         aux.backward()
         aux_opt.step()
     eb.eval()
+
+
+def init_from_bundle(model, bundle_dir: Path, sampler: CropSampler, batch_size: int, device, fit_steps: int,
+                     log) -> None:
+    """Start from an exported bundle instead of a checkpoint: the transforms take the bundle's ONNX weights
+    (train.torch_ref reads them back exactly), and since a bundle keeps its density only as integer tables,
+    the entropy model is refitted to the latents of training crops before training starts. This is how a
+    quality is fine-tuned from a neighbouring shipped one when that one's checkpoint is not at hand."""
+    from aectl.runtime.bundle import load_bundle
+    from aectl.train.torch_ref import build_torch_model
+
+    bundle = load_bundle(bundle_dir)
+    source = build_torch_model(bundle)
+    weights = {k: v for k, v in source.state_dict().items() if not k.startswith("entropy.")}
+    try:
+        missing, _ = model.load_state_dict(weights, strict=False)
+    except RuntimeError:
+        raise AectlError(f"--init-from {bundle_dir}: its architecture differs from this run's") from None
+    if any(not k.startswith("entropy.") for k in missing):
+        raise AectlError(f"--init-from {bundle_dir}: its architecture differs from this run's")
+    model.to(device)
+    fit_density(model, sampler, device, fit_steps, batch_size)
+    model.train()
+    log(f"initialised from bundle {bundle_dir} ({bundle.model_id}); entropy model refitted ({fit_steps} steps)")
 
 
 class _graceful_stop:

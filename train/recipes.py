@@ -39,6 +39,7 @@ class Stage:
     lr: float
     steps: int                     # the length the learning-rate schedule is planned for
     init_from: str | None = None   # "stage" (its end) or "stage@step" (one of its snapshots)
+    via_bundle: bool = False       # start from init_from's exported bundle (ONNX weights, density refitted)
     stop_at: int | None = None     # where the stage ends, if before `steps`
     snapshots: tuple[int, ...] = field(default=())
 
@@ -55,10 +56,12 @@ STAGES = {s.name: s for s in (
     Stage("q2-base", 2, 3e-4, 300_000, init_from="q4-base@14349", stop_at=9_677),
     Stage("q4", 4, 3e-5, 2_000, init_from="q4-base@26840"),
     Stage("q5", 5, 3e-4, 7_000, init_from="q4-base@26840"),
-    Stage("q3", 3, 3e-4, 7_000, init_from="q4-base@26840"),
     Stage("q2", 2, 3e-4, 7_000, init_from="q2-base@9677"),
-    Stage("q1", 1, 3e-4, 5_000, init_from="q2"),
-    Stage("q6", 6, 3e-4, 6_000, init_from="q4-base@26840"),
+    # Trained after the checkpoints above were lost between sessions: these start from the neighbouring
+    # quality's exported bundle (`--init-from BUNDLE`), which a from-scratch build exports the same way.
+    Stage("q6", 6, 3e-4, 6_000, init_from="q5", via_bundle=True),
+    Stage("q1", 1, 3e-4, 5_000, init_from="q2", via_bundle=True),
+    Stage("q3", 3, 3e-4, 7_000, init_from="q4", via_bundle=True),
 )}
 SHIPPED = {1: "q1", 2: "q2", 3: "q3", 4: "q4", 5: "q5", 6: "q6"}  # quality -> the stage whose end is shipped
 
@@ -81,6 +84,15 @@ def source_checkpoint(runs: Path, ref: str) -> Path:
     return snapshot(runs, name, int(step) if step else STAGES[name].end)
 
 
+def source_bundle(runs: Path, ref: str) -> Path:
+    """Where a stage's end is exported for stages that start from a bundle."""
+    return runs / f"{ref}.bundle"
+
+
+def init_source(runs: Path, stage: Stage) -> Path:
+    return source_bundle(runs, stage.init_from) if stage.via_bundle else source_checkpoint(runs, stage.init_from)
+
+
 def commands(stage: Stage, runs: Path, data: str = DATA) -> list[str]:
     """One `aectl train` command per pause point; each after the first resumes the same run."""
     out = []
@@ -88,7 +100,7 @@ def commands(stage: Stage, runs: Path, data: str = DATA) -> list[str]:
         cmd = (f"aectl train {COMMON} -q {stage.quality} --lr {stage.lr:g} --steps {stage.steps} "
                f"--data {data} --out {runs / stage.name}")
         if stage.init_from:
-            cmd += f" --init-from {source_checkpoint(runs, stage.init_from)}"
+            cmd += f" --init-from {init_source(runs, stage)}"
         if pause != stage.steps:
             cmd += f" --stop-at {pause}"
         out.append(cmd + " --resume")
@@ -112,6 +124,8 @@ def _run(cmd: str) -> None:
 def build(quality: int, runs: Path, out: Path, data: str = DATA, force: bool = False) -> Path:
     """Train (resuming whatever is done), export, and record the recipe in the bundle's manifest."""
     for stage in lineage(SHIPPED[quality]):
+        if stage.via_bundle and not source_bundle(runs, stage.init_from).exists():
+            _run(f"aectl export {source_checkpoint(runs, stage.init_from)} --out {source_bundle(runs, stage.init_from)}")
         for pause, cmd in zip(stage.pauses(), commands(stage, runs, data)):
             if not snapshot(runs, stage.name, pause).exists():
                 _run(cmd)
