@@ -110,7 +110,17 @@ def commands(stage: Stage, runs: Path, data: str = DATA) -> list[str]:
 def recipe(quality: int, runs: Path = Path("runs"), data: str = DATA) -> list[str]:
     if quality not in SHIPPED:
         raise AectlError(f"no recipe for quality {quality}; shipped: {', '.join(map(str, SHIPPED))}")
-    return [cmd for stage in lineage(SHIPPED[quality]) for cmd in commands(stage, runs, data)]
+    out = []
+    for stage in lineage(SHIPPED[quality]):
+        if stage.via_bundle:
+            out.append(export_command(runs, stage))
+        out += commands(stage, runs, data)
+    return out
+
+
+def export_command(runs: Path, stage: Stage) -> str:
+    """How a via_bundle stage's starting bundle is made from its parent's snapshot."""
+    return f"aectl export {source_checkpoint(runs, stage.init_from)} --out {source_bundle(runs, stage.init_from)}"
 
 
 def _run(cmd: str) -> None:
@@ -121,11 +131,22 @@ def _run(cmd: str) -> None:
         raise AectlError(f"stage failed: {cmd}")
 
 
+def pending(name: str, runs: Path) -> list[Stage]:
+    """The stages `build` must visit for a stage, roots first: ancestors are skipped once what the stage starts
+    from (a snapshot, or an exported bundle) is already in `runs`."""
+    stage = STAGES[name]
+    if stage.init_from is None or init_source(runs, stage).exists():
+        return [stage]
+    return pending(stage.init_from.split("@")[0], runs) + [stage]
+
+
 def build(quality: int, runs: Path, out: Path, data: str = DATA, force: bool = False) -> Path:
     """Train (resuming whatever is done), export, and record the recipe in the bundle's manifest."""
-    for stage in lineage(SHIPPED[quality]):
+    if quality not in SHIPPED:
+        raise AectlError(f"no recipe for quality {quality}; shipped: {', '.join(map(str, SHIPPED))}")
+    for stage in pending(SHIPPED[quality], runs):
         if stage.via_bundle and not source_bundle(runs, stage.init_from).exists():
-            _run(f"aectl export {source_checkpoint(runs, stage.init_from)} --out {source_bundle(runs, stage.init_from)}")
+            _run(export_command(runs, stage))
         for pause, cmd in zip(stage.pauses(), commands(stage, runs, data)):
             if not snapshot(runs, stage.name, pause).exists():
                 _run(cmd)
