@@ -28,12 +28,13 @@ def test_q6_starts_from_q5s_exported_bundle():
     commands = recipe(6, Path("runs"))
     export = [c for c in commands if c.startswith("aectl export")]
     assert export == ["aectl export runs/q5@7000.pt --out runs/q5.bundle"]
-    assert commands[-1].endswith("--init-from runs/q5.bundle --resume")
+    assert [c for c in commands if "--out runs/q6 " in c][0].endswith("--init-from runs/q5.bundle --resume")
+    assert commands[-1].endswith("--out runs/q6-polish --init-from runs/q6@6000.pt --resume")
 
 
 def test_build_skips_ancestors_once_the_starting_bundle_exists(tmp_path):
     assert [s.name for s in pending("q6", tmp_path)] == ["q4-base", "q5", "q6"]
     (tmp_path / "q5.bundle").mkdir()
-    assert [s.name for s in pending("q6", tmp_path)] == ["q6"]
+    assert [s.name for s in pending("q6-polish", tmp_path)] == ["q6", "q6-polish"]
     assert [s.name for s in pending("q2", tmp_path)] == ["q4-base", "q2-base", "q2"]
     assert all(STAGES[name].quality == q for q, name in SHIPPED.items())
