@@ -71,7 +71,7 @@ STAGES = {s.name: s for s in (
     Stage("q2-polish", 2, 3e-5, 3_000, init_from="q2", via_bundle=True),
     Stage("q1-polish", 1, 3e-5, 3_000, init_from="q1"),
 )}
-SHIPPED = {1: "q1", 2: "q2", 3: "q3", 4: "q4-polish", 5: "q5-polish", 6: "q6-polish"}  # quality -> the stage whose end is shipped
+SHIPPED = {1: "q1", 2: "q2-polish", 3: "q3-polish", 4: "q4-polish", 5: "q5-polish", 6: "q6-polish"}  # quality -> the stage whose end is shipped
 
 
 def lineage(name: str) -> list[Stage]:
