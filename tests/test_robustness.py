@@ -143,15 +143,25 @@ def _tree_digest(folder):
             if p.is_file()}
 
 
-@pytest.mark.parametrize("sig, code, message", [(signal.SIGTERM, 143, "error: terminated"),
-                                                 (signal.SIGINT, 130, "error: interrupted")])
-def test_signal_mid_batch_leaves_no_partial_output(trained, tmp_path, sig, code, message):
-    _, bundle = trained["factorized"]
-    src = tmp_path / "in"
+MID_BATCH_IMAGES = 400  # enough work after the first files that an idle machine is still busy when signalled
+
+
+@pytest.fixture(scope="module")
+def many_photos(tmp_path_factory):
+    """Crops of one Kodak photo, shared by the signal tests (they must not change them)."""
+    src = tmp_path_factory.mktemp("many") / "in"
     src.mkdir()
     photo = Image.open(KODAK / "kodim06.png")
-    for i in range(40):
-        photo.crop((i, i, i + 512, i + 384)).save(src / f"img{i:02d}.png")
+    for i in range(MID_BATCH_IMAGES):
+        photo.crop((i % 97, i % 89, i % 97 + 512, i % 89 + 384)).save(src / f"img{i:03d}.png", compress_level=1)
+    return src
+
+
+@pytest.mark.parametrize("sig, code, message", [(signal.SIGTERM, 143, "error: terminated"),
+                                                 (signal.SIGINT, 130, "error: interrupted")])
+def test_signal_mid_batch_leaves_no_partial_output(trained, many_photos, tmp_path, sig, code, message):
+    _, bundle = trained["factorized"]
+    src = many_photos
     before = _tree_digest(src)
     out = tmp_path / "out"
     proc = subprocess.Popen([aectl_exe(), "compress", src, "-m", bundle, "-o", out, "--provider", "cpu"],
@@ -159,11 +169,12 @@ def test_signal_mid_batch_leaves_no_partial_output(trained, tmp_path, sig, code,
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("*.aec"))) < 2:
         time.sleep(0.05)
+    assert proc.poll() is None, "the batch finished before it could be signalled; give it more images"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code and err.strip().splitlines()[-1] == message
     written = sorted(out.glob("*.aec"))
-    assert 2 <= len(written) < 40
+    assert 2 <= len(written) < MID_BATCH_IMAGES
     assert not [p for p in out.iterdir() if p.suffix != ".aec"], "no temporary files left behind"
     decoder = Decoder(bundle, provider="cpu")
     for path in written:
