@@ -197,7 +197,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
             try:
                 model.load_state_dict(source["model"])
             except RuntimeError:
-                raise AectlError(f"--init-from {cfg.init_from}: its architecture differs from this run's") from None
+                raise _architecture_differs(cfg.init_from) from None
             log(f"initialised from {cfg.init_from} (step {source.get('step')})")
     if resumed:
         state = resumed.get("resume", resumed)  # checkpoints before 0.1 kept the training state top-level
@@ -363,6 +363,10 @@ def fit_density(model, sampler: CropSampler, device, steps: int, batch_size: int
     eb.eval()
 
 
+def _architecture_differs(source) -> AectlError:
+    return AectlError(f"--init-from {source}: its architecture differs from this run's")
+
+
 def init_from_bundle(model, bundle_dir: Path, sampler: CropSampler, batch_size: int, device, fit_steps: int,
                      log) -> None:
     """Start from an exported bundle instead of a checkpoint: the transforms take the bundle's ONNX weights
@@ -378,9 +382,9 @@ def init_from_bundle(model, bundle_dir: Path, sampler: CropSampler, batch_size: 
     try:
         missing, _ = model.load_state_dict(weights, strict=False)
     except RuntimeError:
-        raise AectlError(f"--init-from {bundle_dir}: its architecture differs from this run's") from None
+        raise _architecture_differs(bundle_dir) from None
     if any(not k.startswith("entropy.") for k in missing):
-        raise AectlError(f"--init-from {bundle_dir}: its architecture differs from this run's")
+        raise _architecture_differs(bundle_dir)
     model.to(device)
     fit_density(model, sampler, device, fit_steps, batch_size)
     model.train()

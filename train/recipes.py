@@ -71,7 +71,8 @@ STAGES = {s.name: s for s in (
     Stage("q2-polish", 2, 3e-5, 3_000, init_from="q2", via_bundle=True),
     Stage("q1-polish", 1, 3e-5, 3_000, init_from="q1"),
 )}
-SHIPPED = {1: "q1", 2: "q2-polish", 3: "q3-polish", 4: "q4-polish", 5: "q5-polish", 6: "q6-polish"}  # quality -> the stage whose end is shipped
+# quality -> the stage whose end is shipped
+SHIPPED = {1: "q1", 2: "q2-polish", 3: "q3-polish", 4: "q4-polish", 5: "q5-polish", 6: "q6-polish"}
 
 
 def lineage(name: str) -> list[Stage]:
@@ -115,11 +116,16 @@ def commands(stage: Stage, runs: Path, data: str = DATA) -> list[str]:
     return out
 
 
-def recipe(quality: int, runs: Path = Path("runs"), data: str = DATA) -> list[str]:
+def shipped_stage(quality: int) -> str:
+    """The stage whose end is shipped as `quality`."""
     if quality not in SHIPPED:
         raise AectlError(f"no recipe for quality {quality}; shipped: {', '.join(map(str, SHIPPED))}")
+    return SHIPPED[quality]
+
+
+def recipe(quality: int, runs: Path = Path("runs"), data: str = DATA) -> list[str]:
     out = []
-    for stage in lineage(SHIPPED[quality]):
+    for stage in lineage(shipped_stage(quality)):
         if stage.via_bundle:
             out.append(export_command(runs, stage))
         out += commands(stage, runs, data)
@@ -150,16 +156,15 @@ def pending(name: str, runs: Path) -> list[Stage]:
 
 def build(quality: int, runs: Path, out: Path, data: str = DATA, force: bool = False) -> Path:
     """Train (resuming whatever is done), export, and record the recipe in the bundle's manifest."""
-    if quality not in SHIPPED:
-        raise AectlError(f"no recipe for quality {quality}; shipped: {', '.join(map(str, SHIPPED))}")
-    for stage in pending(SHIPPED[quality], runs):
+    last = shipped_stage(quality)
+    for stage in pending(last, runs):
         if stage.via_bundle and not source_bundle(runs, stage.init_from).exists():
             _run(export_command(runs, stage))
         for pause, cmd in zip(stage.pauses(), commands(stage, runs, data)):
             if not snapshot(runs, stage.name, pause).exists():
                 _run(cmd)
                 shutil.copy2(runs / stage.name / "last.pt", snapshot(runs, stage.name, pause))
-    final = snapshot(runs, SHIPPED[quality], STAGES[SHIPPED[quality]].end)
+    final = snapshot(runs, last, STAGES[last].end)
     _run(f"aectl export {final} --out {out}" + (" --force" if force else ""))
     record_recipe(out, quality)
     return out
