@@ -70,9 +70,14 @@ STAGES = {s.name: s for s in (
     Stage("q3-polish", 3, 3e-5, 3_000, init_from="q3"),
     Stage("q2-polish", 2, 3e-5, 3_000, init_from="q2", via_bundle=True),
     Stage("q1-polish", 1, 3e-5, 3_000, init_from="q1"),
+    # Long: another full cycle at a third of the first rate (then a tenth of it for the last 10%) for the
+    # qualities the BD-rate against JPEG is most sensitive to (the middle of the curve).
+    Stage("q2-long", 2, 1e-4, 11_000, init_from="q2-polish"),
+    Stage("q3-long", 3, 1e-4, 11_000, init_from="q3-polish"),
+    Stage("q4-long", 4, 1e-4, 11_000, init_from="q4-polish"),
 )}
 # quality -> the stage whose end is shipped
-SHIPPED = {1: "q1", 2: "q2-polish", 3: "q3-polish", 4: "q4-polish", 5: "q5-polish", 6: "q6-polish"}
+SHIPPED = {1: "q1", 2: "q2-long", 3: "q3-long", 4: "q4-polish", 5: "q5-polish", 6: "q6-polish"}
 
 
 def lineage(name: str) -> list[Stage]:
