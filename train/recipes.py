@@ -82,11 +82,15 @@ STAGES = {s.name: s for s in (
 SHIPPED = {1: "q1", 2: "q2-long", 3: "q3-long", 4: "q4-polish", 5: "q5-polish", 6: "q6-polish"}
 
 
-def lineage(name: str) -> list[Stage]:
-    """The stages a stage depends on, roots first, itself last."""
+def stage_named(name: str) -> Stage:
     if name not in STAGES:
         raise AectlError(f"unknown stage {name!r}; known: {', '.join(STAGES)}")
-    stage = STAGES[name]
+    return STAGES[name]
+
+
+def lineage(name: str) -> list[Stage]:
+    """The stages a stage depends on, roots first, itself last."""
+    stage = stage_named(name)
     parent = stage.init_from.split("@")[0] if stage.init_from else None
     return (lineage(parent) if parent else []) + [stage]
 
@@ -155,22 +159,27 @@ def _run(cmd: str) -> None:
 def pending(name: str, runs: Path) -> list[Stage]:
     """The stages `build` must visit for a stage, roots first: ancestors are skipped once what the stage starts
     from (a snapshot, or an exported bundle) is already in `runs`."""
-    stage = STAGES[name]
+    stage = stage_named(name)
     if stage.init_from is None or init_source(runs, stage).exists():
         return [stage]
     return pending(stage.init_from.split("@")[0], runs) + [stage]
 
 
-def build(quality: int, runs: Path, out: Path, data: str = DATA, force: bool = False) -> Path:
-    """Train (resuming whatever is done), export, and record the recipe in the bundle's manifest."""
-    last = shipped_stage(quality)
-    for stage in pending(last, runs):
+def train_stage(name: str, runs: Path, data: str = DATA) -> None:
+    """Run (or resume) a stage and whatever it still needs, keeping a snapshot at each of its pauses."""
+    for stage in pending(name, runs):
         if stage.via_bundle and not source_bundle(runs, stage.init_from).exists():
             _run(export_command(runs, stage))
         for pause, cmd in zip(stage.pauses(), commands(stage, runs, data)):
             if not snapshot(runs, stage.name, pause).exists():
                 _run(cmd)
                 shutil.copy2(runs / stage.name / "last.pt", snapshot(runs, stage.name, pause))
+
+
+def build(quality: int, runs: Path, out: Path, data: str = DATA, force: bool = False) -> Path:
+    """Train (resuming whatever is done), export, and record the recipe in the bundle's manifest."""
+    last = shipped_stage(quality)
+    train_stage(last, runs, data)
     final = snapshot(runs, last, STAGES[last].end)
     _run(f"aectl export {final} --out {out}" + (" --force" if force else ""))
     record_recipe(out, quality)
@@ -194,6 +203,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 def show(quality: int, runs: Path = Path("runs"), data: str = DATA) -> None:
     """Print the commands that train a shipped quality from scratch."""
     typer.echo("\n".join(recipe(quality, runs, data)))
+
+
+@app.command("stage")
+def stage_command(name: str, runs: Path = typer.Option(Path("runs/models")), data: str = DATA) -> None:
+    """Run (or resume) one stage, shipped or not, and the stages it starts from."""
+    train_stage(name, runs, data)
 
 
 @app.command("build")
