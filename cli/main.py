@@ -82,14 +82,17 @@ def export(
     decoder_only: bool = typer.Option(False, "--decoder-only", help="write an edge bundle: decoder and manifest only"),
     ort: bool = typer.Option(False, "--ort", help="also write decoder.ort (ORT format, for mobile/minimal builds)"),
     precision: str = typer.Option("fp32", help="decoder precision: fp32, fp16 or int8 (the encoder stays fp32)"),
-    calibration: Optional[Path] = typer.Option(None, help="--precision int8/fp16: folder of real photos for "
-                                               "calibration and checks; default: the run's training data"),
+    calibration: Optional[Path] = typer.Option(None, help="--precision int8/fp16 and --entropy-classes: folder of "
+                                               "real photos to calibrate, check and fit on; default: the run's "
+                                               "training data"),
+    entropy_classes: int = typer.Option(0, "--entropy-classes", help="fit this many classified entropy tables "
+                                        "(8 for the shipped models; smaller files, same pictures); 0: off"),
 ) -> None:
     """Export a checkpoint to encoder.onnx + decoder.onnx + manifest.json, verified against torch."""
     from aectl.export.onnx_export import export_bundle
 
     export_bundle(source, out, force=force, decoder_only=decoder_only, ort=ort, precision=precision,
-                  calibration=calibration, log=typer.echo)
+                  calibration=calibration, entropy_classes=entropy_classes, log=typer.echo)
 
 
 @app.command()

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import torch
 
+from aectl.export.entropy_classes import fit_classes
 from aectl.export.graphs import DecoderGraph, EncoderGraph
 from aectl.export.tables import build_tables
 from aectl.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, sha256_file
@@ -68,6 +69,11 @@ class _quiet_exporter:
             lg.setLevel(level)
 
 
+MAX_CLASSES = 64
+MAX_FIT_IMAGES = 64
+FIT_SIDE = 1024
+
+
 def _model_id(encoder: onnx.ModelProto, decoder: onnx.ModelProto, tables: dict) -> str:
     """Derived from both graphs and the entropy tables: anything that changes the bitstream changes the id."""
     digest = hashlib.sha256()
@@ -91,12 +97,15 @@ def entropy_tables(model) -> dict:
 
 def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
                   parity_images: np.ndarray | None = None, decoder_only: bool = False, ort: bool = False,
-                  precision: str = "fp32", calibration: str | Path | None = None, log=print) -> dict:
+                  precision: str = "fp32", calibration: str | Path | None = None, entropy_classes: int = 0,
+                  log=print) -> dict:
     """Export a run directory's latest checkpoint (or a checkpoint file) to a verified bundle.
 
     decoder_only: drop the encoder after the checks (an edge bundle). ort: also write decoder.ort.
     precision: fp32, or fp16 / int8 for the decoder (export/precision.py); int8 calibrates on real images from
     `calibration` (default: the run's training data folder).
+    entropy_classes: fit that many classified entropy tables (export/entropy_classes.py) on the same photos;
+    0 keeps the learned per-channel tables alone.
     """
     from aectl.export.precision import PRECISIONS
 
@@ -109,6 +118,10 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
         raise AectlError(f"{out_dir} already exists; pass --force to replace it")
     ckpt = load_checkpoint(Path(source))
     model, preset = build_from_checkpoint(ckpt)
+    if entropy_classes and (preset.fixed_size is not None or not 2 <= entropy_classes <= MAX_CLASSES):
+        raise AectlError(f"--entropy-classes {entropy_classes}: give 2..{MAX_CLASSES} for a fully convolutional "
+                         f"model, or 0 (preset {preset.name} {'has' if preset.fixed_size else 'does not have'} a "
+                         "fixed input size)")
     variant_images = _variant_images(ckpt, calibration) if precision != "fp32" else None
     side = preset.fixed_size or 4 * preset.stride
     example = torch.rand(TRACE_BATCH, 3, side, side, generator=torch.Generator().manual_seed(0))
@@ -122,6 +135,11 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
         _export_graph(EncoderGraph(model), example, "x", "y", enc_dyn, tmp / "encoder.onnx")
         _export_graph(DecoderGraph(model), latent_example, "y_hat", "x_hat", dec_dyn, tmp / "decoder.onnx")
         tables = entropy_tables(model)
+        if entropy_classes:
+            symbols, folder = _fit_symbols(model, preset, ckpt, calibration, tables)
+            tables["classes"] = fit_classes(symbols, tables, entropy_classes)
+            tables["classes"]["fit"]["data"] = folder
+            log(f"fitted {entropy_classes} entropy classes on {len(symbols)} images from {folder}")
         enc_proto, dec_proto = onnx.load(str(tmp / "encoder.onnx")), onnx.load(str(tmp / "decoder.onnx"))
         model_id = _model_id(enc_proto, dec_proto, tables)
         for name in ("encoder.onnx", "decoder.onnx"):
@@ -157,6 +175,31 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
     log(f"wrote {out_dir} (model {model_id}); parity max |torch - onnxruntime| = {report['max_abs_diff']:.2e} "
         f"<= {report['tolerance']:.0e}")
     return manifest
+
+
+def _fit_symbols(model, preset: Preset, ckpt: dict, calibration, tables: dict) -> tuple[list[np.ndarray], str]:
+    """Integer latent symbols of real photos (centre crops of at most FIT_SIDE pixels a side), as the runtime
+    would quantise them, for fitting the classified entropy tables. Default folder: the run's training data."""
+    from aectl.train.data import find_images, load_rgb
+
+    folder = calibration or ckpt.get("config", {}).get("data")
+    if not folder or not Path(folder).is_dir():
+        raise AectlError(f"--calibration: {folder!r} is not a folder of images (--entropy-classes fits its tables "
+                         "on real photos; pass --calibration DIR)")
+    files = find_images(Path(folder))[:MAX_FIT_IMAGES]
+    if not files:
+        raise AectlError(f"--calibration {folder}: no images found")
+    medians = torch.tensor(tables["medians"]).reshape(1, -1, 1, 1)
+    symbols = []
+    for path in files:
+        img = load_rgb(path, 4 * preset.stride)
+        h, w = (min(FIT_SIDE, side) // preset.stride * preset.stride for side in img.shape[:2])
+        top, left = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
+        x = torch.from_numpy(img[top:top + h, left:left + w].copy()).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            y = model.encode(x)
+        symbols.append(torch.round(y / tables["step"] - medians)[0].to(torch.int32).numpy())
+    return symbols, str(folder)
 
 
 def _variant_images(ckpt: dict, calibration: str | Path | None) -> dict:

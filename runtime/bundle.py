@@ -150,6 +150,28 @@ def validate_manifest(m: dict, where: Path) -> None:
              f"entropy.cdfs[{c}] must start at 0 and end at 2**precision")
         need(all(isinstance(v, int) for v in cdf) and all(b > a for a, b in zip(cdf, cdf[1:])),
              f"entropy.cdfs[{c}] must be strictly increasing integers")
+    classes = ent.get("classes")
+    if classes is not None:
+        _check_classes(classes, ent["cdfs"], total, lat["layout"], need)
+
+
+def _check_classes(classes, cdfs: list, total: int, layout: str, need) -> None:
+    """entropy.classes: `count` tables per channel over the learned tables' supports, and count + 1 class-map
+    tables (one per context) over `count` classes."""
+    need(isinstance(classes, dict) and layout == "NCHW", "entropy.classes needs an NCHW latent")
+    count = classes.get("count")
+    need(isinstance(count, int) and 2 <= count <= 64, "entropy.classes.count must be 2..64")
+    tables = classes.get("cdfs")
+    need(isinstance(tables, list) and len(tables) == count and
+         all(isinstance(t, list) and len(t) == len(cdfs) for t in tables),
+         "entropy.classes.cdfs needs count lists of one table per channel")
+    maps = classes.get("map_cdfs")
+    need(isinstance(maps, list) and len(maps) == count + 1, "entropy.classes.map_cdfs needs count + 1 tables")
+    for name, table, length in ([(f"cdfs[{k}][{c}]", t, len(cdfs[c])) for k, ts in enumerate(tables)
+                                 for c, t in enumerate(ts)] + [(f"map_cdfs[{j}]", t, count + 2) for j, t in enumerate(maps)]):
+        need(isinstance(table, list) and len(table) == length and table[0] == 0 and table[-1] == total and
+             all(isinstance(v, int) for v in table) and all(b > a for a, b in zip(table, table[1:])),
+             f"entropy.classes.{name} must be {length} strictly increasing integers from 0 to 2**precision")
 
 
 def strip_bundle(source: str | Path, out: str | Path, force: bool = False) -> Bundle:

@@ -101,9 +101,8 @@ class Decoder:
 
     def _decode_run(self, items, decoders, outputs) -> None:
         shape = self.network.latent_shape(1, items[0][1].padded_height, items[0][1].padded_width)[1:]
-        count = int(np.prod(shape[1:], dtype=np.int64))
         with stage(self.stages, "entropy"):
-            symbols = np.stack([self.coder.decode_block(decoders[i], count).reshape(shape) for i, _ in items])
+            symbols = np.stack([self.coder.decode_block(decoders[i], shape[1:]) for i, _ in items])
         with stage(self.stages, "quantize"):
             latents = self.network.dequantize(symbols)
         with stage(self.stages, "network"):
@@ -190,4 +189,4 @@ class Codec(Decoder):
             symbols = self.network.quantize(y)
         with stage(self.stages, "entropy"):
             for (i, _), sym in zip(items, symbols):
-                self.coder.encode_block(encoders[i], sym.reshape(sym.shape[0], -1))
+                self.coder.encode_block(encoders[i], sym)

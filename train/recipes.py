@@ -29,6 +29,7 @@ import typer
 from aectl.runtime.errors import AectlError
 
 DATA = "../shared/data/photos"
+ENTROPY_CLASSES = 8  # classified entropy tables fitted at export on the training photos (export/entropy_classes.py)
 COMMON = "--preset factorized --channels 64,128 --crop 128 --batch-size 8 --threads 1 --seed 0 --no-progress"
 
 
@@ -140,7 +141,13 @@ def recipe(quality: int, runs: Path = Path("runs"), data: str = DATA) -> list[st
         if stage.via_bundle:
             out.append(export_command(runs, stage))
         out += commands(stage, runs, data)
-    return out
+    final = snapshot(runs, shipped_stage(quality), STAGES[shipped_stage(quality)].end)
+    return out + [ship_command(final, Path(f"models/factorized-q{quality}"), data)]
+
+
+def ship_command(checkpoint: Path, out: Path, data: str) -> str:
+    """The export that makes a shipped bundle: fp32, with classified entropy tables fitted on the training data."""
+    return f"aectl export {checkpoint} --out {out} --entropy-classes {ENTROPY_CLASSES} --calibration {data}"
 
 
 def export_command(runs: Path, stage: Stage) -> str:
@@ -181,7 +188,7 @@ def build(quality: int, runs: Path, out: Path, data: str = DATA, force: bool = F
     last = shipped_stage(quality)
     train_stage(last, runs, data)
     final = snapshot(runs, last, STAGES[last].end)
-    _run(f"aectl export {final} --out {out}" + (" --force" if force else ""))
+    _run(ship_command(final, out, data) + (" --force" if force else ""))
     record_recipe(out, quality)
     return out
 

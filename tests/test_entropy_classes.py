@@ -1,0 +1,110 @@
+"""Classified entropy tables (export/entropy_classes.py): fitted on photos at export, they shrink files without
+touching the pictures, and every symbol still round-trips exactly through the class map and escape paths."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aectl.export.parity import verify_bundle
+from aectl.runtime import Codec
+from aectl.runtime.bundle import load_bundle
+from aectl.runtime.entropy_coder import EntropyCoder, finish, new_decoder, new_encoder
+from aectl.runtime.errors import AectlError
+from test_cli import aectl
+
+
+@pytest.fixture(scope="module")
+def classified(trained, photos, tmp_path_factory):
+    """The tiny factorized run exported with 4 classes fitted on the training photos, beside its plain bundle."""
+    run, plain = trained["factorized"]
+    out = tmp_path_factory.mktemp("classes") / "bundle"
+    aectl("export", run, "-o", out, "--entropy-classes", 4, "--calibration", photos)
+    return run, plain, out
+
+
+def test_manifest_records_the_fitted_classes(classified, photos):
+    run, plain, bundle = classified
+    entropy = json.loads((bundle / "manifest.json").read_text())["entropy"]
+    classes = entropy["classes"]
+    assert 2 <= classes["count"] <= 4 and len(classes["map_cdfs"]) == classes["count"] + 1
+    assert classes["fit"]["data"] == str(photos) and sum(classes["fit"]["usage"]) == classes["fit"]["positions"]
+    assert min(classes["fit"]["usage"]) > 0, "a class nobody uses was kept"
+    plain_entropy = json.loads((plain / "manifest.json").read_text())["entropy"]
+    assert {k: v for k, v in entropy.items() if k != "classes"} == plain_entropy
+    verify_bundle(bundle, run)  # the learned tables and networks are still the checkpoint's
+
+
+def test_same_pictures_smaller_files_on_kodak(classified, kodak):
+    _, plain, bundle = classified
+    with_classes, without = Codec(bundle, provider="cpu"), Codec(plain, provider="cpu")
+    sizes = []
+    for name in ("kodim02.png", "kodim07.png", "kodim11.png"):
+        image = np.asarray(Image.open(kodak / name).convert("RGB"))
+        small, big = with_classes.compress(image), without.compress(image)
+        assert np.array_equal(np.asarray(with_classes.decompress(small)), np.asarray(without.decompress(big)))
+        sizes.append((len(small), len(big)))
+    assert sum(s for s, _ in sizes) < sum(b for _, b in sizes), sizes
+
+
+def test_tiled_image_round_trips(classified, photos):
+    """Big images are coded tile by tile, each tile with its own class map."""
+    _, plain, bundle = classified
+    image = np.asarray(Image.open(photos / "003.png").convert("RGB"))
+    image = np.concatenate([image, image[::-1]], axis=0)  # tall enough to be tiled
+    codec = Codec(bundle, provider="cpu")
+    data = codec.compress(image)
+    assert np.array_equal(np.asarray(codec.decompress(data)),
+                          np.asarray(Codec(plain, provider="cpu").decompress(Codec(plain, provider="cpu").compress(image))))
+
+
+@pytest.mark.parametrize("kind", ["zeros", "random", "huge", "mixed"])
+def test_symbols_decode_exactly_through_the_class_map(classified, kind):
+    coder = EntropyCoder(load_bundle(classified[2]).entropy)
+    rng = np.random.default_rng(3)
+    shape = (coder.channels, 7, 13)
+    symbols = {
+        "zeros": np.zeros(shape, np.int32),
+        "random": rng.integers(-40, 40, shape).astype(np.int32),
+        "huge": rng.integers(-2**31 + 1, 2**31 - 1, shape, dtype=np.int64).astype(np.int32),
+        "mixed": np.where(rng.random(shape) < 0.05, 10**6, rng.integers(-2, 3, shape)).astype(np.int32),
+    }[kind]
+    enc = new_encoder()
+    coder.encode_block(enc, symbols)
+    coder.encode_block(enc, symbols[:, :1, :5])
+    dec = new_decoder(finish(enc))
+    assert np.array_equal(coder.decode_block(dec, (7, 13)), symbols)
+    assert np.array_equal(coder.decode_block(dec, (1, 5)), symbols[:, :1, :5])
+
+
+def test_garbage_payload_is_a_clean_error(classified):
+    coder = EntropyCoder(load_bundle(classified[2]).entropy)
+    with pytest.raises(AectlError, match="corrupted payload"):
+        for seed in range(20):  # random words decode to *something* until the classes or escapes run wild
+            words = np.random.default_rng(seed).integers(0, 2**32, 8, dtype=np.uint64).astype("<u4").tobytes()
+            coder.decode_block(new_decoder(words), (40, 60))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(count=1), "count must be 2..64"),
+    (lambda c: c["cdfs"].pop(), "count lists"),
+    (lambda c: c["map_cdfs"].pop(), "count \\+ 1"),
+    (lambda c: c["cdfs"][1][0].__setitem__(1, 0), "strictly increasing"),
+])
+def test_broken_class_tables_are_refused_at_load(classified, tmp_path, edit, message):
+    manifest = json.loads((classified[2] / "manifest.json").read_text())
+    edit(manifest["entropy"]["classes"])
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    for name in ("encoder.onnx", "decoder.onnx"):
+        (bundle / name).write_bytes((classified[2] / name).read_bytes())
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(AectlError, match=message):
+        load_bundle(bundle)
+
+
+def test_dense_models_cannot_take_classes(trained, tmp_path):
+    run, _ = trained["seed-dense"]
+    proc = aectl("export", run, "-o", tmp_path / "b", "--entropy-classes", 8, check=False)
+    assert proc.returncode != 0 and proc.stderr.count("\n") == 1 and "--entropy-classes" in proc.stderr
+    assert not (tmp_path / "b").exists()
