@@ -25,11 +25,12 @@ PRIOR_WEIGHT = 16.0   # the learned density counts as this many observations in 
 ESCAPE_BITS = 32.0    # an escaped symbol also pays its two 16-bit halves
 
 
-def symbol_bins(symbols: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """(C, P) int symbols -> table bins, with everything outside a channel's support in its escape bin."""
+def symbol_bins(symbols: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
+    """(C, P) int symbols -> table bins, with everything outside a channel's support in the last column
+    (`width - 1`), where every channel keeps its escape bin here."""
     bins = symbols.astype(np.int64) - offsets[:, None]
     outside = (bins < 0) | (bins >= lengths[:, None])
-    return np.where(outside, lengths[:, None], bins)
+    return np.where(outside, width - 1, bins)
 
 
 def class_costs(bins: np.ndarray, bits: np.ndarray) -> np.ndarray:
@@ -59,8 +60,7 @@ def fit_classes(symbols: list[np.ndarray], base: dict, count: int) -> dict:
         pmf = np.diff(cdf) / float(cdf[-1])
         prior[c, :lengths[c]] = pmf[:-1]
         prior[c, -1] = pmf[-1]  # escape bin lives in the last column for every channel
-    bins = np.concatenate([symbol_bins(s.reshape(s.shape[0], -1), offsets, lengths) for s in symbols], axis=1)
-    bins = np.where(bins == lengths[:, None], width - 1, bins)
+    bins = np.concatenate([symbol_bins(s.reshape(s.shape[0], -1), offsets, lengths, width) for s in symbols], axis=1)
 
     base_cost = class_costs(bins, bits_from_pmfs(prior[None]))[0]
     labels = np.searchsorted(np.quantile(base_cost, np.linspace(0, 1, count + 1)[1:-1]), base_cost)
@@ -78,7 +78,9 @@ def fit_classes(symbols: list[np.ndarray], base: dict, count: int) -> dict:
     tail_mass = float(base["tail_mass"])
     class_cdfs = [[quantize_pmf(pmfs[k, c, :lengths[c]], tail_mass).tolist() for c in range(len(cdfs))]
                   for k in range(count)]
-    maps = _class_maps(symbols, offsets, lengths, width, bits_from_pmfs(pmfs))
+    final = class_costs(bins, bits_from_pmfs(pmfs)).argmin(axis=0)
+    splits = np.cumsum([s[0].size for s in symbols])[:-1]
+    maps = [m.reshape(s.shape[1:]) for m, s in zip(np.split(final, splits), symbols)]
     transitions = np.full((count + 1, count), 0.5)
     for m in maps:
         above = np.vstack([np.full((1, m.shape[1]), count), m[:-1]])
@@ -108,12 +110,3 @@ def _class_pmfs(bins: np.ndarray, labels: np.ndarray, prior: np.ndarray, count: 
         smoothed = hist + PRIOR_WEIGHT * prior
         pmfs[k] = smoothed / smoothed.sum(axis=1, keepdims=True)
     return pmfs
-
-
-def _class_maps(symbols, offsets, lengths, width, bits) -> list[np.ndarray]:
-    maps = []
-    for s in symbols:
-        bins = symbol_bins(s.reshape(s.shape[0], -1), offsets, lengths)
-        bins = np.where(bins == lengths[:, None], width - 1, bins)
-        maps.append(class_costs(bins, bits).argmin(axis=0).reshape(s.shape[1:]))
-    return maps
