@@ -73,7 +73,7 @@ class ChannelTables:
             halves = decoder.decode(self.uniform, 2 * n).astype(np.int64).reshape(n, 2)
             zigzag = (halves[:, 0] << 16) | halves[:, 1]
             values = np.where(zigzag & 1, -(zigzag + 1) // 2, zigzag // 2)
-        out[~outside] += np.broadcast_to(self.offsets[:, None], out.shape)[~outside]
+        out += self.offsets[:, None]
         if n:
             out[outside] = values
         return out
@@ -88,8 +88,11 @@ class EntropyCoder:
         self.plain = ChannelTables(offsets, tables["cdfs"], precision)
         classes = tables.get("classes")
         self.classes = [ChannelTables(offsets, cdfs, precision) for cdfs in classes["cdfs"]] if classes else []
-        self.map_models = [_categorical(np.asarray(cdf, dtype=np.int64)) for cdf in classes["map_cdfs"]] \
-            if classes else []
+        # The class map is coded row by row, each position under the table of the class above it: one call
+        # per row with constriction's categorical model family (bit-identical to one fixed model per context).
+        self.map_model = constriction.stream.model.Categorical(perfect=False)
+        self.map_probabilities = np.stack([np.diff(np.asarray(cdf, dtype=np.int64)).astype(np.float64)
+                                           for cdf in classes["map_cdfs"]]) if classes else None
         if classes:  # bits of every bin under every class, one row of K per (channel, bin): one gather per block
             width = self.plain.bits.shape[1]
             self.class_bits = np.stack([t.bits for t in self.classes], axis=-1).reshape(-1, len(self.classes))
@@ -118,7 +121,7 @@ class EntropyCoder:
         labels = np.take(self.class_bits, rows_of_bits, axis=0).sum(axis=0).argmin(axis=1).reshape(rows, -1)
         self._encode_map(encoder, labels)
         order, spans = self._group(labels.reshape(-1))
-        grouped_symbols, grouped_bins = flat[:, order], bins[:, order].astype(np.int32)
+        grouped_symbols, grouped_bins = flat.take(order, axis=1), bins.astype(np.int32).take(order, axis=1)
         for tables, (start, end) in zip(self.classes, spans):
             if end > start:
                 tables.encode(encoder, grouped_symbols[:, start:end], grouped_bins[:, start:end])
@@ -137,8 +140,9 @@ class EntropyCoder:
                 for tables, (start, end) in zip(self.classes, spans):
                     if end > start:
                         grouped[:, start:end] = tables.decode(decoder, end - start)
-                out = np.empty_like(grouped)
-                out[:, order] = grouped
+                inverse = np.empty_like(order)
+                inverse[order] = np.arange(count)
+                out = grouped.take(inverse, axis=1)
         except AectlError:
             raise
         except Exception as exc:  # constriction raises AssertionError, ValueError... on invalid data
@@ -152,22 +156,16 @@ class EntropyCoder:
 
     def _encode_map(self, encoder, labels: np.ndarray) -> None:
         above = np.full(labels.shape[1], len(self.classes))
-        for row in labels:
-            for context, model in enumerate(self.map_models):
-                sel = above == context
-                if sel.any():
-                    encoder.encode(row[sel].astype(np.int32), model)
+        for row in labels.astype(np.int32):
+            encoder.encode(row, self.map_model, self.map_probabilities[above])
             above = row
 
     def _decode_map(self, decoder, rows: int, count: int) -> np.ndarray:
         labels = np.empty((rows, count // rows), dtype=np.int64)
         above = np.full(labels.shape[1], len(self.classes))
         for r in range(rows):
-            for context, model in enumerate(self.map_models):
-                sel = above == context
-                if sel.any():
-                    labels[r, sel] = decoder.decode(model, int(sel.sum()))
-            if (labels[r] >= len(self.classes)).any():
+            labels[r] = decoder.decode(self.map_model, self.map_probabilities[above])
+            if labels[r].max() >= len(self.classes):
                 raise AectlError("corrupted payload: class map out of range")
             above = labels[r]
         return labels
