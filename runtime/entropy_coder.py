@@ -34,6 +34,8 @@ class ChannelTables:
         self.offsets = offsets
         cdfs = [np.asarray(cdf, dtype=np.int64) for cdf in cdfs]
         self.escape_index = np.array([len(cdf) - 2 for cdf in cdfs], dtype=np.int64)
+        self._escape_unsigned = self.escape_index.astype(np.uint64)[:, None]
+        self._offsets32 = offsets.astype(np.int32)[:, None]  # bundle.py holds offsets to int32
         self.models = [_categorical(cdf) for cdf in cdfs]
         self.uniform = constriction.stream.model.Uniform(1 << 16)
         total = float(1 << precision)
@@ -47,24 +49,27 @@ class ChannelTables:
         self.min_bits = self.bits.min(axis=1)
 
     def bins(self, symbols: np.ndarray) -> np.ndarray:
-        """(C, n) symbols -> table indices, escape index for anything outside a channel's table."""
+        """(C, n) symbols -> int32 table indices, escape index for anything outside a channel's table (a
+        negative index wraps to a huge unsigned one, so one minimum catches both sides)."""
         index = symbols.astype(np.int64) - self.offsets[:, None]
-        outside = (index < 0) | (index >= self.escape_index[:, None])
-        return np.where(outside, self.escape_index[:, None], index)
+        return np.minimum(index.view(np.uint64), self._escape_unsigned).astype(np.int32)
 
-    def encode(self, encoder, symbols: np.ndarray, bins: np.ndarray) -> None:
-        bins = bins.astype(np.int32, copy=False)
+    def escapes(self, bins: np.ndarray) -> np.ndarray:
+        return bins == self.escape_index[:, None]
+
+    def encode(self, encoder, bins: np.ndarray, escaped: np.ndarray) -> None:
+        """Code (C, n) table indices, then `escaped`: the symbols at escape bins in row-major order (channel by
+        channel, as the decoder fills them)."""
         for c, model in enumerate(self.models):
             encoder.encode(bins[c], model)
-        outside = bins == self.escape_index[:, None]
-        values = symbols[outside].astype(np.int64)  # row-major: channel by channel, as the decoder fills them
+        values = escaped.astype(np.int64)
         if values.size:
             zigzag = np.where(values >= 0, 2 * values, -2 * values - 1)
             halves = np.stack([zigzag >> 16, zigzag & (_HALF - 1)], axis=1).reshape(-1)
             encoder.encode(halves.astype(np.int32), self.uniform)
 
     def decode(self, decoder, count: int) -> np.ndarray:
-        out = np.empty((len(self.models), count), dtype=np.int64)
+        out = np.empty((len(self.models), count), dtype=np.int32)  # what constriction returns: no conversion
         for c, model in enumerate(self.models):
             out[c] = decoder.decode(model, count)
         outside = out == self.escape_index[:, None]
@@ -73,7 +78,7 @@ class ChannelTables:
             halves = decoder.decode(self.uniform, 2 * n).astype(np.int64).reshape(n, 2)
             zigzag = (halves[:, 0] << 16) | halves[:, 1]
             values = np.where(zigzag & 1, -(zigzag + 1) // 2, zigzag // 2)
-        out += self.offsets[:, None]
+        out += self._offsets32
         if n:
             out[outside] = values
         return out
@@ -97,7 +102,7 @@ class EntropyCoder:
             width = self.plain.bits.shape[1]
             self.class_bits = np.stack([t.bits for t in self.classes], axis=-1).reshape(-1, len(self.classes))
             self.class_bits = np.minimum(self.class_bits, 1e6).astype(np.float32)  # padding bins are never used
-            self.row_start = np.arange(self.channels)[:, None] * width
+            self.row_start = (np.arange(self.channels)[:, None] * width).astype(np.int32)
 
     @property
     def channels(self) -> int:
@@ -113,18 +118,24 @@ class EntropyCoder:
         """Append one block, symbols of shape (C, n) or (C, h, w) int32, to a constriction RangeEncoder."""
         flat = symbols.reshape(symbols.shape[0], -1)
         bins = self.plain.bins(flat)
+        escapes = self.plain.escapes(bins)
         if not self.classes:
-            self.plain.encode(encoder, flat, bins)
+            self.plain.encode(encoder, bins, flat[escapes])
             return
         rows = symbols.shape[1] if symbols.ndim == 3 else 1
-        rows_of_bits = (bins + self.row_start).astype(np.int32)  # np.take is ~6x faster than fancy indexing here
-        labels = np.take(self.class_bits, rows_of_bits, axis=0).sum(axis=0).argmin(axis=1).reshape(rows, -1)
+        # np.take is ~6x faster than fancy indexing here
+        labels = np.take(self.class_bits, bins + self.row_start, axis=0).sum(axis=0).argmin(axis=1).reshape(rows, -1)
         self._encode_map(encoder, labels)
         order, spans = self._group(labels.reshape(-1))
-        grouped_symbols, grouped_bins = flat.take(order, axis=1), bins.astype(np.int32).take(order, axis=1)
+        grouped_bins = bins.take(order, axis=1)
+        # Escapes are rare: gather the symbols themselves only for a block that has any.
+        grouped_symbols = flat.take(order, axis=1) if escapes.any() else None
         for tables, (start, end) in zip(self.classes, spans):
             if end > start:
-                tables.encode(encoder, grouped_symbols[:, start:end], grouped_bins[:, start:end])
+                part = grouped_bins[:, start:end]
+                escaped = grouped_symbols[:, start:end][tables.escapes(part)] if grouped_symbols is not None \
+                    else flat[:0, 0]
+                tables.encode(encoder, part, escaped)
 
     def decode_block(self, decoder, shape) -> np.ndarray:
         """Read one block back: `shape` is the spatial shape, (h, w) or a count; returns (C, *shape) int32."""
@@ -136,7 +147,7 @@ class EntropyCoder:
             else:
                 labels = self._decode_map(decoder, shape[0] if len(shape) == 2 else 1, count).reshape(-1)
                 order, spans = self._group(labels)
-                grouped = np.empty((self.channels, count), dtype=np.int64)
+                grouped = np.empty((self.channels, count), dtype=np.int32)
                 for tables, (start, end) in zip(self.classes, spans):
                     if end > start:
                         grouped[:, start:end] = tables.decode(decoder, end - start)
@@ -147,7 +158,7 @@ class EntropyCoder:
             raise
         except Exception as exc:  # constriction raises AssertionError, ValueError... on invalid data
             raise AectlError(f"corrupted payload: entropy decoding failed ({exc})") from None
-        return out.astype(np.int32).reshape(self.channels, *shape)
+        return out.reshape(self.channels, *shape)
 
     def _group(self, labels: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Positions sorted by class (raster order within a class) and each class's span in that order."""
