@@ -42,7 +42,7 @@ test: install edge
 # Retrain every shipped quality from scratch with its recorded recipe (train/recipes.py), export it into models/
 # and record its kodak-dev figures. Many CPU hours (the stages resume, so it can span sessions); RUNS keeps them.
 RUNS ?= runs/models
-QUALITIES ?= 1 2 3 4 5 6
+QUALITIES ?= 1 2 3 4 5 6 7
 models: install
 	for q in $(QUALITIES); do \
 		$(PY) -m aectl.train.recipes build $$q --runs $(RUNS) --out models/factorized-q$$q --force || exit 1; \

@@ -83,7 +83,8 @@ STAGES = {s.name: s for s in (
     Stage("q7-polish", 7, 3e-5, 2_000, init_from="q7"),
 )}
 # quality -> the stage whose end is shipped
-SHIPPED = {1: "q1", 2: "q2-long", 3: "q3-long", 4: "q4-long", 5: "q5-polish", 6: "q6-polish"}
+SHIPPED = {1: "q1", 2: "q2-long", 3: "q3-long", 4: "q4-long", 5: "q5-polish", 6: "q6-polish",
+           7: "q7-polish"}
 
 
 def stage_named(name: str) -> Stage:
