@@ -18,11 +18,11 @@ from __future__ import annotations
 import numpy as np
 
 from aectl.export.tables import quantize_pmf
+from aectl.runtime.entropy_coder import ESCAPE_BITS
 from aectl.runtime.errors import AectlError
 
 ITERATIONS = 12
 PRIOR_WEIGHT = 16.0   # the learned density counts as this many observations in each class histogram
-ESCAPE_BITS = 32.0    # an escaped symbol also pays its two 16-bit halves
 
 
 def symbol_bins(symbols: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:

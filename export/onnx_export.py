@@ -22,7 +22,7 @@ import torch
 from aectl.export.entropy_classes import fit_classes
 from aectl.export.graphs import DecoderGraph, EncoderGraph
 from aectl.export.tables import build_tables
-from aectl.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, sha256_file
+from aectl.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, MAX_CLASSES, sha256_file
 from aectl.runtime.errors import AectlError
 from aectl.train.entropy import TAIL_MASS
 from aectl.train.loop import build_from_checkpoint, load_checkpoint
@@ -69,7 +69,6 @@ class _quiet_exporter:
             lg.setLevel(level)
 
 
-MAX_CLASSES = 64
 MAX_FIT_IMAGES = 64
 FIT_SIDE = 1024
 
@@ -136,7 +135,7 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
         _export_graph(DecoderGraph(model), latent_example, "y_hat", "x_hat", dec_dyn, tmp / "decoder.onnx")
         tables = entropy_tables(model)
         if entropy_classes:
-            symbols, folder = _fit_symbols(model, preset, ckpt, calibration, tables)
+            symbols, folder = _fit_symbols(model, preset, ckpt, calibration)
             tables["classes"] = fit_classes(symbols, tables, entropy_classes)
             tables["classes"]["fit"]["data"] = folder
             log(f"fitted {entropy_classes} entropy classes on {len(symbols)} images from {folder}")
@@ -177,7 +176,7 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
     return manifest
 
 
-def _fit_symbols(model, preset: Preset, ckpt: dict, calibration, tables: dict) -> tuple[list[np.ndarray], str]:
+def _fit_symbols(model, preset: Preset, ckpt: dict, calibration) -> tuple[list[np.ndarray], str]:
     """Integer latent symbols of real photos (centre crops of at most FIT_SIDE pixels a side), as the runtime
     would quantise them, for fitting the classified entropy tables. Default folder: the run's training data."""
     from aectl.train.data import find_images, load_rgb
@@ -189,7 +188,6 @@ def _fit_symbols(model, preset: Preset, ckpt: dict, calibration, tables: dict) -
     files = find_images(Path(folder))[:MAX_FIT_IMAGES]
     if not files:
         raise AectlError(f"--calibration {folder}: no images found")
-    medians = torch.tensor(tables["medians"]).reshape(1, -1, 1, 1)
     symbols = []
     for path in files:
         img = load_rgb(path, 4 * preset.stride)
@@ -197,8 +195,7 @@ def _fit_symbols(model, preset: Preset, ckpt: dict, calibration, tables: dict) -
         top, left = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
         x = torch.from_numpy(img[top:top + h, left:left + w].copy()).permute(2, 0, 1)[None].float() / 255
         with torch.no_grad():
-            y = model.encode(x)
-        symbols.append(torch.round(y / tables["step"] - medians)[0].to(torch.int32).numpy())
+            symbols.append(model.quantize(model.encode(x))[0].to(torch.int32).numpy())
     return symbols, str(folder)
 
 

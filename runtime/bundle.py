@@ -18,6 +18,7 @@ MANIFEST = "manifest.json"
 FORMAT = "aectl-bundle"
 FORMAT_VERSION = 1
 FILE_ROLES = ("encoder", "decoder", "decoder_ort")
+MAX_CLASSES = 64  # classified entropy tables per bundle (export/entropy_classes.py)
 
 
 def sha256_file(path: Path) -> str:
@@ -160,7 +161,7 @@ def _check_classes(classes, cdfs: list, total: int, layout: str, need) -> None:
     tables (one per context) over `count` classes."""
     need(isinstance(classes, dict) and layout == "NCHW", "entropy.classes needs an NCHW latent")
     count = classes.get("count")
-    need(isinstance(count, int) and 2 <= count <= 64, "entropy.classes.count must be 2..64")
+    need(isinstance(count, int) and 2 <= count <= MAX_CLASSES, f"entropy.classes.count must be 2..{MAX_CLASSES}")
     tables = classes.get("cdfs")
     need(isinstance(tables, list) and len(tables) == count and
          all(isinstance(t, list) and len(t) == len(cdfs) for t in tables),

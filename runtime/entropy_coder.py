@@ -19,7 +19,7 @@ import constriction
 from aectl.runtime.errors import AectlError
 
 _HALF = np.int64(1 << 16)
-ESCAPE_BITS = 32.0
+ESCAPE_BITS = 32.0  # an escaped symbol also pays its two 16-bit halves
 
 
 def _categorical(cdf: np.ndarray):
@@ -93,12 +93,13 @@ class EntropyCoder:
         self.plain = ChannelTables(offsets, tables["cdfs"], precision)
         classes = tables.get("classes")
         self.classes = [ChannelTables(offsets, cdfs, precision) for cdfs in classes["cdfs"]] if classes else []
-        # The class map is coded row by row, each position under the table of the class above it: one call
-        # per row with constriction's categorical model family (bit-identical to one fixed model per context).
-        self.map_model = constriction.stream.model.Categorical(perfect=False)
-        self.map_probabilities = np.stack([np.diff(np.asarray(cdf, dtype=np.int64)).astype(np.float64)
-                                           for cdf in classes["map_cdfs"]]) if classes else None
-        if classes:  # bits of every bin under every class, one row of K per (channel, bin): one gather per block
+        if classes:
+            # The class map is coded row by row, each position under the table of the class above it: one call
+            # per row with constriction's categorical model family (bit-identical to one fixed model per context).
+            self.map_model = constriction.stream.model.Categorical(perfect=False)
+            self.map_probabilities = np.stack([np.diff(np.asarray(cdf, dtype=np.int64)).astype(np.float64)
+                                               for cdf in classes["map_cdfs"]])
+            # Bits of every bin under every class, one row of K per (channel, bin): one gather per block.
             width = self.plain.bits.shape[1]
             self.class_bits = np.stack([t.bits for t in self.classes], axis=-1).reshape(-1, len(self.classes))
             self.class_bits = np.minimum(self.class_bits, 1e6).astype(np.float32)  # padding bins are never used
@@ -130,11 +131,12 @@ class EntropyCoder:
         grouped_bins = bins.take(order, axis=1)
         # Escapes are rare: gather the symbols themselves only for a block that has any.
         grouped_symbols = flat.take(order, axis=1) if escapes.any() else None
+        none_escaped = np.empty(0, dtype=np.int64)
         for tables, (start, end) in zip(self.classes, spans):
             if end > start:
                 part = grouped_bins[:, start:end]
-                escaped = grouped_symbols[:, start:end][tables.escapes(part)] if grouped_symbols is not None \
-                    else flat[:0, 0]
+                escaped = none_escaped if grouped_symbols is None else \
+                    grouped_symbols[:, start:end][tables.escapes(part)]
                 tables.encode(encoder, part, escaped)
 
     def decode_block(self, decoder, shape) -> np.ndarray:
