@@ -146,8 +146,13 @@ def recipe(quality: int, runs: Path = Path("runs"), data: str = DATA) -> list[st
         if stage.via_bundle:
             out.append(export_command(runs, stage))
         out += commands(stage, runs, data)
-    final = snapshot(runs, shipped_stage(quality), STAGES[shipped_stage(quality)].end)
-    return out + [ship_command(final, Path(f"models/factorized-q{quality}"), data)]
+    return out + [ship_command(shipped_snapshot(runs, quality), Path(f"models/factorized-q{quality}"), data)]
+
+
+def shipped_snapshot(runs: Path, quality: int) -> Path:
+    """The checkpoint a quality's bundle is exported from: its shipped stage at its end."""
+    name = shipped_stage(quality)
+    return snapshot(runs, name, STAGES[name].end)
 
 
 def ship_command(checkpoint: Path, out: Path, data: str) -> str:
@@ -190,10 +195,8 @@ def train_stage(name: str, runs: Path, data: str = DATA) -> None:
 
 def build(quality: int, runs: Path, out: Path, data: str = DATA, force: bool = False) -> Path:
     """Train (resuming whatever is done), export, and record the recipe in the bundle's manifest."""
-    last = shipped_stage(quality)
-    train_stage(last, runs, data)
-    final = snapshot(runs, last, STAGES[last].end)
-    _run(ship_command(final, out, data) + (" --force" if force else ""))
+    train_stage(shipped_stage(quality), runs, data)
+    _run(ship_command(shipped_snapshot(runs, quality), out, data) + (" --force" if force else ""))
     record_recipe(out, quality)
     return out
 
