@@ -21,6 +21,7 @@ import torch
 
 from aectl.export.entropy_classes import fit_classes
 from aectl.export.graphs import DecoderGraph, EncoderGraph
+from aectl.export.rewrites import depth_to_space_as_conv_transpose
 from aectl.export.tables import build_tables
 from aectl.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, MAX_CLASSES, sha256_file
 from aectl.runtime.errors import AectlError
@@ -73,11 +74,26 @@ MAX_FIT_IMAGES = 64
 FIT_SIDE = 1024
 
 
+def _function_bytes(model: onnx.ModelProto) -> bytes:
+    """The graph as a function: nodes, weights, inputs and outputs, without what the exporter adds for people
+    (torch's stack traces and module names per node, its shape constraints, whose order varies from one Python
+    process to the next, its version), so the same weights always give the same bytes."""
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    bare.producer_version = bare.doc_string = bare.graph.doc_string = ""
+    del bare.metadata_props[:], bare.graph.metadata_props[:], bare.graph.value_info[:]
+    for node in bare.graph.node:
+        node.doc_string = ""
+        del node.metadata_props[:]
+    return bare.SerializeToString(deterministic=True)
+
+
 def _model_id(encoder: onnx.ModelProto, decoder: onnx.ModelProto, tables: dict) -> str:
-    """Derived from both graphs and the entropy tables: anything that changes the bitstream changes the id."""
+    """Derived from both graphs as traced from torch and the entropy tables: anything that changes the bitstream
+    changes the id, and exporting the same checkpoint again gives the same id. The exact rewrites
+    (export/rewrites.py) come after, so they leave the id as it was."""
     digest = hashlib.sha256()
-    for part in (encoder.SerializeToString(deterministic=True), decoder.SerializeToString(deterministic=True),
-                 json.dumps(tables, sort_keys=True).encode()):
+    for part in (_function_bytes(encoder), _function_bytes(decoder), json.dumps(tables, sort_keys=True).encode()):
         digest.update(hashlib.sha256(part).digest())
     return digest.hexdigest()[:32]
 
@@ -86,6 +102,14 @@ def _stamp(path: Path, model_id: str) -> None:
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, {"aectl.model_id": model_id})
     onnx.save(model, str(path))
+
+
+def _rewrite(path: Path) -> None:
+    """Apply the exact rewrites (export/rewrites.py); parity is checked on the rewritten graphs."""
+    model = onnx.load(str(path))
+    if depth_to_space_as_conv_transpose(model):
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, str(path))
 
 
 def entropy_tables(model) -> dict:
@@ -141,7 +165,11 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
             log(f"fitted {entropy_classes} entropy classes on {len(symbols)} images from {folder}")
         enc_proto, dec_proto = onnx.load(str(tmp / "encoder.onnx")), onnx.load(str(tmp / "decoder.onnx"))
         model_id = _model_id(enc_proto, dec_proto, tables)
+        if ort:  # the mobile file keeps the traced DepthToSpace, which NNAPI and CoreML take (ConvTranspose not)
+            _stamp(tmp / "decoder.onnx", model_id)
+            shutil.copyfile(tmp / "decoder.onnx", tmp / "decoder.traced.onnx")
         for name in ("encoder.onnx", "decoder.onnx"):
+            _rewrite(tmp / name)
             _stamp(tmp / name, model_id)
         manifest = build_manifest(ckpt, preset, model, tables, model_id, tmp, enc_proto)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -159,6 +187,7 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
             (tmp / "decoder.fp32.onnx").unlink()
         if ort:
             manifest["files"]["decoder_ort"] = _add_ort_decoder(tmp, model, preset)
+            (tmp / "decoder.traced.onnx").unlink()
         if decoder_only:
             (tmp / "encoder.onnx").unlink()
             del manifest["files"]["encoder"]
@@ -247,11 +276,12 @@ def _manifest_only_bundle(folder: Path):
 
 
 def _add_ort_decoder(folder: Path, model, preset: Preset) -> dict:
-    """Convert decoder.onnx to decoder.ort and hold it to the same parity tolerance against torch."""
+    """Convert the traced decoder (decoder.traced.onnx, before the rewrites) to decoder.ort and hold it to the
+    same parity tolerance against torch."""
     from aectl.export.ort_format import LEVEL, convert_to_ort
     from aectl.export.parity import check_decoder_file
 
-    convert_to_ort(folder / "decoder.onnx", folder / "decoder.ort")
+    convert_to_ort(folder / "decoder.traced.onnx", folder / "decoder.ort")
     diff = check_decoder_file(folder / "decoder.ort", model, preset)
     return {"path": "decoder.ort", "sha256": sha256_file(folder / "decoder.ort"),
             "bytes": (folder / "decoder.ort").stat().st_size, "optimization_level": LEVEL, "max_abs_diff": diff}

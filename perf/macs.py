@@ -9,7 +9,9 @@ work is counted with the usual formulas (as fvcore / ptflops count convolutions)
     MatMul, Gemm, MatMulInteger:     (elements of the output) * K
 
 Element-wise nodes (GDN's x*x, sqrt, the products) are not MACs; they are listed with their element counts so
-the report can say how much of the work they are. Bias additions are not counted.
+the report can say how much of the work they are. So are data-movement nodes written as convolutions: a
+ConvTranspose whose weights are one-hot (export/rewrites.py: depth-to-space) multiplies by 0 and 1 only, and
+counting it would flatter the MAC rate. Bias additions are not counted.
 """
 from __future__ import annotations
 
@@ -76,10 +78,11 @@ def count_macs(model, input_shapes: dict[str, tuple[int, ...]]) -> dict:
     for t in g.initializer:
         shapes[t.name] = list(t.dims)
 
+    weights = {t.name: t for t in g.initializer}
     nodes, by_op, elementwise = [], {}, 0
     for node in g.node:
         out = shapes.get(node.output[0]) if node.output else None
-        if node.op_type not in DENSE_OPS:
+        if node.op_type not in DENSE_OPS or _is_shuffle(node, weights):
             if out is not None:
                 elementwise += math.prod(out)
             continue
@@ -87,6 +90,14 @@ def count_macs(model, input_shapes: dict[str, tuple[int, ...]]) -> dict:
         by_op[node.op_type] = by_op.get(node.op_type, 0) + macs
         nodes.append({"name": node.name, "op": node.op_type, "macs": macs, "output": out})
     return {"total": sum(by_op.values()), "by_op": by_op, "nodes": nodes, "elementwise": elementwise}
+
+
+def _is_shuffle(node, weights: dict) -> bool:
+    """A ConvTranspose with 0/1 weights, one 1 per input channel: it moves values, it computes nothing."""
+    if node.op_type != "ConvTranspose" or len(node.input) != 2 or node.input[1] not in weights:
+        return False
+    w = _onnx().numpy_helper.to_array(weights[node.input[1]])
+    return bool(((w == 0) | (w == 1)).all() and (w.reshape(w.shape[0], -1).sum(axis=1) == 1).all())
 
 
 def _dense_macs(node, shapes: dict, out: list[int] | None) -> int:

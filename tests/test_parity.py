@@ -66,3 +66,27 @@ def test_bundle_records_hashes_and_model_id_in_onnx_metadata(trained):
     assert not list(bundle.glob("*.data")), "bundle must be self-contained"
     assert b.manifest["input"]["stride"] == 16 and b.manifest["opset"] >= 18
     assert b.manifest["training"]["steps"] == 20
+
+
+def test_model_id_names_the_function_not_the_exporter_notes(trained):
+    """Re-exporting a checkpoint gives the same id: torch's notes (stack traces, shape constraints in an order
+    that varies between processes) do not count, weights and tables do."""
+    import onnx
+
+    from aectl.export.onnx_export import _model_id
+    from aectl.runtime.bundle import load_bundle
+
+    _, folder = trained["factorized"]
+    bundle = load_bundle(folder)
+    encoder, decoder = onnx.load(str(folder / "encoder.onnx")), onnx.load(str(folder / "decoder.onnx"))
+    reference = _model_id(encoder, decoder, bundle.entropy)
+    for node in decoder.graph.node:
+        onnx.helper.set_metadata_props(node, {"namespace": "elsewhere"})
+    decoder.graph.metadata_props.reverse()
+    decoder.producer_version = "another torch"
+    assert _model_id(encoder, decoder, bundle.entropy) == reference
+    weight = next(t for t in decoder.graph.initializer if t.dims and len(t.dims) == 4)
+    values = onnx.numpy_helper.to_array(weight).copy()
+    values.flat[0] += 1e-3
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    assert _model_id(encoder, decoder, bundle.entropy) != reference
