@@ -1,51 +1,68 @@
-"""Network time per image of a bundle's encoder and decoder at batch 1 and 8 (768x512 inputs), with the CPU
-arena kept or shrunk after each run (what the runtime does for runs over 1 Mpx). Variants take turns; the
-figure is the median of the rounds. Written to check a batch-8 slowdown seen in one `aectl bench` run.
+"""Network time per image of a bundle's encoder and decoder by batch size, on real photos: kodak-dev images
+(portrait ones turned to 768x512) or square crops of them (--crop S). onnxruntime with the runtime's own
+sessions and run options; batch sizes take turns within each round; the figure is the median of the rounds
+(the first round is warm-up). It chose the runtime's pixel budget per session run (runtime/network.py
+CPU_RUN_PIXELS). Random inputs are no substitute: noise latents made the decoder 2x slower per image.
 
-    python benchmarks/batch_probe.py [BUNDLE] [--threads 2] [--rounds 5]
+    python benchmarks/batch_probe.py [BUNDLE] [--images DIR] [--crop S] [--batches 1,2,4,8] [--threads 2]
 """
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from aectl.runtime.providers import create_session, import_ort
+from aectl.runtime.bundle import load_bundle
+from aectl.runtime.network import Network
 
 
-def seconds_per_image(session, x: np.ndarray, options) -> float:
-    name = session.get_inputs()[0].name
-    start = time.perf_counter()
-    session.run(None, {name: x}, options)
-    return (time.perf_counter() - start) / x.shape[0]
+def photos(folder: Path, count: int, crop: int | None) -> np.ndarray:
+    """`count` images (N, 3, H, W) in [0, 1]: whole 768x512 photos, or crop x crop tiles cut from them."""
+    out = []
+    for path in sorted(folder.glob("*.png")):
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        if crop is None:
+            out.append(rgb if rgb.shape[0] <= rgb.shape[1] else rgb.transpose(1, 0, 2))
+        else:
+            out += [rgb[y:y + crop, x:x + crop] for y in range(0, rgb.shape[0] - crop + 1, crop)
+                    for x in range(0, rgb.shape[1] - crop + 1, crop)]
+        if len(out) >= count:
+            break
+    if len(out) < count:
+        raise SystemExit(f"{folder}: only {len(out)} images, {count} needed")
+    return np.stack(out[:count]).transpose(0, 3, 1, 2).astype(np.float32) / 255
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", nargs="?", default="models/factorized-q4")
+    parser.add_argument("--images", type=Path, default=Path("../shared/data/kodak-dev"))
+    parser.add_argument("--crop", type=int, default=None)
+    parser.add_argument("--batches", default="1,2,4,8")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
-    ort = import_ort()
-    encoder = create_session(f"{args.bundle}/encoder.onnx", "cpu", threads=args.threads)
-    decoder = create_session(f"{args.bundle}/decoder.onnx", "cpu", threads=args.threads)
-    shrink = ort.RunOptions()
-    shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-    rng = np.random.default_rng(0)
+    batches = [int(b) for b in args.batches.split(",")]
+    count = max(batches)
+    network = Network(load_bundle(args.bundle), "cpu", args.threads)
+    x = photos(args.images, count, args.crop)
+    latents = np.concatenate([network.dequantize(network.quantize(network.encode(x[i:i + 1]))) for i in range(count)])
     times: dict[tuple, list[float]] = {}
-    for batch in (1, 8):
-        x = rng.random((batch, 3, 512, 768), dtype=np.float32)
-        y = np.round(encoder.run(None, {encoder.get_inputs()[0].name: x})[0]).astype(np.float32)
-        for _ in range(2):  # warm-up
-            seconds_per_image(encoder, x, None)
-            seconds_per_image(decoder, y, None)
-        for _ in range(args.rounds):
-            for arena, options in (("kept", None), ("shrunk", shrink)):
-                times.setdefault((batch, arena, "encoder"), []).append(seconds_per_image(encoder, x, options))
-                times.setdefault((batch, arena, "decoder"), []).append(seconds_per_image(decoder, y, options))
-    for (batch, arena, network), values in sorted(times.items()):
-        print(f"batch {batch}  arena {arena:6}  {network}  {np.median(values) * 1000:6.0f} ms per image")
+    for _ in range(args.rounds):
+        for b in batches:
+            for role, data, run in (("encoder", x, network.encode), ("decoder", latents, network.decode)):
+                start = time.perf_counter()
+                for first in range(0, count, b):
+                    run(data[first:first + b])
+                times.setdefault((role, b), []).append((time.perf_counter() - start) / count)
+    h, w = x.shape[2:]
+    print(f"{args.bundle}, {count} images of {h}x{w}, {args.threads} threads, median of {args.rounds - 1} rounds")
+    for (role, b), values in sorted(times.items()):
+        print(f"{role}  batch {b:2d}  {h * w * b / 1e6:5.2f} Mpx per run  {np.median(values[1:]) * 1000:7.1f} ms "
+              f"per image")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ from aectl.runtime.errors import AectlError
 from aectl.runtime.network import Network
 from aectl.runtime.profile import Stages, stage
 
-RUN_PIXELS = 1 << 22  # pixels per network run: bounds memory for big images and big batches
-
 
 class Decoder:
     """A loaded bundle that turns .aec files back into images. Sessions start lazily on the chosen provider
@@ -63,7 +61,7 @@ class Decoder:
             outputs = [np.empty((h.height, h.width, 3), dtype=np.uint8) for h, _, _ in parsed]
         plans = [tiling.plan(h.height, h.width, h.tile_height, h.tile_width, self.stride, self.fixed_size)
                  for h, _, _ in parsed]
-        for run in self._network_runs(plans):
+        for run in self._network_runs(plans, "decoder"):
             self._decode_run(run, decoders, outputs)
         images = []
         for (h, _, alpha), rgb in zip(parsed, outputs):
@@ -74,24 +72,26 @@ class Decoder:
         return images
 
     # -- internals ------------------------------------------------------------------------------------------
-    def _network_runs(self, plans: list[list[tiling.Tile]]) -> Iterator[list[tuple[int, tiling.Tile]]]:
+    def _network_runs(self, plans: list[list[tiling.Tile]], role: str) -> Iterator[list[tuple[int, tiling.Tile]]]:
         """Session runs as lists of (image index, tile). A tiled image runs its tiles in raster order (the
         order of its bitstream); single-tile images of one padded size share runs, which is what batches
-        same-size images together. Each image's blocks still come in its own order."""
+        same-size images together, up to batch_size images and the network's pixels per run. Each image's
+        blocks still come in its own order."""
+        budget = self.network.run_pixels(role)
         single: dict[tuple[int, int], list] = {}
         for i, tiles in enumerate(plans):
             if len(tiles) == 1:
                 single.setdefault((tiles[0].padded_height, tiles[0].padded_width), []).append((i, tiles[0]))
                 continue
-            for run in tiling.runs(tiles, self._run_limit(tiles[0])):
+            for run in tiling.runs(tiles, self._run_limit(tiles[0], budget)):
                 yield [(i, t) for t in run]
         for items in single.values():
-            limit = self._run_limit(items[0][1])
+            limit = self._run_limit(items[0][1], budget)
             for start in range(0, len(items), limit):
                 yield items[start:start + limit]
 
-    def _run_limit(self, tile: tiling.Tile) -> int:
-        return max(1, min(self.batch_size, RUN_PIXELS // (tile.padded_height * tile.padded_width)))
+    def _run_limit(self, tile: tiling.Tile, budget: int) -> int:
+        return max(1, min(self.batch_size, budget // (tile.padded_height * tile.padded_width)))
 
     def _latent_tile_shape(self, th: int, tw: int) -> tuple[int, int, int]:
         lat = self.bundle.latent_rule
@@ -153,7 +153,7 @@ class Codec(Decoder):
         tile_sizes = [tiling.choose_tile_size(*px.rgb.shape[:2], self.stride, self.fixed_size) for px in pixels]
         plans = [tiling.plan(*px.rgb.shape[:2], th, tw, self.stride, self.fixed_size)
                  for px, (th, tw) in zip(pixels, tile_sizes)]
-        for run in self._network_runs(plans):
+        for run in self._network_runs(plans, "encoder"):
             self._encode_run(run, pixels, encoders)
         out = []
         for px, enc, (th, tw) in zip(pixels, encoders, tile_sizes):

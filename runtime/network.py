@@ -20,6 +20,13 @@ from aectl.runtime.providers import (DEFAULT_TUNING, GPU_DEVICE_ID, Tuning, crea
                                      session_device)
 
 INT32_LIMIT = 2**31 - 1
+# Pixels per session run (a batch of same-size images, or tiles). On the CPU, batching pays only while a run's
+# activations stay near the cache: with the default model, 128x128 images run ~20% faster per image in runs of
+# 8-32 than one by one, 256x256 images gain nothing from runs of 2-8, and 768x512 images run ~50% *slower* per
+# image in runs of 8 than alone (benchmarks/batch_probe.py, benchmarks/README.md). On a GPU, big runs fill the
+# device; the bound there only caps memory.
+CPU_RUN_PIXELS = 1 << 18
+GPU_RUN_PIXELS = 1 << 22
 
 
 class _Binding:
@@ -87,6 +94,14 @@ class Network:
     @property
     def providers(self) -> list[str]:
         return [s.get_providers()[0] for s in self._sessions.values()]
+
+    def run_device(self, role: str) -> str:
+        """'cpu' or 'cuda': where a role's session runs (creating the session if needed)."""
+        return self.binding(role).device
+
+    def run_pixels(self, role: str) -> int:
+        """How many pixels one session run of `role` should hold at most (see CPU_RUN_PIXELS)."""
+        return CPU_RUN_PIXELS if self.run_device(role) == "cpu" else GPU_RUN_PIXELS
 
     def check_input(self, x: np.ndarray) -> None:
         rule = self.bundle.input_rule

@@ -190,6 +190,26 @@ def test_batch_api_matches_single_calls(trained, kodak):
     assert all(np.array_equal(np.asarray(a), np.asarray(codec.decompress(b))) for a, b in zip(decoded, batch))
 
 
+def test_batches_share_runs_only_within_the_pixel_budget(trained, kodak):
+    """Small same-size images share session runs; kodak-size images on the CPU run one by one (a run of eight
+    outgrows the cache, runtime/network.py CPU_RUN_PIXELS); files are the same either way."""
+    from aectl.runtime.network import CPU_RUN_PIXELS
+
+    _, bundle = trained["factorized"]
+    codec = Codec(bundle, provider="cpu", batch_size=8)
+    run_sizes: list[int] = []
+    encode = codec.network.encode
+    codec.network.encode = lambda x: run_sizes.append(x.shape[0]) or encode(x)
+    photo = np.asarray(Image.open(kodak / "kodim01.png").convert("RGB"))
+    small = [np.ascontiguousarray(photo[i * 64:(i + 1) * 64, :64]) for i in range(8)]
+    large = [photo] * 3
+    assert photo.shape[0] * photo.shape[1] * 2 > CPU_RUN_PIXELS
+    files = codec.compress_batch(small + large)
+    assert sorted(run_sizes) == [1, 1, 1, 8]
+    one_by_one = Codec(bundle, provider="cpu", batch_size=1)
+    assert files == [one_by_one.compress(img) for img in small + large]
+
+
 def test_huge_image_in_bounded_memory(trained, tmp_path):
     """12000x8000 (96 Mpx) round-trips through tiles; peak memory stays within a few image-sizes."""
     _, bundle = trained["seed-conv"]

@@ -91,6 +91,9 @@ class TorchNetwork(Network):
     def providers(self) -> list[str]:
         return [f"torch eager ({self.device.type})"]
 
+    def run_device(self, role: str) -> str:
+        return "cpu" if self.device.type == "cpu" else "cuda"
+
     def _run(self, fn, x: np.ndarray) -> np.ndarray:
         previous = torch.get_num_threads()
         if self.torch_threads:
