@@ -66,23 +66,29 @@ def test_variant_keeps_the_bitstream_and_decodes_close_to_fp32(trained, variants
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 255 * tol["max_abs_diff"] + 1
 
 
-def test_int8_decoder_is_quantised_except_gdn_and_the_latent_input(variants):
-    from aectl.export.precision import gdn_nodes, latent_input_nodes
+def test_int8_decoder_is_quantised_except_gdn_with_16_bit_latents(variants):
+    from onnx import TensorProto
+
+    from aectl.export.precision import gdn_nodes
 
     model = onnx.load(str(variants["int8"] / "decoder.onnx"))
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("QuantizeLinear") >= 3 and ops.count("DequantizeLinear") >= 6
-    dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    assert ops.count("QuantizeLinear") >= 4 and ops.count("DequantizeLinear") >= 8
+    dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     quantised = [n for n in convs if n.input[0] in dq and n.input[1] in dq]
-    assert len(quantised) == 3                                      # the sub-pixel convolutions after the first
-    first = latent_input_nodes(model)
-    assert len(first) == 1 and convs[0].name == first[0] and convs[0].input[0] == "y_hat"
-    names = set(gdn_nodes(model)) | set(first)
-    assert len(names) == 13 and all(n.name in names for n in convs if n not in quantised)
+    assert len(quantised) == 4                                      # the four sub-pixel convolutions
+    names = set(gdn_nodes(model))
+    assert len(names) == 12 and all(n.name in names for n in convs if n not in quantised)
+    # The integer latents go in as 16 bits (8 bits over their range would round them), the rest as 8.
+    zero_points = {t.name: t.data_type for t in model.graph.initializer}
+    first = dq[convs[0].input[0]]
+    assert zero_points[first.input[2]] == TensorProto.UINT16
+    assert all(zero_points[dq[n.input[0]].input[2]] == TensorProto.UINT8 for n in quantised[1:])
     manifest = json.loads((variants["int8"] / "manifest.json").read_text())
     conv = manifest["files"]["decoder"]["conversion"]
-    assert conv["int8_convs"] == 3 and conv["fp32_convs"] == 4 and conv["calibration"]["files"]
+    assert conv["int8_convs"] == 4 and conv["fp32_convs"] == 3 and conv["uint16_tensors"] == ["y_hat"]
+    assert conv["calibration"]["files"]
 
 
 def test_fp16_decoder_keeps_gdn_in_fp32(variants):
