@@ -81,11 +81,11 @@ STAGES = {s.name: s for s in (
     Stage("q7-polish", 7, 3e-5, 2_000, init_from="q7"),
     # A second long cycle for quality 2: 0.232 -> 0.228 bpp at the same 28.25 dB on kodak-dev.
     Stage("q2-long2", 2, 1e-4, 11_000, init_from="q2-long"),
-    # Under way, not shipped yet (SHIPPED below names what is).
+    # The long stage for quality 5 too: 0.677 bpp / 32.34 dB -> 0.692 / 32.59 dB (+1.04 -> +1.18 dB over JPEG).
     Stage("q5-long", 5, 1e-4, 11_000, init_from="q5-polish"),
 )}
 # quality -> the stage whose end is shipped
-SHIPPED = {1: "q1", 2: "q2-long2", 3: "q3-long", 4: "q4-long", 5: "q5-polish", 6: "q6-polish",
+SHIPPED = {1: "q1", 2: "q2-long2", 3: "q3-long", 4: "q4-long", 5: "q5-long", 6: "q6-polish",
            7: "q7-polish"}
 
 
