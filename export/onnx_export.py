@@ -166,8 +166,8 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
         enc_proto, dec_proto = onnx.load(str(tmp / "encoder.onnx")), onnx.load(str(tmp / "decoder.onnx"))
         model_id = _model_id(enc_proto, dec_proto, tables)
         if ort:  # the mobile file keeps the traced DepthToSpace, which NNAPI and CoreML take (ConvTranspose not)
-            _stamp(tmp / "decoder.onnx", model_id)
             shutil.copyfile(tmp / "decoder.onnx", tmp / "decoder.traced.onnx")
+            _stamp(tmp / "decoder.traced.onnx", model_id)
         for name in ("encoder.onnx", "decoder.onnx"):
             _rewrite(tmp / name)
             _stamp(tmp / name, model_id)

@@ -3,11 +3,11 @@
 Decoder(bundle, provider) needs only decoder.onnx (edge clients):
     decode(latents)                        latents -> NCHW float32 images in [0, 1]
     decompress(bytes) -> PIL.Image         an .aec file back to pixels, in the original's mode
-    decompress_batch                       same, grouping same-size files into one session run
+    decompress_batch                       same, grouping same-size files into shared session runs
 Codec(bundle, provider) adds the encoder:
     encode(x)                              NCHW float32 batches in [0, 1] -> continuous latents
     compress(image) -> bytes               a complete .aec file: quantised, range-coded latents
-    compress_batch                         same, grouping same-size images into one session run
+    compress_batch                         same, grouping same-size images into shared session runs
 """
 from __future__ import annotations
 
