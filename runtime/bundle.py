@@ -141,7 +141,7 @@ def validate_manifest(m: dict, where: Path) -> None:
     for key in ("offsets", "medians", "cdfs"):
         need(isinstance(ent.get(key), list) and len(ent[key]) == channels, f"entropy.{key} needs one entry per channel")
     need(isinstance(ent.get("tail_mass"), (int, float)) and 0 <= ent["tail_mass"] < 0.5, "entropy.tail_mass")
-    need(all(isinstance(v, int) and abs(v) < 1 << 31 for v in ent["offsets"]), "entropy.offsets must be int32")
+    need(all(isinstance(v, int) and abs(v) < 1 << 30 for v in ent["offsets"]), "entropy.offsets must lie within +-2**30")
     need(all(isinstance(v, (int, float)) and math.isfinite(v) and abs(v) < 1e6 for v in ent["medians"]),
          "entropy.medians must be finite numbers")
     need(math.isfinite(step), "entropy.step must be finite")

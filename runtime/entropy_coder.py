@@ -20,6 +20,7 @@ from aectl.runtime.errors import AectlError
 
 _HALF = np.int64(1 << 16)
 ESCAPE_BITS = 32.0  # an escaped symbol also pays its two 16-bit halves
+_LABEL_CHUNK = 512  # positions per class-cost gather: 128 channels x 512 x 8 classes x 4 B = 2 MB
 
 
 def _categorical(cdf: np.ndarray):
@@ -34,8 +35,9 @@ class ChannelTables:
         self.offsets = offsets
         cdfs = [np.asarray(cdf, dtype=np.int64) for cdf in cdfs]
         self.escape_index = np.array([len(cdf) - 2 for cdf in cdfs], dtype=np.int64)
-        self._escape_unsigned = self.escape_index.astype(np.uint64)[:, None]
-        self._offsets32 = offsets.astype(np.int32)[:, None]  # bundle.py holds offsets to int32
+        self._escape_unsigned = self.escape_index.astype(np.uint32)[:, None]
+        self._escape32 = self.escape_index.astype(np.int32)[:, None]
+        self._offsets32 = offsets.astype(np.int32)[:, None]  # bundle.py holds offsets within +-2**30
         self.models = [_categorical(cdf) for cdf in cdfs]
         self.uniform = constriction.stream.model.Uniform(1 << 16)
         total = float(1 << precision)
@@ -49,13 +51,15 @@ class ChannelTables:
         self.min_bits = self.bits.min(axis=1)
 
     def bins(self, symbols: np.ndarray) -> np.ndarray:
-        """(C, n) symbols -> int32 table indices, escape index for anything outside a channel's table (a
-        negative index wraps to a huge unsigned one, so one minimum catches both sides)."""
-        index = symbols.astype(np.int64) - self.offsets[:, None]
-        return np.minimum(index.view(np.uint64), self._escape_unsigned).astype(np.int32)
+        """(C, n) int32 symbols -> int32 table indices, escape index for anything outside a channel's table (a
+        negative index wraps to a huge unsigned one, so one minimum catches both sides). 32-bit arithmetic
+        (4x faster than 64-bit here) is exact: with offsets within +-2**30 and tables under 2**16 bins, a
+        difference that wraps can never land inside a table."""
+        index = np.subtract(symbols, self._offsets32, dtype=np.int32)
+        return np.minimum(index.view(np.uint32), self._escape_unsigned).view(np.int32)
 
     def escapes(self, bins: np.ndarray) -> np.ndarray:
-        return bins == self.escape_index[:, None]
+        return bins == self._escape32
 
     def encode(self, encoder, bins: np.ndarray, escaped: np.ndarray) -> None:
         """Code (C, n) table indices, then `escaped`: the symbols at escape bins in row-major order (channel by
@@ -68,11 +72,13 @@ class ChannelTables:
             halves = np.stack([zigzag >> 16, zigzag & (_HALF - 1)], axis=1).reshape(-1)
             encoder.encode(halves.astype(np.int32), self.uniform)
 
-    def decode(self, decoder, count: int) -> np.ndarray:
-        out = np.empty((len(self.models), count), dtype=np.int32)  # what constriction returns: no conversion
-        for c, model in enumerate(self.models):
-            out[c] = decoder.decode(model, count)
-        outside = out == self.escape_index[:, None]
+    def decode(self, decoder, out: np.ndarray) -> np.ndarray:
+        """Fill `out`, int32 (C, n) (what constriction returns: no conversion), possibly a column range of a
+        larger array, with the next C x n symbols."""
+        decode, count = decoder.decode, out.shape[1]
+        for row, model in zip(out, self.models):
+            row[:] = decode(model, count)
+        outside = out == self._escape32
         n = int(outside.sum())
         if n:
             halves = decoder.decode(self.uniform, 2 * n).astype(np.int64).reshape(n, 2)
@@ -124,8 +130,7 @@ class EntropyCoder:
             self.plain.encode(encoder, bins, flat[escapes])
             return
         rows = symbols.shape[1] if symbols.ndim == 3 else 1
-        # np.take is ~6x faster than fancy indexing here
-        labels = np.take(self.class_bits, bins + self.row_start, axis=0).sum(axis=0).argmin(axis=1).reshape(rows, -1)
+        labels = self._cheapest_classes(bins).reshape(rows, -1)
         self._encode_map(encoder, labels)
         order, spans = self._group(labels.reshape(-1))
         grouped_bins = bins.take(order, axis=1)
@@ -145,14 +150,14 @@ class EntropyCoder:
         count = int(np.prod(shape, dtype=np.int64))
         try:
             if not self.classes:
-                out = self.plain.decode(decoder, count)
+                out = self.plain.decode(decoder, np.empty((self.channels, count), dtype=np.int32))
             else:
                 labels = self._decode_map(decoder, shape[0] if len(shape) == 2 else 1, count).reshape(-1)
                 order, spans = self._group(labels)
                 grouped = np.empty((self.channels, count), dtype=np.int32)
                 for tables, (start, end) in zip(self.classes, spans):
                     if end > start:
-                        grouped[:, start:end] = tables.decode(decoder, end - start)
+                        tables.decode(decoder, grouped[:, start:end])
                 inverse = np.empty_like(order)
                 inverse[order] = np.arange(count)
                 out = grouped.take(inverse, axis=1)
@@ -161,6 +166,17 @@ class EntropyCoder:
         except Exception as exc:  # constriction raises AssertionError, ValueError... on invalid data
             raise AectlError(f"corrupted payload: entropy decoding failed ({exc})") from None
         return out.reshape(self.channels, *shape)
+
+    def _cheapest_classes(self, bins: np.ndarray) -> np.ndarray:
+        """Per position, the class whose tables code its C symbols in the fewest bits. Gathers (C, chunk, K) bit
+        costs a chunk of positions at a time, small enough to stay in cache (~30% faster than all at once);
+        np.take is ~6x faster than fancy indexing here."""
+        index = bins + self.row_start
+        labels = np.empty(index.shape[1], dtype=np.intp)
+        for start in range(0, index.shape[1], _LABEL_CHUNK):
+            part = index[:, start:start + _LABEL_CHUNK]
+            labels[start:start + _LABEL_CHUNK] = np.take(self.class_bits, part, axis=0).sum(axis=0).argmin(axis=1)
+        return labels
 
     def _group(self, labels: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Positions sorted by class (raster order within a class) and each class's span in that order."""
@@ -178,9 +194,9 @@ class EntropyCoder:
         above = np.full(labels.shape[1], len(self.classes))
         for r in range(rows):
             labels[r] = decoder.decode(self.map_model, self.map_probabilities[above])
-            if labels[r].max() >= len(self.classes):
-                raise AectlError("corrupted payload: class map out of range")
-            above = labels[r]
+            above = labels[r]  # the out-of-range label is also the "no row above" context: still a valid index
+        if labels.size and labels.max() >= len(self.classes):
+            raise AectlError("corrupted payload: class map out of range")
         return labels
 
 

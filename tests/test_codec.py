@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from aectl.runtime import Codec, container, tiling
-from aectl.runtime.entropy_coder import EntropyCoder, finish, new_decoder, new_encoder
+from aectl.runtime.entropy_coder import ChannelTables, EntropyCoder, finish, new_decoder, new_encoder
 from aectl.runtime.errors import AectlError
 from aectl.train.loop import build_from_checkpoint, load_checkpoint
 from conftest import aectl_exe
@@ -64,6 +64,19 @@ def test_bpp_printed_equals_file_size(trained, kodak, tmp_path):
         size = (tmp_path / entry["target"].split("/")[-1]).stat().st_size
         assert entry["bytes"] == size
         assert entry["bpp"] == pytest.approx(8 * size / (entry["width"] * entry["height"]))
+
+
+def test_table_indices_of_extreme_symbols_never_wrap_into_a_table():
+    """bins() works in 32 bits: with offsets at the +-2**30 limit bundle.py allows, a difference that wraps
+    around must still land on the escape index, as the exact 64-bit answer says."""
+    offsets = np.array([2**30 - 1, -(2**30 - 1), 0, -3], np.int64)
+    cdf = [0, 9000, 30000, 50000, 65000, 1 << 16]  # four symbols and the escape bin
+    tables = ChannelTables(offsets, [cdf] * 4, 16)
+    edge = [-(2**31), -(2**31) + 1, -(2**31) + 3, -1, 0, 1, 2, 3, 4, 2**31 - 1, 2**31 - 4]
+    symbols = np.array([edge + [int(o) + d for d in range(-2, 6)] for o in offsets], dtype=np.int64)
+    index = symbols - offsets[:, None]
+    expected = np.where((index >= 0) & (index < 4), index, 4)
+    assert np.array_equal(tables.bins(symbols.astype(np.int32)), expected)
 
 
 @pytest.mark.parametrize("kind", ["zeros", "random", "huge", "extremes", "mixed"])

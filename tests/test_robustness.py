@@ -94,6 +94,7 @@ def _write_manifest(folder, manifest):
     (lambda m: m["entropy"].update(step=-1.0), "step"),
     (lambda m: m["entropy"]["cdfs"][0].reverse(), "cdfs"),
     (lambda m: m["entropy"]["medians"].pop(), "medians"),
+    (lambda m: m["entropy"]["offsets"].__setitem__(0, 2**30), "offsets"),
     (lambda m: m["latent"].update(channels=0), "latent.channels"),
     (lambda m: m["input"].update(stride=0), "stride"),
     (lambda m: m.update(format_version=99), "format_version"),
