@@ -1,0 +1,130 @@
+"""Where the entropy coder's time goes, per image of a bundle (default: the shipped q4) on kodak-dev: encoding
+and decoding one block with runtime/entropy_coder.py exactly as the codec does, and within that the time spent
+inside constriction's own calls (through a thin timing wrapper around the coder object; it adds ~0.1 us per
+call) against the numpy and Python work around them, and the class map's decoding alone.
+
+    python benchmarks/entropy_probe.py [BUNDLE] [--images DIR] [--passes 30] [--json OUT]
+
+Each pass codes all images once; the figures are per image, best and median over passes (this machine is
+shared: the best pass says what the code costs, the median what a run sees). The network runs once, before
+any timing, to get the images' symbols.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from aectl.runtime import container
+from aectl.runtime.codec import Codec
+from aectl.runtime.entropy_coder import finish, new_decoder, new_encoder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Timed:
+    """Wraps a constriction encoder or decoder and adds up the seconds spent inside its encode/decode calls."""
+
+    def __init__(self, coder):
+        self.coder, self.seconds, self.calls = coder, 0.0, 0
+
+    def encode(self, *args):
+        start = time.perf_counter()
+        self.coder.encode(*args)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+
+    def decode(self, *args):
+        start = time.perf_counter()
+        out = self.coder.decode(*args)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", nargs="?", type=Path, default=ROOT / "models" / "factorized-q4")
+    parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "kodak-dev")
+    parser.add_argument("--passes", type=int, default=30)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    codec = Codec(args.bundle, provider="cpu", threads=2)
+    coder = codec.coder
+    blocks = []
+    for path in sorted(args.images.glob("*.png")):
+        blob = codec.compress(Image.open(path))
+        header, payload, _ = container.parse(blob, container.DEFAULT_MAX_PIXELS)
+        if (header.tile_width, header.tile_height) != (header.width, header.height):
+            raise SystemExit(f"{path.name} is tiled; the probe takes single-block images")
+        shape = (header.latent_height, header.latent_width)
+        blocks.append((coder.decode_block(new_decoder(payload), shape), payload, shape))
+    symbols = sum(s.size for s, _, _ in blocks)
+
+    def encode_all():
+        inside = 0.0
+        for sym, _, _ in blocks:
+            enc = Timed(new_encoder())
+            coder.encode_block(enc, sym)
+            finish(enc.coder)
+            inside += enc.seconds
+        return inside
+
+    def decode_all():
+        inside = 0.0
+        for _, payload, shape in blocks:
+            dec = Timed(new_decoder(payload))
+            coder.decode_block(dec, shape)
+            inside += dec.seconds
+        return inside
+
+    def map_only():  # the class map opens every classified block (none in bundles without classes)
+        for _, payload, shape in blocks:
+            if coder.classes:
+                coder._decode_map(new_decoder(payload), shape[0], shape[0] * shape[1])
+
+    rows: dict[str, list[float]] = {k: [] for k in ("encode", "encode_in_constriction", "decode",
+                                                    "decode_in_constriction", "class_map_decode")}
+    for _ in range(args.passes + 1):  # the first pass is warm-up
+        start = time.perf_counter()
+        inside = encode_all()
+        rows["encode"].append(time.perf_counter() - start)
+        rows["encode_in_constriction"].append(inside)
+        start = time.perf_counter()
+        inside = decode_all()
+        rows["decode"].append(time.perf_counter() - start)
+        rows["decode_in_constriction"].append(inside)
+        start = time.perf_counter()
+        map_only()
+        rows["class_map_decode"].append(time.perf_counter() - start)
+
+    n = len(blocks)
+    calls = Timed(new_decoder(blocks[0][1]))
+    coder.decode_block(calls, blocks[0][2])
+    name = os.path.relpath(args.bundle, ROOT)
+    result = {"bundle": name, "images": n, "symbols_per_image": symbols // n,
+              "constriction_calls_per_decoded_block": calls.calls, "passes": args.passes,
+              "ms_per_image": {k: {"best": 1e3 * min(v[1:]) / n, "median": 1e3 * statistics.median(v[1:]) / n}
+                               for k, v in rows.items()}}
+    ms = result["ms_per_image"]
+    result["ns_per_symbol_in_constriction"] = {d: 1e6 * ms[f"{d}_in_constriction"]["best"] / (symbols // n)
+                                               for d in ("encode", "decode")}
+    print(f"{name}: {n} images, {symbols // n} symbols per image, "
+          f"{calls.calls} constriction calls to decode one block; ms per image over {args.passes} passes")
+    print(f"{'':28s} {'best':>7s} {'median':>7s}")
+    for k, v in result["ms_per_image"].items():
+        print(f"{k:28s} {v['best']:7.2f} {v['median']:7.2f}")
+    print("inside constriction, best pass: " + ", ".join(
+        f"{d} {v:.1f} ns per symbol" for d, v in result["ns_per_symbol_in_constriction"].items()))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
