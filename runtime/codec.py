@@ -182,7 +182,10 @@ class Codec(Decoder):
 
     def _encode_run(self, items, pixels, encoders) -> None:
         with stage(self.stages, "io"):
-            x = np.stack([tiling.cut(pixels[i].rgb, t) for i, t in items])
+            first = items[0][1]
+            x = np.empty((len(items), 3, first.padded_height, first.padded_width), dtype=np.float32)
+            for slot, (i, t) in zip(x, items):
+                tiling.cut(pixels[i].rgb, t, out=slot)
         with stage(self.stages, "network"):
             y = self.network.encode(x)
         with stage(self.stages, "quantize"):

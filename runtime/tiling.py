@@ -52,19 +52,27 @@ def plan(height: int, width: int, tile_height: int, tile_width: int, stride: int
     return tiles
 
 
-def cut(image: np.ndarray, tile: Tile) -> np.ndarray:
-    """HWC uint8 image -> CHW float32 network input for one tile, replicate-padded."""
+def cut(image: np.ndarray, tile: Tile, out: np.ndarray | None = None) -> np.ndarray:
+    """HWC uint8 image -> CHW float32 network input for one tile, replicate-padded, written into `out` (a
+    contiguous (3, padded_height, padded_width) slot of the batch) or a new array, in one ufunc pass from the
+    transposed view instead of converting first and copying into a contiguous batch after."""
     patch = image[tile.top:tile.top + tile.height, tile.left:tile.left + tile.width]
     pad = ((0, tile.padded_height - tile.height), (0, tile.padded_width - tile.width), (0, 0))
     if any(p[1] for p in pad):
         patch = np.pad(patch, pad, mode="edge")
-    return patch.transpose(2, 0, 1).astype(np.float32) * np.float32(1 / 255)
+    if out is None:
+        out = np.empty((3, tile.padded_height, tile.padded_width), dtype=np.float32)
+    return np.multiply(patch.transpose(2, 0, 1), np.float32(1 / 255), out=out)
 
 
 def paste(out: np.ndarray, decoded: np.ndarray, tile: Tile) -> None:
-    """CHW float32 [0, 1] network output -> its place in the HWC uint8 image, padding cropped."""
-    crop = decoded[:, :tile.height, :tile.width].transpose(1, 2, 0)
-    out[tile.top:tile.top + tile.height, tile.left:tile.left + tile.width] = np.rint(crop * 255).astype(np.uint8)
+    """CHW float32 [0, 1] network output -> its place in the HWC uint8 image, padding cropped. Scaled and
+    rounded in HWC order in one buffer, then cast on assignment (fewer passes than rounding in CHW)."""
+    crop = decoded[:, :tile.height, :tile.width]
+    hwc = np.empty((tile.height, tile.width, 3), dtype=np.float32)
+    np.multiply(crop.transpose(1, 2, 0), np.float32(255), out=hwc)
+    np.rint(hwc, out=hwc)
+    out[tile.top:tile.top + tile.height, tile.left:tile.left + tile.width] = hwc
 
 
 def runs(tiles: list[Tile], limit: int) -> list[list[Tile]]:
