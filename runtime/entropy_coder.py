@@ -32,11 +32,10 @@ class ChannelTables:
     """One integer CDF per channel over shared offsets: codes (C, n) symbol groups with the escape path."""
 
     def __init__(self, offsets: np.ndarray, cdfs: list, precision: int):
-        self.offsets = offsets
         cdfs = [np.asarray(cdf, dtype=np.int64) for cdf in cdfs]
         self.escape_index = np.array([len(cdf) - 2 for cdf in cdfs], dtype=np.int64)
-        self._escape_unsigned = self.escape_index.astype(np.uint32)[:, None]
         self._escape32 = self.escape_index.astype(np.int32)[:, None]
+        self._escape_unsigned = self._escape32.view(np.uint32)
         self._offsets32 = offsets.astype(np.int32)[:, None]  # bundle.py holds offsets within +-2**30
         self.models = [_categorical(cdf) for cdf in cdfs]
         self.uniform = constriction.stream.model.Uniform(1 << 16)
