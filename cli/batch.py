@@ -14,15 +14,18 @@ from aectl.runtime.errors import AectlError
 
 @contextmanager
 def _progress(total: int, label: str):
-    """A rich progress bar on stderr for more than one file; a no-op otherwise."""
-    if total < 2:
+    """A rich progress bar on stderr for more than one file when stderr is a terminal; a no-op otherwise (a
+    log or a pipe gets the summary lines only)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if total < 2 or not console.is_terminal:
         yield lambda: None
         return
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+                  console=console, transient=True) as bar:
         task = bar.add_task(label, total=total)
         yield lambda: bar.advance(task)
 
@@ -63,8 +66,12 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     budget = max_bytes is not None or max_bpp is not None
     if budget and (quality is not None or engine != "local"):
         raise AectlError("--max-bytes/--max-bpp choose the quality themselves: drop -q, and use --engine local")
-    if max_bytes is not None and max_bpp is not None:
-        raise AectlError("give --max-bytes or --max-bpp, not both")
+    if budget:
+        from aectl.runtime.rate_control import check_budget
+
+        check_budget(max_bytes, max_bpp)
+    if workers is not None and (engine != "ray" or workers < 1):
+        raise AectlError("--workers takes a positive count, with --engine ray")
     chosen_by_user = model is not None
     if engine == "ray":  # the workers may have a GPU the driver lacks: check only the name here
         if provider not in PROVIDER_NAMES:

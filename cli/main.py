@@ -134,6 +134,8 @@ def info(
     """Print what a bundle's manifest or an .aec file's header holds."""
     from aectl.cli.show import show_aec, show_bundle
 
+    if not target.exists():
+        raise AectlError(f"{target}: no such file or directory")
     show_aec(target, json_out) if target.is_file() else show_bundle(target, json_out)
 
 

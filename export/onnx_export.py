@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,7 +22,8 @@ from aectl.export.entropy_classes import fit_classes
 from aectl.export.graphs import DecoderGraph, EncoderGraph
 from aectl.export.rewrites import depth_to_space_as_conv_transpose
 from aectl.export.tables import build_tables
-from aectl.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, MAX_CLASSES, sha256_file
+from aectl.runtime.bundle import (FORMAT, FORMAT_VERSION, MANIFEST, MAX_CLASSES, bundle_folder, check_output_folder,
+                                  sha256_file)
 from aectl.runtime.errors import AectlError
 from aectl.train.entropy import TAIL_MASS
 from aectl.train.loop import build_from_checkpoint, load_checkpoint
@@ -137,8 +137,7 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
         raise AectlError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision != "fp32" and ort:
         raise AectlError("--ort is only made for fp32 decoders; export the ORT format from an fp32 bundle")
-    if out_dir.exists() and not force:
-        raise AectlError(f"{out_dir} already exists; pass --force to replace it")
+    check_output_folder(out_dir, force, Path(source))  # before the slow work; bundle_folder checks again
     ckpt = load_checkpoint(Path(source))
     model, preset = build_from_checkpoint(ckpt)
     if entropy_classes and (preset.fixed_size is not None or not 2 <= entropy_classes <= MAX_CLASSES):
@@ -152,9 +151,7 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
     with torch.no_grad():
         latent_example = model.encode(example)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with bundle_folder(out_dir, force, source=source) as tmp:
         _export_graph(EncoderGraph(model), example, "x", "y", enc_dyn, tmp / "encoder.onnx")
         _export_graph(DecoderGraph(model), latent_example, "y_hat", "x_hat", dec_dyn, tmp / "decoder.onnx")
         tables = entropy_tables(model)
@@ -193,13 +190,6 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
             del manifest["files"]["encoder"]
             manifest["decoder_only"] = True
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.chmod(0o755)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log(f"wrote {out_dir} (model {model_id}); parity max |torch - onnxruntime| = {report['max_abs_diff']:.2e} "
         f"<= {report['tolerance']:.0e}")
     return manifest

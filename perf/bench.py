@@ -233,10 +233,11 @@ def _ratio(a: dict, b: dict, key: str = "seconds") -> float:
 def run_bench(cfg: BenchConfig, log=lambda msg: None) -> dict:
     from aectl.runtime import Codec, load_bundle
     from aectl.runtime.metrics import bpp, psnr
-    from aectl.runtime.providers import import_ort
+    from aectl.runtime.providers import check_threads, import_ort
 
     if cfg.threads < 1 or cfg.repeats < 1 or not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
         raise AectlError("--threads, --repeats and --batch-sizes must be positive")
+    check_threads(cfg.threads)
     unknown = set(cfg.baselines) - set(BASELINES)
     if unknown:
         raise AectlError(f"unknown baseline(s) {', '.join(sorted(unknown))}; choose from {', '.join(BASELINES)}")

@@ -6,12 +6,16 @@ checks each file's sha256 before a session is created, so a tampered or half-cop
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from aectl.runtime.errors import AectlError
+from aectl.runtime.errors import AectlError, write_error
 from aectl.runtime.onnx_guard import check_self_contained
 
 MANIFEST = "manifest.json"
@@ -115,7 +119,8 @@ def validate_manifest(m: dict, where: Path) -> None:
     need(m.get("format") == FORMAT, f"format is not {FORMAT!r}")
     need(m.get("format_version") == FORMAT_VERSION,
          f"format_version {m.get('format_version')!r} is not supported (this aectl reads {FORMAT_VERSION})")
-    need(isinstance(m.get("model_id"), str) and len(m["model_id"]) == 32, "model_id must be 32 hex characters")
+    need(isinstance(m.get("model_id"), str) and re.fullmatch("[0-9a-f]{32}", m["model_id"]) is not None,
+         "model_id must be 32 lower-case hex characters")
     files = m.get("files")
     need(isinstance(files, dict) and ("decoder" in files or "decoder_ort" in files),
          "files.decoder (or files.decoder_ort) is required")
@@ -125,15 +130,17 @@ def validate_manifest(m: dict, where: Path) -> None:
              f"files.{role} needs path and sha256")
         need(not Path(entry["path"]).is_absolute() and ".." not in Path(entry["path"]).parts,
              f"files.{role}.path must stay inside the bundle")
-    inp = m.get("input", {})
+    for section in ("input", "latent", "entropy"):
+        need(isinstance(m.get(section), dict), f"{section} must be a JSON object")
+    inp = m["input"]
     need(inp.get("channels") == 3, "input.channels must be 3")
     fixed, stride = inp.get("fixed_size"), inp.get("stride")
     need(isinstance(stride, int) and 1 <= stride <= 1024, "input.stride must be an integer in 1..1024")
     need(fixed is None or (isinstance(fixed, int) and 1 <= fixed <= 4096), "input.fixed_size must be null or 1..4096")
-    lat = m.get("latent", {})
+    lat = m["latent"]
     need(isinstance(lat.get("channels"), int) and 1 <= lat["channels"] <= 1 << 16, "latent.channels out of range")
     need(lat.get("layout") in ("NCHW", "NC"), "latent.layout must be NCHW or NC")
-    ent = m.get("entropy", {})
+    ent = m["entropy"]
     channels = lat["channels"]
     need(isinstance(ent.get("precision"), int) and 8 <= ent["precision"] <= 24, "entropy.precision must be 8..24")
     step = ent.get("step")
@@ -176,33 +183,53 @@ def _check_classes(classes, cdfs: list, total: int, layout: str, need) -> None:
 
 
 def strip_bundle(source: str | Path, out: str | Path, force: bool = False) -> Bundle:
-    """A decoder-only copy of a bundle: decoder file(s) and the manifest (entropy tables included), no encoder.
-
-    Written to a temporary folder beside `out` and renamed into place, hashes checked on the way.
-    """
-    import shutil
-    import tempfile
-
+    """A decoder-only copy of a bundle: decoder file(s) and the manifest (entropy tables included), no encoder."""
     bundle = load_bundle(source)
-    out = Path(out)
-    if out.exists() and not force:
-        raise AectlError(f"{out} already exists; pass --force to replace it")
-    if out.resolve() == bundle.path.resolve():
-        raise AectlError("strip: the output must differ from the input bundle")
     manifest = json.loads(json.dumps(bundle.manifest))
     manifest["files"].pop("encoder", None)
     manifest["decoder_only"] = True
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with bundle_folder(out, force, source=bundle.path) as tmp:
         for role, entry in manifest["files"].items():
             shutil.copyfile(bundle.file(role), tmp / entry["path"])
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return load_bundle(out)
+
+
+@contextmanager
+def bundle_folder(out: str | Path, force: bool, source: str | Path):
+    """Yields a temporary folder beside `out` to fill; on success it is renamed to `out`, replacing what was
+    there (with force), so a failure never leaves a half-written bundle. --force replaces only a bundle (or an
+    empty folder): never the folder holding `source` or the working directory, never a folder of other files."""
+    out = Path(out)
+    check_output_folder(out, force, Path(source))
+    tmp = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        yield tmp
         tmp.chmod(0o755)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
+    except OSError as exc:
+        raise write_error(out, exc) from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return load_bundle(out)
+
+
+def check_output_folder(out: Path, force: bool, source: Path) -> None:
+    """Refuse, before any work, an output that exists (without force) or that --force must not replace."""
+    if not out.exists():
+        return
+    if not force:
+        raise AectlError(f"{out} already exists; pass --force to replace it")
+    target, src = out.resolve(), source.resolve()
+    if target == src or target in src.parents:
+        raise AectlError(f"{out} holds the input {source}; write the bundle somewhere else")
+    if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
+        raise AectlError(f"{out} holds the working directory; write the bundle somewhere else")
+    if not out.is_dir():
+        raise AectlError(f"{out} is a file, not a bundle folder; remove it or choose another output")
+    if not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise AectlError(f"{out} is not a bundle (no {MANIFEST}) and not empty; --force replaces only a bundle")

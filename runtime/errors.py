@@ -8,3 +8,14 @@ class AectlError(Exception):
 # Signals that asked this process to stop (SIGINT/SIGTERM), recorded by whoever handled them, so the CLI can
 # exit with the conventional status (130 for Ctrl-C, 143 for SIGTERM) after everything has been cleaned up.
 received_signals: list[int] = []
+
+
+def write_error(path, exc: OSError) -> AectlError:
+    """The one-line error for an OSError while writing `path`: names a file standing where a folder must be,
+    otherwise the OS's reason, never the temporary file's name."""
+    from pathlib import Path
+
+    blocker = next((p for p in Path(path).parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        return AectlError(f"cannot write {path}: {blocker} is a file, not a folder")
+    return AectlError(f"cannot write {path}: {exc.strerror or exc}")

@@ -60,7 +60,23 @@ def plan_jobs(inputs: Iterable[Path], out: Path | None, suffixes: set[str], new_
             else:
                 target = (out / src.name if out else src).with_suffix(new_suffix)
             jobs.append(Job(src, target))
-    return jobs
+    return _one_job_per_target(jobs)
+
+
+def _one_job_per_target(jobs: list[Job]) -> list[Job]:
+    """An input named twice runs once. Two inputs that map to one output (photo.jpg and photo.png ->
+    photo.aec) would overwrite each other in the same run, --force or not: refused before any work."""
+    seen: dict[Path, Path] = {}
+    unique = []
+    for job in jobs:
+        key = job.target.resolve()
+        if key not in seen:
+            seen[key] = job.source
+            unique.append(job)
+        elif seen[key].resolve() != job.source.resolve():
+            raise AectlError(f"{seen[key]} and {job.source} would both be written to {job.target}; "
+                             "rename one or give them different folders")
+    return unique
 
 
 def run_jobs(jobs: list[Job], work: Callable[[Job], tuple[bytes | None, dict]], force: bool,
@@ -86,6 +102,8 @@ def run_jobs(jobs: list[Job], work: Callable[[Job], tuple[bytes | None, dict]], 
             result = Result(str(job.source), str(job.target), True, seconds=time.perf_counter() - start, **info)
         except AectlError as exc:
             result = Result(str(job.source), str(job.target), False, error=str(exc))
+        except OSError as exc:  # reading the input, say: the file fails, the batch goes on
+            result = Result(str(job.source), str(job.target), False, error=exc.strerror or str(exc))
         except MemoryError:
             result = Result(str(job.source), str(job.target), False, error="out of memory")
         results.append(result)

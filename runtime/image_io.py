@@ -3,7 +3,8 @@ that matches the original.
 
 - EXIF orientation is applied on input (the codec stores upright pixels; the output carries no rotation tag).
 - Grayscale (L, 1, I;16, I, F) is replicated to RGB and returned as grayscale.
-- 16-bit images are coded at 8-bit precision (the network's) and written back as 16-bit (value * 257).
+- 16-bit grayscale is coded at 8-bit precision (the network's) and written back as 16-bit (value * 257).
+  Pillow opens 16-bit colour PNGs as 8-bit RGB, so those come back as 8-bit RGB.
 - Palette images are returned as RGB (or RGBA if the palette has transparency).
 - Alpha is kept losslessly: the alpha plane travels zlib-compressed beside the lossy colour payload.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from aectl.runtime.errors import AectlError
+from aectl.runtime.errors import AectlError, write_error
 
 _GRAY_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -122,9 +123,10 @@ def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image
     path = Path(path)
     if path.exists() and not force:
         raise AectlError(f"{path} exists; pass --force to overwrite")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             if image is not None:
                 fmt = Image.registered_extensions().get(path.suffix.lower())
@@ -138,8 +140,8 @@ def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException as exc:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise AectlError(f"cannot write {path}: {exc.strerror or exc}") from None
+            raise write_error(path, exc) from None
         raise

@@ -16,8 +16,8 @@ import numpy as np
 
 from aectl.runtime.bundle import Bundle
 from aectl.runtime.errors import AectlError
-from aectl.runtime.providers import (DEFAULT_TUNING, GPU_DEVICE_ID, Tuning, create_session, import_ort, run_options,
-                                     session_device)
+from aectl.runtime.providers import (DEFAULT_TUNING, GPU_DEVICE_ID, Tuning, check_threads, create_session, import_ort,
+                                     run_options, session_device)
 
 INT32_LIMIT = 2**31 - 1
 # Pixels per session run (a batch of same-size images, or tiles). On the CPU, batching pays only while a run's
@@ -63,6 +63,7 @@ class _Binding:
 class Network:
     def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None,
                  tuning: Tuning = DEFAULT_TUNING):
+        check_threads(threads)  # now, not at the first session: a bad value fails before any work
         self.bundle = bundle
         self.provider = provider
         self.threads = threads

@@ -84,7 +84,16 @@ def run_options(tuning: Tuning, pixels: int):
     return opts
 
 
+def check_threads(threads: int | None) -> None:
+    """Threads beyond a few per CPU only contend, and a typo like 1000000 would exhaust memory creating them:
+    refuse it in one line. 0 (like None) leaves the choice to the library, as in onnxruntime."""
+    limit = 4 * (os.cpu_count() or 1)
+    if threads is not None and not 0 <= threads <= limit:
+        raise AectlError(f"--threads {threads}: give 1..{limit} (at most 4 per CPU here), or 0 for the default")
+
+
 def session_options(threads: int | None = None, tuning: Tuning = DEFAULT_TUNING):
+    check_threads(threads)
     ort = import_ort()
     if tuning.optimization not in OPTIMIZATION_LEVELS:
         raise AectlError(f"unknown graph optimisation level {tuning.optimization!r}; "

@@ -5,9 +5,18 @@ and keep the first file that fits (file size grows with quality, so the first fi
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from aectl.runtime.errors import AectlError
+
+
+def check_budget(max_bytes: int | None, max_bpp: float | None) -> None:
+    """Exactly one budget, positive and finite (--max-bpp inf or nan is a typo, not a budget)."""
+    if (max_bytes is None) == (max_bpp is None):
+        raise AectlError("give exactly one of --max-bytes and --max-bpp")
+    if (max_bytes is not None and max_bytes <= 0) or (max_bpp is not None and not 0 < max_bpp < math.inf):
+        raise AectlError("--max-bytes/--max-bpp must be positive and finite")
 
 
 class QualityLadder:
@@ -31,10 +40,7 @@ class QualityLadder:
         """The file of the highest quality that fits, and that quality. `image` is anything Codec.compress takes."""
         from aectl.runtime import container, image_io
 
-        if (max_bytes is None) == (max_bpp is None):
-            raise AectlError("give exactly one of --max-bytes and --max-bpp")
-        if (max_bytes is not None and max_bytes <= 0) or (max_bpp is not None and max_bpp <= 0):
-            raise AectlError("--max-bytes/--max-bpp must be positive")
+        check_budget(max_bytes, max_bpp)
         if isinstance(image, (str, Path)):  # decode the file once, not once per candidate
             image = image_io.open_image(image, self.options.get("max_pixels", container.DEFAULT_MAX_PIXELS))
         smallest = None

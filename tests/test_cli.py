@@ -28,6 +28,13 @@ def test_train_export_verify_info(photos, tmp_path):
     assert info["preset"] == "seed-conv" and "--steps 8" in info["training"]["command"]
     again = aectl("export", run, "-o", bundle, check=False)
     assert again.returncode != 0 and "--force" in again.stderr
+    # --force replaces a bundle, never the run it is exported from (or a folder holding it).
+    run_files = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert "last.pt" in run_files
+    for out in (run, tmp_path):
+        refused = aectl("export", run, "-o", out, "--force", check=False)
+        assert refused.returncode == 1 and "holds the input" in refused.stderr, refused.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == run_files, "the run is intact"
 
 
 def test_bad_arguments_print_one_line_and_exit_non_zero(tmp_path):
@@ -45,6 +52,26 @@ def test_bad_arguments_print_one_line_and_exit_non_zero(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, proc.stderr)
         assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("option, message", [
+    (("--threads", "100000"), "--threads 100000: give 1.."),  # would otherwise try to start 100000 threads
+    (("--threads", "-1"), "--threads -1: give 1.."),
+    (("--max-bpp", "inf"), "positive and finite"),
+    (("--max-bpp", "nan"), "positive and finite"),
+    (("--workers", "-3", "--engine", "ray"), "--workers takes a positive count"),
+])
+def test_impossible_option_values_are_refused_before_any_work(tmp_path, kodak, option, message):
+    proc = aectl("compress", kodak / "kodim01.png", "-o", tmp_path / "out", "--provider", "cpu", *option,
+                 check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: {proc.stderr.strip()[7:]}"
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_info_on_a_missing_path_says_so(tmp_path):
+    proc = aectl("info", tmp_path / "nope.aec", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: {tmp_path / 'nope.aec'}: no such file or directory"
 
 
 def test_doctor_lists_working_cpu_provider():

@@ -99,6 +99,9 @@ def _write_manifest(folder, manifest):
     (lambda m: m["input"].update(stride=0), "stride"),
     (lambda m: m.update(format_version=99), "format_version"),
     (lambda m: m.update(model_id="x"), "model_id"),
+    (lambda m: m.update(model_id="g" * 32), "model_id"),
+    (lambda m: m.update(input=[]), "input must be a JSON object"),
+    (lambda m: m.update(entropy=[1]), "entropy must be a JSON object"),
 ])
 def test_hostile_manifests_are_refused(trained, tmp_path, edit, message):
     folder, manifest = _copy_bundle(trained["seed-conv"][1], tmp_path / "b")
@@ -210,6 +213,69 @@ def test_same_input_and_output_is_refused(trained, tmp_path):
     proc = subprocess.run([aectl_exe(), "decompress", aec, "-m", bundle, "-o", aec, "--format", "aec", "--force"],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and aec.read_bytes() == before
+
+
+def _aectl(*args):
+    return subprocess.run([aectl_exe(), *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_two_inputs_for_one_output_are_refused_before_any_work(trained, tmp_path):
+    _, bundle = trained["seed-conv"]
+    src = tmp_path / "mix"
+    src.mkdir()
+    Image.open(KODAK / "kodim01.png").save(src / "x.png")
+    Image.open(KODAK / "kodim02.png").convert("RGB").save(src / "x.jpg")
+    for force in ((), ("--force",)):
+        proc = _aectl("compress", src, "-m", bundle, "-o", tmp_path / "out", "--provider", "cpu", *force)
+        assert proc.returncode == 1 and "would both be written to" in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "out").exists()
+    # The same input named twice is one job, not a clash.
+    once = _aectl("compress", src / "x.png", src / "x.png", "-m", bundle, "-o", tmp_path / "once", "--provider", "cpu")
+    assert once.returncode == 0 and [p.name for p in (tmp_path / "once").iterdir()] == ["x.aec"]
+
+
+def test_an_output_that_cannot_be_written_fails_that_file_only(trained, tmp_path):
+    _, bundle = trained["seed-conv"]
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    for name in ("a.png", "sub/b.png", "z.png"):
+        Image.open(KODAK / "kodim03.png").crop((0, 0, 64, 48)).save(src / name)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").write_text("a file where the folder should be")
+    proc = _aectl("compress", src, "-m", bundle, "-o", out, "--provider", "cpu", "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] == 2 and report["failed"] == 1
+    assert [f["error"] for f in report["files"] if not f["ok"]] == [f"cannot write {out / 'sub' / 'b.aec'}: "
+                                                                     f"{out / 'sub'} is a file, not a folder"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.aec", "sub", "z.aec"], "no temporary file left"
+
+
+def test_bundle_force_never_replaces_the_source_or_other_files(trained, tmp_path):
+    """--force replaces a bundle, or an empty folder; never a folder holding the input or files of its own."""
+    parent = tmp_path / "parent"
+    source, _ = _copy_bundle(trained["seed-conv"][1], parent / "src")
+    (parent / "notes.txt").write_text("keep me")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "photo.png").write_text("not a bundle")
+    before = _tree_digest(parent), _tree_digest(other)
+    for out, message in ((parent, "holds the input"), (source, "holds the input"),
+                         (other, "not a bundle"), (other / "photo.png", "is a file")):
+        proc = _aectl("bundle", "strip", source, "-o", out, "--force")
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    inside = subprocess.run([aectl_exe(), "bundle", "strip", "src", "-o", ".", "--force"], cwd=parent,
+                            capture_output=True, text=True)
+    assert inside.returncode == 1 and "holds the input" in inside.stderr
+    assert (_tree_digest(parent), _tree_digest(other)) == before
+    edge = tmp_path / "edge"
+    assert _aectl("bundle", "strip", source, "-o", edge).returncode == 0
+    again = _aectl("bundle", "strip", source, "-o", edge, "--force")
+    assert again.returncode == 0 and sorted(p.name for p in edge.iterdir()) == ["decoder.onnx", "manifest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edge", "other", "parent"], "no temporary folder left"
 
 
 def test_thousand_files_with_bad_ones(trained, tmp_path):

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from aectl.runtime.errors import AectlError, received_signals
+from aectl.runtime.providers import check_threads
 from aectl.train.data import CropSampler, center_crops, load_folder, load_stl10
 from aectl.train.distributed import Distributed
 from aectl.train.zoo import Preset, get_preset
@@ -164,6 +165,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
     ddp = Distributed(device)
     device = ddp.device(device)
     ddp.check_batch(batch_size)
+    check_threads(cfg.threads)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
