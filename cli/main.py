@@ -100,13 +100,22 @@ def verify(
     bundle: Path = typer.Argument(..., help="bundle directory"),
     source: Path = typer.Argument(..., help="run directory or checkpoint the bundle was exported from"),
     provider: str = typer.Option("cpu", help="onnxruntime provider to check: cpu, cuda, tensorrt or auto"),
+    images: Optional[Path] = typer.Option(None, help="real photos to check an fp16/int8 decoder on (default: the "
+                                          "run's training data, as at export)"),
 ) -> None:
     """Re-run the torch vs onnxruntime parity check of a bundle on demand."""
     from aectl.export.parity import verify_bundle
 
-    report = verify_bundle(bundle, source, provider=provider)
-    typer.echo(f"ok: {bundle} matches {source} on {report['provider']}: max |torch - onnxruntime| = "
-               f"{report['max_abs_diff']:.2e} <= {report['tolerance']:.0e} over {len(report['cases'])} cases")
+    report = verify_bundle(bundle, source, provider=provider, images=images)
+    if report["cases"]:
+        typer.echo(f"ok: {bundle} matches {source} on {report['provider']}: {report['checked']} max |torch - onnxruntime| = "
+                   f"{report['max_abs_diff']:.2e} <= {report['tolerance']:.0e} over {len(report['cases'])} cases")
+    if "decoder" in report:
+        dec = report["decoder"]
+        typer.echo(f"ok: {dec['precision']} decoder within its tolerance: max |torch fp32 - {dec['precision']}| = "
+                   f"{dec['max_abs_diff']:.2e} <= {dec['tolerance']['max_abs_diff']:g}, least PSNR "
+                   f"{dec['min_psnr_db']:.1f} >= {dec['tolerance']['min_psnr_db']:g} dB over {len(dec['cases'])} "
+                   "real crops")
 
 
 bundle_app = typer.Typer(no_args_is_help=True, help="Operations on bundle directories.")
@@ -210,12 +219,19 @@ def bench(
     limit: Optional[int] = typer.Option(None, help="use only the first N images"),
     json_out: bool = typer.Option(False, "--json", help="print the full results as JSON"),
     save: Optional[Path] = typer.Option(None, help="also write the JSON results to this file"),
+    force: bool = typer.Option(False, help="overwrite an existing --save file"),
 ) -> None:
     """Throughput of compress/decompress: onnxruntime vs torch eager vs JPEG/WebP, time split, % of matmul peak."""
     import json
 
     from aectl.cli.show import show_bench
     from aectl.perf.bench import BenchConfig, run_bench
+    from aectl.runtime.image_io import atomic_write
+
+    if save is not None and save.is_dir():
+        raise AectlError(f"--save {save} is a folder; give a file name")
+    if save is not None and save.exists() and not force:  # checked before minutes of measuring
+        raise AectlError(f"{save} exists; pass --force to overwrite")
 
     if model is None:
         from aectl.runtime.registry import shipped_bundles
@@ -228,8 +244,7 @@ def bench(
                       baselines=tuple(b for b in baselines.split(",") if b), limit=limit)
     result = run_bench(cfg, log=lambda msg: typer.echo(msg, err=True))
     if save is not None:
-        save.parent.mkdir(parents=True, exist_ok=True)
-        save.write_text(json.dumps(result, indent=1))
+        atomic_write(save, json.dumps(result, indent=1).encode(), force=force)
     if json_out:
         print(json.dumps(result, indent=1))
     else:

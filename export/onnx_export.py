@@ -144,7 +144,7 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
         raise AectlError(f"--entropy-classes {entropy_classes}: give 2..{MAX_CLASSES} for a fully convolutional "
                          f"model, or 0 (preset {preset.name} {'has' if preset.fixed_size else 'does not have'} a "
                          "fixed input size)")
-    variant_images = _variant_images(ckpt, calibration) if precision != "fp32" else None
+    photos = variant_images(ckpt, calibration) if precision != "fp32" else None
     side = preset.fixed_size or 4 * preset.stride
     example = torch.rand(TRACE_BATCH, 3, side, side, generator=torch.Generator().manual_seed(0))
     enc_dyn, dec_dyn = _dynamic_shapes(preset)
@@ -177,7 +177,7 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
         for role in manifest["files"]:
             manifest["files"][role]["precision"] = "fp32"
         if precision != "fp32":
-            manifest["files"]["decoder"] = _reduce_decoder(tmp, model, preset, precision, variant_images, model_id)
+            manifest["files"]["decoder"] = _reduce_decoder(tmp, model, preset, precision, photos, model_id)
             dec = manifest["files"]["decoder"]
             log(f"{precision} decoder: {dec['bytes']} B (fp32 {dec['fp32_bytes']} B); max |torch fp32 - "
                 f"{precision}| = {dec['parity']['max_abs_diff']:.2e}, least PSNR {dec['parity']['min_psnr_db']:.1f} dB")
@@ -218,7 +218,7 @@ def _fit_symbols(model, preset: Preset, ckpt: dict, calibration) -> tuple[list[n
     return symbols, str(folder)
 
 
-def _variant_images(ckpt: dict, calibration: str | Path | None) -> dict:
+def variant_images(ckpt: dict, calibration: str | Path | None) -> dict:
     """Real photos for a reduced-precision decoder: every other file calibrates (int8), the rest check parity,
     so parity is never measured on calibration images. Default folder: the run's training data."""
     from aectl.train.data import find_images, load_rgb

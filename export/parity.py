@@ -26,44 +26,50 @@ def parity_shapes(preset: Preset) -> list[tuple[int, int, int]]:
 
 
 def check_parity(bundle_dir: str | Path, model, preset: Preset, images: np.ndarray | None = None,
-                 shapes: list[tuple[int, int, int]] | None = None, provider: str = "cpu") -> dict:
-    """Runs encoder and decoder through onnxruntime and torch; raises AectlError over tolerance."""
+                 shapes: list[tuple[int, int, int]] | None = None, provider: str = "cpu", decoder: bool = True) -> dict:
+    """Runs encoder and decoder through onnxruntime and torch; raises AectlError over tolerance.
+    decoder=False checks the encoder alone (a reduced-precision decoder has its own check, check_variant)."""
     net = Network(load_bundle(bundle_dir), provider=provider)
     rng = np.random.default_rng(1234)
     cases = []
     for b, h, w in shapes or parity_shapes(preset):
         x = images[:b, :, :h, :w] if images is not None else rng.random((b, 3, h, w), dtype=np.float32)
-        cases.append(_compare(net, model, np.ascontiguousarray(x, dtype=np.float32)))
-    worst = max(c["max_abs_diff"] for c in cases)
+        cases.append(_compare(net, model, np.ascontiguousarray(x, dtype=np.float32), decoder))
+    worst_case = max(cases, key=lambda c: c["max_abs_diff"])
+    worst = worst_case["max_abs_diff"]
     report = {"provider": provider, "tolerance": preset.tolerance, "max_abs_diff": worst, "cases": cases}
     if worst > preset.tolerance:
         raise AectlError(f"parity failed: max |torch - onnxruntime| = {worst:.3g} > tolerance {preset.tolerance:g} "
-                         f"({cases})")
+                         f"(input shape {worst_case['shape']})")
     return report
 
 
-def _compare(net: Network, model, x: np.ndarray) -> dict:
+def _compare(net: Network, model, x: np.ndarray, decoder: bool = True) -> dict:
     with torch.no_grad():
         y_torch = model.encode(torch.from_numpy(x)).numpy()
         y_ort = net.encode(x)
         # Decode the same quantised latents on both sides, so the comparison is of the decoder alone.
         y_hat = net.dequantize(net.quantize(y_torch))
-        x_torch = model.decode(torch.from_numpy(y_hat)).clamp(0, 1).numpy()
-        x_ort = net.decode(y_hat)
+        x_torch = model.decode(torch.from_numpy(y_hat)).clamp(0, 1).numpy() if decoder else None
+        x_ort = net.decode(y_hat) if decoder else None
     scale = max(1.0, float(np.abs(y_torch).max()))
     enc_diff = float(np.abs(y_torch - y_ort).max()) / scale
-    dec_diff = float(np.abs(x_torch - x_ort).max())
+    dec_diff = float(np.abs(x_torch - x_ort).max()) if decoder else 0.0
     return {"shape": list(x.shape), "encoder_rel_diff": enc_diff, "decoder_abs_diff": dec_diff,
             "max_abs_diff": max(enc_diff, dec_diff)}
 
 
-def verify_bundle(bundle_dir: str | Path, source: str | Path, provider: str = "cpu") -> dict:
-    """`aectl verify`: the bundle must come from this checkpoint (same entropy tables) and match it numerically."""
-    from aectl.export.onnx_export import entropy_tables
+def verify_bundle(bundle_dir: str | Path, source: str | Path, provider: str = "cpu",
+                  images: str | Path | None = None) -> dict:
+    """`aectl verify`: the bundle must come from this checkpoint (same entropy tables) and match it numerically,
+    within the fp32 tolerance or, for an fp16 / int8 decoder, that precision's tolerance on real photos
+    (`images`, default: the run's training data) as at export."""
+    from aectl.export.onnx_export import entropy_tables, variant_images
     from aectl.train.loop import build_from_checkpoint, load_checkpoint
 
     bundle = load_bundle(bundle_dir)
-    model, preset = build_from_checkpoint(load_checkpoint(Path(source)))
+    ckpt = load_checkpoint(Path(source))
+    model, preset = build_from_checkpoint(ckpt)
     learned = {k: v for k, v in bundle.entropy.items() if k != "classes"}  # classes are fitted, not learned
     if entropy_tables(model) != learned:
         raise AectlError(f"{bundle_dir} was not exported from {source} (entropy tables differ)")
@@ -75,7 +81,22 @@ def verify_bundle(bundle_dir: str | Path, source: str | Path, provider: str = "c
         shapes = shapes + [(8, 6 * s, 4 * s)]
     else:
         shapes = shapes + [(8, preset.fixed_size, preset.fixed_size)]
-    return check_parity(bundle_dir, model, preset, shapes=shapes, provider=provider)
+    precision = bundle.manifest["files"][bundle.decoder_role].get("precision", "fp32")
+    if bundle.has_encoder:
+        report = check_parity(bundle_dir, model, preset, shapes=shapes, provider=provider,
+                              decoder=precision == "fp32")
+        report["checked"] = "encoder and decoder" if precision == "fp32" else "encoder"
+    else:  # a decoder-only bundle: its decoder file alone, on the CPU provider
+        report = {"provider": "cpu", "tolerance": preset.tolerance, "max_abs_diff": 0.0, "cases": [],
+                  "checked": "decoder"}
+        if precision == "fp32":
+            diff = check_decoder_file(bundle.file(bundle.decoder_role), model, preset)
+            report.update(max_abs_diff=diff, cases=[{"file": bundle.manifest["files"][bundle.decoder_role]["path"],
+                                                     "max_abs_diff": diff}])
+    if precision != "fp32":
+        report["decoder"] = check_variant(bundle.file("decoder"), model, preset, precision,
+                                          variant_images(ckpt, images)["check"])
+    return report
 
 
 def check_decoder_file(path: Path, model, preset: Preset) -> float:

@@ -238,6 +238,8 @@ def run_bench(cfg: BenchConfig, log=lambda msg: None) -> dict:
     if cfg.threads < 1 or cfg.repeats < 1 or not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
         raise AectlError("--threads, --repeats and --batch-sizes must be positive")
     check_threads(cfg.threads)
+    if cfg.limit is not None and cfg.limit < 1:
+        raise AectlError("--limit must be positive")
     unknown = set(cfg.baselines) - set(BASELINES)
     if unknown:
         raise AectlError(f"unknown baseline(s) {', '.join(sorted(unknown))}; choose from {', '.join(BASELINES)}")

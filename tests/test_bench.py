@@ -94,6 +94,12 @@ def test_bench_end_to_end_on_a_tiny_model(trained, two_images, tmp_path):
                  "--batch-sizes", "1,2", "--json", "--save", saved)
     result = json.loads(proc.stdout)
     assert json.loads(saved.read_text()) == result
+    # An existing --save file is refused before any measuring, a folder too.
+    for target in (saved, tmp_path):
+        again = aectl("bench", "-m", bundle, "--images", two_images, "--save", target, check=False)
+        assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1, again.stderr
+        assert again.stderr.startswith("error: ") and "bench:" not in again.stderr
+    assert json.loads(saved.read_text()) == result
     assert result["images"]["count"] == 2 and result["config"]["threads"] == 2
     cpu = result["providers"]["cpu"]
     assert cpu["session_providers"] == ["CPUExecutionProvider", "CPUExecutionProvider"]
@@ -180,6 +186,8 @@ def test_bench_bad_inputs_are_one_line_errors(trained, two_images, tmp_path):
         ("--images", two_images, "--batch-sizes", "one"),
         ("--images", two_images, "--baselines", "gif"),
         ("--images", two_images, "-m", tmp_path),                # not a bundle
+        ("--images", two_images, "--limit", "0"),
+        ("--images", two_images, "--threads", "0"),              # bench sets torch's and onnxruntime's counts
     ]
     if "CUDAExecutionProvider" not in import_ort().get_available_providers():
         cases.append(("--images", two_images, "--provider", "cuda"))

@@ -145,3 +145,16 @@ def test_bad_precision_options_are_one_line_errors(trained, tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, proc.stderr)
         assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("precision", VARIANTS)
+def test_verify_holds_a_variant_to_its_own_tolerance(trained, variants, photos, precision):
+    """`aectl verify` on an fp16/int8 bundle and the run it came from: the fp32 encoder at the fp32 tolerance,
+    the decoder at its precision's tolerance on real photos (the fp32 limit would refuse int8 outright)."""
+    run, _ = trained["factorized"]
+    proc = subprocess.run([aectl_exe(), "verify", str(variants[precision]), str(run), "--images", str(photos)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("ok:") and "encoder max" in lines[0]
+    assert lines[1].startswith(f"ok: {precision} decoder within its tolerance")
