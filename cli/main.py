@@ -306,6 +306,10 @@ def main() -> None:
         code = app(standalone_mode=False)
     except AectlError as exc:
         _die(str(exc))
+    except ModuleNotFoundError as exc:  # train, export, verify need torch; the runtime does not
+        if exc.name not in ("torch", "onnxscript"):
+            _die(f"internal error: {type(exc).__name__}: {exc} (set AECTL_DEBUG=1 for the traceback)")
+        _die(f"this command needs {exc.name}, which is not installed: pip install 'aectl[train]'")
     except (ValueError, OSError) as exc:
         _die(str(exc))
     except (KeyboardInterrupt, typer.Abort):

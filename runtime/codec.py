@@ -145,6 +145,8 @@ class Codec(Decoder):
         return self.compress_batch([image])[0]
 
     def compress_batch(self, images: list) -> list[bytes]:
+        if isinstance(images, (np.ndarray, Image.Image, str, Path)):  # would iterate rows or characters
+            raise AectlError("compress_batch takes a list of images; use compress for one")
         if not self.bundle.has_encoder:
             raise AectlError(f"bundle {self.bundle.path} is decoder-only and cannot encode or compress")
         with stage(self.stages, "io"):
@@ -176,6 +178,8 @@ class Codec(Decoder):
         else:
             raise AectlError(f"cannot compress a {type(image).__name__}; give a path, a PIL image or a uint8 array")
         h, w = px.rgb.shape[:2]
+        if h == 0 or w == 0:
+            raise AectlError(f"{w}x{h}: an image needs at least one pixel")
         if h * w > self.max_pixels:
             raise AectlError(f"{w}x{h} exceeds the limit of {self.max_pixels} pixels")
         return px

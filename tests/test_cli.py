@@ -41,6 +41,9 @@ def test_bad_arguments_print_one_line_and_exit_non_zero(tmp_path):
     cases = [
         ("train", "--preset", "nope", "--data", tmp_path, "--out", tmp_path / "r"),
         ("train", "--no-such-option"),
+        ("train", "--preset", "factorized", "--channels", "0,0", "--data", tmp_path, "--out", tmp_path / "r"),
+        ("train", "--preset", "factorized", "--epochs", "0", "--data", tmp_path, "--out", tmp_path / "r"),
+        ("train", "--preset", "factorized", "--batch-size", "0", "--data", tmp_path, "--out", tmp_path / "r"),
         ("export", tmp_path / "missing", "-o", tmp_path / "b"),
         ("info", tmp_path),
         ("compress", tmp_path / "missing.png", "-m", tmp_path),

@@ -108,6 +108,15 @@ def small_file(trained):
     return codec, codec.compress(image)
 
 
+def test_empty_images_and_a_bare_array_to_compress_batch_are_clear_errors(trained):
+    codec = Codec(trained["factorized"][1], provider="cpu")
+    for image in (np.zeros((0, 0, 3), np.uint8), np.zeros((0, 5, 3), np.uint8), Image.new("RGB", (0, 0))):
+        with pytest.raises(AectlError, match="needs at least one pixel"):
+            codec.compress(image)
+    with pytest.raises(AectlError, match="takes a list of images"):  # not 8 one-row images
+        codec.compress_batch(np.zeros((8, 8, 3), np.uint8))
+
+
 def test_every_single_byte_flip_is_rejected(small_file):
     codec, data = small_file
     for i in range(len(data)):

@@ -159,6 +159,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
         if cfg.crop % preset.stride:
             raise AectlError(f"--crop must be a multiple of {preset.stride} for {preset.name}")
         preset.crop = cfg.crop
+    if (cfg.batch_size is not None and cfg.batch_size < 1) or (cfg.epochs is not None and cfg.epochs < 1):
+        raise AectlError("--batch-size and --epochs must be positive")
     batch_size = cfg.batch_size or preset.batch_size
     lr = cfg.lr or preset.lr
     device = pick_device(cfg.device)

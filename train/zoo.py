@@ -73,6 +73,8 @@ def get_preset(name: str, quality: int | None = None, channels: tuple[int, int] 
         lmbda, n, m = FACTORIZED_QUALITIES[quality]
         if channels is not None:
             n, m = channels
+            if not (1 <= n <= 4096 and 1 <= m <= 4096):
+                raise ValueError(f"--channels N,M: each must be 1..4096, got {n},{m}")
         return Preset(name, f"factorized prior (Balle et al. 2018), quality {quality}", crop=256,
                       fixed_size=None, stride=16, batch_size=8, lr=1e-4, tolerance=1e-4, rate_distortion=True,
                       params={"quality": quality, "lmbda": lmbda, "n": n, "m": m})
