@@ -108,8 +108,8 @@ def verify(
 
     report = verify_bundle(bundle, source, provider=provider, images=images)
     if report["cases"]:
-        typer.echo(f"ok: {bundle} matches {source} on {report['provider']}: {report['checked']} max |torch - onnxruntime| = "
-                   f"{report['max_abs_diff']:.2e} <= {report['tolerance']:.0e} over {len(report['cases'])} cases")
+        typer.echo(f"ok: {bundle} matches {source} on {report['provider']}: {report['checked']} max "
+                   f"|torch - onnxruntime| = {report['max_abs_diff']:.2e} <= {report['tolerance']:.0e} over {len(report['cases'])} cases")
     if "decoder" in report:
         dec = report["decoder"]
         typer.echo(f"ok: {dec['precision']} decoder within its tolerance: max |torch fp32 - {dec['precision']}| = "
@@ -307,8 +307,8 @@ def main() -> None:
     except AectlError as exc:
         _die(str(exc))
     except ModuleNotFoundError as exc:  # train, export, verify need torch; the runtime does not
-        if exc.name not in ("torch", "onnxscript"):
-            _die(f"internal error: {type(exc).__name__}: {exc} (set AECTL_DEBUG=1 for the traceback)")
+        if exc.name not in ("torch", "onnx", "onnxscript"):
+            _internal_error(exc)
         _die(f"this command needs {exc.name}, which is not installed: pip install 'aectl[train]'")
     except (ValueError, OSError) as exc:
         _die(str(exc))
@@ -317,13 +317,18 @@ def main() -> None:
     except typer.exceptions.TyperException as exc:  # usage errors: bad option, missing argument
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         _die(message, getattr(exc, "exit_code", 2))
-    except Exception as exc:  # a bug: still one line, the traceback on request
-        if os.environ.get("AECTL_DEBUG"):
-            raise
-        _die(f"internal error: {type(exc).__name__}: {exc} (set AECTL_DEBUG=1 for the traceback)")
+    except Exception as exc:
+        _internal_error(exc)
     if received_signals or code == 130:  # typer turns KeyboardInterrupt into exit code 130 on its own
         _stopped()
     sys.exit(code or 0)
+
+
+def _internal_error(exc: Exception) -> None:
+    """A bug: still one line, the traceback on request."""
+    if os.environ.get("AECTL_DEBUG"):
+        raise exc
+    _die(f"internal error: {type(exc).__name__}: {exc} (set AECTL_DEBUG=1 for the traceback)")
 
 
 def _stopped() -> None:

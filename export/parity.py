@@ -47,14 +47,13 @@ def check_parity(bundle_dir: str | Path, model, preset: Preset, images: np.ndarr
 def _compare(net: Network, model, x: np.ndarray, decoder: bool = True) -> dict:
     with torch.no_grad():
         y_torch = model.encode(torch.from_numpy(x)).numpy()
-        y_ort = net.encode(x)
-        # Decode the same quantised latents on both sides, so the comparison is of the decoder alone.
-        y_hat = net.dequantize(net.quantize(y_torch))
-        x_torch = model.decode(torch.from_numpy(y_hat)).clamp(0, 1).numpy() if decoder else None
-        x_ort = net.decode(y_hat) if decoder else None
-    scale = max(1.0, float(np.abs(y_torch).max()))
-    enc_diff = float(np.abs(y_torch - y_ort).max()) / scale
-    dec_diff = float(np.abs(x_torch - x_ort).max()) if decoder else 0.0
+        scale = max(1.0, float(np.abs(y_torch).max()))
+        enc_diff = float(np.abs(y_torch - net.encode(x)).max()) / scale
+        dec_diff = 0.0
+        if decoder:  # the same quantised latents on both sides, so the comparison is of the decoder alone
+            y_hat = net.dequantize(net.quantize(y_torch))
+            x_torch = model.decode(torch.from_numpy(y_hat)).clamp(0, 1).numpy()
+            dec_diff = float(np.abs(x_torch - net.decode(y_hat)).max())
     return {"shape": list(x.shape), "encoder_rel_diff": enc_diff, "decoder_abs_diff": dec_diff,
             "max_abs_diff": max(enc_diff, dec_diff)}
 

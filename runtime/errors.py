@@ -1,4 +1,5 @@
 """The one exception type users see: the CLI prints it as a single `error: ...` line."""
+from pathlib import Path
 
 
 class AectlError(Exception):
@@ -13,8 +14,6 @@ received_signals: list[int] = []
 def write_error(path, exc: OSError) -> AectlError:
     """The one-line error for an OSError while writing `path`: names a file standing where a folder must be,
     otherwise the OS's reason, never the temporary file's name."""
-    from pathlib import Path
-
     blocker = next((p for p in Path(path).parents if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         return AectlError(f"cannot write {path}: {blocker} is a file, not a folder")
