@@ -32,23 +32,25 @@ def _channels(value: Optional[str]) -> Optional[tuple[int, int]]:
 
 @app.command()
 def train(
-    preset: str = typer.Option(..., help="seed-conv, seed-dense or factorized"),
-    data: str = typer.Option(..., help="folder of images (recursive), or 'stl10' with --data-root"),
+    preset: Optional[str] = typer.Option(None, help="seed-conv, seed-dense or factorized (a resumed run: its own)"),
+    data: Optional[str] = typer.Option(None, help="folder of images (recursive), or 'stl10' with --data-root "
+                                       "(a resumed run: its own)"),
     out: Path = typer.Option(..., help="run directory for checkpoints and logs"),
     steps: Optional[int] = typer.Option(None, help="total optimisation steps"),
     epochs: Optional[int] = typer.Option(None, help="total epochs (an epoch covers the training pixels once)"),
     batch_size: Optional[int] = typer.Option(None, help="default: the preset's"),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate; default: the preset's"),
-    seed: int = typer.Option(0, help="makes runs repeatable"),
+    seed: Optional[int] = typer.Option(None, help="makes runs repeatable; default 0"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
-    resume: bool = typer.Option(False, help="continue the run in --out exactly where it stopped"),
+    resume: bool = typer.Option(False, help="continue the run in --out exactly where it stopped, with the options "
+                                "it was started with"),
     quality: Optional[int] = typer.Option(None, "--quality", "-q", help="factorized: 1..8 (lambda, N/M table)"),
     channels: Optional[str] = typer.Option(None, help="factorized: N,M channel counts, overriding the quality's"),
     crop: Optional[int] = typer.Option(None, help="training crop side; default: the preset's"),
     data_root: Optional[Path] = typer.Option(None, help="with --data stl10: folder holding stl10_binary/"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
-    fit_steps: int = typer.Option(1000, help="steps fitting the entropy model: seed presets after training, "
-                                  "--init-from BUNDLE before it"),
+    fit_steps: Optional[int] = typer.Option(None, help="steps fitting the entropy model: seed presets after "
+                                            "training, --init-from BUNDLE before it; default 1000"),
     init_from: Optional[Path] = typer.Option(None, help="start from the weights of another run, checkpoint or "
                                              "exported bundle (its density is refitted)"),
     checkpoint_every: float = typer.Option(60.0, help="seconds between checkpoints (also saved on Ctrl-C/SIGTERM)"),
@@ -57,19 +59,21 @@ def train(
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Train a preset on real images; checkpoints go to --out."""
-    from aectl.train.loop import TrainConfig, train as run_training
-    from aectl.train.zoo import get_preset
+    from aectl.train.loop import TrainConfig, resolve_run, train as run_training
 
-    get_preset(preset, quality, _channels(channels))  # validates name/quality before loading data
-    if preset == "seed-conv" or preset == "seed-dense":
-        from aectl.train.report import parameter_table
-        parameter_table(preset)
     cfg = TrainConfig(preset=preset, data=data, out=str(out), quality=quality, channels=_channels(channels),
                       steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                       resume=resume, data_root=str(data_root) if data_root else None, threads=threads, crop=crop,
                       fit_steps=fit_steps, init_from=str(init_from) if init_from else None,
                       checkpoint_every=checkpoint_every, stop_at=stop_at)
-    final = run_training(cfg, progress=progress and sys.stderr.isatty(), log=lambda msg: typer.echo(msg, err=True))
+    def log(msg: str) -> None:
+        typer.echo(msg, err=True)
+
+    resolved = resolve_run(cfg, log)  # every option checked before the table, the data and the model
+    if resolved[0].preset in ("seed-conv", "seed-dense"):
+        from aectl.train.report import parameter_table
+        parameter_table(resolved[0].preset)
+    final = run_training(cfg, progress=progress and sys.stderr.isatty(), log=log, resolved=resolved)
     if final:
         typer.echo(f"final validation: PSNR {final['val_psnr']:.2f} dB, est. {final['val_bpp']:.3f} bpp")
 

@@ -26,7 +26,7 @@ from aectl.runtime.bundle import (FORMAT, FORMAT_VERSION, MANIFEST, MAX_CLASSES,
                                   sha256_file)
 from aectl.runtime.errors import AectlError
 from aectl.train.entropy import TAIL_MASS
-from aectl.train.loop import build_from_checkpoint, load_checkpoint
+from aectl.train.loop import build_from_checkpoint, load_checkpoint, training_data
 from aectl.train.zoo import Preset
 
 TRACE_BATCH = 2
@@ -200,7 +200,7 @@ def _fit_symbols(model, preset: Preset, ckpt: dict, calibration) -> tuple[list[n
     would quantise them, for fitting the classified entropy tables. Default folder: the run's training data."""
     from aectl.train.data import find_images, load_rgb
 
-    folder = calibration or ckpt.get("config", {}).get("data")
+    folder = calibration or training_data(ckpt.get("config", {}))
     if not folder or not Path(folder).is_dir():
         raise AectlError(f"--calibration: {folder!r} is not a folder of images (--entropy-classes fits its tables "
                          "on real photos; pass --calibration DIR)")
@@ -223,7 +223,7 @@ def variant_images(ckpt: dict, calibration: str | Path | None) -> dict:
     so parity is never measured on calibration images. Default folder: the run's training data."""
     from aectl.train.data import find_images, load_rgb
 
-    folder = calibration or ckpt.get("config", {}).get("data")
+    folder = calibration or training_data(ckpt.get("config", {}))
     if not folder or not Path(folder).is_dir():
         raise AectlError(f"--calibration: {folder!r} is not a folder of images (reduced-precision export needs "
                          "real photos; pass --calibration DIR)")

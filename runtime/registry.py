@@ -26,25 +26,36 @@ def search_paths() -> list[Path]:
     return extra + [user_bundle_dir(), SHIPPED]
 
 
-def candidate_bundles() -> list[Path]:
-    found = []
-    for root in search_paths():
-        if (root / MANIFEST).is_file():
-            found.append(root)
-        elif root.is_dir():
-            found.extend(sorted(p for p in root.iterdir() if (p / MANIFEST).is_file()))
-    return found
+def bundles_in(root: Path) -> list[Path]:
+    """The bundle a search folder is, or the bundles one level down in it."""
+    if (root / MANIFEST).is_file():
+        return [root]
+    return sorted(p for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
 
 
 def find_bundle(model_id: str) -> Bundle:
-    for path in candidate_bundles():
-        try:
-            if json.loads((path / MANIFEST).read_text()).get("model_id") == model_id:
-                return load_bundle(path)
-        except (OSError, ValueError):
-            continue
+    """The first search folder holding the model decides. Inside it an fp32 decoder wins over its fp16/int8
+    variants, which share the model id (same bitstream), so folder names never pick a lossier decoder; a
+    variant decodes when it is alone in its folder or passed with -m."""
+    for root in search_paths():
+        matches = []
+        for path in bundles_in(root):
+            try:
+                manifest = json.loads((path / MANIFEST).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(manifest, dict) and manifest.get("model_id") == model_id:
+                matches.append((_decoder_precision(manifest) != "fp32", path))
+        if matches:
+            return load_bundle(min(matches)[1])
     searched = ", ".join(str(p) for p in search_paths())
     raise AectlError(f"no bundle with model id {model_id} found (searched {searched}); pass it with -m BUNDLE")
+
+
+def _decoder_precision(manifest: dict) -> str:
+    files = manifest.get("files")
+    decoder = files.get("decoder") if isinstance(files, dict) else None
+    return decoder.get("precision", "fp32") if isinstance(decoder, dict) else "fp32"
 
 
 def shipped_bundles() -> list[Path]:

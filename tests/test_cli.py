@@ -20,6 +20,10 @@ def test_train_export_verify_info(photos, tmp_path):
                  "--batch-size", "4", "--fit-steps", "5", "--seed", "1")
     assert "matches the article's counts" in proc.stderr
     assert "final validation: PSNR" in proc.stdout
+    for change in (("--batch-size", "5"), ("--quality", "3"), ("--stop-at", "4")):  # one line, no table first
+        refused = aectl("train", "--out", run, "--resume", *change, check=False)
+        assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert refused.stderr.startswith("error: ") and "Traceback" not in refused.stderr
     aectl("export", run, "-o", bundle)
     assert sorted(p.name for p in bundle.iterdir()) == ["decoder.onnx", "encoder.onnx", "manifest.json"]
     proc = aectl("verify", bundle, run)

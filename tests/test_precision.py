@@ -1,6 +1,8 @@
 """Reduced-precision decoders (aectl export --precision fp16|int8): each variant is held to its own stated
 tolerance against the fp32 torch decoder, keeps the bitstream, and really is the precision it claims."""
 import json
+import os
+import shutil
 import subprocess
 
 import numpy as np
@@ -158,3 +160,23 @@ def test_verify_holds_a_variant_to_its_own_tolerance(trained, variants, photos, 
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("ok:") and "encoder max" in lines[0]
     assert lines[1].startswith(f"ok: {precision} decoder within its tolerance")
+
+
+def test_without_m_the_fp32_decoder_wins_over_its_variants_in_one_folder(trained, variants, tmp_path, monkeypatch):
+    """Variants share the fp32 model id (same bitstream). Folder names must not pick a lossier decoder; the
+    first search folder holding the model still decides, so a variant alone in $AECTL_BUNDLES is used."""
+    from aectl.runtime import load_bundle
+    from aectl.runtime.registry import find_bundle
+
+    _, fp32 = trained["factorized"]
+    model_id = load_bundle(fp32).model_id
+    first, second = tmp_path / "first", tmp_path / "second"
+    shutil.copytree(variants["int8"], first / "a-int8")
+    shutil.copytree(variants["fp16"], first / "b-fp16")
+    shutil.copytree(fp32, first / "c-fp32")
+    shutil.copytree(fp32, second / "fp32")
+    monkeypatch.setenv("AECTL_BUNDLES", str(first))
+    assert find_bundle(model_id).path == first / "c-fp32"
+    shutil.rmtree(first / "c-fp32")
+    monkeypatch.setenv("AECTL_BUNDLES", os.pathsep.join(map(str, (first, second))))
+    assert find_bundle(model_id).manifest["files"]["decoder"]["precision"] in VARIANTS

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from aectl.runtime.errors import AectlError
-from aectl.train.loop import CHECKPOINT, TrainConfig, build_from_checkpoint, load_checkpoint, train
+from aectl.train.loop import (CHECKPOINT, TrainConfig, build_from_checkpoint, load_checkpoint, resolve_run, train,
+                              training_data)
 
 
 def _cfg(photos, out, **kw):
@@ -35,6 +36,42 @@ def test_stop_at_pauses_without_changing_the_schedule(photos, tmp_path):
     assert a["step"] == b["step"] == 10
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+
+
+def test_resume_takes_the_runs_own_options(photos, tmp_path, monkeypatch):
+    """`train --out RUN --resume` alone continues the run as started (batch 4, seed 3, its data), even from
+    another working directory; without the stored options it would train with batch 32 and seed 0."""
+    quiet = dict(progress=False, log=lambda *_: None)
+    train(_cfg(photos, tmp_path / "straight", steps=6), **quiet)
+    train(_cfg(photos, tmp_path / "split", steps=6, stop_at=3), **quiet)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    train(TrainConfig(out=str(tmp_path / "split"), resume=True, threads=2), **quiet)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    assert a["step"] == b["step"] == 6 and b["config"]["batch_size"] == 4 and b["config"]["seed"] == 3
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert training_data(b["config"]) == str(photos.resolve())  # export's calibration default, from anywhere
+
+
+def test_resume_refuses_other_run_options_but_takes_a_new_schedule(photos, tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(photos, run, steps=2), progress=False, log=lambda *_: None)
+    for change, message in [({"batch_size": 8}, "--batch-size 8 differs from the run"),
+                            ({"seed": 4}, "--seed 4 differs"),
+                            ({"preset": "seed-dense"}, "--preset seed-dense differs"),
+                            ({"data": str(tmp_path)}, "--data .* differs"),
+                            ({"quality": 3}, "--quality and --channels choose a factorized model"),
+                            ({"stop_at": 2}, "--stop-at 2: the run .* is already at step 2"),
+                            ({"steps": 4, "stop_at": 5}, "--stop-at 5 is past the run's last step")]:
+        with pytest.raises((AectlError, ValueError), match=message):
+            resolve_run(TrainConfig(out=str(run), resume=True, **change), log=lambda *_: None)
+    notes = []
+    cfg, resumed = resolve_run(TrainConfig(out=str(run), resume=True, data=str(photos) + "/", batch_size=4,
+                                           steps=5, lr=1e-4), log=notes.append)
+    assert resumed["step"] == 2 and (cfg.steps, cfg.lr, cfg.batch_size, cfg.seed) == (5, 1e-4, 4, 3)
+    assert notes == ["note: the schedule now follows --steps 5", "note: the learning rate is now 0.0001"]
 
 
 def test_same_seed_same_weights_and_refuses_to_clobber(photos, tmp_path):

@@ -6,7 +6,9 @@ their articles do; afterwards a quantisation step and a factorized density are f
 (fit_seed_entropy) so that they get a real bitstream too.
 
 A run directory holds `run.json` (what was asked), `last.pt` (written atomically; everything needed to resume
-exactly: weights, optimiser states, step, RNG states) and `log.jsonl` (one line per validation).
+exactly: weights, optimiser states, step, RNG states, the options) and `log.jsonl` (one line per validation).
+`--resume` takes the run's options from its checkpoint, so `aectl train --out RUN --resume` continues it as it
+was started.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import shlex
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,18 +36,26 @@ CHECKPOINT = "last.pt"
 MIN_EPOCH_STEPS = 50
 
 
-@dataclass
+# Options that make a run what it is. A resumed run takes them from its checkpoint and refuses other values
+# (start a new run with --init-from for that).
+RUN_OPTIONS = ("preset", "quality", "channels", "seed", "data", "data_root", "crop", "batch_size")
+# The schedule (steps or epochs, lr, fit_steps): a resumed run keeps its own unless given again, and takes a
+# new value with a note (e.g. more --steps).
+FIT_STEPS = 1000
+
+
+@dataclass(kw_only=True)
 class TrainConfig:
-    preset: str
-    data: str
     out: str
+    preset: str | None = None        # needed for a new run; a resumed run's is taken from its checkpoint
+    data: str | None = None          # likewise
     quality: int | None = None
     channels: tuple[int, int] | None = None
     steps: int | None = None
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
-    seed: int = 0
+    seed: int | None = None          # 0 for a new run
     device: str = "auto"
     resume: bool = False
     data_root: str | None = None
@@ -53,7 +63,8 @@ class TrainConfig:
     crop: int | None = None          # override the preset's training crop side
     init_from: str | None = None     # start from another run's weights (e.g. a neighbouring quality)
     checkpoint_every: float = 60.0   # seconds between checkpoints
-    fit_steps: int = 1000            # entropy-model fitting steps: seed presets after training, bundle init before
+    fit_steps: int | None = None     # entropy-model fitting steps (FIT_STEPS): seed presets after training,
+                                     # bundle init before
     stop_at: int | None = None       # pause here with a checkpoint; the schedule still follows steps/epochs
 
 
@@ -95,8 +106,7 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def build_from_checkpoint(ckpt: dict) -> tuple[torch.nn.Module, Preset]:
-    cfg = ckpt["config"]
-    preset = get_preset(cfg["preset"], cfg.get("quality"), tuple(cfg["channels"]) if cfg.get("channels") else None)
+    preset = preset_of(ckpt["config"])
     model = preset.build()
     model.load_state_dict(ckpt["model"])
     model.eval()
@@ -136,38 +146,107 @@ def learning_rate(base: float, step: int, total: int) -> float:
     return base * (0.1 if step >= 0.9 * total else 1.0)
 
 
-def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
-    """Run (or resume) training; returns the final metrics. Checkpoints land in cfg.out."""
+def resolve_run(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict | None]:
+    """The options a run trains with, and the checkpoint it continues (None for a new run).
+
+    A new run needs --preset and --data. A resumed run takes every option not given again from its checkpoint:
+    the run options must match (compared as the values they stand for: `data` and `data/` are one folder, an
+    omitted --batch-size is the preset's), while a new schedule is taken with a note."""
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
-    resumed = None
-    if ckpt_path.exists():
-        if not cfg.resume:
-            raise AectlError(f"{out} already holds a checkpoint; pass --resume to continue it, or pick another --out")
-        resumed = load_checkpoint(ckpt_path)
-        old = resumed["config"]
-        for key in ("preset", "quality", "channels", "seed", "data"):
-            if key in old and _norm(old[key]) != _norm(getattr(cfg, key)):
-                raise AectlError(f"--resume: {key} differs from the run in {out} ({old[key]!r} != {getattr(cfg, key)!r})")
-    elif cfg.resume:
-        log(f"note: nothing to resume in {out}; starting a new run")
+    if not ckpt_path.exists():
+        if cfg.resume:
+            log(f"note: nothing to resume in {out}; starting a new run")
+        if cfg.preset is None or cfg.data is None:
+            raise AectlError("a new run needs --preset and --data")
+        cfg = replace(cfg, seed=cfg.seed or 0, fit_steps=FIT_STEPS if cfg.fit_steps is None else cfg.fit_steps)
+        _check_options(cfg)
+        return cfg, None
+    if not cfg.resume:
+        raise AectlError(f"{out} already holds a checkpoint; pass --resume to continue it, or pick another --out")
+    resumed = load_checkpoint(ckpt_path)
+    old = resumed["config"]
+    merged = {key: old.get(key) if getattr(cfg, key) is None else getattr(cfg, key) for key in RUN_OPTIONS}
+    if cfg.data is None and old.get("data_path") and old["data"] != "stl10" \
+            and str(Path(old["data"]).resolve()) != old["data_path"]:
+        merged["data"] = old["data_path"]  # the folder it was, wherever this command runs from
+    if merged["channels"] is not None:
+        merged["channels"] = tuple(merged["channels"])
+    if merged["preset"] != "factorized":  # only what was given now, which _check_options refuses
+        merged.update(quality=cfg.quality, channels=cfg.channels)
+    before, now = _effective_options(old), _effective_options(merged)
+    for key in RUN_OPTIONS:
+        if before[key] != now[key]:
+            raise AectlError(f"--resume: --{key.replace('_', '-')} {now[key]} differs from the run in {out} "
+                             f"({before[key]}); start a new run from it with --init-from {out}")
+    if cfg.steps is None and cfg.epochs is None:
+        merged.update(steps=old.get("steps"), epochs=old.get("epochs"))
+    elif (cfg.steps, cfg.epochs) != (old.get("steps"), old.get("epochs")):
+        log(f"note: the schedule now follows --{'steps' if cfg.steps is not None else 'epochs'} "
+            f"{cfg.steps if cfg.steps is not None else cfg.epochs}")
+    merged["lr"] = old.get("lr") if cfg.lr is None else cfg.lr
+    if cfg.lr is not None and cfg.lr != resumed.get("run", {}).get("lr", old.get("lr")):
+        log(f"note: the learning rate is now {cfg.lr:g}")
+    merged["fit_steps"] = old.get("fit_steps", FIT_STEPS) if cfg.fit_steps is None else cfg.fit_steps
+    cfg = replace(cfg, **merged)
+    _check_options(cfg)
+    if cfg.stop_at is not None and cfg.stop_at <= resumed["step"]:
+        raise AectlError(f"--stop-at {cfg.stop_at}: the run in {out} is already at step {resumed['step']}")
+    return cfg, resumed
 
+
+def _check_options(cfg: TrainConfig) -> None:
+    """Refuse impossible options in one line before any data is loaded."""
     preset = get_preset(cfg.preset, cfg.quality, cfg.channels)
     if cfg.crop:
         if preset.fixed_size and cfg.crop != preset.fixed_size:
             raise AectlError(f"--crop: {preset.name} only takes {preset.fixed_size}x{preset.fixed_size} inputs")
         if cfg.crop % preset.stride:
             raise AectlError(f"--crop must be a multiple of {preset.stride} for {preset.name}")
+    for name in ("batch_size", "epochs", "steps", "stop_at", "fit_steps"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise AectlError(f"--{name.replace('_', '-')} must be positive")
+    if cfg.steps is not None and cfg.epochs is not None:
+        raise AectlError("give --steps or --epochs, not both")
+    if cfg.steps is not None and cfg.stop_at is not None and cfg.stop_at > cfg.steps:
+        raise AectlError(f"--stop-at {cfg.stop_at} is past the run's last step ({cfg.steps})")
+    check_threads(cfg.threads)
+
+
+def preset_of(config: dict) -> Preset:
+    """A run's preset from its stored options (older seed runs may hold an unused quality)."""
+    if config["preset"] != "factorized":
+        return get_preset(config["preset"])
+    return get_preset("factorized", config.get("quality"), tuple(config["channels"]) if config.get("channels") else None)
+
+
+def _effective_options(config: dict) -> dict:
+    """What a run's options stand for, with the preset's defaults filled in and the data folder resolved."""
+    preset = preset_of(config)
+    data = config.get("data_path") or config.get("data")
+    return {"preset": preset.name, "quality": preset.params.get("quality"),
+            "channels": (preset.params["n"], preset.params["m"]) if "n" in preset.params else None,
+            "seed": config.get("seed") or 0, "data": data if data == "stl10" else str(Path(data).resolve()),
+            "data_root": str(Path(config["data_root"]).resolve()) if config.get("data_root") else None,
+            "crop": config.get("crop") or preset.crop, "batch_size": config.get("batch_size") or preset.batch_size}
+
+
+def train(cfg: TrainConfig, progress: bool = True, log=print,
+          resolved: tuple[TrainConfig, dict | None] | None = None) -> dict:
+    """Run (or resume) training; returns the final metrics. Checkpoints land in cfg.out.
+    resolved: what resolve_run(cfg) returned, when the caller has already checked the options."""
+    cfg, resumed = resolved or resolve_run(cfg, log)
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT
+    preset = get_preset(cfg.preset, cfg.quality, cfg.channels)
+    if cfg.crop:
         preset.crop = cfg.crop
-    if (cfg.batch_size is not None and cfg.batch_size < 1) or (cfg.epochs is not None and cfg.epochs < 1):
-        raise AectlError("--batch-size and --epochs must be positive")
     batch_size = cfg.batch_size or preset.batch_size
     lr = cfg.lr or preset.lr
     device = pick_device(cfg.device)
     ddp = Distributed(device)
     device = ddp.device(device)
     ddp.check_batch(batch_size)
-    check_threads(cfg.threads)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
@@ -179,11 +258,9 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
     val = torch.from_numpy(center_crops(val_imgs, preset.crop))
     # An epoch covers the training pixels once (in random crops); at least MIN_EPOCH_STEPS for tiny datasets.
     steps_per_epoch = max(MIN_EPOCH_STEPS, round(sampler.steps_per_epoch_pixels / (preset.crop**2 * batch_size)))
-    if cfg.steps is not None and cfg.epochs is not None:
-        raise AectlError("give --steps or --epochs, not both")
     total = cfg.steps if cfg.steps is not None else (cfg.epochs or 1) * steps_per_epoch
-    if total < 1:
-        raise AectlError("--steps/--epochs must be positive")
+    if cfg.stop_at is not None and cfg.stop_at > total:
+        raise AectlError(f"--stop-at {cfg.stop_at} is past the run's last step ({total})")
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = preset.build().to(device)
@@ -421,14 +498,18 @@ def _truncate_log(path: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in lines))
 
 
-def _norm(value):
-    return list(value) if isinstance(value, tuple) else value
-
-
 def _config_dict(cfg: TrainConfig) -> dict:
     d = dict(cfg.__dict__)
     d["channels"] = list(cfg.channels) if cfg.channels else None
+    if cfg.data and cfg.data != "stl10":
+        d["data_path"] = str(Path(cfg.data).resolve())  # `data` as given is what the manifest quotes
     return d
+
+
+def training_data(config: dict) -> str | None:
+    """The folder a run trained on, as an absolute path where the checkpoint knows it (export's default
+    calibration photos, found from any working directory)."""
+    return config.get("data_path") or config.get("data")
 
 
 class _progress:

@@ -59,6 +59,8 @@ class Preset:
 
 
 def get_preset(name: str, quality: int | None = None, channels: tuple[int, int] | None = None) -> Preset:
+    if name in ("seed-conv", "seed-dense") and (quality is not None or channels is not None):
+        raise ValueError(f"--quality and --channels choose a factorized model; {name} has one fixed size")
     if name == "seed-conv":
         return Preset(name, "first seed article: conv 3-12-24-48-24 autoencoder, 64x64 crops", crop=64,
                       fixed_size=None, stride=16, batch_size=32, lr=1e-3, tolerance=1e-4, rate_distortion=False)
