@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from aectl.runtime.errors import AectlError, received_signals
+from aectl.runtime.errors import AectlError, check_writable_folder, received_signals
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Learned image compression: train in PyTorch, export to ONNX, compress with onnxruntime.")
@@ -236,6 +236,8 @@ def bench(
         raise AectlError(f"--save {save} is a folder; give a file name")
     if save is not None and save.exists() and not force:  # checked before minutes of measuring
         raise AectlError(f"{save} exists; pass --force to overwrite")
+    if save is not None:
+        check_writable_folder(save.parent)
 
     if model is None:
         from aectl.runtime.registry import shipped_bundles

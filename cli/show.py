@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from aectl.runtime.errors import AectlError
+from aectl.runtime.errors import AectlError, check_writable_folder
 
 console = Console()
 
@@ -133,7 +133,8 @@ def show_eval(bundles, data: Path, baselines: list[str], out: Path, provider: st
     from aectl.runtime.evaluate import evaluate
     from aectl.runtime.registry import shipped_qualities
 
-    if not force:  # refuse before minutes of measuring, not after
+    check_writable_folder(out)  # refuse before minutes of measuring, not after
+    if not force:
         existing = [out / name for name in OUTPUTS if (out / name).exists()]
         if existing:
             raise AectlError(f"{existing[0]} exists; pass --force to overwrite")

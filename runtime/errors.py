@@ -1,4 +1,5 @@
 """The one exception type users see: the CLI prints it as a single `error: ...` line."""
+import os
 from pathlib import Path
 
 
@@ -18,3 +19,15 @@ def write_error(path, exc: OSError) -> AectlError:
     if blocker is not None and not blocker.is_dir():
         return AectlError(f"cannot write {path}: {blocker} is a file, not a folder")
     return AectlError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def check_writable_folder(folder) -> None:
+    """Refuse a results folder that cannot be made or written into, before minutes of measuring."""
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None:
+        return
+    if not existing.is_dir():
+        raise AectlError(f"cannot write into {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise AectlError(f"cannot write into {folder}: {existing} is not writable")

@@ -90,3 +90,7 @@ def test_eval_writes_results_csv_and_plot(kodak, tmp_path):
     assert again.returncode != 0 and "--force" in again.stderr
     unknown = aectl("eval", "--data", data, "--baselines", "gif", "-o", tmp_path / "e2", check=False)
     assert unknown.returncode != 0 and "gif" in unknown.stderr and not (tmp_path / "e2").exists()
+    (tmp_path / "taken").write_text("a file where the results folder would go")
+    blocked = aectl("eval", "--data", data, "--baselines", "jpeg", "-o", tmp_path / "taken" / "eval", check=False)
+    assert blocked.returncode == 1 and blocked.stderr.strip().splitlines() == [
+        f"error: cannot write into {tmp_path / 'taken' / 'eval'}: {tmp_path / 'taken'} is a file, not a folder"]
