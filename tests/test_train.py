@@ -1,5 +1,6 @@
 """Real training on real photos: a tiny run, exact resume, and the run's export and verify."""
 import json
+import os
 
 import pytest
 import torch
@@ -42,8 +43,10 @@ def test_resume_takes_the_runs_own_options(photos, tmp_path, monkeypatch):
     """`train --out RUN --resume` alone continues the run as started (batch 4, seed 3, its data), even from
     another working directory; without the stored options it would train with batch 32 and seed 0."""
     quiet = dict(progress=False, log=lambda *_: None)
-    train(_cfg(photos, tmp_path / "straight", steps=6), **quiet)
-    train(_cfg(photos, tmp_path / "split", steps=6, stop_at=3), **quiet)
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(photos, tmp_path)  # as a user types it: the manifest quotes it so
+    train(_cfg(photos, tmp_path / "straight", steps=6, data=relative), **quiet)
+    train(_cfg(photos, tmp_path / "split", steps=6, stop_at=3, data=relative), **quiet)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -52,6 +55,8 @@ def test_resume_takes_the_runs_own_options(photos, tmp_path, monkeypatch):
     assert a["step"] == b["step"] == 6 and b["config"]["batch_size"] == 4 and b["config"]["seed"] == 3
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+    assert b["config"]["data"] == relative
+    assert [os.path.basename(v) for v in b["run"]["val"]] == [os.path.basename(v) for v in a["run"]["val"]]
     assert training_data(b["config"]) == str(photos.resolve())  # export's calibration default, from anywhere
 
 

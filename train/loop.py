@@ -48,7 +48,8 @@ FIT_STEPS = 1000
 class TrainConfig:
     out: str
     preset: str | None = None        # needed for a new run; a resumed run's is taken from its checkpoint
-    data: str | None = None          # likewise
+    data: str | None = None          # likewise; kept as given (the manifest quotes it)
+    data_path: str | None = None     # the same folder, absolute (set by resolve_run, kept across resumes)
     quality: int | None = None
     channels: tuple[int, int] | None = None
     steps: int | None = None
@@ -159,7 +160,8 @@ def resolve_run(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict | None]:
             log(f"note: nothing to resume in {out}; starting a new run")
         if cfg.preset is None or cfg.data is None:
             raise AectlError("a new run needs --preset and --data")
-        cfg = replace(cfg, seed=cfg.seed or 0, fit_steps=FIT_STEPS if cfg.fit_steps is None else cfg.fit_steps)
+        cfg = replace(cfg, seed=cfg.seed or 0, fit_steps=FIT_STEPS if cfg.fit_steps is None else cfg.fit_steps,
+                      data_path=_absolute(cfg.data))
         _check_options(cfg)
         return cfg, None
     if not cfg.resume:
@@ -167,9 +169,8 @@ def resolve_run(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict | None]:
     resumed = load_checkpoint(ckpt_path)
     old = resumed["config"]
     merged = {key: old.get(key) if getattr(cfg, key) is None else getattr(cfg, key) for key in RUN_OPTIONS}
-    if cfg.data is None and old.get("data_path") and old["data"] != "stl10" \
-            and str(Path(old["data"]).resolve()) != old["data_path"]:
-        merged["data"] = old["data_path"]  # the folder it was, wherever this command runs from
+    # The folder it was, wherever this command runs from (runs before data_path: resolved from here).
+    merged["data_path"] = (old.get("data_path") or _absolute(old["data"])) if cfg.data is None else _absolute(cfg.data)
     if merged["channels"] is not None:
         merged["channels"] = tuple(merged["channels"])
     if merged["preset"] != "factorized":  # only what was given now, which _check_options refuses
@@ -223,7 +224,7 @@ def preset_of(config: dict) -> Preset:
 def _effective_options(config: dict) -> dict:
     """What a run's options stand for, with the preset's defaults filled in and the data folder resolved."""
     preset = preset_of(config)
-    data = config.get("data_path") or config.get("data")
+    data = training_data(config)
     return {"preset": preset.name, "quality": preset.params.get("quality"),
             "channels": (preset.params["n"], preset.params["m"]) if "n" in preset.params else None,
             "seed": config.get("seed") or 0, "data": data if data == "stl10" else str(Path(data).resolve()),
@@ -253,7 +254,9 @@ def train(cfg: TrainConfig, progress: bool = True, log=print,
     if cfg.data == "stl10":
         train_imgs, val_imgs, val_names = load_stl10(Path(cfg.data_root) if cfg.data_root else None, preset.crop)
     else:
-        train_imgs, val_imgs, val_names = load_folder(Path(cfg.data), preset.crop)
+        # As given where it still names the folder from here (validation names stay as the user wrote them).
+        here = cfg.data if cfg.data_path in (None, _absolute(cfg.data)) else cfg.data_path
+        train_imgs, val_imgs, val_names = load_folder(Path(here), preset.crop)
     sampler = CropSampler(train_imgs, preset.crop, cfg.seed)
     val = torch.from_numpy(center_crops(val_imgs, preset.crop))
     # An epoch covers the training pixels once (in random crops); at least MIN_EPOCH_STEPS for tiny datasets.
@@ -501,9 +504,11 @@ def _truncate_log(path: Path, step: int) -> None:
 def _config_dict(cfg: TrainConfig) -> dict:
     d = dict(cfg.__dict__)
     d["channels"] = list(cfg.channels) if cfg.channels else None
-    if cfg.data and cfg.data != "stl10":
-        d["data_path"] = str(Path(cfg.data).resolve())  # `data` as given is what the manifest quotes
     return d
+
+
+def _absolute(data: str) -> str | None:
+    return None if data == "stl10" else str(Path(data).resolve())
 
 
 def training_data(config: dict) -> str | None:
