@@ -69,11 +69,11 @@ def train(
     def log(msg: str) -> None:
         typer.echo(msg, err=True)
 
-    resolved = resolve_run(cfg, log)  # every option checked before the table, the data and the model
-    if resolved[0].preset in ("seed-conv", "seed-dense"):
+    cfg, resumed = resolve_run(cfg, log)  # every option checked before the table, the data and the model
+    if cfg.preset in ("seed-conv", "seed-dense"):
         from aectl.train.report import parameter_table
-        parameter_table(resolved[0].preset)
-    final = run_training(cfg, progress=progress and sys.stderr.isatty(), log=log, resolved=resolved)
+        parameter_table(cfg.preset)
+    final = run_training(cfg, progress=progress and sys.stderr.isatty(), log=log, resolved=(cfg, resumed))
     if final:
         typer.echo(f"final validation: PSNR {final['val_psnr']:.2f} dB, est. {final['val_bpp']:.3f} bpp")
 

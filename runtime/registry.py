@@ -60,7 +60,7 @@ def _decoder_precision(manifest: dict) -> str:
 
 def shipped_bundles() -> list[Path]:
     """Bundles that ship inside the package, in name order."""
-    return sorted(p for p in SHIPPED.iterdir() if (p / MANIFEST).is_file()) if SHIPPED.is_dir() else []
+    return bundles_in(SHIPPED)
 
 
 DEFAULT_QUALITY = 4  # what `aectl compress` uses without -m or -q

@@ -218,7 +218,8 @@ def preset_of(config: dict) -> Preset:
     """A run's preset from its stored options (older seed runs may hold an unused quality)."""
     if config["preset"] != "factorized":
         return get_preset(config["preset"])
-    return get_preset("factorized", config.get("quality"), tuple(config["channels"]) if config.get("channels") else None)
+    channels = tuple(config["channels"]) if config.get("channels") else None
+    return get_preset("factorized", config.get("quality"), channels)
 
 
 def _effective_options(config: dict) -> dict:
