@@ -1,7 +1,8 @@
 """Where the entropy coder's time goes, per image of a bundle (default: the shipped q4) on kodak-dev: encoding
 and decoding one block with runtime/entropy_coder.py exactly as the codec does, and within that the time spent
 inside constriction's own calls (through a thin timing wrapper around the coder object; it adds ~0.1 us per
-call) against the numpy and Python work around them, and the class map's decoding alone.
+call) against the numpy and Python work around them, and the class map's decoding alone. The same blocks
+coded as format version 1 (no group flags) take turns with them in every pass, for the before/after.
 
     python benchmarks/entropy_probe.py [BUNDLE] [--images DIR] [--passes 30] [--json OUT]
 
@@ -31,7 +32,7 @@ class Timed:
     """Wraps a constriction encoder or decoder and adds up the seconds spent inside its encode/decode calls."""
 
     def __init__(self, coder):
-        self.coder, self.seconds, self.calls = coder, 0.0, 0
+        self.coder, self.seconds, self.calls, self.symbols = coder, 0.0, 0, 0
 
     def encode(self, *args):
         start = time.perf_counter()
@@ -44,6 +45,7 @@ class Timed:
         out = self.coder.decode(*args)
         self.seconds += time.perf_counter() - start
         self.calls += 1
+        self.symbols += out.size
         return out
 
 
@@ -64,23 +66,28 @@ def main() -> None:
         if (header.tile_width, header.tile_height) != (header.width, header.height):
             raise SystemExit(f"{path.name} is tiled; the probe takes single-block images")
         shape = (header.latent_height, header.latent_width)
-        blocks.append((coder.decode_block(new_decoder(payload), shape), payload, shape))
+        blocks.append((coder.decode_block(new_decoder(payload), shape, header.group_flags), payload, shape))
     symbols = sum(s.size for s, _, _ in blocks)
+    version_1 = []
+    for sym, _, _ in blocks:
+        enc = new_encoder()
+        coder.encode_block(enc, sym, group_flags=False)
+        version_1.append(finish(enc))
 
-    def encode_all():
+    def encode_all(group_flags=True):
         inside = 0.0
         for sym, _, _ in blocks:
             enc = Timed(new_encoder())
-            coder.encode_block(enc, sym)
+            coder.encode_block(enc, sym, group_flags)
             finish(enc.coder)
             inside += enc.seconds
         return inside
 
-    def decode_all():
+    def decode_all(group_flags=True):
         inside = 0.0
-        for _, payload, shape in blocks:
-            dec = Timed(new_decoder(payload))
-            coder.decode_block(dec, shape)
+        for (_, payload, shape), old in zip(blocks, version_1):
+            dec = Timed(new_decoder(payload if group_flags else old))
+            coder.decode_block(dec, shape, group_flags)
             inside += dec.seconds
         return inside
 
@@ -89,17 +96,19 @@ def main() -> None:
             if coder.classes:
                 coder._decode_map(new_decoder(payload), shape[0], shape[0] * shape[1])
 
-    rows: dict[str, list[float]] = {k: [] for k in ("encode", "encode_in_constriction", "decode",
-                                                    "decode_in_constriction", "class_map_decode")}
+    rows: dict[str, list[float]] = {k: [] for k in (
+        "encode", "encode_in_constriction", "decode", "decode_in_constriction", "class_map_decode",
+        "encode_version_1", "encode_version_1_in_constriction", "decode_version_1", "decode_version_1_in_constriction")}
     for _ in range(args.passes + 1):  # the first pass is warm-up
-        start = time.perf_counter()
-        inside = encode_all()
-        rows["encode"].append(time.perf_counter() - start)
-        rows["encode_in_constriction"].append(inside)
-        start = time.perf_counter()
-        inside = decode_all()
-        rows["decode"].append(time.perf_counter() - start)
-        rows["decode_in_constriction"].append(inside)
+        for suffix, group_flags in (("", True), ("_version_1", False)):
+            start = time.perf_counter()
+            inside = encode_all(group_flags)
+            rows[f"encode{suffix}"].append(time.perf_counter() - start)
+            rows[f"encode{suffix}_in_constriction"].append(inside)
+            start = time.perf_counter()
+            inside = decode_all(group_flags)
+            rows[f"decode{suffix}"].append(time.perf_counter() - start)
+            rows[f"decode{suffix}_in_constriction"].append(inside)
         start = time.perf_counter()
         map_only()
         rows["class_map_decode"].append(time.perf_counter() - start)
@@ -107,19 +116,27 @@ def main() -> None:
     n = len(blocks)
     calls = Timed(new_decoder(blocks[0][1]))
     coder.decode_block(calls, blocks[0][2])
+    decoded = 0  # symbols the range decoder reads (group flags skip the rest), flags and class map included
+    for _, payload, shape in blocks:
+        counted = Timed(new_decoder(payload))
+        coder.decode_block(counted, shape)
+        decoded += counted.symbols
     name = os.path.relpath(args.bundle, ROOT)
-    result = {"bundle": name, "images": n, "symbols_per_image": symbols // n,
+    result = {"bundle": name, "images": n, "symbols_per_image": symbols // n, "symbols_read_per_image": decoded // n,
+              "payload_bytes": sum(len(p) for _, p, _ in blocks), "payload_bytes_version_1": sum(map(len, version_1)),
               "constriction_calls_per_decoded_block": calls.calls, "passes": args.passes,
               "ms_per_image": {k: {"best": 1e3 * min(v[1:]) / n, "median": 1e3 * statistics.median(v[1:]) / n}
                                for k, v in rows.items()}}
     ms = result["ms_per_image"]
-    result["ns_per_symbol_in_constriction"] = {d: 1e6 * ms[f"{d}_in_constriction"]["best"] / (symbols // n)
+    # Per symbol the range coder actually codes (the same count both ways: the encoder skips what the decoder does).
+    result["ns_per_symbol_in_constriction"] = {d: 1e6 * ms[f"{d}_in_constriction"]["best"] / (decoded // n)
                                                for d in ("encode", "decode")}
-    print(f"{name}: {n} images, {symbols // n} symbols per image, "
-          f"{calls.calls} constriction calls to decode one block; ms per image over {args.passes} passes")
-    print(f"{'':28s} {'best':>7s} {'median':>7s}")
+    print(f"{name}: {n} images, {symbols // n} symbols per image ({decoded // n} read by the range decoder), "
+          f"{calls.calls} constriction calls to decode one block; ms per image over {args.passes} passes; "
+          f"payload {result['payload_bytes']} B ({result['payload_bytes_version_1']} B as version 1)")
+    print(f"{'':34s} {'best':>7s} {'median':>7s}")
     for k, v in result["ms_per_image"].items():
-        print(f"{k:28s} {v['best']:7.2f} {v['median']:7.2f}")
+        print(f"{k:34s} {v['best']:7.2f} {v['median']:7.2f}")
     print("inside constriction, best pass: " + ", ".join(
         f"{d} {v:.1f} ns per symbol" for d, v in result["ns_per_symbol_in_constriction"].items()))
     if args.json:

@@ -56,13 +56,14 @@ class Decoder:
         with stage(self.stages, "container"):
             parsed = [self._parse(data) for data in blobs]
         with stage(self.stages, "entropy"):
-            decoders = [entropy_coder.new_decoder(payload) for _, payload, _ in parsed]
+            # Each file's range decoder, and whether its blocks carry group flags (its format version).
+            streams = [(entropy_coder.new_decoder(payload), h.group_flags) for h, payload, _ in parsed]
         with stage(self.stages, "io"):
             outputs = [np.empty((h.height, h.width, 3), dtype=np.uint8) for h, _, _ in parsed]
         plans = [tiling.plan(h.height, h.width, h.tile_height, h.tile_width, self.stride, self.fixed_size)
                  for h, _, _ in parsed]
         for run in self._network_runs(plans, "decoder"):
-            self._decode_run(run, decoders, outputs)
+            self._decode_run(run, streams, outputs)
         images = []
         for (h, _, alpha), rgb in zip(parsed, outputs):
             with stage(self.stages, "container"):
@@ -99,10 +100,10 @@ class Decoder:
             return lat["channels"], 1, 1
         return lat["channels"], th // self.stride, tw // self.stride
 
-    def _decode_run(self, items, decoders, outputs) -> None:
+    def _decode_run(self, items, streams, outputs) -> None:
         shape = self.network.latent_shape(1, items[0][1].padded_height, items[0][1].padded_width)[1:]
         with stage(self.stages, "entropy"):
-            symbols = np.stack([self.coder.decode_block(decoders[i], shape[1:]) for i, _ in items])
+            symbols = np.stack([self.coder.decode_block(streams[i][0], shape[1:], streams[i][1]) for i, _ in items])
         with stage(self.stages, "quantize"):
             latents = self.network.dequantize(symbols)
         with stage(self.stages, "network"):
@@ -124,9 +125,9 @@ class Decoder:
                 self._latent_tile_shape(*expected_tile):
             raise AectlError("corrupted .aec file (tile or latent shape does not fit the model)")
         tiles = tiling.plan(header.height, header.width, *expected_tile, self.stride, self.fixed_size)
-        per_channel = sum(int(np.prod(self.network.latent_shape(1, t.padded_height, t.padded_width)[2:],
-                                      dtype=np.int64)) for t in tiles)
-        if 8 * len(payload) + 64 < self.coder.min_payload_bits(per_channel):
+        per_channel = [int(np.prod(self.network.latent_shape(1, t.padded_height, t.padded_width)[2:], dtype=np.int64))
+                       for t in tiles]
+        if 8 * len(payload) + 64 < self.coder.min_payload_bits(per_channel, header.group_flags):
             raise AectlError(f"corrupted .aec file (a payload of {len(payload)} bytes cannot hold a "
                              f"{header.width}x{header.height} image)")
         return header, payload, alpha

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from aectl.runtime.errors import AectlError
 
 MAGIC = b"\x89AEC"
-VERSION = 1
+VERSION = 2            # written; version 2 added the payload's group flags (runtime/entropy_coder.py)
+READABLE_VERSIONS = (1, 2)
 FLAG_ALPHA = 0x01
 PAD_REPLICATE = 1
 # magic, version, flags, model id, width, height, channels, bit depth, padding, reserved,
@@ -39,6 +40,12 @@ class Header:
     payload_length: int = 0
     alpha_length: int = 0
     padding: int = PAD_REPLICATE
+    version: int = VERSION   # of the file read; files are always written at VERSION
+
+    @property
+    def group_flags(self) -> bool:
+        """Whether the payload's blocks carry group flags (format version 2 on)."""
+        return self.version >= 2
 
     @property
     def has_alpha(self) -> bool:
@@ -65,11 +72,12 @@ def parse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Header, by
         raise AectlError("not an .aec file (bad magic bytes)")
     if len(data) < 5:
         raise AectlError("truncated .aec file (no version)")
-    if data[4] != VERSION:
-        raise AectlError(f".aec format version {data[4]} is not supported (this aectl reads version {VERSION})")
+    if data[4] not in READABLE_VERSIONS:
+        raise AectlError(f".aec format version {data[4]} is not supported (this aectl reads versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))})")
     if len(data) < HEADER_SIZE + CRC_SIZE:
         raise AectlError(f"truncated .aec file ({len(data)} bytes, the header alone needs {HEADER_SIZE + CRC_SIZE})")
-    (_, _, flags, model_id, width, height, channels, depth, padding, reserved, tile_w, tile_h, lat_c, lat_h, lat_w,
+    (_, version, flags, model_id, width, height, channels, depth, padding, reserved, tile_w, tile_h, lat_c, lat_h, lat_w,
      payload_len, alpha_len) = _HEADER.unpack_from(data)
     expected = HEADER_SIZE + payload_len + alpha_len + CRC_SIZE
     if len(data) < expected:
@@ -97,7 +105,7 @@ def parse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Header, by
     if payload_len % 4:
         raise AectlError("corrupted .aec file (payload is not whole 32-bit words)")
     header = Header(model_id.hex(), width, height, channels, depth, tile_w, tile_h, lat_c, lat_h, lat_w,
-                    payload_len, alpha_len, padding)
+                    payload_len, alpha_len, padding, version)
     payload = bytes(data[HEADER_SIZE:HEADER_SIZE + payload_len])
     alpha = bytes(data[HEADER_SIZE + payload_len:HEADER_SIZE + payload_len + alpha_len])
     return header, payload, alpha
@@ -105,7 +113,7 @@ def parse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Header, by
 
 def describe(header: Header) -> dict:
     """Header fields for `aectl info FILE.aec` and --json output."""
-    return {"format_version": VERSION, "model_id": header.model_id, "width": header.width, "height": header.height,
+    return {"format_version": header.version, "model_id": header.model_id, "width": header.width, "height": header.height,
             "channels": header.channels, "bit_depth": header.bit_depth, "padding": "replicate",
             "tiled": header.tiled, "tile": [header.tile_width, header.tile_height],
             "latent_tile_shape": [header.latent_channels, header.latent_height, header.latent_width],

@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from aectl.runtime import Codec, container, tiling
+from aectl.runtime import Codec, container, load_bundle, tiling
 from aectl.runtime.entropy_coder import ChannelTables, EntropyCoder, finish, new_decoder, new_encoder
 from aectl.runtime.errors import AectlError
 from aectl.train.loop import build_from_checkpoint, load_checkpoint
-from conftest import aectl_exe
+from conftest import ROOT, aectl_exe
 
 
 def torch_reference(run, image: np.ndarray, codec: Codec) -> tuple[np.ndarray, np.ndarray]:
@@ -79,25 +79,93 @@ def test_table_indices_of_extreme_symbols_never_wrap_into_a_table():
     assert np.array_equal(tables.bins(symbols.astype(np.int32)), expected)
 
 
-@pytest.mark.parametrize("kind", ["zeros", "random", "huge", "extremes", "mixed"])
-def test_symbols_decode_exactly_for_adversarial_latents(trained, kind):
+@pytest.mark.parametrize("group_flags", [True, False], ids=["v2", "v1"])
+@pytest.mark.parametrize("kind", ["zeros", "random", "huge", "extremes", "mixed", "modes"])
+def test_symbols_decode_exactly_for_adversarial_latents(trained, kind, group_flags):
     _, bundle = trained["factorized"]
     coder = EntropyCoder(Codec(bundle, provider="cpu").bundle.entropy)
     rng = np.random.default_rng(7)
     shape = (coder.channels, 300)
+    modes = (coder.plain.mode + coder.plain._offsets32[:, 0])[:, None]
     symbols = {
         "zeros": np.zeros(shape, np.int32),
         "random": rng.integers(-40, 40, shape).astype(np.int32),
         "huge": rng.integers(-2**31 + 1, 2**31 - 1, shape, dtype=np.int64).astype(np.int32),
         "extremes": np.tile(np.array([2**31 - 1, -(2**31 - 1), 0, 1, -1], np.int32), (shape[0], 60)),
         "mixed": np.where(rng.random(shape) < 0.01, 10**6, 0).astype(np.int32),
+        # every channel at its mode but for one symbol in every other channel (one escaped): flags both ways
+        "modes": np.repeat(modes, 300, axis=1).astype(np.int32),
     }[kind]
+    if kind == "modes":
+        symbols[::2, 150] += 1
+        symbols[2, 7] = 10**6
     enc = new_encoder()
-    coder.encode_block(enc, symbols)
-    coder.encode_block(enc, symbols[:, :5])
+    coder.encode_block(enc, symbols, group_flags)
+    coder.encode_block(enc, symbols[:, :5], group_flags)
     dec = new_decoder(finish(enc))
-    assert np.array_equal(coder.decode_block(dec, 300), symbols)
-    assert np.array_equal(coder.decode_block(dec, 5), symbols[:, :5])
+    assert np.array_equal(coder.decode_block(dec, 300, group_flags), symbols)
+    assert np.array_equal(coder.decode_block(dec, 5, group_flags), symbols[:, :5])
+
+
+def test_group_flags_skip_the_all_mode_channels():
+    """A version-2 block codes one flag instead of the 300 symbols of a channel whose symbols all sit at its
+    mode, so the range decoder is asked for fewer symbols; version 1 reads every symbol."""
+    entropy = load_bundle(ROOT / "models" / "factorized-q1").entropy
+    coder = EntropyCoder({k: v for k, v in entropy.items() if k != "classes"})  # one group per channel
+    tables = coder.plain
+    symbols = np.repeat((tables.mode + tables._offsets32[:, 0])[:, None], 300, axis=1).astype(np.int32)
+    symbols[0, 3] += 1  # channel 0 is not all at its mode
+    flagged = tables.flagged(300)[0].tolist()
+    skipped = len(set(flagged) - {0})
+    assert skipped > 10
+    for group_flags, expected in ((True, len(flagged) + 300 * (coder.channels - skipped)), (False, symbols.size)):
+        enc = new_encoder()
+        coder.encode_block(enc, symbols, group_flags)
+        read = []
+
+        class Counting:  # the real range decoder, counting the symbols it is asked for
+            decoder = new_decoder(finish(enc))
+
+            def decode(self, model, *args):
+                read.append(self.decoder.decode(model, *args))
+                return read[-1]
+
+        assert np.array_equal(coder.decode_block(Counting(), 300, group_flags), symbols)
+        assert sum(r.size for r in read) == expected
+
+
+V1_FILE = ROOT / "tests" / "data" / "kodim07-256x192-q1-v1.aec"  # written by aectl before format version 2
+
+
+def test_version_1_files_still_decode(tmp_path):
+    """Files from before group flags decode as they did: the version-1 coding is kept byte for byte, and the
+    same symbols written as a version-2 file decode to the same pixels."""
+    codec = Codec(ROOT / "models" / "factorized-q1", provider="cpu")
+    data = V1_FILE.read_bytes()
+    header, payload, _ = container.parse(data)
+    assert header.version == 1 and not header.group_flags
+    shape = (header.latent_height, header.latent_width)
+    symbols = codec.coder.decode_block(new_decoder(payload), shape, group_flags=False)
+    enc = new_encoder()
+    codec.coder.encode_block(enc, symbols, group_flags=False)
+    assert finish(enc) == payload
+    enc = new_encoder()
+    codec.coder.encode_block(enc, symbols)
+    version_2 = container.pack(header, finish(enc))
+    assert container.parse(version_2)[0].version == container.VERSION == 2 and version_2 != data
+    image = np.asarray(codec.decompress(data))
+    assert np.array_equal(image, np.asarray(codec.decompress(version_2)))
+    source = np.asarray(Image.open(ROOT / "examples" / "images" / "kodim07.png").convert("RGB"))[100:292, 120:376]
+    mse = np.mean((image.astype(np.float64) - source) ** 2)
+    assert 10 * np.log10(255 ** 2 / mse) > 25
+    (tmp_path / "old.aec").write_bytes(data)
+    info = json.loads(subprocess.run([aectl_exe(), "info", str(tmp_path / "old.aec"), "--json"],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert info["format_version"] == 1
+    unknown = bytearray(data)
+    unknown[4] = 3
+    with pytest.raises(AectlError, match="format version 3 is not supported .*reads versions 1, 2"):
+        container.parse(bytes(unknown))
 
 
 @pytest.fixture(scope="module")
