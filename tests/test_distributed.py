@@ -3,6 +3,8 @@ single-process run with the same global batch, and a checkpoint resumes under a 
 
 Tolerance: validation loss within 1e-3 relative of the single-process run (the two differ only in the order of
 float reductions; Adam can turn that into weight differences of a few learning rates on near-zero gradients)."""
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,11 +25,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(nproc: int, *args):
+# Loaded into every process of a torchrun (PYTHONPATH): reports how many DDP wrappers are still alive when a
+# rank leaves the process group. One left alive is freed during interpreter shutdown, after the group, and
+# gloo's teardown then aborts the process now and then ("terminate called without an active exception").
+TEARDOWN_PROBE = """
+import gc, sys
+import torch
+import torch.distributed as dist
+_destroy = dist.destroy_process_group
+def destroy_process_group(*args, **kwargs):
+    alive = sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
+    print(f"DDP wrappers alive at destroy_process_group: {alive}", file=sys.stderr)
+    return _destroy(*args, **kwargs)
+dist.destroy_process_group = destroy_process_group
+"""
+
+
+def _torchrun(probe_dir, nproc: int, *args):
+    (probe_dir / "sitecustomize.py").write_text(TEARDOWN_PROBE)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
            "127.0.0.1", "--master_port", str(_free_port()), aectl_exe(), *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(probe_dir), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = re.findall(r"DDP wrappers alive at destroy_process_group: (\d+)", proc.stderr)
+    assert reports == ["0"] * nproc, proc.stderr[-3000:]
     return proc
 
 
@@ -54,7 +76,7 @@ def single_run(photos, tmp_path_factory):
 
 def test_two_processes_hold_identical_weights_and_match_one_process(photos, tmp_path, single_run):
     run = tmp_path / "ddp"
-    _torchrun(2, *ARGS, "--data", photos, "--out", run, "--steps", "8")
+    _torchrun(tmp_path, 2, *ARGS, "--data", photos, "--out", run, "--steps", "8")
     ddp = _ckpt(run)
     assert ddp["run"]["world_size"] == 2
     digests = ddp["run"]["rank_weight_digests"]
@@ -65,7 +87,7 @@ def test_two_processes_hold_identical_weights_and_match_one_process(photos, tmp_
 
 def test_resume_with_a_different_world_size(photos, tmp_path, single_run):
     run = tmp_path / "mixed"
-    _torchrun(2, *ARGS, "--data", photos, "--out", run, "--steps", "4")
+    _torchrun(tmp_path, 2, *ARGS, "--data", photos, "--out", run, "--steps", "4")
     _single(*ARGS, "--data", photos, "--out", run, "--steps", "8", "--resume")
     mixed = _ckpt(run)
     assert mixed["step"] == 8 and mixed["run"]["world_size"] == 1

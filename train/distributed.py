@@ -8,6 +8,7 @@ up to float reduction order. Only rank 0 writes checkpoints and logs.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 
@@ -77,5 +78,8 @@ class Distributed:
             dist.barrier()
 
     def close(self) -> None:
+        """Leave the process group. Unreferenced DDP wrappers are collected first: they hold the group, and
+        one freed later, during interpreter shutdown, aborts the process in gloo's teardown."""
         if self.enabled and dist.is_initialized():
+            gc.collect()
             dist.destroy_process_group()

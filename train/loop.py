@@ -367,6 +367,10 @@ def train(cfg: TrainConfig, progress: bool = True, log=print,
 
     with _graceful_stop(request_stop):
         train_steps()
+    # DDP's reducer holds the process group and sits in reference cycles; freed only at interpreter exit, after
+    # destroy_process_group, gloo's threads died during finalisation (SIGABRT, "terminate called without an
+    # active exception", pytorch/pytorch#179291). ddp.close() collects it first.
+    del net
     if step < total:  # paused by --stop-at (checkpoint already written): continue later with --resume
         ddp.barrier()
         ddp.close()
