@@ -60,6 +60,8 @@ fuzz: install
 	$(PY) tests/make_fuzz_corpus.py out/fuzz
 	$(PY) tests/fuzz_container.py out/fuzz/bundle out/fuzz/corpus -max_total_time=$(FUZZ_SECONDS) \
 		-timeout=20 -rss_limit_mb=4096 -max_len=4096
+	$(PY) tests/fuzz_container.py models/factorized-q1 out/fuzz/corpus-q1 -max_total_time=$(FUZZ_SECONDS) \
+		-timeout=20 -rss_limit_mb=4096 -max_len=4096
 
 clean:
 	rm -rf out build *.egg-info .pytest_cache $(EDGE_VENV)
