@@ -40,7 +40,7 @@ class Header:
     payload_length: int = 0
     alpha_length: int = 0
     padding: int = PAD_REPLICATE
-    version: int = VERSION   # of the file read; files are always written at VERSION
+    version: int = VERSION   # new files are written at VERSION; a parsed header keeps its file's version
 
     @property
     def group_flags(self) -> bool:
@@ -58,7 +58,9 @@ class Header:
 
 def pack(header: Header, payload: bytes, alpha: bytes = b"") -> bytes:
     header.payload_length, header.alpha_length = len(payload), len(alpha)
-    head = _HEADER.pack(MAGIC, VERSION, FLAG_ALPHA if alpha else 0, bytes.fromhex(header.model_id),
+    if header.version not in READABLE_VERSIONS:
+        raise ValueError(f"cannot write .aec format version {header.version}")
+    head = _HEADER.pack(MAGIC, header.version, FLAG_ALPHA if alpha else 0, bytes.fromhex(header.model_id),
                         header.width, header.height, header.channels, header.bit_depth, header.padding, 0,
                         header.tile_width, header.tile_height, header.latent_channels, header.latent_height,
                         header.latent_width, len(payload), len(alpha))
