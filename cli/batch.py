@@ -56,7 +56,7 @@ def _print_ok(json_out: bool, advance):
 
 
 def compress_files(inputs, model, out, provider, force, json_out, threads, max_pixels, fail_fast=False,
-                   engine="local", workers=None, quality=None, max_bytes=None, max_bpp=None) -> int:
+                   engine="local", workers=None, quality=None, max_bytes=None, max_bpp=None, format_version=None) -> int:
     from aectl.runtime.codec import Codec
     from aectl.runtime.registry import shipped_bundle, shipped_qualities
     from aectl.runtime.providers import PROVIDER_NAMES, require_provider
@@ -80,7 +80,10 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
         require_provider(provider)
     if model is None:
         model = shipped_bundle(quality)
-    codec = Codec(model, provider=provider, threads=threads, max_pixels=max_pixels)
+    from aectl.runtime.container import VERSION
+
+    format_version = VERSION if format_version is None else format_version
+    codec = Codec(model, provider=provider, threads=threads, max_pixels=max_pixels, format_version=format_version)
     if not codec.bundle.has_encoder:
         raise AectlError(f"bundle {model} is decoder-only (no encoder.onnx) and cannot compress; "
                          "use the full bundle it was stripped from")
@@ -93,7 +96,8 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
         results = []
         with _progress(len(jobs), "compress (ray)") as advance:
             on_result = _print_ok(json_out, advance)
-            for result in compress_jobs(jobs, model, force, workers=workers, provider=provider):
+            for result in compress_jobs(jobs, model, force, workers=workers, provider=provider,
+                                        format_version=format_version):
                 results.append(result)
                 on_result(result)
         return _report(results, json_out)
@@ -106,7 +110,8 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
 
         own_level = codec.bundle.manifest.get("architecture", {}).get("quality") or 0
         levels = {own_level: model} if chosen_by_user else shipped_qualities()
-        ladder = QualityLadder(levels, provider=provider, threads=threads, max_pixels=max_pixels)
+        ladder = QualityLadder(levels, provider=provider, threads=threads, max_pixels=max_pixels,
+                               format_version=format_version)
 
     def work(job):
         from aectl.runtime.container import parse

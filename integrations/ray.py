@@ -22,6 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from aectl.runtime import AectlError, Codec, Decoder
+from aectl.runtime.container import VERSION
 from aectl.runtime.files import Job, Result, compress_info
 from aectl.runtime.image_io import atomic_write
 
@@ -29,8 +30,8 @@ from aectl.runtime.image_io import atomic_write
 class CompressBatch:
     """map_batches callable: {"path": [...]} or {"image": [HxWx3 uint8, ...]} -> adds "aec" and "error"."""
 
-    def __init__(self, bundle: str, provider: str = "cpu", threads: int | None = 1):
-        self.codec = Codec(bundle, provider=provider, threads=threads)
+    def __init__(self, bundle: str, provider: str = "cpu", threads: int | None = 1, format_version: int = VERSION):
+        self.codec = Codec(bundle, provider=provider, threads=threads, format_version=format_version)
 
     def __call__(self, batch: dict) -> dict:
         items = batch["image"] if "image" in batch else batch["path"]
@@ -81,7 +82,7 @@ def _header(data: bytes):
 
 
 def compress_jobs(jobs: list[Job], bundle: str | Path, force: bool, workers: int | None = None,
-                  provider: str = "cpu", batch_size: int = 8) -> Iterator[Result]:
+                  provider: str = "cpu", batch_size: int = 8, format_version: int = VERSION) -> Iterator[Result]:
     """Compress `jobs` on the Ray cluster (RAY_ADDRESS, else a local one) and write outputs on the driver."""
     try:
         import ray
@@ -98,7 +99,8 @@ def compress_jobs(jobs: list[Job], bundle: str | Path, force: bool, workers: int
     targets = {str(job.source): job for job in jobs}
     dataset = ray.data.from_items([{"path": str(job.source)} for job in jobs])
     mapped = dataset.map_batches(CompressBatch, fn_constructor_kwargs={"bundle": str(Path(bundle).resolve()),
-                                                                       "provider": provider},
+                                                                       "provider": provider,
+                                                                       "format_version": format_version},
                                  batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers or 1),
                                  batch_format="numpy")
     for row in mapped.iter_rows():

@@ -138,6 +138,31 @@ def test_group_flags_skip_the_all_mode_channels():
 V1_FILE = ROOT / "tests" / "data" / "kodim07-256x192-q1-v1.aec"  # written by aectl before format version 2
 
 
+def test_compress_writes_version_1_on_request(tmp_path):
+    """`--format-version 1` writes files that older decoders read: same pixels as the version-2 file, and the
+    version-1 coding (no flags) in the payload. Other versions are one-line errors that write nothing."""
+    source = tmp_path / "crop.png"
+    Image.open(ROOT / "examples" / "images" / "kodim07.png").crop((120, 100, 376, 292)).save(source)
+    q1 = ROOT / "models" / "factorized-q1"
+    for version in (1, 2):
+        proc = subprocess.run([aectl_exe(), "compress", str(source), "-m", str(q1), "-o", str(tmp_path / f"v{version}.aec"),
+                               "--format-version", str(version), "--provider", "cpu"], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    old, new = (tmp_path / "v1.aec").read_bytes(), (tmp_path / "v2.aec").read_bytes()
+    (h1, p1, _), (h2, p2, _) = container.parse(old), container.parse(new)
+    assert (h1.version, h2.version) == (1, 2) and p1 != p2
+    codec = Codec(q1, provider="cpu")
+    shape = (h1.latent_height, h1.latent_width)
+    assert np.array_equal(codec.coder.decode_block(new_decoder(p1), shape, group_flags=False),
+                          codec.coder.decode_block(new_decoder(p2), shape))
+    assert np.array_equal(np.asarray(codec.decompress(old)), np.asarray(codec.decompress(new)))
+    proc = subprocess.run([aectl_exe(), "compress", str(source), "-m", str(q1), "-o", str(tmp_path / "v3.aec"),
+                           "--format-version", "3", "--provider", "cpu"], capture_output=True, text=True)
+    assert proc.returncode != 0 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "--format-version 3: this aectl writes versions 1, 2" in proc.stderr
+    assert not (tmp_path / "v3.aec").exists()
+
+
 def test_version_1_files_still_decode(tmp_path):
     """Files from before group flags decode as they did: the version-1 coding is kept byte for byte, and the
     same symbols written as a version-2 file decode to the same pixels."""
