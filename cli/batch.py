@@ -80,9 +80,6 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
         require_provider(provider)
     if model is None:
         model = shipped_bundle(quality)
-    from aectl.runtime.container import VERSION
-
-    format_version = VERSION if format_version is None else format_version
     codec = Codec(model, provider=provider, threads=threads, max_pixels=max_pixels, format_version=format_version)
     if not codec.bundle.has_encoder:
         raise AectlError(f"bundle {model} is decoder-only (no encoder.onnx) and cannot compress; "

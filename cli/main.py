@@ -171,8 +171,9 @@ def compress(
     fail_fast: bool = typer.Option(False, "--fail-fast", help="stop at the first file that fails"),
     engine: str = typer.Option("local", help="local, or ray (Ray Data on $RAY_ADDRESS or a local Ray)"),
     workers: Optional[int] = typer.Option(None, help="--engine ray: parallel workers (each loads the bundle once)"),
-    format_version: int = typer.Option(2, "--format-version", help=".aec format version to write: 2, or 1 for "
-                                       "decoders of older aectl releases (docs/aec-format.md)"),
+    format_version: Optional[int] = typer.Option(None, "--format-version", help=".aec format version to write; "
+                                                 "default: the current (2); 1 for decoders of older aectl releases "
+                                                 "(docs/aec-format.md)"),
 ) -> None:
     """Compress images into .aec files."""
     from aectl.cli.batch import compress_files

@@ -22,7 +22,6 @@ from typing import Iterator
 import numpy as np
 
 from aectl.runtime import AectlError, Codec, Decoder
-from aectl.runtime.container import VERSION
 from aectl.runtime.files import Job, Result, compress_info
 from aectl.runtime.image_io import atomic_write
 
@@ -30,7 +29,7 @@ from aectl.runtime.image_io import atomic_write
 class CompressBatch:
     """map_batches callable: {"path": [...]} or {"image": [HxWx3 uint8, ...]} -> adds "aec" and "error"."""
 
-    def __init__(self, bundle: str, provider: str = "cpu", threads: int | None = 1, format_version: int = VERSION):
+    def __init__(self, bundle: str, provider: str = "cpu", threads: int | None = 1, format_version: int | None = None):
         self.codec = Codec(bundle, provider=provider, threads=threads, format_version=format_version)
 
     def __call__(self, batch: dict) -> dict:
@@ -82,7 +81,7 @@ def _header(data: bytes):
 
 
 def compress_jobs(jobs: list[Job], bundle: str | Path, force: bool, workers: int | None = None,
-                  provider: str = "cpu", batch_size: int = 8, format_version: int = VERSION) -> Iterator[Result]:
+                  provider: str = "cpu", batch_size: int = 8, format_version: int | None = None) -> Iterator[Result]:
     """Compress `jobs` on the Ray cluster (RAY_ADDRESS, else a local one) and write outputs on the driver."""
     try:
         import ray

@@ -135,12 +135,13 @@ class Decoder:
 
 class Codec(Decoder):
     """A full bundle: compresses images to .aec bytes and decompresses them. `format_version` is the .aec
-    version written (docs/aec-format.md): the current one, or 1 for decoders of older aectl releases (sizes
+    version written (docs/aec-format.md): the current one (None), or 1 for decoders of older aectl releases (sizes
     within 0.1%, entropy decoding ~17% slower)."""
 
     def __init__(self, bundle: str | Path | Bundle, provider: str = "auto", threads: int | None = None,
                  max_pixels: int = container.DEFAULT_MAX_PIXELS, batch_size: int = 8, network: Network | None = None,
-                 format_version: int = container.VERSION):
+                 format_version: int | None = None):
+        format_version = container.VERSION if format_version is None else format_version
         if format_version not in container.READABLE_VERSIONS:
             raise AectlError(f"--format-version {format_version}: this aectl writes versions "
                              f"{', '.join(map(str, container.READABLE_VERSIONS))}")
