@@ -3,8 +3,11 @@
 sessions and run options; batch sizes take turns within each round; the figure is the median of the rounds
 (the first round is warm-up). It chose the runtime's pixel budget per session run (runtime/network.py
 CPU_RUN_PIXELS). Random inputs are no substitute: noise latents made the decoder 2x slower per image.
+Runs over providers.SHRINK_ABOVE_PIXELS hand the memory arena back afterwards, as in the runtime, so the next
+run page-faults its buffers afresh; --keep-arena never shrinks it, to tell that cost from the run's own.
 
     python benchmarks/batch_probe.py [BUNDLE] [--images DIR] [--crop S] [--batches 1,2,4,8] [--threads 2]
+                                     [--keep-arena]
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from aectl.runtime import providers
 from aectl.runtime.bundle import load_bundle
 from aectl.runtime.network import Network
 
@@ -44,7 +48,10 @@ def main() -> None:
     parser.add_argument("--batches", default="1,2,4,8")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--keep-arena", action="store_true", help="never shrink the memory arena after a run")
     args = parser.parse_args()
+    if args.keep_arena:
+        providers.SHRINK_ABOVE_PIXELS = 1 << 62
     batches = [int(b) for b in args.batches.split(",")]
     count = max(batches)
     network = Network(load_bundle(args.bundle), "cpu", args.threads)
@@ -59,7 +66,8 @@ def main() -> None:
                     run(data[first:first + b])
                 times.setdefault((role, b), []).append((time.perf_counter() - start) / count)
     h, w = x.shape[2:]
-    print(f"{args.bundle}, {count} images of {h}x{w}, {args.threads} threads, median of {args.rounds - 1} rounds")
+    print(f"{args.bundle}, {count} images of {h}x{w}, {args.threads} threads, median of {args.rounds - 1} rounds, "
+          f"arena {'kept' if args.keep_arena else f'shrunk after runs over {providers.SHRINK_ABOVE_PIXELS} px'}")
     for (role, b), values in sorted(times.items()):
         print(f"{role}  batch {b:2d}  {h * w * b / 1e6:5.2f} Mpx per run  {np.median(values[1:]) * 1000:7.1f} ms "
               f"per image")

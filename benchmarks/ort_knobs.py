@@ -4,7 +4,7 @@ image size (default 768x512, a kodak-dev image), on the CPU provider.
     python benchmarks/ort_knobs.py [--bundle DIR] [--image PNG] [--repeats 7] [--json OUT]
 
 Variants, all timed in the same process and interleaved round-robin (so load changes hit them alike),
-median of repeats after one warm-up run each:
+median of repeats after one warm-up run each, with a short untimed pause before every timed run (PAUSE_S):
 - graph optimisation level disabled / basic / extended / all, at 2 threads
 - threads 1 vs 2 (level all)
 - the CPU memory arena on (the default) vs off; plus peak RSS of compressing and decompressing a big tiled
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -34,6 +35,10 @@ from aectl.runtime.providers import Tuning, create_session
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "level all, 2 threads, arena on (default)"
 DEFAULT_IMAGE = ROOT.parent / "shared" / "data" / "kodak-dev" / "kodim01.png"
+# Untimed pause before every timed run. Each of the 16 sessions has its own intra-op thread pool, whose workers
+# spin for a while after a run: without the pause they take the cores from the next variant's run, a fixed cost
+# per run that made batch 1 look 1.2-1.35x slower per image than batch 8 (benchmarks/README.md).
+PAUSE_S = 0.1
 
 RSS_SNIPPET = """
 import resource, sys, numpy as np
@@ -75,7 +80,7 @@ def main() -> None:
     variants["level all, 1 thread"] = (Tuning(), 1, 1)
     variants["level all, 2 threads, batch 8"] = (Tuning(), 2, 8)
 
-    results: dict = {"image": f"{w}x{h}", "bundle": str(args.bundle), "repeats": args.repeats, "variants": {}}
+    results: dict = {"image": f"{w}x{h}", "bundle": os.path.relpath(args.bundle, ROOT), "repeats": args.repeats, "variants": {}}
     sessions = {}
     for role in ("encoder", "decoder"):
         model = bundle.read(role)
@@ -102,6 +107,7 @@ def main() -> None:
         # Rotate the order every round, so no variant always runs right after the same other one.
         for key in keys[r % len(keys):] + keys[:r % len(keys)]:
             session, batch, _ = sessions[key]
+            time.sleep(PAUSE_S)
             start = time.perf_counter()
             session.run(None, feeds[(key[0], batch)])
             times[key].append((time.perf_counter() - start) / batch)

@@ -60,8 +60,9 @@ class Tuning:
     mem_arena: onnxruntime's CPU memory arena. On: without it every large intermediate is mmap'ed, page-faulted
         and returned on every run (benchmarks/README.md: the arena made the networks 1.3-1.5x faster here).
         The arena keeps the largest buffers of every input shape it has seen, so runs larger than
-        SHRINK_ABOVE_PIXELS (tiles of big images, big batches) hand their memory back after the run
-        (providers.run_options); peak memory stays bounded by the run size.
+        SHRINK_ABOVE_PIXELS (big batches through Network; the codec's CPU runs stay under it) hand their memory
+        back after the run (providers.run_options), at the price of page-faulting it again on the next run;
+        peak memory stays bounded by the run size.
     optimized_model_path: also write the graph as optimised (use with "extended" only, which is portable).
     """
 

@@ -308,7 +308,7 @@ def test_batch_api_matches_single_calls(trained, kodak):
 
 def test_batches_share_runs_only_within_the_pixel_budget(trained, kodak):
     """Small same-size images share session runs; kodak-size images on the CPU run one by one (a run of eight
-    outgrows the cache, runtime/network.py CPU_RUN_PIXELS); files are the same either way."""
+    gains nothing there, runtime/network.py CPU_RUN_PIXELS); files are the same either way."""
     from aectl.runtime.network import CPU_RUN_PIXELS
 
     _, bundle = trained["factorized"]
