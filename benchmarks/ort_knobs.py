@@ -80,7 +80,8 @@ def main() -> None:
     variants["level all, 1 thread"] = (Tuning(), 1, 1)
     variants["level all, 2 threads, batch 8"] = (Tuning(), 2, 8)
 
-    results: dict = {"image": f"{w}x{h}", "bundle": os.path.relpath(args.bundle, ROOT), "repeats": args.repeats, "variants": {}}
+    results: dict = {"image": f"{w}x{h}", "bundle": os.path.relpath(args.bundle, ROOT), "repeats": args.repeats,
+                     "variants": {}}
     sessions = {}
     for role in ("encoder", "decoder"):
         model = bundle.read(role)

@@ -56,7 +56,8 @@ def _print_ok(json_out: bool, advance):
 
 
 def compress_files(inputs, model, out, provider, force, json_out, threads, max_pixels, fail_fast=False,
-                   engine="local", workers=None, quality=None, max_bytes=None, max_bpp=None, format_version=None) -> int:
+                   engine="local", workers=None, quality=None, max_bytes=None, max_bpp=None,
+                   format_version=None) -> int:
     from aectl.runtime.codec import Codec
     from aectl.runtime.registry import shipped_bundle, shipped_qualities
     from aectl.runtime.providers import PROVIDER_NAMES, require_provider

@@ -209,4 +209,4 @@ class Codec(Decoder):
             symbols = self.network.quantize(y)
         with stage(self.stages, "entropy"):
             for (i, _), sym in zip(items, symbols):
-                self.coder.encode_block(encoders[i], sym, group_flags=self.format_version >= 2)
+                self.coder.encode_block(encoders[i], sym, group_flags=container.has_group_flags(self.format_version))

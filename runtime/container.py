@@ -44,8 +44,7 @@ class Header:
 
     @property
     def group_flags(self) -> bool:
-        """Whether the payload's blocks carry group flags (format version 2 on)."""
-        return self.version >= 2
+        return has_group_flags(self.version)
 
     @property
     def has_alpha(self) -> bool:
@@ -54,6 +53,11 @@ class Header:
     @property
     def tiled(self) -> bool:
         return self.tile_width < self.width or self.tile_height < self.height
+
+
+def has_group_flags(version: int) -> bool:
+    """Whether the payload's blocks carry group flags (format version 2 on)."""
+    return version >= 2
 
 
 def pack(header: Header, payload: bytes, alpha: bytes = b"") -> bytes:
@@ -79,8 +83,8 @@ def parse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Header, by
                          f"{', '.join(map(str, READABLE_VERSIONS))})")
     if len(data) < HEADER_SIZE + CRC_SIZE:
         raise AectlError(f"truncated .aec file ({len(data)} bytes, the header alone needs {HEADER_SIZE + CRC_SIZE})")
-    (_, version, flags, model_id, width, height, channels, depth, padding, reserved, tile_w, tile_h, lat_c, lat_h, lat_w,
-     payload_len, alpha_len) = _HEADER.unpack_from(data)
+    (_, version, flags, model_id, width, height, channels, depth, padding, reserved, tile_w, tile_h, lat_c, lat_h,
+     lat_w, payload_len, alpha_len) = _HEADER.unpack_from(data)
     expected = HEADER_SIZE + payload_len + alpha_len + CRC_SIZE
     if len(data) < expected:
         raise AectlError(f"truncated .aec file ({len(data)} of {expected} bytes)")
@@ -115,8 +119,8 @@ def parse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Header, by
 
 def describe(header: Header) -> dict:
     """Header fields for `aectl info FILE.aec` and --json output."""
-    return {"format_version": header.version, "model_id": header.model_id, "width": header.width, "height": header.height,
-            "channels": header.channels, "bit_depth": header.bit_depth, "padding": "replicate",
+    return {"format_version": header.version, "model_id": header.model_id, "width": header.width,
+            "height": header.height, "channels": header.channels, "bit_depth": header.bit_depth, "padding": "replicate",
             "tiled": header.tiled, "tile": [header.tile_width, header.tile_height],
             "latent_tile_shape": [header.latent_channels, header.latent_height, header.latent_width],
             "payload_bytes": header.payload_length, "alpha_bytes": header.alpha_length}

@@ -22,9 +22,9 @@ from aectl.runtime.providers import (DEFAULT_TUNING, GPU_DEVICE_ID, Tuning, chec
 INT32_LIMIT = 2**31 - 1
 # Pixels per session run (a batch of same-size images, or tiles). On the CPU, batching pays only for small
 # images: with the default model, 128x128 images run ~20% faster per image in runs of 8-32 than one by one,
-# while 256x256 images gain nothing from runs of 2-8 and 768x512 images nothing from runs of 2-8 either; runs
-# over providers.SHRINK_ABOVE_PIXELS would also pay 30-45% more per image for re-faulting the arena they hand
-# back (benchmarks/batch_probe.py, benchmarks/README.md). On a GPU, big runs fill the device; the bound there
+# while 256x256 and 768x512 images gain nothing from runs of 2-8. Runs over providers.SHRINK_ABOVE_PIXELS
+# would also pay 30-45% more per image, for re-faulting the arena they hand back (benchmarks/batch_probe.py,
+# benchmarks/README.md). On a GPU, big runs fill the device; the bound there
 # only caps memory.
 CPU_RUN_PIXELS = 1 << 18
 GPU_RUN_PIXELS = 1 << 22

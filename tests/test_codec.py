@@ -145,8 +145,9 @@ def test_compress_writes_version_1_on_request(tmp_path):
     Image.open(ROOT / "examples" / "images" / "kodim07.png").crop((120, 100, 376, 292)).save(source)
     q1 = ROOT / "models" / "factorized-q1"
     for version in (1, 2):
-        proc = subprocess.run([aectl_exe(), "compress", str(source), "-m", str(q1), "-o", str(tmp_path / f"v{version}.aec"),
-                               "--format-version", str(version), "--provider", "cpu"], capture_output=True, text=True)
+        proc = subprocess.run([aectl_exe(), "compress", str(source), "-m", str(q1),
+                               "-o", str(tmp_path / f"v{version}.aec"), "--format-version", str(version),
+                               "--provider", "cpu"], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
     old, new = (tmp_path / "v1.aec").read_bytes(), (tmp_path / "v2.aec").read_bytes()
     (h1, p1, _), (h2, p2, _) = container.parse(old), container.parse(new)
