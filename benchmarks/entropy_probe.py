@@ -1,8 +1,9 @@
 """Where the entropy coder's time goes, per image of a bundle (default: the shipped q4) on kodak-dev: encoding
 and decoding one block with runtime/entropy_coder.py exactly as the codec does, and within that the time spent
 inside constriction's own calls (through a thin timing wrapper around the coder object; it adds ~0.1 us per
-call) against the numpy and Python work around them, and the class map's decoding alone. The same blocks
-coded as format version 1 (no group flags) take turns with them in every pass, for the before/after.
+call) against the numpy and Python work around them, and the class map's decoding alone. The same blocks coded
+as every .aec format version (1: tables as stored; 2: group flags; 3: trimmed tables) take turns in every pass,
+for the before/after; the rows without a suffix are the current version.
 
     python benchmarks/entropy_probe.py [BUNDLE] [--images DIR] [--passes 30] [--json OUT]
 
@@ -66,64 +67,66 @@ def main() -> None:
         if (header.tile_width, header.tile_height) != (header.width, header.height):
             raise SystemExit(f"{path.name} is tiled; the probe takes single-block images")
         shape = (header.latent_height, header.latent_width)
-        blocks.append((coder.decode_block(new_decoder(payload), shape, header.group_flags), payload, shape))
-    symbols = sum(s.size for s, _, _ in blocks)
-    version_1 = []
-    for sym, _, _ in blocks:
-        enc = new_encoder()
-        coder.encode_block(enc, sym, group_flags=False)
-        version_1.append(finish(enc))
+        blocks.append((coder.decode_block(new_decoder(payload), shape, header.version), shape))
+    symbols = sum(s.size for s, _ in blocks)
+    payloads = {}  # by version: each block's payload
+    for version in container.READABLE_VERSIONS:
+        payloads[version] = []
+        for sym, _ in blocks:
+            enc = new_encoder()
+            coder.encode_block(enc, sym, version)
+            payloads[version].append(finish(enc))
 
-    def encode_all(group_flags=True):
+    def encode_all(version):
         inside = 0.0
-        for sym, _, _ in blocks:
+        for sym, _ in blocks:
             enc = Timed(new_encoder())
-            coder.encode_block(enc, sym, group_flags)
+            coder.encode_block(enc, sym, version)
             finish(enc.coder)
             inside += enc.seconds
         return inside
 
-    def decode_all(group_flags=True):
+    def decode_all(version):
         inside = 0.0
-        for (_, payload, shape), old in zip(blocks, version_1):
-            dec = Timed(new_decoder(payload if group_flags else old))
-            coder.decode_block(dec, shape, group_flags)
+        for (_, shape), payload in zip(blocks, payloads[version]):
+            dec = Timed(new_decoder(payload))
+            coder.decode_block(dec, shape, version)
             inside += dec.seconds
         return inside
 
     def map_only():  # the class map opens every classified block (none in bundles without classes)
-        for _, payload, shape in blocks:
-            if coder.classes:
+        for (_, shape), payload in zip(blocks, payloads[container.VERSION]):
+            if coder.class_count:
                 coder._decode_map(new_decoder(payload), shape[0], shape[0] * shape[1])
 
-    rows: dict[str, list[float]] = {k: [] for k in (
-        "encode", "encode_in_constriction", "decode", "decode_in_constriction", "class_map_decode",
-        "encode_version_1", "encode_version_1_in_constriction", "decode_version_1", "decode_version_1_in_constriction")}
+    def suffix(version):
+        return "" if version == container.VERSION else f"_version_{version}"
+
+    rows: dict[str, list[float]] = {"class_map_decode": []}
     for _ in range(args.passes + 1):  # the first pass is warm-up
-        for suffix, group_flags in (("", True), ("_version_1", False)):
-            start = time.perf_counter()
-            inside = encode_all(group_flags)
-            rows[f"encode{suffix}"].append(time.perf_counter() - start)
-            rows[f"encode{suffix}_in_constriction"].append(inside)
-            start = time.perf_counter()
-            inside = decode_all(group_flags)
-            rows[f"decode{suffix}"].append(time.perf_counter() - start)
-            rows[f"decode{suffix}_in_constriction"].append(inside)
+        for version in container.READABLE_VERSIONS:
+            for task, run in (("encode", encode_all), ("decode", decode_all)):
+                start = time.perf_counter()
+                inside = run(version)
+                rows.setdefault(f"{task}{suffix(version)}", []).append(time.perf_counter() - start)
+                rows.setdefault(f"{task}{suffix(version)}_in_constriction", []).append(inside)
         start = time.perf_counter()
         map_only()
         rows["class_map_decode"].append(time.perf_counter() - start)
 
     n = len(blocks)
-    calls = Timed(new_decoder(blocks[0][1]))
-    coder.decode_block(calls, blocks[0][2])
+    current = payloads[container.VERSION]
+    calls = Timed(new_decoder(current[0]))
+    coder.decode_block(calls, blocks[0][1])
     decoded = 0  # symbols the range decoder reads (group flags skip the rest), flags and class map included
-    for _, payload, shape in blocks:
+    for (_, shape), payload in zip(blocks, current):
         counted = Timed(new_decoder(payload))
         coder.decode_block(counted, shape)
         decoded += counted.symbols
     name = os.path.relpath(args.bundle, ROOT)
-    result = {"bundle": name, "images": n, "symbols_per_image": symbols // n, "symbols_read_per_image": decoded // n,
-              "payload_bytes": sum(len(p) for _, p, _ in blocks), "payload_bytes_version_1": sum(map(len, version_1)),
+    result = {"bundle": name, "images": n, "version": container.VERSION, "symbols_per_image": symbols // n,
+              "symbols_read_per_image": decoded // n,
+              "payload_bytes": {f"version_{v}": sum(map(len, p)) for v, p in payloads.items()},
               "constriction_calls_per_decoded_block": calls.calls, "passes": args.passes,
               "ms_per_image": {k: {"best": 1e3 * min(v[1:]) / n, "median": 1e3 * statistics.median(v[1:]) / n}
                                for k, v in rows.items()}}
@@ -133,7 +136,7 @@ def main() -> None:
                                                for d in ("encode", "decode")}
     print(f"{name}: {n} images, {symbols // n} symbols per image ({decoded // n} read by the range decoder), "
           f"{calls.calls} constriction calls to decode one block; ms per image over {args.passes} passes; "
-          f"payload {result['payload_bytes']} B ({result['payload_bytes_version_1']} B as version 1)")
+          "payload " + ", ".join(f"{b} B as {v.replace('_', ' ')}" for v, b in result["payload_bytes"].items()))
     print(f"{'':34s} {'best':>7s} {'median':>7s}")
     for k, v in result["ms_per_image"].items():
         print(f"{k:34s} {v['best']:7.2f} {v['median']:7.2f}")

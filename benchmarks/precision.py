@@ -56,7 +56,7 @@ def main() -> None:
 
         dec = entropy_coder.new_decoder(payload)
         shape = codecs[0].network.latent_shape(1, -(-header.height // 16) * 16, -(-header.width // 16) * 16)[1:]
-        symbols = codecs[0].coder.decode_block(dec, shape[1:], header.group_flags)[None]
+        symbols = codecs[0].coder.decode_block(dec, shape[1:], header.version)[None]
         latents.append(codecs[0].network.dequantize(symbols))
     for c in codecs:
         c.network.decode(latents[0])  # warm-up

@@ -56,8 +56,8 @@ class Decoder:
         with stage(self.stages, "container"):
             parsed = [self._parse(data) for data in blobs]
         with stage(self.stages, "entropy"):
-            # Each file's range decoder, and whether its blocks carry group flags (its format version).
-            streams = [(entropy_coder.new_decoder(payload), h.group_flags) for h, payload, _ in parsed]
+            # Each file's range decoder, and its format version (how its blocks are coded).
+            streams = [(entropy_coder.new_decoder(payload), h.version) for h, payload, _ in parsed]
         with stage(self.stages, "io"):
             outputs = [np.empty((h.height, h.width, 3), dtype=np.uint8) for h, _, _ in parsed]
         plans = [tiling.plan(h.height, h.width, h.tile_height, h.tile_width, self.stride, self.fixed_size)
@@ -127,7 +127,7 @@ class Decoder:
         tiles = tiling.plan(header.height, header.width, *expected_tile, self.stride, self.fixed_size)
         per_channel = [int(np.prod(self.network.latent_shape(1, t.padded_height, t.padded_width)[2:], dtype=np.int64))
                        for t in tiles]
-        if 8 * len(payload) + 64 < self.coder.min_payload_bits(per_channel, header.group_flags):
+        if 8 * len(payload) + 64 < self.coder.min_payload_bits(per_channel, header.version):
             raise AectlError(f"corrupted .aec file (a payload of {len(payload)} bytes cannot hold a "
                              f"{header.width}x{header.height} image)")
         return header, payload, alpha
@@ -209,4 +209,4 @@ class Codec(Decoder):
             symbols = self.network.quantize(y)
         with stage(self.stages, "entropy"):
             for (i, _), sym in zip(items, symbols):
-                self.coder.encode_block(encoders[i], sym, group_flags=container.has_group_flags(self.format_version))
+                self.coder.encode_block(encoders[i], sym, self.format_version)

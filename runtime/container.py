@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from aectl.runtime.errors import AectlError
 
 MAGIC = b"\x89AEC"
-VERSION = 2            # written; version 2 added the payload's group flags (runtime/entropy_coder.py)
-READABLE_VERSIONS = (1, 2)
+VERSION = 3            # written; 2 added the payload's group flags, 3 its trimmed tables (runtime/entropy_coder.py)
+READABLE_VERSIONS = (1, 2, 3)
 FLAG_ALPHA = 0x01
 PAD_REPLICATE = 1
 # magic, version, flags, model id, width, height, channels, bit depth, padding, reserved,
@@ -43,21 +43,12 @@ class Header:
     version: int = VERSION   # new files are written at VERSION; a parsed header keeps its file's version
 
     @property
-    def group_flags(self) -> bool:
-        return has_group_flags(self.version)
-
-    @property
     def has_alpha(self) -> bool:
         return self.alpha_length > 0
 
     @property
     def tiled(self) -> bool:
         return self.tile_width < self.width or self.tile_height < self.height
-
-
-def has_group_flags(version: int) -> bool:
-    """Whether the payload's blocks carry group flags (format version 2 on)."""
-    return version >= 2
 
 
 def pack(header: Header, payload: bytes, alpha: bytes = b"") -> bytes:

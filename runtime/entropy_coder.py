@@ -24,12 +24,21 @@ little under the bucket's is zero (the offset of 1.5 gave the fewest bits on cro
 Groups with b > 20 (all-mode below 0.4%) and smaller groups (where a flag costs more than it saves) carry none.
 Payloads change by -0.08% to +0.01% against version 1 (32x32 to 768x512 crops of 20 photos, q1, q4, q7).
 Version 1 blocks (no flags) still decode.
+
+Trimmed tables (format version 3): constriction's categorical decoder finds each symbol by a binary search over
+its table's CDF, so a symbol costs ~10 ns in a 4-bin table and ~19 ns in a 33-bin one. Most bins of the shipped
+tables hold only the floor count of 1 that export/tables.py gives every bin (30 of the median 33 bins of q4's
+class tables). Version 3 derives each table from the bundle's by moving the floor-count bins at both ends into
+its escape bin, in integers on both sides, so bundles are unchanged: the median table shrinks to 5 bins, and a
+symbol in a moved bin (under a 2^-16 chance each) is coded as an escape. Versions 1 and 2 use the tables as
+stored.
 """
 from __future__ import annotations
 
 import numpy as np
 import constriction
 
+from aectl.runtime import container
 from aectl.runtime.errors import AectlError
 
 _HALF = np.int64(1 << 16)
@@ -43,33 +52,59 @@ _POWERS_OF_TWO = np.int64(1) << np.arange(62, dtype=np.int64)
 MIN_FLAGGED_GROUP = 64  # positions; below it flags cost more than they save (+1.5% at 128x128 without it)
 
 
+def has_group_flags(version: int) -> bool:
+    """Whether a payload's blocks carry group flags (format version 2 on)."""
+    return version >= 2
+
+
+def has_trimmed_tables(version: int) -> bool:
+    """Whether a payload is coded with trimmed tables (format version 3 on)."""
+    return version >= 3
+
+
+def trim(cdf: np.ndarray) -> tuple[np.ndarray, int]:
+    """(CDF without the floor-count bins at both ends, which join the escape bin; index of the first bin kept)."""
+    freq = np.diff(cdf)
+    kept = np.flatnonzero(freq[:-1] > 1)
+    if not len(kept):
+        return cdf, 0
+    first, end = int(kept[0]), int(kept[-1]) + 1
+    escape = freq[-1] + freq[:first].sum() + freq[end:-1].sum()
+    return np.concatenate([[0], np.cumsum(np.append(freq[first:end], escape))]), first
+
+
 def _categorical(cdf: np.ndarray):
     # Exact integers as float64: constriction rescales them deterministically on every machine.
     return constriction.stream.model.Categorical(np.diff(cdf).astype(np.float64), perfect=False)
 
 
 class ChannelTables:
-    """One integer CDF per channel over shared offsets: codes (C, n) symbol groups with the escape path."""
+    """One integer CDF per channel (trimmed or as stored) over the bundle's offsets: codes (C, n) symbol groups
+    with the escape path."""
 
-    def __init__(self, offsets: np.ndarray, cdfs: list, precision: int):
-        cdfs = [np.asarray(cdf, dtype=np.int64) for cdf in cdfs]
+    def __init__(self, offsets: np.ndarray, cdfs: list, precision: int, trimmed: bool = False):
+        stored = [np.asarray(cdf, dtype=np.int64) for cdf in cdfs]
+        cut = [trim(cdf) if trimmed else (cdf, 0) for cdf in stored]
+        cdfs = [cdf for cdf, _ in cut]
+        first = np.array([f for _, f in cut], dtype=np.int64)
         self.escape_index = np.array([len(cdf) - 2 for cdf in cdfs], dtype=np.int64)
         self._escape32 = self.escape_index.astype(np.int32)[:, None]
         self._escape_unsigned = self._escape32.view(np.uint32)
-        self._offsets32 = offsets.astype(np.int32)[:, None]  # bundle.py holds offsets within +-2**30
+        self._offsets32 = (offsets + first).astype(np.int32)[:, None]  # bundle.py holds offsets within +-2**30
         self.models = [_categorical(cdf) for cdf in cdfs]
         self.uniform = constriction.stream.model.Uniform(1 << 16)
         total = float(1 << precision)
-        # Bits per bin, padded to the widest table (escape bins also pay their two 16-bit halves).
-        width = int(self.escape_index.max()) + 1
-        self.bits = np.full((len(cdfs), width), np.inf)
-        for c, cdf in enumerate(cdfs):
-            self.bits[c, :len(cdf) - 1] = -np.log2(np.diff(cdf) / total)
-            self.bits[c, self.escape_index[c]] += ESCAPE_BITS
+        # Bits per bin of the stored tables (what a class choice indexes, the same for every table of a bundle),
+        # padded to the widest: a bin trimmed away costs its escape, and escapes also pay their two 16-bit halves.
+        self.bits = np.full((len(cdfs), max(len(cdf) - 1 for cdf in stored)), np.inf)
+        for c, (cdf, start) in enumerate(cut):
+            bits = -np.log2(np.diff(cdf) / total)
+            self.bits[c, :len(stored[c]) - 1] = bits[-1] + ESCAPE_BITS
+            self.bits[c, start:start + len(bits) - 1] = bits[:-1]
         # The cheapest any symbol of channel c can be: -log2 of its most probable bin.
         self.min_bits = self.bits.min(axis=1)
         # Group flags: each channel's most probable bin other than the escape (lowest index on a tie) and the
-        # frequency left to the other bins; bundle.py holds precision to 8..24.
+        # frequency left to the other bins; bundle.py holds precision to 8..24. Trimming changes neither.
         self.mode = np.array([int(np.diff(cdf)[:-1].argmax()) for cdf in cdfs], dtype=np.int32)
         self.mode_rest = np.array([total - (cdf[m + 1] - cdf[m]) for cdf, m in zip(cdfs, self.mode)], dtype=np.int64)
         self.precision = precision
@@ -94,8 +129,7 @@ class ChannelTables:
         negative index wraps to a huge unsigned one, so one minimum catches both sides). 32-bit arithmetic
         (4x faster than 64-bit here) is exact: with offsets within +-2**30 and tables under 2**16 bins, a
         difference that wraps can never land inside a table."""
-        index = np.subtract(symbols, self._offsets32, dtype=np.int32)
-        return np.minimum(index.view(np.uint32), self._escape_unsigned).view(np.int32)
+        return _table_indices(symbols, self._offsets32, self._escape_unsigned)
 
     def escapes(self, bins: np.ndarray) -> np.ndarray:
         return bins == self._escape32
@@ -138,16 +172,34 @@ class ChannelTables:
         return out
 
 
+class Tables:
+    """The tables one format version codes with: plain, and per class when the bundle has classes, with the bits
+    of every stored bin under every class, one row of K per (channel, bin), for the class choice."""
+
+    def __init__(self, entropy: dict, trimmed: bool):
+        offsets = np.asarray(entropy["offsets"], dtype=np.int64)
+        precision = int(entropy["precision"])
+        self.plain = ChannelTables(offsets, entropy["cdfs"], precision, trimmed)
+        classes = entropy.get("classes")
+        self.classes = [ChannelTables(offsets, cdfs, precision, trimmed) for cdfs in classes["cdfs"]] if classes else []
+        if self.classes:
+            class_bits = np.stack([t.bits for t in self.classes], axis=-1).reshape(-1, len(self.classes))
+            self.class_bits = np.minimum(class_bits, 1e6).astype(np.float32)  # padding bins are never used
+
+
 class EntropyCoder:
-    """Codes blocks of symbols (C, *spatial) with a bundle's 'entropy' section, classified or not."""
+    """Codes blocks of symbols (C, *spatial) with a bundle's 'entropy' section, classified or not, under the
+    rules of an .aec format version."""
 
     def __init__(self, tables: dict):
-        offsets = np.asarray(tables["offsets"], dtype=np.int64)
-        precision = int(tables["precision"])
-        self.plain = ChannelTables(offsets, tables["cdfs"], precision)
+        self.entropy = tables
+        # Indices into the stored (untrimmed) tables: what the class choice looks bits up with.
+        self._stored_offsets32 = np.asarray(tables["offsets"], dtype=np.int32)[:, None]
+        self._stored_escape_unsigned = np.array([len(cdf) - 2 for cdf in tables["cdfs"]], dtype=np.uint32)[:, None]
+        self._tables: dict[bool, Tables] = {}  # by trimmed or not, built on first use
         self.flag_model = constriction.stream.model.Categorical(perfect=False)  # family: probabilities per flag
         classes = tables.get("classes")
-        self.classes = [ChannelTables(offsets, cdfs, precision) for cdfs in classes["cdfs"]] if classes else []
+        self.class_count = len(classes["cdfs"]) if classes else 0
         if classes:
             # The class map is coded row by row, each position under the table of the class above it: one call
             # per row with constriction's categorical model family (bit-identical to one fixed model per context).
@@ -155,78 +207,80 @@ class EntropyCoder:
             self.map_probabilities = np.stack([np.diff(np.asarray(cdf, dtype=np.int64)).astype(np.float64)
                                                for cdf in classes["map_cdfs"]])
             # The cheapest a position's class can be: -log2 of the most probable class under any context.
-            self.min_map_bits = float(-np.log2(self.map_probabilities[:, :-1].max() / (1 << precision)))
-            # Bits of every bin under every class, one row of K per (channel, bin): one gather per block.
-            width = self.plain.bits.shape[1]
-            self.class_bits = np.stack([t.bits for t in self.classes], axis=-1).reshape(-1, len(self.classes))
-            self.class_bits = np.minimum(self.class_bits, 1e6).astype(np.float32)  # padding bins are never used
+            self.min_map_bits = float(-np.log2(self.map_probabilities[:, :-1].max() / (1 << int(tables["precision"]))))
+            width = int(self._stored_escape_unsigned.max()) + 1
             self.row_start = (np.arange(self.channels)[:, None] * width).astype(np.int32)
 
     @property
     def channels(self) -> int:
-        return len(self.plain.models)
+        return len(self._stored_offsets32)
 
-    def min_payload_bits(self, block_counts: list[int], group_flags: bool = True) -> float:
+    def tables(self, version: int = container.VERSION) -> Tables:
+        """The tables of a format version: trimmed from version 3 on, as stored before."""
+        trimmed = has_trimmed_tables(version)
+        if trimmed not in self._tables:
+            self._tables[trimmed] = Tables(self.entropy, trimmed)
+        return self._tables[trimmed]
+
+    def min_payload_bits(self, block_counts: list[int], version: int = container.VERSION) -> float:
         """A lower bound on the payload of blocks of the given spatial sizes (with a margin for the coder's own
         rounding), which bounds decoding work per byte of a file. With group flags a block of one class can cost
         little more than its class map, or (plain tables) its flags."""
-        if not group_flags:
-            tables = self.classes or [self.plain]
-            per_symbol = float(np.min([t.min_bits for t in tables], axis=0).sum())
+        tables = self.tables(version)
+        if not has_group_flags(version):
+            per_symbol = float(np.min([t.min_bits for t in tables.classes or [tables.plain]], axis=0).sum())
             return 0.9 * sum(block_counts) * per_symbol
-        if self.classes:
+        if tables.classes:
             return 0.9 * sum(block_counts) * self.min_map_bits
         total = 0.0
         for n in block_counts:
-            cost = n * self.plain.min_bits
-            channels, probabilities = self.plain.flagged(n)
+            cost = n * tables.plain.min_bits
+            channels, probabilities = tables.plain.flagged(n)
             cost[channels] = np.minimum(cost[channels], -np.log2(probabilities[:, 1] / (1 << 16)))
             total += float(cost.sum())
         return 0.9 * total
 
-    def encode_block(self, encoder, symbols: np.ndarray, group_flags: bool = True) -> None:
-        """Append one block, symbols of shape (C, n) or (C, h, w) int32, to a constriction RangeEncoder, with
-        group flags (format version 2) or without (version 1)."""
+    def encode_block(self, encoder, symbols: np.ndarray, version: int = container.VERSION) -> None:
+        """Append one block, symbols of shape (C, n) or (C, h, w) int32, to a constriction RangeEncoder, coded as
+        format `version` codes it (group flags from version 2, trimmed tables from version 3)."""
         flat = symbols.reshape(symbols.shape[0], -1)
-        bins = self.plain.bins(flat)
-        escapes = self.plain.escapes(bins)
-        if not self.classes:
-            skips = self._encode_flags(encoder, [(self.plain, bins)]) if group_flags else [None]
-            self.plain.encode(encoder, bins, flat[escapes], skips[0])
+        tables = self.tables(version)
+        flags = has_group_flags(version)
+        if not tables.classes:
+            bins = tables.plain.bins(flat)
+            skips = self._encode_flags(encoder, [(tables.plain, bins)]) if flags else [None]
+            tables.plain.encode(encoder, bins, _escaped(flat, tables.plain, bins), skips[0])
             return
         rows = symbols.shape[1] if symbols.ndim == 3 else 1
-        labels = self._cheapest_classes(bins).reshape(rows, -1)
+        labels = self._cheapest_classes(_table_indices(flat, self._stored_offsets32, self._stored_escape_unsigned),
+                                         tables.class_bits).reshape(rows, -1)
         self._encode_map(encoder, labels)
         order, spans = self._group(labels.reshape(-1))
-        grouped_bins = bins.take(order, axis=1)
-        present = [(tables, start, end) for tables, (start, end) in zip(self.classes, spans) if end > start]
-        skips = self._encode_flags(encoder, [(tables, grouped_bins[:, start:end]) for tables, start, end in present]) \
-            if group_flags else [None] * len(present)
-        # Escapes are rare: gather the symbols themselves only for a block that has any.
-        grouped_symbols = flat.take(order, axis=1) if escapes.any() else None
-        none_escaped = np.empty(0, dtype=np.int64)
-        for (tables, start, end), skip in zip(present, skips):
-            part = grouped_bins[:, start:end]
-            escaped = none_escaped if grouped_symbols is None else \
-                grouped_symbols[:, start:end][tables.escapes(part)]
-            tables.encode(encoder, part, escaped, skip)
+        grouped = flat.take(order, axis=1)
+        parts = [(t, grouped[:, start:end]) for t, (start, end) in zip(tables.classes, spans) if end > start]
+        bins = [t.bins(part) for t, part in parts]
+        skips = self._encode_flags(encoder, [(t, b) for (t, _), b in zip(parts, bins)]) if flags else \
+            [None] * len(parts)
+        for (t, part), b, skip in zip(parts, bins, skips):
+            t.encode(encoder, b, _escaped(part, t, b), skip)
 
-    def decode_block(self, decoder, shape, group_flags: bool = True) -> np.ndarray:
-        """Read one block back: `shape` is the spatial shape, (h, w) or a count; returns (C, *shape) int32.
-        `group_flags`: the block has them (format version 2) or not (version 1)."""
+    def decode_block(self, decoder, shape, version: int = container.VERSION) -> np.ndarray:
+        """Read one block back, coded as format `version` codes it: `shape` is the spatial shape, (h, w) or a
+        count; returns (C, *shape) int32."""
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
         count = int(np.prod(shape, dtype=np.int64))
+        tables = self.tables(version)
+        flags = has_group_flags(version)
         try:
-            if not self.classes:
-                skips = self._decode_flags(decoder, [(self.plain, count)]) if group_flags else [None]
-                out = self.plain.decode(decoder, count, skips[0])
+            if not tables.classes:
+                skips = self._decode_flags(decoder, [(tables.plain, count)]) if flags else [None]
+                out = tables.plain.decode(decoder, count, skips[0])
             else:
                 labels = self._decode_map(decoder, shape[0] if len(shape) == 2 else 1, count).reshape(-1)
                 order, spans = self._group(labels)
-                groups = [(tables, end - start) for tables, (start, end) in zip(self.classes, spans) if end > start]
-                skips = self._decode_flags(decoder, groups) if group_flags else [None] * len(groups)
-                grouped = np.concatenate([tables.decode(decoder, n, skip)
-                                          for (tables, n), skip in zip(groups, skips)], axis=1)
+                groups = [(t, end - start) for t, (start, end) in zip(tables.classes, spans) if end > start]
+                skips = self._decode_flags(decoder, groups) if flags else [None] * len(groups)
+                grouped = np.concatenate([t.decode(decoder, n, skip) for (t, n), skip in zip(groups, skips)], axis=1)
                 inverse = np.empty_like(order)
                 inverse[order] = np.arange(count)
                 out = grouped.take(inverse, axis=1)
@@ -262,37 +316,48 @@ class EntropyCoder:
             start += len(channels)
         return skips
 
-    def _cheapest_classes(self, bins: np.ndarray) -> np.ndarray:
-        """Per position, the class whose tables code its C symbols in the fewest bits. Gathers (C, chunk, K) bit
-        costs a chunk of positions at a time, small enough to stay in cache (~30% faster than all at once);
-        np.take is ~6x faster than fancy indexing here."""
+    def _cheapest_classes(self, bins: np.ndarray, class_bits: np.ndarray) -> np.ndarray:
+        """Per position, the class whose tables code its C symbols in the fewest bits, from the stored tables'
+        indices. Gathers (C, chunk, K) bit costs a chunk of positions at a time, small enough to stay in cache
+        (~30% faster than all at once); np.take is ~6x faster than fancy indexing here."""
         index = bins + self.row_start
         labels = np.empty(index.shape[1], dtype=np.intp)
         for start in range(0, index.shape[1], _LABEL_CHUNK):
             part = index[:, start:start + _LABEL_CHUNK]
-            labels[start:start + _LABEL_CHUNK] = np.take(self.class_bits, part, axis=0).sum(axis=0).argmin(axis=1)
+            labels[start:start + _LABEL_CHUNK] = np.take(class_bits, part, axis=0).sum(axis=0).argmin(axis=1)
         return labels
 
     def _group(self, labels: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Positions sorted by class (raster order within a class) and each class's span in that order."""
-        ends = np.cumsum(np.bincount(labels, minlength=len(self.classes)))
+        ends = np.cumsum(np.bincount(labels, minlength=self.class_count))
         return np.argsort(labels, kind="stable"), list(zip([0, *ends[:-1].tolist()], ends.tolist()))
 
     def _encode_map(self, encoder, labels: np.ndarray) -> None:
-        above = np.full(labels.shape[1], len(self.classes))
+        above = np.full(labels.shape[1], self.class_count)
         for row in labels.astype(np.int32):
             encoder.encode(row, self.map_model, self.map_probabilities[above])
             above = row
 
     def _decode_map(self, decoder, rows: int, count: int) -> np.ndarray:
         labels = np.empty((rows, count // rows), dtype=np.int64)
-        above = np.full(labels.shape[1], len(self.classes))
+        above = np.full(labels.shape[1], self.class_count)
         for r in range(rows):
             labels[r] = decoder.decode(self.map_model, self.map_probabilities[above])
             above = labels[r]  # the out-of-range label is also the "no row above" context: still a valid index
-        if labels.size and labels.max() >= len(self.classes):
+        if labels.size and labels.max() >= self.class_count:
             raise AectlError("corrupted payload: class map out of range")
         return labels
+
+
+def _table_indices(symbols: np.ndarray, offsets32: np.ndarray, escape_unsigned: np.ndarray) -> np.ndarray:
+    index = np.subtract(symbols, offsets32, dtype=np.int32)
+    return np.minimum(index.view(np.uint32), escape_unsigned).view(np.int32)
+
+
+def _escaped(symbols: np.ndarray, tables: ChannelTables, bins: np.ndarray) -> np.ndarray:
+    """The symbols at escape bins, row-major; escapes are rare, so the gather runs only when there are any."""
+    escapes = tables.escapes(bins)
+    return symbols[escapes] if escapes.any() else np.empty(0, dtype=np.int32)
 
 
 def _skip_mask(channels: int, flagged: np.ndarray, all_mode: np.ndarray):

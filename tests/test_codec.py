@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from aectl.runtime import Codec, container, load_bundle, tiling
-from aectl.runtime.entropy_coder import ChannelTables, EntropyCoder, finish, new_decoder, new_encoder
+from aectl.runtime.entropy_coder import ChannelTables, EntropyCoder, finish, new_decoder, new_encoder, trim
 from aectl.runtime.errors import AectlError
 from aectl.train.loop import build_from_checkpoint, load_checkpoint
 from conftest import ROOT, aectl_exe
@@ -80,14 +80,15 @@ def test_table_indices_of_extreme_symbols_never_wrap_into_a_table():
     assert np.array_equal(tables.bins(symbols.astype(np.int32)), expected)
 
 
-@pytest.mark.parametrize("group_flags", [True, False], ids=["v2", "v1"])
+@pytest.mark.parametrize("version", [3, 2, 1], ids=["v3", "v2", "v1"])
 @pytest.mark.parametrize("kind", ["zeros", "random", "huge", "extremes", "mixed", "modes"])
-def test_symbols_decode_exactly_for_adversarial_latents(trained, kind, group_flags):
+def test_symbols_decode_exactly_for_adversarial_latents(trained, kind, version):
     _, bundle = trained["factorized"]
     coder = EntropyCoder(Codec(bundle, provider="cpu").bundle.entropy)
     rng = np.random.default_rng(7)
     shape = (coder.channels, 300)
-    modes = (coder.plain.mode + coder.plain._offsets32[:, 0])[:, None]
+    tables = coder.tables(version).plain
+    modes = (tables.mode + tables._offsets32[:, 0])[:, None]
     symbols = {
         "zeros": np.zeros(shape, np.int32),
         "random": rng.integers(-40, 40, shape).astype(np.int32),
@@ -101,27 +102,28 @@ def test_symbols_decode_exactly_for_adversarial_latents(trained, kind, group_fla
         symbols[::2, 150] += 1
         symbols[2, 7] = 10**6
     enc = new_encoder()
-    coder.encode_block(enc, symbols, group_flags)
-    coder.encode_block(enc, symbols[:, :5], group_flags)
+    coder.encode_block(enc, symbols, version)
+    coder.encode_block(enc, symbols[:, :5], version)
     dec = new_decoder(finish(enc))
-    assert np.array_equal(coder.decode_block(dec, 300, group_flags), symbols)
-    assert np.array_equal(coder.decode_block(dec, 5, group_flags), symbols[:, :5])
+    assert np.array_equal(coder.decode_block(dec, 300, version), symbols)
+    assert np.array_equal(coder.decode_block(dec, 5, version), symbols[:, :5])
 
 
 def test_group_flags_skip_the_all_mode_channels():
     """A version-2 block codes one flag instead of the 300 symbols of a channel whose symbols all sit at its
-    mode, so the range decoder is asked for fewer symbols; version 1 reads every symbol."""
+    mode, so the range decoder is asked for fewer symbols; version 1 reads every symbol. (Version 3 codes the
+    same flags, but its trimmed tables may escape the one symbol off the mode, which reads two more.)"""
     entropy = load_bundle(ROOT / "models" / "factorized-q1").entropy
     coder = EntropyCoder({k: v for k, v in entropy.items() if k != "classes"})  # one group per channel
-    tables = coder.plain
+    tables = coder.tables().plain
     symbols = np.repeat((tables.mode + tables._offsets32[:, 0])[:, None], 300, axis=1).astype(np.int32)
     symbols[0, 3] += 1  # channel 0 is not all at its mode
     flagged = tables.flagged(300)[0].tolist()
     skipped = len(set(flagged) - {0})
     assert skipped > 10
-    for group_flags, expected in ((True, len(flagged) + 300 * (coder.channels - skipped)), (False, symbols.size)):
+    for version, expected in ((2, len(flagged) + 300 * (coder.channels - skipped)), (1, symbols.size)):
         enc = new_encoder()
-        coder.encode_block(enc, symbols, group_flags)
+        coder.encode_block(enc, symbols, version)
         read = []
 
         class Counting:  # the real range decoder, counting the symbols it is asked for
@@ -131,67 +133,103 @@ def test_group_flags_skip_the_all_mode_channels():
                 read.append(self.decoder.decode(model, *args))
                 return read[-1]
 
-        assert np.array_equal(coder.decode_block(Counting(), 300, group_flags), symbols)
+        assert np.array_equal(coder.decode_block(Counting(), 300, version), symbols)
         assert sum(r.size for r in read) == expected
 
 
-V1_FILE = ROOT / "tests" / "data" / "kodim07-256x192-q1-v1.aec"  # written by aectl before format version 2
+OLD_FILES = {1: ROOT / "tests" / "data" / "kodim07-256x192-q1-v1.aec",  # written by aectl before format version 2
+             2: ROOT / "tests" / "data" / "kodim07-256x192-q1-v2.aec"}  # and before version 3
 
 
-def test_compress_writes_version_1_on_request(tmp_path):
-    """`--format-version 1` writes files that older decoders read: same pixels as the version-2 file, and the
-    version-1 coding (no flags) in the payload. Other versions are one-line errors that write nothing."""
+def test_trimmed_tables_drop_only_the_floor_bins_at_the_ends():
+    """Version 3's tables: the shipped q4's stored tables lose their floor-count bins at both ends to the escape
+    bin and keep every other frequency; they get much narrower, and a block holding the symbols of every moved
+    bin (now escapes) still round-trips, with the same class choice and flags as version 2."""
+    entropy = load_bundle(ROOT / "models" / "factorized-q4").entropy
+    coder = EntropyCoder(entropy)
+    stored, trimmed = coder.tables(2), coder.tables(3)
+    widths = {2: [], 3: []}
+    for version, tables in ((2, stored), (3, trimmed)):
+        for t in [tables.plain, *tables.classes]:
+            widths[version] += t.escape_index.tolist()
+    assert np.median(widths[3]) <= np.median(widths[2]) / 4
+    cdf = np.asarray(entropy["classes"]["cdfs"][0][0], np.int64)
+    freq = np.diff(cdf)
+    cut, first = trim(cdf)
+    kept = np.diff(cut)
+    assert cut[-1] == cdf[-1] and np.array_equal(kept[:-1], freq[first:first + len(kept) - 1])
+    assert (freq[:first] == 1).all() and (freq[first + len(kept) - 1:-1] == 1).all() and kept[0] > 1 < kept[-2]
+    # Every channel's stored first and last symbol, then the modes: symbols of moved bins in every class.
+    offsets = np.asarray(entropy["offsets"], np.int32)[:, None]
+    symbols = np.concatenate([offsets + 0, offsets + (stored.plain.escape_index[:, None] - 1),
+                              np.repeat(offsets + stored.plain.mode[:, None], 62, axis=1)], axis=1).reshape(-1, 8, 8)
+    payloads = {}
+    for version in (2, 3):
+        enc = new_encoder()
+        coder.encode_block(enc, symbols, version)
+        payloads[version] = finish(enc)
+        assert np.array_equal(coder.decode_block(new_decoder(payloads[version]), (8, 8), version), symbols)
+    assert payloads[2] != payloads[3]
+
+
+def test_compress_writes_older_versions_on_request(tmp_path):
+    """`--format-version 1` and `2` write files that older decoders read: same pixels and symbols as the
+    current version, coded as that version codes them. Other versions are one-line errors that write nothing."""
     source = tmp_path / "crop.png"
     Image.open(ROOT / "examples" / "images" / "kodim07.png").crop((120, 100, 376, 292)).save(source)
     q1 = ROOT / "models" / "factorized-q1"
-    for version in (1, 2):
+    files = {}
+    for version in (1, 2, 3):
         proc = subprocess.run([aectl_exe(), "compress", str(source), "-m", str(q1),
                                "-o", str(tmp_path / f"v{version}.aec"), "--format-version", str(version),
                                "--provider", "cpu"], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
-    old, new = (tmp_path / "v1.aec").read_bytes(), (tmp_path / "v2.aec").read_bytes()
-    (h1, p1, _), (h2, p2, _) = container.parse(old), container.parse(new)
-    assert (h1.version, h2.version) == (1, 2) and p1 != p2
+        files[version] = (tmp_path / f"v{version}.aec").read_bytes()
+    parsed = {version: container.parse(data) for version, data in files.items()}
+    assert [h.version for h, _, _ in parsed.values()] == [1, 2, 3] == [1, 2, container.VERSION]
+    assert len({payload for _, payload, _ in parsed.values()}) == 3
     codec = Codec(q1, provider="cpu")
-    shape = (h1.latent_height, h1.latent_width)
-    assert np.array_equal(codec.coder.decode_block(new_decoder(p1), shape, group_flags=False),
-                          codec.coder.decode_block(new_decoder(p2), shape))
-    assert np.array_equal(np.asarray(codec.decompress(old)), np.asarray(codec.decompress(new)))
-    proc = subprocess.run([aectl_exe(), "compress", str(source), "-m", str(q1), "-o", str(tmp_path / "v3.aec"),
-                           "--format-version", "3", "--provider", "cpu"], capture_output=True, text=True)
+    shape = (parsed[3][0].latent_height, parsed[3][0].latent_width)
+    symbols = [codec.coder.decode_block(new_decoder(payload), shape, h.version) for h, payload, _ in parsed.values()]
+    assert np.array_equal(symbols[0], symbols[1]) and np.array_equal(symbols[0], symbols[2])
+    images = [np.asarray(codec.decompress(data)) for data in files.values()]
+    assert np.array_equal(images[0], images[1]) and np.array_equal(images[0], images[2])
+    proc = subprocess.run([aectl_exe(), "compress", str(source), "-m", str(q1), "-o", str(tmp_path / "v4.aec"),
+                           "--format-version", "4", "--provider", "cpu"], capture_output=True, text=True)
     assert proc.returncode != 0 and proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert "--format-version 3: this aectl writes versions 1, 2" in proc.stderr
-    assert not (tmp_path / "v3.aec").exists()
+    assert "--format-version 4: this aectl writes versions 1, 2, 3" in proc.stderr
+    assert not (tmp_path / "v4.aec").exists()
 
 
-def test_version_1_files_still_decode(tmp_path):
-    """Files from before group flags decode as they did: the version-1 coding is kept byte for byte, and the
-    same symbols written as a version-2 file decode to the same pixels."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_files_of_older_versions_still_decode(tmp_path, version):
+    """Files written by earlier aectl releases decode as they did: their coding is kept byte for byte, and the
+    same symbols written at the current version decode to the same pixels."""
     codec = Codec(ROOT / "models" / "factorized-q1", provider="cpu")
-    data = V1_FILE.read_bytes()
+    data = OLD_FILES[version].read_bytes()
     header, payload, _ = container.parse(data)
-    assert header.version == 1 and not header.group_flags
+    assert header.version == version
     shape = (header.latent_height, header.latent_width)
-    symbols = codec.coder.decode_block(new_decoder(payload), shape, group_flags=False)
+    symbols = codec.coder.decode_block(new_decoder(payload), shape, version)
     enc = new_encoder()
-    codec.coder.encode_block(enc, symbols, group_flags=False)
+    codec.coder.encode_block(enc, symbols, version)
     assert finish(enc) == payload
     enc = new_encoder()
     codec.coder.encode_block(enc, symbols)
-    version_2 = container.pack(dataclasses.replace(header, version=container.VERSION), finish(enc))
-    assert container.parse(version_2)[0].version == container.VERSION == 2 and version_2 != data
+    current = container.pack(dataclasses.replace(header, version=container.VERSION), finish(enc))
+    assert container.parse(current)[0].version == container.VERSION > version and current != data
     image = np.asarray(codec.decompress(data))
-    assert np.array_equal(image, np.asarray(codec.decompress(version_2)))
+    assert np.array_equal(image, np.asarray(codec.decompress(current)))
     source = np.asarray(Image.open(ROOT / "examples" / "images" / "kodim07.png").convert("RGB"))[100:292, 120:376]
     mse = np.mean((image.astype(np.float64) - source) ** 2)
     assert 10 * np.log10(255 ** 2 / mse) > 25
     (tmp_path / "old.aec").write_bytes(data)
     info = json.loads(subprocess.run([aectl_exe(), "info", str(tmp_path / "old.aec"), "--json"],
                                      capture_output=True, text=True, check=True).stdout)
-    assert info["format_version"] == 1
+    assert info["format_version"] == version
     unknown = bytearray(data)
-    unknown[4] = 3
-    with pytest.raises(AectlError, match="format version 3 is not supported .*reads versions 1, 2"):
+    unknown[4] = 4
+    with pytest.raises(AectlError, match="format version 4 is not supported .*reads versions 1, 2, 3"):
         container.parse(bytes(unknown))
 
 

@@ -58,9 +58,9 @@ def test_tiled_image_round_trips(classified, photos):
                           np.asarray(Codec(plain, provider="cpu").decompress(Codec(plain, provider="cpu").compress(image))))
 
 
-@pytest.mark.parametrize("group_flags", [True, False], ids=["v2", "v1"])
+@pytest.mark.parametrize("version", [3, 2, 1], ids=["v3", "v2", "v1"])
 @pytest.mark.parametrize("kind", ["zeros", "random", "huge", "mixed"])
-def test_symbols_decode_exactly_through_the_class_map(classified, kind, group_flags):
+def test_symbols_decode_exactly_through_the_class_map(classified, kind, version):
     coder = EntropyCoder(load_bundle(classified[2]).entropy)
     rng = np.random.default_rng(3)
     shape = (coder.channels, 9, 13)  # over 64 positions: a class can carry group flags
@@ -71,11 +71,11 @@ def test_symbols_decode_exactly_through_the_class_map(classified, kind, group_fl
         "mixed": np.where(rng.random(shape) < 0.05, 10**6, rng.integers(-2, 3, shape)).astype(np.int32),
     }[kind]
     enc = new_encoder()
-    coder.encode_block(enc, symbols, group_flags)
-    coder.encode_block(enc, symbols[:, :1, :5], group_flags)
+    coder.encode_block(enc, symbols, version)
+    coder.encode_block(enc, symbols[:, :1, :5], version)
     dec = new_decoder(finish(enc))
-    assert np.array_equal(coder.decode_block(dec, (9, 13), group_flags), symbols)
-    assert np.array_equal(coder.decode_block(dec, (1, 5), group_flags), symbols[:, :1, :5])
+    assert np.array_equal(coder.decode_block(dec, (9, 13), version), symbols)
+    assert np.array_equal(coder.decode_block(dec, (1, 5), version), symbols[:, :1, :5])
 
 
 def test_garbage_payload_is_a_clean_error(classified):
