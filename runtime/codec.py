@@ -135,8 +135,8 @@ class Decoder:
 
 class Codec(Decoder):
     """A full bundle: compresses images to .aec bytes and decompresses them. `format_version` is the .aec
-    version written (docs/aec-format.md): the current one (None), or 1 for decoders of older aectl releases (sizes
-    within 0.1%, entropy decoding ~17% slower)."""
+    version written (docs/aec-format.md): the current one (None), or 2 or 1 for decoders of older aectl releases
+    (sizes within 0.3%, entropy decoding ~1.2x or ~1.5x as long)."""
 
     def __init__(self, bundle: str | Path | Bundle, provider: str = "auto", threads: int | None = None,
                  max_pixels: int = container.DEFAULT_MAX_PIXELS, batch_size: int = 8, network: Network | None = None,
