@@ -1,8 +1,8 @@
 """INT8 decoders made from a bundle's own fp32 decoder.onnx, against it, on kodak-dev: file size, PSNR and
 decoder speed. It needs no checkpoint: it makes the same `quantize_int8` call as `aectl export --precision int8`,
-calibrated on the same photos (`variant_images`: every other file of the folder), once keeping the output
-convolution in fp32 (what export does) and once quantising it too (the export before), so the before/after is
-measured in one run.
+calibrated on the same photos (`variant_images`: every other file of the folder), as export does now
+(percentile ranges, output convolution in fp32) and as it did before (min-max ranges; before that, the output
+convolution quantised too), so the before/after is measured in one run.
 
     python benchmarks/int8_probe.py [BUNDLE] [--calibration DIR] [--images DIR] [--threads 2] [--rounds 9]
                                     [--json OUT]
@@ -52,9 +52,10 @@ def main() -> None:
     latents = calibration_latents(str(args.bundle / "encoder.onnx"), codec.network, photos["calibrate"])
     decoders = {"fp32": (fp32, {})}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, keep in (("int8", True), ("int8, output conv quantised", False)):
+        for name, keep, calibration in (("int8", True, "percentile"), ("int8, min-max", True, "minmax"),
+                                        ("int8, min-max, output quantised", False, "minmax")):
             path = Path(tmp) / f"{len(decoders)}.onnx"
-            decoders[name] = (path, quantize_int8(fp32, path, latents, keep_output_conv=keep))
+            decoders[name] = (path, quantize_int8(fp32, path, latents, keep, calibration))
         sizes = {name: path.stat().st_size for name, (path, _) in decoders.items()}
         sessions = {name: create_session(str(path), "cpu", args.threads) for name, (path, _) in decoders.items()}
 
@@ -86,14 +87,14 @@ def main() -> None:
     result = {"bundle": os.path.relpath(args.bundle, ROOT), "images": len(originals), "threads": args.threads,
               "rounds": args.rounds, "variants": {}}
     print(f"{result['bundle']}: {len(originals)} images, {args.threads} threads, median of {args.rounds} rounds")
-    print(f"{'decoder':30s} {'bytes':>10s} {'PSNR dB':>8s} {'loss dB':>8s} {'Mpx/s':>7s} {'vs fp32':>8s}")
+    print(f"{'decoder':32s} {'bytes':>10s} {'PSNR dB':>8s} {'loss dB':>8s} {'Mpx/s':>7s} {'vs fp32':>8s}")
     for name in sessions:
         ratios = [f / v for f, v in zip(seconds["fp32"][1:], seconds[name][1:])]
         row = {"bytes": sizes[name], "psnr_db": quality[name], "psnr_loss_db": quality["fp32"] - quality[name],
                "mpx_per_s": mpx / statistics.median(seconds[name][1:]), "speed_vs_fp32": statistics.median(ratios),
                "speed_vs_fp32_per_round": ratios, "conversion": decoders[name][1]}
         result["variants"][name] = row
-        print(f"{name:30s} {row['bytes']:10d} {row['psnr_db']:8.2f} {row['psnr_loss_db']:8.2f} "
+        print(f"{name:32s} {row['bytes']:10d} {row['psnr_db']:8.2f} {row['psnr_loss_db']:8.2f} "
               f"{row['mpx_per_s']:7.2f} {row['speed_vs_fp32']:7.2f}x")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
