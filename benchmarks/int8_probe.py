@@ -7,7 +7,7 @@ convolution quantised too), so the before/after is measured in one run.
     python benchmarks/int8_probe.py [BUNDLE] [--calibration DIR] [--images DIR] [--threads 2] [--rounds 9]
                                     [--json OUT]
 
-Speed is the decoder session alone on each image's real latents (from the fp32 codec's own files); the three
+Speed is the decoder session alone on each image's real latents (from the fp32 codec's own files); the four
 decoders take turns in every round after a short pause (so no session's spinning workers slow the next), and
 each variant's speed is the median over rounds of its per-round ratio to fp32 (paired: load changes on a
 shared machine cancel). PSNR is of each decoder's output, rounded to 8 bits, against the original image.

@@ -192,7 +192,7 @@ class EntropyCoder:
     rules of an .aec format version."""
 
     def __init__(self, tables: dict):
-        self.entropy = tables
+        self._entropy = tables  # the manifest's 'entropy' section, for the tables of each version
         # Indices into the stored (untrimmed) tables: what the class choice looks bits up with.
         self._stored_offsets32 = np.asarray(tables["offsets"], dtype=np.int32)[:, None]
         self._stored_escape_unsigned = np.array([len(cdf) - 2 for cdf in tables["cdfs"]], dtype=np.uint32)[:, None]
@@ -219,7 +219,7 @@ class EntropyCoder:
         """The tables of a format version: trimmed from version 3 on, as stored before."""
         trimmed = has_trimmed_tables(version)
         if trimmed not in self._tables:
-            self._tables[trimmed] = Tables(self.entropy, trimmed)
+            self._tables[trimmed] = Tables(self._entropy, trimmed)
         return self._tables[trimmed]
 
     def min_payload_bits(self, block_counts: list[int], version: int = container.VERSION) -> float:

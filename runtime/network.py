@@ -24,8 +24,7 @@ INT32_LIMIT = 2**31 - 1
 # images: with the default model, 128x128 images run ~20% faster per image in runs of 8-32 than one by one,
 # while 256x256 and 768x512 images gain nothing from runs of 2-8. Runs over providers.SHRINK_ABOVE_PIXELS
 # would also pay 30-45% more per image, for re-faulting the arena they hand back (benchmarks/batch_probe.py,
-# benchmarks/README.md). On a GPU, big runs fill the device; the bound there
-# only caps memory.
+# benchmarks/README.md). On a GPU, big runs fill the device; the bound there only caps memory.
 CPU_RUN_PIXELS = 1 << 18
 GPU_RUN_PIXELS = 1 << 22
 
