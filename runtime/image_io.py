@@ -11,7 +11,7 @@ that matches the original.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,14 +119,23 @@ def unpack_alpha(data: bytes, height: int, width: int) -> np.ndarray:
 
 def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image | None = None,
                  force: bool = False) -> None:
-    """Write next to the destination, then rename: an interruption never leaves a partial file."""
+    """Write next to the destination, then rename: an interruption never leaves a partial file. The temporary
+    file's name is set before the file is created (exclusively, like tempfile.mkstemp, which hands the name over
+    only after creating it: a Ctrl-C or SIGTERM raised in between left the file behind), so the cleanup below
+    always knows it."""
     path = Path(path)
     if path.exists() and not force:
         raise AectlError(f"{path} exists; pass --force to overwrite")
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        while True:
+            tmp = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                break
+            except FileExistsError:  # another writer's file: not ours to remove
+                tmp = None
         with os.fdopen(fd, "wb") as fh:
             if image is not None:
                 fmt = Image.registered_extensions().get(path.suffix.lower())

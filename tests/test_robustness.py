@@ -329,3 +329,21 @@ def test_sigterm_during_training_then_resume_matches_uninterrupted(photos, tmp_p
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert a["history"] == b["history"], "same validation curve"
+
+
+def test_interrupt_right_after_the_temporary_file_exists_leaves_nothing(tmp_path, monkeypatch):
+    """A Ctrl-C or SIGTERM (raised as KeyboardInterrupt) landing just after the temporary file is created, before
+    any byte is written, still removes it: the window behind a rare leftover .tmp in the mid-batch signal test."""
+    from aectl.runtime.image_io import atomic_write
+
+    real_open = os.open
+
+    def open_then_interrupt(*args, **kwargs):
+        real_open(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "open", open_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "out.aec", b"payload")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
