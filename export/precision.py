@@ -19,8 +19,8 @@ precision and the parity tolerance of each file.
   depth-to-space) stays fp32, as quantised networks commonly keep their last layer (Choi et al., "PACT", 2018;
   Krishnamoorthi, "Quantizing deep convolutional networks for efficient inference", 2018): with 12 output
   channels its int8 kernel ran slower than fp32 here (11.9 against 9.4 ms, one thread, AVX-512 VNNI), and its
-  rounding lands on the pixels. On the shipped q4: decoder 1.34x fp32 instead of 1.22x, PSNR loss 0.16 dB
-  instead of 0.20.
+  rounding lands on the pixels. On the shipped q4 with min-max ranges: decoder 1.34x fp32 instead of 1.26x,
+  PSNR loss 0.16 dB instead of 0.20 (benchmarks/results/int8-cpu.json).
 - fp16: onnxruntime.transformers.float16.convert_float_to_float16 with keep_io_types, GDN nodes blocked
   (kept fp32, casts inserted around them): x*x overflows fp16 (max 65504) for activations above 256.
 
