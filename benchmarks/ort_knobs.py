@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "level all, 2 threads, arena on (default)"
 DEFAULT_IMAGE = ROOT.parent / "shared" / "data" / "kodak-dev" / "kodim01.png"
 # Untimed pause before every timed run. Each of the 16 sessions has its own intra-op thread pool, whose workers
-# spin for a while after a run: without the pause they take the cores from the next variant's run, a fixed cost
-# per run that made batch 1 look 1.2-1.35x slower per image than batch 8 (benchmarks/README.md).
+# spin for a while after a run: without the pause they took the cores from the next variant's run, a fixed cost
+# per run that made batch 1 look 1.2-1.35x slower per image than batch 8 (benchmarks/README.md). Sessions now
+# stop spinning when a run returns (Tuning.stop_spinning); the pause stays so runs compare with earlier ones.
 PAUSE_S = 0.1
 
 RSS_SNIPPET = """

@@ -41,6 +41,7 @@ from aectl.runtime.profile import STAGES, Stages
 
 ENGINES = ("onnxruntime", "torch")
 BASELINES = ("jpeg", "webp")
+PAUSE_S = 0.2  # untimed, before every timed pass: the previous engine's threads stop spinning (_time_engines)
 
 
 @dataclass
@@ -110,7 +111,9 @@ def _time_engines(engines: dict, files: list[Path], batch: int, repeats: int) ->
     """Per engine: {"compress": record, "decompress": record, "blobs": [...], "decoded": [...]}.
 
     Engines take turns within every repeat (A B A B ...), so a change in the machine's load during the run
-    falls on all of them alike and their ratios stay comparable.
+    falls on all of them alike and their ratios stay comparable. An untimed pause before every pass lets the
+    previous engine's worker threads stop spinning (torch's OpenMP workers spin on after a run and took 13%
+    off onnxruntime's next run here), so no engine pays for the one before it.
     """
     groups = [files[i:i + batch] for i in range(0, len(files), batch)]
     pixels = sum(Image.open(p).size[0] * Image.open(p).size[1] for p in files)
@@ -127,6 +130,7 @@ def _time_engines(engines: dict, files: list[Path], batch: int, repeats: int) ->
             for direction in ("compress", "decompress"):
                 stages = Stages()
                 codec.stages = stages
+                time.sleep(PAUSE_S)
                 start = time.perf_counter()
                 if direction == "compress":
                     out = [blob for g in groups for blob in codec.compress_batch(list(g))]

@@ -64,11 +64,17 @@ class Tuning:
         back after the run (providers.run_options), at the price of page-faulting it again on the next run;
         peak memory stays bounded by the run size.
     optimized_model_path: also write the graph as optimised (use with "extended" only, which is portable).
+    stop_spinning: onnxruntime's "session.force_spinning_stop". Each session has its own intra-op thread pool,
+        whose workers keep spinning for tens of milliseconds after a run; a codec alternates two sessions
+        (encoder, decoder), and on a machine with few cores the idle pool's spinning took the cores from the
+        other's run: decompressing right after compressing took 1.5x as long, compressing right after
+        decompressing 1.9x (benchmarks/README.md). On: workers spin during a run but stop when it returns.
     """
 
     optimization: str = "all"
     mem_arena: bool = True
     optimized_model_path: str | None = None
+    stop_spinning: bool = True
 
 
 DEFAULT_TUNING = Tuning()
@@ -106,6 +112,8 @@ def session_options(threads: int | None = None, tuning: Tuning = DEFAULT_TUNING)
                                      }[tuning.optimization]
     opts.log_severity_level = 3
     opts.enable_cpu_mem_arena = tuning.mem_arena
+    if tuning.stop_spinning:
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     if tuning.optimized_model_path:
         opts.optimized_model_filepath = tuning.optimized_model_path
     if threads:
