@@ -5,7 +5,12 @@ call) against the numpy and Python work around them, and the class map's decodin
 as every .aec format version (1: tables as stored; 2: group flags; 3: trimmed tables) take turns in every pass,
 for the before/after; the rows without a suffix are the current version.
 
-    python benchmarks/entropy_probe.py [BUNDLE] [--images DIR] [--passes 30] [--json OUT]
+    python benchmarks/entropy_probe.py [BUNDLE] [--images DIR] [--passes 30] [--cache-passes 6] [--json OUT]
+
+Then, in the pipeline's own setting: every block coded right after a network run (each image alone, as at
+batch size 1) against all blocks coded one after another after all the runs (as a batch does, codec.py
+_batches), over --cache-passes passes that take turns. The network runs evict the coder's tables and code
+from the caches, which the first order pays for on every block.
 
 Each pass codes all images once; the figures are per image, best and median over passes (this machine is
 shared: the best pass says what the code costs, the median what a run sees). The network runs once, before
@@ -55,6 +60,7 @@ def main() -> None:
     parser.add_argument("bundle", nargs="?", type=Path, default=ROOT / "models" / "factorized-q4")
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "kodak-dev")
     parser.add_argument("--passes", type=int, default=30)
+    parser.add_argument("--cache-passes", type=int, default=6)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -116,6 +122,35 @@ def main() -> None:
 
     n = len(blocks)
     current = payloads[container.VERSION]
+    latents = [codec.network.dequantize(sym[None]) for sym, _ in blocks]
+    images = [codec.network.decode(lat) for lat in latents]  # the encoder's inputs: same sizes, real content
+    after_network: dict[str, list[float]] = {}
+    for _ in range(args.cache_passes):
+        coded = {"encode": 0.0, "decode": 0.0}
+        for x, (sym, _) in zip(images, blocks):  # compress, one image at a time
+            codec.network.encode(x)
+            start = time.perf_counter()
+            coder.encode_block(new_encoder(), sym)
+            coded["encode"] += time.perf_counter() - start
+        for (_, shape), payload, lat in zip(blocks, current, latents):  # decompress, one image at a time
+            start = time.perf_counter()
+            coder.decode_block(new_decoder(payload), shape)
+            coded["decode"] += time.perf_counter() - start
+            codec.network.decode(lat)
+        for x in images:
+            codec.network.encode(x)
+        start = time.perf_counter()
+        for sym, _ in blocks:
+            coder.encode_block(new_encoder(), sym)
+        coded["encode_batched"] = time.perf_counter() - start
+        for lat in latents:
+            codec.network.decode(lat)
+        start = time.perf_counter()
+        for (_, shape), payload in zip(blocks, current):
+            coder.decode_block(new_decoder(payload), shape)
+        coded["decode_batched"] = time.perf_counter() - start
+        for task, seconds in coded.items():
+            after_network.setdefault(task.replace("code", "code_after_network", 1), []).append(seconds)
     calls = Timed(new_decoder(current[0]))
     coder.decode_block(calls, blocks[0][1])
     decoded = 0  # symbols the range decoder reads (group flags skip the rest), flags and class map included
@@ -130,6 +165,8 @@ def main() -> None:
               "constriction_calls_per_decoded_block": calls.calls, "passes": args.passes,
               "ms_per_image": {k: {"best": 1e3 * min(v[1:]) / n, "median": 1e3 * statistics.median(v[1:]) / n}
                                for k, v in rows.items()}}
+    result["ms_per_image"].update({k: {"best": 1e3 * min(v) / n, "median": 1e3 * statistics.median(v) / n}
+                                   for k, v in after_network.items()})
     ms = result["ms_per_image"]
     # Per symbol the range coder actually codes (the same count both ways: the encoder skips what the decoder does).
     result["ns_per_symbol_in_constriction"] = {d: 1e6 * ms[f"{d}_in_constriction"]["best"] / (decoded // n)

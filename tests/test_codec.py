@@ -365,6 +365,33 @@ def test_batches_share_runs_only_within_the_pixel_budget(trained, kodak):
     assert files == [one_by_one.compress(img) for img in small + large]
 
 
+@pytest.mark.parametrize("preset, first_events", [
+    ("seed-conv", ["run", "run", "run", "block", "block", "block", "run"]),  # tiles of 1024: one per run
+    ("seed-dense", ["run", "block", "block", "block", "run"]),  # fixed 48x48 tiles: three per run
+])
+def test_batches_code_their_blocks_together_and_in_each_files_order(trained, kodak, preset, first_events):
+    """A batch's blocks are range coded together, after its encoder runs and before its decoder runs
+    (codec.py _batches). With batch_size 3, batches end inside the runs of tiled images and mix blocks of
+    several files: each file must still get its own blocks in its own order, so files and pixels equal those
+    of one image at a time."""
+    _, bundle = trained[preset]
+    photo = np.tile(np.asarray(Image.open(kodak / "kodim01.png").convert("RGB")), (1, 2, 1))
+    images = [photo[:300, :1100], photo[200:230, 300:340], photo[:150, 400:1500], photo[400:420, 500:530]]
+    images = [np.ascontiguousarray(img) for img in images]
+    codec = Codec(bundle, provider="cpu", batch_size=3)
+    events: list[str] = []
+    encode, encode_block = codec.network.encode, codec.coder.encode_block
+    codec.network.encode = lambda x: events.append("run") or encode(x)
+    codec.coder.encode_block = lambda *a: events.append("block") or encode_block(*a)
+    files = codec.compress_batch(images)
+    assert events[:len(first_events)] == first_events
+    one_by_one = Codec(bundle, provider="cpu", batch_size=1)
+    assert files == [one_by_one.compress(img) for img in images]
+    assert sum(container.parse(f)[0].tiled for f in files) == 2
+    decoded = codec.decompress_batch(files)
+    assert all(np.array_equal(np.asarray(a), np.asarray(one_by_one.decompress(f))) for a, f in zip(decoded, files))
+
+
 def test_huge_image_in_bounded_memory(trained, tmp_path):
     """12000x8000 (96 Mpx) round-trips through tiles; peak memory stays within a few image-sizes."""
     _, bundle = trained["seed-conv"]
