@@ -101,8 +101,8 @@ class Decoder:
         """Session runs gathered until they hold batch_size blocks. A batch's blocks are range coded one after
         another (after its encoder runs, before its decoder runs) rather than each between two network runs,
         which evict the coder's tables and code from the caches: per 768x512 block, encoding took 1.90 instead
-        of 2.57 ms and decoding 2.76 instead of 3.33 (benchmarks/entropy_probe.py, medians). Memory stays bounded by
-        the batch: at most batch_size blocks, plus the rest of the last run, wait for coding."""
+        of 2.57 ms and decoding 2.76 instead of 3.33 (benchmarks/entropy_probe.py, medians). Memory stays
+        bounded by the batch: at most batch_size blocks, plus the rest of the last run, wait for coding."""
         batch: list[list] = []
         for run in runs:
             batch.append(run)

@@ -68,7 +68,7 @@ class Tuning:
         whose workers keep spinning for tens of milliseconds after a run; a codec alternates two sessions
         (encoder, decoder), and on a machine with few cores the idle pool's spinning took the cores from the
         other's run: decompressing right after compressing took 1.5x as long, compressing right after
-        decompressing 1.9x (benchmarks/README.md). On: workers spin during a run but stop when it returns.
+        decompressing 1.7-1.9x (benchmarks/README.md). On: workers spin during a run but stop when it returns.
     """
 
     optimization: str = "all"
