@@ -76,10 +76,10 @@ def main() -> None:
         network = Network(bundle, "cpu", 2, Tuning(stop_spinning=stop))
         codecs[name] = Codec(bundle, provider="cpu", threads=2, network=network)
     images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(args.images.glob("*.png"))]
-    blobs = [codecs["stop spinning off"].compress(image) for image in images]
+    setup = codecs["stop spinning off"]
+    blobs = [setup.compress(image) for image in images]
     crop = np.ascontiguousarray(images[0][:64, :64].transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255)
-    small = codecs["stop spinning off"].network.dequantize(
-        codecs["stop spinning off"].network.quantize(codecs["stop spinning off"].encode(crop)))
+    small = setup.network.dequantize(setup.network.quantize(setup.encode(crop)))
     for codec in codecs.values():  # warm-up: every session has seen every input size
         measure(codec, images[:2], blobs[:2], small)
     rounds: dict = {name: [] for name in codecs}
