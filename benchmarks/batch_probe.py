@@ -6,8 +6,12 @@ CPU_RUN_PIXELS). Random inputs are no substitute: noise latents made the decoder
 Runs over providers.SHRINK_ABOVE_PIXELS hand the memory arena back afterwards, as in the runtime, so the next
 run page-faults its buffers afresh; --keep-arena never shrinks it, to tell that cost from the run's own.
 
+--budgets 16,18 times the whole codec instead: compress_batch and decompress_batch of the 8 images (at most
+8 per run, as the codec's default batch size) with CPU_RUN_PIXELS set to each 2**k in turn, against
+compress and decompress of one image at a time, entropy coding and pixel conversion included.
+
     python benchmarks/batch_probe.py [BUNDLE] [--images DIR] [--crop S] [--batches 1,2,4,8] [--threads 2]
-                                     [--keep-arena]
+                                     [--keep-arena] [--budgets 16,18]
 """
 from __future__ import annotations
 
@@ -18,8 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from aectl.runtime import providers
+from aectl.runtime import network as network_module, providers
 from aectl.runtime.bundle import load_bundle
+from aectl.runtime.codec import Codec
 from aectl.runtime.network import Network
 
 
@@ -49,7 +54,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--keep-arena", action="store_true", help="never shrink the memory arena after a run")
+    parser.add_argument("--budgets", help="time the codec with CPU_RUN_PIXELS = 2**k for each k given")
     args = parser.parse_args()
+    if args.budgets:
+        return codec_budgets(args, [int(k) for k in args.budgets.split(",")])
     if args.keep_arena:
         providers.SHRINK_ABOVE_PIXELS = 1 << 62
     batches = [int(b) for b in args.batches.split(",")]
@@ -69,8 +77,40 @@ def main() -> None:
     print(f"{args.bundle}, {count} images of {h}x{w}, {args.threads} threads, median of {args.rounds - 1} rounds, "
           f"arena {'kept' if args.keep_arena else f'shrunk after runs over {providers.SHRINK_ABOVE_PIXELS} px'}")
     for (role, b), values in sorted(times.items()):
-        print(f"{role}  batch {b:2d}  {h * w * b / 1e6:5.2f} Mpx per run  {np.median(values[1:]) * 1000:7.1f} ms "
+        print(f"{role}  batch {b:2d}  {h * w * b / 1e6:5.2f} Mpx per run  {np.median(values[1:]) * 1000:7.2f} ms "
               f"per image")
+
+
+def codec_budgets(args, budgets: list[int]) -> None:
+    """ms per image of the codec's batch calls under each run budget, and of one image at a time."""
+    codec = Codec(args.bundle, provider="cpu", threads=args.threads)
+    x = photos(args.images, 8, args.crop)
+    images = list((x.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8))
+    files = codec.compress_batch(images)
+    cases = {"one at a time": (lambda: [codec.compress(img) for img in images],
+                               lambda: [codec.decompress(f) for f in files], None)}
+    for k in budgets:
+        cases[f"runs of <= 2**{k} px"] = (lambda: codec.compress_batch(images),
+                                          lambda: codec.decompress_batch(files), k)
+    saved = network_module.CPU_RUN_PIXELS
+    times: dict[tuple, list[float]] = {}
+    try:
+        names = list(cases)
+        for r in range(args.rounds):  # each round starts with the next case: no case always follows the same one
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                compress, decompress, k = cases[name]
+                network_module.CPU_RUN_PIXELS = saved if k is None else 1 << k
+                for task, run in (("compress", compress), ("decompress", decompress)):
+                    start = time.perf_counter()
+                    run()
+                    times.setdefault((name, task), []).append((time.perf_counter() - start) / len(images))
+    finally:
+        network_module.CPU_RUN_PIXELS = saved
+    h, w = x.shape[2:]
+    print(f"{args.bundle}, 8 images of {h}x{w}, {args.threads} threads, codec, median of {args.rounds - 1} rounds, "
+          "order rotating")
+    for (name, task), values in times.items():
+        print(f"{task:10s}  {name:20s}  {np.median(values[1:]) * 1000:7.2f} ms per image")
 
 
 if __name__ == "__main__":

@@ -21,11 +21,13 @@ from aectl.runtime.providers import (DEFAULT_TUNING, GPU_DEVICE_ID, Tuning, chec
 
 INT32_LIMIT = 2**31 - 1
 # Pixels per session run (a batch of same-size images, or tiles). On the CPU, batching pays only for small
-# images: with the default model, 128x128 images run ~20% faster per image in runs of 8-32 than one by one,
-# while 256x256 and 768x512 images gain nothing from runs of 2-8. Runs over providers.SHRINK_ABOVE_PIXELS
-# would also pay 30-45% more per image, for re-faulting the arena they hand back (benchmarks/batch_probe.py,
-# benchmarks/README.md). On a GPU, big runs fill the device; the bound there only caps memory.
-CPU_RUN_PIXELS = 1 << 18
+# images: with the default model, runs of up to 2**16 px (eight 64x64 images, four of 128x128, two of 160x160)
+# made the codec's batch calls 4-20% faster per image than one image at a time, while bigger runs made images
+# of 160x160 to 256x256 7-13% slower than that budget (AVX-512 EPYC; on an AVX2 EPYC earlier, 128x128 images
+# ran ~20% faster in runs of 8 than alone). Runs over providers.SHRINK_ABOVE_PIXELS would also pay 30-45%
+# more per image, for re-faulting the arena they hand back (benchmarks/batch_probe.py, benchmarks/README.md).
+# On a GPU, big runs fill the device; the bound there only caps memory.
+CPU_RUN_PIXELS = 1 << 16
 GPU_RUN_PIXELS = 1 << 22
 
 
