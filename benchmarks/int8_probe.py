@@ -63,8 +63,8 @@ def main() -> None:
     for path in sorted(args.images.glob("*.png")):
         image = np.asarray(Image.open(path).convert("RGB"))
         header, payload, _ = container.parse(codec.compress(image))
-        symbols = codec.coder.decode_block(new_decoder(payload), (header.latent_height, header.latent_width),
-                                           header.version)
+        symbols = codec.coder.decode_block(new_decoder(payload, header.version),
+                                           (header.latent_height, header.latent_width), header.version)
         originals.append(image)
         inputs.append(codec.network.dequantize(symbols[None]))
     feed = sessions["fp32"].get_inputs()[0].name

@@ -54,7 +54,7 @@ def main() -> None:
         header, payload, _ = codecs[0]._parse(blob)
         from aectl.runtime import entropy_coder
 
-        dec = entropy_coder.new_decoder(payload)
+        dec = entropy_coder.new_decoder(payload, header.version)
         shape = codecs[0].network.latent_shape(1, -(-header.height // 16) * 16, -(-header.width // 16) * 16)[1:]
         symbols = codecs[0].coder.decode_block(dec, shape[1:], header.version)[None]
         latents.append(codecs[0].network.dequantize(symbols))

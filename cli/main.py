@@ -172,8 +172,8 @@ def compress(
     engine: str = typer.Option("local", help="local, or ray (Ray Data on $RAY_ADDRESS or a local Ray)"),
     workers: Optional[int] = typer.Option(None, help="--engine ray: parallel workers (each loads the bundle once)"),
     format_version: Optional[int] = typer.Option(None, "--format-version", help=".aec format version to write; "
-                                                 "default: the current (3); 1 or 2 for decoders of older aectl "
-                                                 "releases (docs/aec-format.md)"),
+                                                 "default: the current (4); 1, 2 or 3 for decoders of older "
+                                                 "aectl releases (docs/aec-format.md)"),
 ) -> None:
     """Compress images into .aec files."""
     from aectl.cli.batch import compress_files

@@ -7,9 +7,9 @@ Decoder(bundle, provider) needs only decoder.onnx (edge clients):
                                            range decoding a batch's blocks together
 Codec(bundle, provider) adds the encoder:
     encode(x)                              NCHW float32 batches in [0, 1] -> continuous latents
-    compress(image) -> bytes               a complete .aec file: quantised, range-coded latents
+    compress(image) -> bytes               a complete .aec file: quantised, entropy-coded latents
     compress_batch                         same, grouping same-size images into shared session runs and
-                                           range coding a batch's blocks together
+                                           entropy coding a batch's blocks together
 """
 from __future__ import annotations
 
@@ -57,13 +57,14 @@ class Decoder:
     def decompress_batch(self, blobs: list[bytes]) -> list[Image.Image]:
         with stage(self.stages, "container"):
             parsed = [self._parse(data) for data in blobs]
-        with stage(self.stages, "entropy"):
-            # Each file's range decoder, and its format version (how its blocks are coded).
-            streams = [(entropy_coder.new_decoder(payload), h.version) for h, payload, _ in parsed]
-        with stage(self.stages, "io"):
-            outputs = [np.empty((h.height, h.width, 3), dtype=np.uint8) for h, _, _ in parsed]
         plans = [tiling.plan(h.height, h.width, h.tile_height, h.tile_width, self.stride, self.fixed_size)
                  for h, _, _ in parsed]
+        with stage(self.stages, "entropy"):
+            # Each file's entropy decoder, and its format version (how its blocks are coded).
+            streams = [(entropy_coder.new_decoder(payload, h.version, [self._block_symbols(t) for t in plan]),
+                        h.version) for (h, payload, _), plan in zip(parsed, plans)]
+        with stage(self.stages, "io"):
+            outputs = [np.empty((h.height, h.width, 3), dtype=np.uint8) for h, _, _ in parsed]
         for batch in self._batches(self._network_runs(plans, "decoder")):
             with stage(self.stages, "entropy"):
                 symbols = [np.stack([self.coder.decode_block(streams[i][0], self._symbol_shape(t), streams[i][1])
@@ -98,7 +99,7 @@ class Decoder:
                 yield items[start:start + limit]
 
     def _batches(self, runs: Iterator[list]) -> Iterator[list[list]]:
-        """Session runs gathered until they hold batch_size blocks. A batch's blocks are range coded one after
+        """Session runs gathered until they hold batch_size blocks. A batch's blocks are entropy coded one after
         another (after its encoder runs, before its decoder runs) rather than each between two network runs,
         which evict the coder's tables and code from the caches: per 768x512 block, encoding took 1.90 instead
         of 2.57 ms and decoding 2.76 instead of 3.33 (benchmarks/entropy_probe.py, medians). Memory stays
@@ -125,6 +126,10 @@ class Decoder:
         """The spatial shape of a tile's block of symbols: (h, w), or () for dense latents."""
         return self.network.latent_shape(1, tile.padded_height, tile.padded_width)[2:]
 
+    def _block_symbols(self, tile: tiling.Tile) -> int:
+        """How many symbols a tile's block holds: channels x latent positions."""
+        return self.coder.channels * int(np.prod(self._symbol_shape(tile), dtype=np.int64))
+
     def _decode_run(self, items, symbols, outputs) -> None:
         with stage(self.stages, "quantize"):
             latents = self.network.dequantize(symbols)
@@ -149,7 +154,8 @@ class Decoder:
         tiles = tiling.plan(header.height, header.width, *expected_tile, self.stride, self.fixed_size)
         per_channel = [int(np.prod(self.network.latent_shape(1, t.padded_height, t.padded_width)[2:], dtype=np.int64))
                        for t in tiles]
-        if 8 * len(payload) + 64 < self.coder.min_payload_bits(per_channel, header.version):
+        slack = 64 + 32 * len(tiles)  # a coder's final rounding: one range stream, or one ANS stream per block
+        if 8 * len(payload) + slack < self.coder.min_payload_bits(per_channel, header.version):
             raise AectlError(f"corrupted .aec file (a payload of {len(payload)} bytes cannot hold a "
                              f"{header.width}x{header.height} image)")
         return header, payload, alpha
@@ -157,8 +163,8 @@ class Decoder:
 
 class Codec(Decoder):
     """A full bundle: compresses images to .aec bytes and decompresses them. `format_version` is the .aec
-    version written (docs/aec-format.md): the current one (None), or 2 or 1 for decoders of older aectl releases
-    (sizes within 0.3%, entropy decoding ~1.2x or ~1.5x as long)."""
+    version written (docs/aec-format.md): the current one (None), or 3, 2 or 1 for decoders of older aectl
+    releases (sizes within 0.3%, entropy decoding ~1.2x, ~1.45x or ~1.8x as long)."""
 
     def __init__(self, bundle: str | Path | Bundle, provider: str = "auto", threads: int | None = None,
                  max_pixels: int = container.DEFAULT_MAX_PIXELS, batch_size: int = 8, network: Network | None = None,
@@ -186,7 +192,7 @@ class Codec(Decoder):
             raise AectlError(f"bundle {self.bundle.path} is decoder-only and cannot encode or compress")
         with stage(self.stages, "io"):
             pixels = [self._pixels(img) for img in images]
-        encoders = [entropy_coder.new_encoder() for _ in pixels]
+        encoders = [entropy_coder.new_encoder(self.format_version) for _ in pixels]
         tile_sizes = [tiling.choose_tile_size(*px.rgb.shape[:2], self.stride, self.fixed_size) for px in pixels]
         plans = [tiling.plan(*px.rgb.shape[:2], th, tw, self.stride, self.fixed_size)
                  for px, (th, tw) in zip(pixels, tile_sizes)]

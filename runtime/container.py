@@ -1,4 +1,4 @@
-"""The .aec file: a fixed little-endian header, the range-coded payload, an optional zlib alpha plane and a
+"""The .aec file: a fixed little-endian header, the entropy-coded payload, an optional zlib alpha plane and a
 CRC-32 over everything before it. docs/aec-format.md gives the layout byte by byte.
 
 `parse` validates every field (and the checksum) before anything is allocated from the declared sizes.
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from aectl.runtime.errors import AectlError
 
 MAGIC = b"\x89AEC"
-VERSION = 3            # written; 2 added the payload's group flags, 3 its trimmed tables (runtime/entropy_coder.py)
-READABLE_VERSIONS = (1, 2, 3)
+VERSION = 4  # written; 2 added the payload's group flags, 3 its trimmed tables, 4 its ANS block streams
+READABLE_VERSIONS = (1, 2, 3, 4)  # (runtime/entropy_coder.py)
 FLAG_ALPHA = 0x01
 PAD_REPLICATE = 1
 # magic, version, flags, model id, width, height, channels, bit depth, padding, reserved,

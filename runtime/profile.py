@@ -3,7 +3,7 @@
 A codec carries `stages = None` by default and then times nothing. Set `codec.stages = Stages()` and every
 compress/decompress call adds its seconds under one of: "io" (image decoding, mode conversion, padding and
 cutting into network inputs, pasting outputs back), "network" (onnxruntime or torch runs), "quantize"
-(rounding latents to symbols and back), "entropy" (range coding) and "container" (header, alpha plane,
+(rounding latents to symbols and back), "entropy" (range or ANS coding) and "container" (header, alpha plane,
 parsing). The split follows the stages of the pipeline as written in codec.py, so nothing is estimated.
 """
 from __future__ import annotations

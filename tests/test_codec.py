@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from aectl.runtime import Codec, container, load_bundle, tiling
-from aectl.runtime.entropy_coder import ChannelTables, EntropyCoder, finish, new_decoder, new_encoder, trim
+from aectl.runtime.entropy_coder import (STREAM_SYMBOLS, ChannelTables, EntropyCoder, finish, new_decoder, new_encoder,
+                                        stream_spans, trim)
 from aectl.runtime.errors import AectlError
 from aectl.train.loop import build_from_checkpoint, load_checkpoint
 from conftest import ROOT, aectl_exe
@@ -80,7 +81,7 @@ def test_table_indices_of_extreme_symbols_never_wrap_into_a_table():
     assert np.array_equal(tables.bins(symbols.astype(np.int32)), expected)
 
 
-@pytest.mark.parametrize("version", [3, 2, 1], ids=["v3", "v2", "v1"])
+@pytest.mark.parametrize("version", [4, 3, 2, 1], ids=["v4", "v3", "v2", "v1"])
 @pytest.mark.parametrize("kind", ["zeros", "random", "huge", "extremes", "mixed", "modes"])
 def test_symbols_decode_exactly_for_adversarial_latents(trained, kind, version):
     _, bundle = trained["factorized"]
@@ -101,10 +102,10 @@ def test_symbols_decode_exactly_for_adversarial_latents(trained, kind, version):
     if kind == "modes":
         symbols[::2, 150] += 1
         symbols[2, 7] = 10**6
-    enc = new_encoder()
+    enc = new_encoder(version)
     coder.encode_block(enc, symbols, version)
     coder.encode_block(enc, symbols[:, :5], version)
-    dec = new_decoder(finish(enc))
+    dec = new_decoder(finish(enc), version, [symbols.size, symbols[:, :5].size])
     assert np.array_equal(coder.decode_block(dec, 300, version), symbols)
     assert np.array_equal(coder.decode_block(dec, 5, version), symbols[:, :5])
 
@@ -122,12 +123,12 @@ def test_group_flags_skip_the_all_mode_channels():
     skipped = len(set(flagged) - {0})
     assert skipped > 10
     for version, expected in ((2, len(flagged) + 300 * (coder.channels - skipped)), (1, symbols.size)):
-        enc = new_encoder()
+        enc = new_encoder(version)
         coder.encode_block(enc, symbols, version)
         read = []
 
         class Counting:  # the real range decoder, counting the symbols it is asked for
-            decoder = new_decoder(finish(enc))
+            decoder = new_decoder(finish(enc), version)
 
             def decode(self, model, *args):
                 read.append(self.decoder.decode(model, *args))
@@ -138,7 +139,8 @@ def test_group_flags_skip_the_all_mode_channels():
 
 
 OLD_FILES = {1: ROOT / "tests" / "data" / "kodim07-256x192-q1-v1.aec",  # written by aectl before format version 2
-             2: ROOT / "tests" / "data" / "kodim07-256x192-q1-v2.aec"}  # and before version 3
+             2: ROOT / "tests" / "data" / "kodim07-256x192-q1-v2.aec",  # before version 3
+             3: ROOT / "tests" / "data" / "kodim07-256x192-q1-v3.aec"}  # and before version 4
 
 
 def test_trimmed_tables_drop_only_the_floor_bins_at_the_ends():
@@ -165,43 +167,44 @@ def test_trimmed_tables_drop_only_the_floor_bins_at_the_ends():
                               np.repeat(offsets + stored.plain.mode[:, None], 62, axis=1)], axis=1).reshape(-1, 8, 8)
     payloads = {}
     for version in (2, 3):
-        enc = new_encoder()
+        enc = new_encoder(version)
         coder.encode_block(enc, symbols, version)
         payloads[version] = finish(enc)
-        assert np.array_equal(coder.decode_block(new_decoder(payloads[version]), (8, 8), version), symbols)
+        assert np.array_equal(coder.decode_block(new_decoder(payloads[version], version), (8, 8), version), symbols)
     assert payloads[2] != payloads[3]
 
 
 def test_compress_writes_older_versions_on_request(tmp_path):
-    """`--format-version 1` and `2` write files that older decoders read: same pixels and symbols as the
+    """`--format-version 1`, `2` and `3` write files that older decoders read: same pixels and symbols as the
     current version, coded as that version codes them. Other versions are one-line errors that write nothing."""
     source = tmp_path / "crop.png"
     Image.open(ROOT / "examples" / "images" / "kodim07.png").crop((120, 100, 376, 292)).save(source)
     q1 = ROOT / "models" / "factorized-q1"
     files = {}
-    for version in (1, 2, 3):
+    for version in (1, 2, 3, 4):
         proc = subprocess.run([aectl_exe(), "compress", str(source), "-m", str(q1),
                                "-o", str(tmp_path / f"v{version}.aec"), "--format-version", str(version),
                                "--provider", "cpu"], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         files[version] = (tmp_path / f"v{version}.aec").read_bytes()
     parsed = {version: container.parse(data) for version, data in files.items()}
-    assert [h.version for h, _, _ in parsed.values()] == [1, 2, 3] == [1, 2, container.VERSION]
-    assert len({payload for _, payload, _ in parsed.values()}) == 3
+    assert [h.version for h, _, _ in parsed.values()] == [1, 2, 3, 4] == [1, 2, 3, container.VERSION]
+    assert len({payload for _, payload, _ in parsed.values()}) == 4
     codec = Codec(q1, provider="cpu")
-    shape = (parsed[3][0].latent_height, parsed[3][0].latent_width)
-    symbols = [codec.coder.decode_block(new_decoder(payload), shape, h.version) for h, payload, _ in parsed.values()]
-    assert np.array_equal(symbols[0], symbols[1]) and np.array_equal(symbols[0], symbols[2])
+    shape = (parsed[4][0].latent_height, parsed[4][0].latent_width)
+    symbols = [codec.coder.decode_block(new_decoder(payload, h.version), shape, h.version)
+               for h, payload, _ in parsed.values()]
+    assert all(np.array_equal(symbols[0], other) for other in symbols[1:])
     images = [np.asarray(codec.decompress(data)) for data in files.values()]
-    assert np.array_equal(images[0], images[1]) and np.array_equal(images[0], images[2])
-    proc = subprocess.run([aectl_exe(), "compress", str(source), "-m", str(q1), "-o", str(tmp_path / "v4.aec"),
-                           "--format-version", "4", "--provider", "cpu"], capture_output=True, text=True)
+    assert all(np.array_equal(images[0], other) for other in images[1:])
+    proc = subprocess.run([aectl_exe(), "compress", str(source), "-m", str(q1), "-o", str(tmp_path / "v5.aec"),
+                           "--format-version", "5", "--provider", "cpu"], capture_output=True, text=True)
     assert proc.returncode != 0 and proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert "--format-version 4: this aectl writes versions 1, 2, 3" in proc.stderr
-    assert not (tmp_path / "v4.aec").exists()
+    assert "--format-version 5: this aectl writes versions 1, 2, 3, 4" in proc.stderr
+    assert not (tmp_path / "v5.aec").exists()
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_files_of_older_versions_still_decode(tmp_path, version):
     """Files written by earlier aectl releases decode as they did: their coding is kept byte for byte, and the
     same symbols written at the current version decode to the same pixels."""
@@ -210,8 +213,8 @@ def test_files_of_older_versions_still_decode(tmp_path, version):
     header, payload, _ = container.parse(data)
     assert header.version == version
     shape = (header.latent_height, header.latent_width)
-    symbols = codec.coder.decode_block(new_decoder(payload), shape, version)
-    enc = new_encoder()
+    symbols = codec.coder.decode_block(new_decoder(payload, version), shape, version)
+    enc = new_encoder(version)
     codec.coder.encode_block(enc, symbols, version)
     assert finish(enc) == payload
     enc = new_encoder()
@@ -228,9 +231,51 @@ def test_files_of_older_versions_still_decode(tmp_path, version):
                                      capture_output=True, text=True, check=True).stdout)
     assert info["format_version"] == version
     unknown = bytearray(data)
-    unknown[4] = 4
-    with pytest.raises(AectlError, match="format version 4 is not supported .*reads versions 1, 2, 3"):
+    unknown[4] = 5
+    with pytest.raises(AectlError, match="format version 5 is not supported .*reads versions 1, 2, 3, 4"):
         container.parse(bytes(unknown))
+
+
+def test_version_4_codes_each_block_as_its_own_ans_stream():
+    """A version 4 payload is the word count of every stream but the last, then the ANS streams; a stream holds
+    consecutive blocks until it reaches STREAM_SYMBOLS symbols (here, each of two tiles is one), and decodes to
+    exactly them: the same symbols and pixels as version 3's one range-coder stream. Counts
+    that do not fit the payload, or a stream that holds more than its blocks, are one-line errors."""
+    q1 = ROOT / "models" / "factorized-q1"
+    photo = np.asarray(Image.open(ROOT / "examples" / "images" / "kodim07.png").convert("RGB"))
+    image = np.ascontiguousarray(np.tile(photo, (1, 3, 1))[:200, :1100])  # two tiles: 1024 and 76 (80) wide
+    v3, v4 = Codec(q1, provider="cpu", format_version=3), Codec(q1, provider="cpu")
+    header, payload, _ = container.parse(v4.compress(image))
+    assert header.version == 4 and header.tiled
+    words = np.frombuffer(payload, "<u4")
+    shapes = [(header.latent_height, header.latent_width), (header.latent_height, 80 // 16)]
+    sizes = [v4.coder.channels * h * w for h, w in shapes]
+    assert sizes[0] >= STREAM_SYMBOLS  # so each block is a stream of its own
+    first = int(words[0])
+    assert 0 < first < len(words) - 1
+    blocks = [v4.coder.decode_block(new_decoder(words[1:1 + first].tobytes(), 4), shapes[0], 4),
+              v4.coder.decode_block(new_decoder(words[1 + first:].tobytes(), 4), shapes[1], 4)]
+    stream = new_decoder(container.parse(v3.compress(image))[1], 3)
+    assert all(np.array_equal(b, v3.coder.decode_block(stream, shape, 3)) for b, shape in zip(blocks, shapes))
+    pixels = [np.asarray(codec.decompress(codec.compress(image))) for codec in (v3, v4)]
+    assert np.array_equal(*pixels)
+    for bad, message in ((np.concatenate([[len(words)], words[1:]]), "word counts exceed its length"),
+                         (np.concatenate([[first + 1], words[1:]]), "holds more than its block|decoding failed"),
+                         (words[:0], "too short")):
+        with pytest.raises(AectlError, match=f"corrupted payload: .*({message})"):
+            decoder = new_decoder(bad.astype("<u4").tobytes(), 4, sizes)
+            v4.coder.decode_block(decoder, shapes[0], 4)
+            v4.coder.decode_block(decoder, shapes[1], 4)
+    # Small blocks share a stream: three of them make one stream, which also reads as one with no counts.
+    assert stream_spans([40000, 40000, 10, 70000, 5]) == [2, 2, 1] and stream_spans([]) == []
+    small = [b[:, :2, :3] for b in (blocks[0], blocks[1], blocks[0][:, 3:])]
+    enc = new_encoder(4)
+    for block in small:
+        v4.coder.encode_block(enc, np.ascontiguousarray(block), 4)
+    payload = finish(enc)
+    assert stream_spans([b.size for b in small]) == [3]
+    for decoder in (new_decoder(payload, 4, [b.size for b in small]), new_decoder(payload, 4)):
+        assert all(np.array_equal(v4.coder.decode_block(decoder, (2, 3), 4), block) for block in small)
 
 
 @pytest.fixture(scope="module")

@@ -58,7 +58,7 @@ def test_tiled_image_round_trips(classified, photos):
                           np.asarray(Codec(plain, provider="cpu").decompress(Codec(plain, provider="cpu").compress(image))))
 
 
-@pytest.mark.parametrize("version", [3, 2, 1], ids=["v3", "v2", "v1"])
+@pytest.mark.parametrize("version", [4, 3, 2, 1], ids=["v4", "v3", "v2", "v1"])
 @pytest.mark.parametrize("kind", ["zeros", "random", "huge", "mixed"])
 def test_symbols_decode_exactly_through_the_class_map(classified, kind, version):
     coder = EntropyCoder(load_bundle(classified[2]).entropy)
@@ -70,20 +70,21 @@ def test_symbols_decode_exactly_through_the_class_map(classified, kind, version)
         "huge": rng.integers(-2**31 + 1, 2**31 - 1, shape, dtype=np.int64).astype(np.int32),
         "mixed": np.where(rng.random(shape) < 0.05, 10**6, rng.integers(-2, 3, shape)).astype(np.int32),
     }[kind]
-    enc = new_encoder()
+    enc = new_encoder(version)
     coder.encode_block(enc, symbols, version)
     coder.encode_block(enc, symbols[:, :1, :5], version)
-    dec = new_decoder(finish(enc))
+    dec = new_decoder(finish(enc), version, [symbols.size, symbols[:, :1, :5].size])
     assert np.array_equal(coder.decode_block(dec, (9, 13), version), symbols)
     assert np.array_equal(coder.decode_block(dec, (1, 5), version), symbols[:, :1, :5])
 
 
-def test_garbage_payload_is_a_clean_error(classified):
+@pytest.mark.parametrize("version", [4, 3])
+def test_garbage_payload_is_a_clean_error(classified, version):
     coder = EntropyCoder(load_bundle(classified[2]).entropy)
     with pytest.raises(AectlError, match="corrupted payload"):
         for seed in range(20):  # random words decode to *something* until the classes or escapes run wild
             words = np.random.default_rng(seed).integers(0, 2**32, 8, dtype=np.uint64).astype("<u4").tobytes()
-            coder.decode_block(new_decoder(words), (40, 60))
+            coder.decode_block(new_decoder(words, version, [coder.channels * 40 * 60]), (40, 60), version)
 
 
 @pytest.mark.parametrize("edit, message", [
