@@ -152,9 +152,8 @@ class Decoder:
                 self._latent_tile_shape(*expected_tile):
             raise AectlError("corrupted .aec file (tile or latent shape does not fit the model)")
         tiles = tiling.plan(header.height, header.width, *expected_tile, self.stride, self.fixed_size)
-        per_channel = [int(np.prod(self.network.latent_shape(1, t.padded_height, t.padded_width)[2:], dtype=np.int64))
-                       for t in tiles]
-        slack = 64 + 32 * len(tiles)  # a coder's final rounding: one range stream, or one ANS stream per block
+        per_channel = [int(np.prod(self._symbol_shape(t), dtype=np.int64)) for t in tiles]
+        slack = 64 + 32 * len(tiles)  # coders' final rounding: one range stream, or up to one ANS stream a block
         if 8 * len(payload) + slack < self.coder.min_payload_bits(per_channel, header.version):
             raise AectlError(f"corrupted .aec file (a payload of {len(payload)} bytes cannot hold a "
                              f"{header.width}x{header.height} image)")

@@ -77,8 +77,8 @@ def has_trimmed_tables(version: int) -> bool:
 
 
 def has_block_streams(version: int) -> bool:
-    """Whether a payload holds one ANS stream per block (format version 4 on) rather than one range-coder
-    stream."""
+    """Whether a payload holds ANS streams of consecutive blocks (format version 4 on) rather than one
+    range-coder stream."""
     return version >= 4
 
 
@@ -262,8 +262,8 @@ class EntropyCoder:
 
     def encode_block(self, encoder, symbols: np.ndarray, version: int = container.VERSION) -> None:
         """Append one block, symbols of shape (C, n) or (C, h, w) int32, to an encoder from new_encoder(version),
-        coded as format `version` codes it (group flags from version 2, trimmed tables from version 3, its own
-        ANS stream from version 4)."""
+        coded as format `version` codes it (group flags from version 2, trimmed tables from version 3, ANS
+        streams from version 4)."""
         if has_block_streams(version) != isinstance(encoder, BlockStreams):
             raise TypeError(f"format version {version} needs the encoder new_encoder({version}) makes")
         if has_block_streams(version):
