@@ -11,6 +11,9 @@ import typer
 
 from aectl.runtime.errors import AectlError, check_writable_folder, received_signals
 
+THREADS_HELP = ("onnxruntime intra-op threads (default: one per physical core this process may use; 0: "
+                "onnxruntime's own choice, which pins its threads)")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Learned image compression: train in PyTorch, export to ONNX, compress with onnxruntime.")
 
@@ -166,7 +169,7 @@ def compress(
     provider: str = typer.Option("auto", help="onnxruntime provider: auto (CUDA if it works, else CPU), cpu, cuda or tensorrt"),
     force: bool = typer.Option(False, help="overwrite existing outputs"),
     json_out: bool = typer.Option(False, "--json", help="print per-file results as JSON"),
-    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads"),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     max_pixels: int = typer.Option(1 << 28, help="refuse images larger than this many pixels"),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="stop at the first file that fails"),
     engine: str = typer.Option("local", help="local, or ray (Ray Data on $RAY_ADDRESS or a local Ray)"),
@@ -193,7 +196,7 @@ def decompress(
     image_format: str = typer.Option("png", "--format", help="output image format (file suffix): png, bmp, tiff, ..."),
     force: bool = typer.Option(False, help="overwrite existing outputs"),
     json_out: bool = typer.Option(False, "--json", help="print per-file results as JSON"),
-    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads"),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     max_pixels: int = typer.Option(1 << 28, help="refuse files declaring more pixels than this"),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="stop at the first file that fails"),
 ) -> None:
@@ -277,7 +280,7 @@ def evaluate(
     baselines: str = typer.Option("jpeg,webp,avif", help="comma-separated: jpeg, webp, avif (through Pillow)"),
     out: Path = typer.Option(..., "--out", "-o", help="folder for results.json, per_image.csv, curves.csv, rd.png"),
     provider: str = typer.Option("cpu", help="onnxruntime provider for the models"),
-    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads"),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     force: bool = typer.Option(False, help="overwrite existing results in --out"),
     json_out: bool = typer.Option(False, "--json", help="print the summary (curves, BD-rates) as JSON"),
 ) -> None:

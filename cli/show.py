@@ -60,6 +60,7 @@ def show_bundle(path: Path, json_out: bool = False) -> None:
 
 
 def show_doctor() -> None:
+    from aectl.runtime.cores import cpu_quota, default_threads, physical_cores, usable_cpus
     from aectl.runtime.providers import installed_distributions, usable_providers
 
     table = Table(title="aectl doctor", show_header=False)
@@ -75,6 +76,9 @@ def show_doctor() -> None:
     if dists:
         for name, verdict in usable_providers().items():
             table.add_row(f"provider {name}", verdict)
+    cpus = usable_cpus()
+    table.add_row("cpu threads", f"{default_threads()} by default (--threads): {len(cpus)} usable logical CPUs, "
+                                 f"{physical_cores(cpus)} physical cores, cgroup quota {cpu_quota() or 'none'}")
     console.print(table)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from aectl.runtime.cores import default_threads
 from aectl.runtime.errors import AectlError
 
 PROVIDER_NAMES = ("auto", "cpu", "cuda", "tensorrt")
@@ -93,7 +94,8 @@ def run_options(tuning: Tuning, pixels: int):
 
 def check_threads(threads: int | None) -> None:
     """Threads beyond a few per CPU only contend, and a typo like 1000000 would exhaust memory creating them:
-    refuse it in one line. 0 (like None) leaves the choice to the library, as in onnxruntime."""
+    refuse it in one line. None is aectl's default (cores.default_threads); 0 leaves the choice to onnxruntime,
+    which also pins its worker threads to cores."""
     limit = 4 * (os.cpu_count() or 1)
     if threads is not None and not 0 <= threads <= limit:
         raise AectlError(f"--threads {threads}: give 1..{limit} (at most 4 per CPU here), or 0 for the default")
@@ -116,6 +118,8 @@ def session_options(threads: int | None = None, tuning: Tuning = DEFAULT_TUNING)
         opts.add_session_config_entry("session.force_spinning_stop", "1")
     if tuning.optimized_model_path:
         opts.optimized_model_filepath = tuning.optimized_model_path
+    if threads is None:
+        threads = default_threads()  # an explicit count, so that onnxruntime pins no thread (runtime/cores.py)
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -85,6 +85,8 @@ def test_doctor_lists_working_cpu_provider():
     proc = aectl("doctor")
     assert "onnxruntime" in proc.stdout
     assert "provider cpu" in proc.stdout and "works" in proc.stdout
+    from aectl.runtime.cores import default_threads
+    assert f"{default_threads()} by default" in proc.stdout  # the thread count sessions get without --threads
 
 
 @pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
