@@ -1,7 +1,8 @@
 """What the default thread count changes for `aectl compress` / `decompress` over many files: the CLI's own
-per-file loop (runtime/files.run_jobs: read, code, write atomically with fsync) with codecs whose sessions
-get aectl's default (one thread per physical core, an explicit count: runtime/cores.py), onnxruntime's own
-default (intra_op_num_threads 0, which pins each worker thread to a core) and one thread. All in this process,
+per-file loop (runtime/files.run_jobs: read, code, write atomically with fsync; PNGs at the CLI's zlib level)
+with codecs whose sessions get aectl's default (one thread per physical core, an explicit count:
+runtime/cores.py), onnxruntime's own default (intra_op_num_threads 0, which pins each worker thread to a core)
+and one thread. All in this process,
 taking turns every round, the order rotating; the first round is warm-up.
 
     python benchmarks/threads_probe.py [BUNDLE] [--images DIR] [--crop 64] [--limit 100] [--rounds 6] [--json OUT]
@@ -26,10 +27,11 @@ from aectl.perf.bench import _cpu_name
 from aectl.runtime import Codec
 from aectl.runtime.cores import default_threads
 from aectl.runtime.files import AEC_SUFFIX, plan_jobs, run_jobs
-from aectl.runtime.image_io import atomic_write
+from aectl.runtime.image_io import PNG_COMPRESSION, atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"aectl default": None, "onnxruntime default (0)": 0, "1 thread": 1}
+PNG_SAVE = {"compress_level": PNG_COMPRESSION}  # as `aectl decompress` writes them
 
 
 def write_inputs(images: Path, crop: int, limit: int, folder: Path) -> int:
@@ -57,7 +59,8 @@ def per_file_loop(codec: Codec, inputs: Path, out: Path) -> dict[str, float]:
     start = time.perf_counter()
     results += run_jobs(plan_jobs([out], out, {AEC_SUFFIX}, ".png"),
                         lambda job: (codec.decompress(job.source.read_bytes()), {}), force=True,
-                        write=lambda job, image: atomic_write(job.target, image=image, force=True))
+                        write=lambda job, image: atomic_write(job.target, image=image, force=True,
+                                                              save_options=PNG_SAVE))
     times["decompress"] = time.perf_counter() - start
     failed = [r.error for r in results if not r.ok]
     if failed:

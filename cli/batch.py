@@ -131,14 +131,17 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
 
 
 def decompress_files(inputs, out, model, provider, image_format, force, json_out, threads, max_pixels,
-                     fail_fast=False) -> int:
+                     fail_fast=False, png_compression=None) -> int:
     from aectl.runtime.codec import Codec
     from aectl.runtime.container import parse
-    from aectl.runtime.image_io import atomic_write
+    from aectl.runtime.image_io import PNG_COMPRESSION, atomic_write
     from aectl.runtime.providers import require_provider
     from aectl.runtime.registry import find_bundle
 
     require_provider(provider)
+    png_compression = PNG_COMPRESSION if png_compression is None else png_compression
+    if not 0 <= png_compression <= 9:
+        raise AectlError(f"--png-compression {png_compression}: give a zlib level from 0 to 9")
     suffix = "." + image_format.lower().lstrip(".")
     from PIL import Image
     if suffix not in Image.registered_extensions():
@@ -165,8 +168,10 @@ def decompress_files(inputs, out, model, provider, image_format, force, json_out
         return image, {"bytes": len(data), "width": header.width, "height": header.height,
                        "bpp": 8 * len(data) / (header.width * header.height)}
 
+    save_options = {"compress_level": png_compression} if Image.registered_extensions()[suffix] == "PNG" else None
+
     def write(job, image):
-        atomic_write(job.target, image=image, force=force)
+        atomic_write(job.target, image=image, force=force, save_options=save_options)
 
     with _progress(len(jobs), "decompress") as advance:
         results = files.run_jobs(jobs, work, force, write=write, on_result=_print_ok(json_out, advance),

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from conftest import aectl_exe
+from conftest import ROOT, aectl_exe
 
 
 def aectl(*args, check=True, timeout=600):
@@ -117,3 +117,29 @@ def test_doctor_probes_gpu_providers():
         works, verdict = probe(name)
         assert f"provider {name}" in proc.stdout
         assert ("works" in proc.stdout.split(f"provider {name}")[1].splitlines()[0]) == works, verdict
+
+
+
+def test_png_compression_changes_file_size_not_pixels(tmp_path, kodak_image):
+    """`decompress` writes PNGs at zlib level 1 unless --png-compression says otherwise: byte for byte what
+    Pillow writes at level 1, the same pixels at level 9 in a smaller file; a level outside 0-9 is one line and
+    writes nothing."""
+    import numpy as np
+    from PIL import Image
+
+    source, aec = tmp_path / "crop.png", tmp_path / "crop.aec"
+    Image.fromarray(kodak_image[:192, :256]).save(source)
+    aectl("compress", source, "-m", ROOT / "models" / "factorized-q4", "-o", aec, "--provider", "cpu")
+    default, level9 = tmp_path / "default.png", tmp_path / "level9.png"
+    aectl("decompress", aec, "-o", default, "--provider", "cpu")
+    aectl("decompress", aec, "-o", level9, "--provider", "cpu", "--png-compression", "9")
+    pixels = np.asarray(Image.open(default))
+    assert np.array_equal(pixels, np.asarray(Image.open(level9)))
+    assert level9.stat().st_size < default.stat().st_size
+    pillow_level1 = tmp_path / "pillow.png"
+    Image.fromarray(pixels).save(pillow_level1, compress_level=1)
+    assert pillow_level1.read_bytes() == default.read_bytes()
+    refused = aectl("decompress", aec, "-o", tmp_path / "bad.png", "--png-compression", "10", check=False)
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.strip() == "error: --png-compression 10: give a zlib level from 0 to 9"
+    assert not (tmp_path / "bad.png").exists()
