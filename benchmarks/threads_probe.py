@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds needs 2 or more: the first is warm-up")
 
     codecs = {name: Codec(args.bundle, provider="cpu", threads=threads) for name, threads in VARIANTS.items()}
     seconds = {name: {"compress": [], "decompress": []} for name in codecs}

@@ -76,9 +76,10 @@ def show_doctor() -> None:
     if dists:
         for name, verdict in usable_providers().items():
             table.add_row(f"provider {name}", verdict)
-    cpus = usable_cpus()
-    table.add_row("cpu threads", f"{default_threads()} by default (--threads): {len(cpus)} usable logical CPUs, "
-                                 f"{physical_cores(cpus)} physical cores, cgroup quota {cpu_quota() or 'none'}")
+    cpus, threads = usable_cpus(), default_threads()
+    table.add_row("cpu threads", f"{threads or 'onnxruntime chooses'} by default (--threads): {len(cpus)} usable "
+                                 f"logical CPUs, {physical_cores(cpus) or 'unknown'} physical cores, cgroup quota "
+                                 f"{cpu_quota() or 'none'}")
     console.print(table)
 
 

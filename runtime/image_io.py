@@ -23,8 +23,8 @@ from aectl.runtime.errors import AectlError, write_error
 
 _GRAY_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # zlib level of the PNGs `aectl decompress` writes, as OpenCV's imwrite defaults to: Pillow's own 6 took 92 ms per
-# 768x512 reconstruction against 22 ms at 1, for files 8% smaller (benchmarks/README.md); decoded images are read
-# back, the .aec file is what is kept.
+# 768x512 reconstruction against 22 ms at 1, and its files were 8% smaller (benchmarks/README.md); decoded images
+# are read back, the .aec file is what is kept.
 PNG_COMPRESSION = 1
 
 

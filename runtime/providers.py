@@ -98,7 +98,8 @@ def check_threads(threads: int | None) -> None:
     which also pins its worker threads to cores."""
     limit = 4 * (os.cpu_count() or 1)
     if threads is not None and not 0 <= threads <= limit:
-        raise AectlError(f"--threads {threads}: give 1..{limit} (at most 4 per CPU here), or 0 for the default")
+        raise AectlError(f"--threads {threads}: give 1..{limit} (at most 4 per CPU here), or 0 for onnxruntime's "
+                         "own choice")
 
 
 def session_options(threads: int | None = None, tuning: Tuning = DEFAULT_TUNING):
@@ -118,8 +119,8 @@ def session_options(threads: int | None = None, tuning: Tuning = DEFAULT_TUNING)
         opts.add_session_config_entry("session.force_spinning_stop", "1")
     if tuning.optimized_model_path:
         opts.optimized_model_filepath = tuning.optimized_model_path
-    if threads is None:
-        threads = default_threads()  # an explicit count, so that onnxruntime pins no thread (runtime/cores.py)
+    if threads is None:  # an explicit count, so that onnxruntime pins no thread (runtime/cores.py)
+        threads = default_threads()
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
