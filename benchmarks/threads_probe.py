@@ -91,19 +91,18 @@ def main() -> None:
             for name in names[rnd % len(names):] + names[:rnd % len(names)]:
                 for task, s in per_file_loop(codecs[name], inputs, Path(tmp) / f"out{names.index(name)}").items():
                     seconds[name][task].append(s)
-    base = names[0]
     result = {"bundle": str(args.bundle), "images": str(args.images), "crop": args.crop, "files": count,
               "rounds": args.rounds, "cpu": _cpu_name(), "default_threads": default_threads(),
               "ms_per_file": {n: {t: 1e3 * statistics.median(v[1:]) / count for t, v in d.items()}
                               for n, d in seconds.items()},
-              f"time_over_{base.replace(' ', '_')}": {
-                  n: {t: statistics.median(a / b for a, b in zip(v[1:], seconds[base][t][1:])) for t, v in d.items()}
-                  for n, d in seconds.items()},
+              "time_over_aectl_default": {
+                  n: {t: statistics.median(a / b for a, b in zip(v[1:], seconds[names[0]][t][1:]))
+                      for t, v in d.items()} for n, d in seconds.items()},
               "seconds": seconds}
     size = f"{args.crop}x{args.crop} crops" if args.crop else "whole photos"
     print(f"{count} files ({size}), {result['cpu']}, aectl's default: {result['default_threads']} threads; "
           f"ms per file, median of {args.rounds - 1} rounds (time over aectl's default)")
-    ratios = result[f"time_over_{base.replace(' ', '_')}"]
+    ratios = result["time_over_aectl_default"]
     for name, ms in result["ms_per_file"].items():
         print(f"{name:26s} compress {ms['compress']:7.2f} ({ratios[name]['compress']:.2f}x)   "
               f"decompress {ms['decompress']:7.2f} ({ratios[name]['decompress']:.2f}x)")

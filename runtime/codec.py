@@ -4,7 +4,7 @@ Decoder(bundle, provider) needs only decoder.onnx (edge clients):
     decode(latents)                        latents -> NCHW float32 images in [0, 1]
     decompress(bytes) -> PIL.Image         an .aec file back to pixels, in the original's mode
     decompress_batch                       same, grouping same-size files into shared session runs and
-                                           range decoding a batch's blocks together
+                                           entropy decoding a batch's blocks together
 Codec(bundle, provider) adds the encoder:
     encode(x)                              NCHW float32 batches in [0, 1] -> continuous latents
     compress(image) -> bytes               a complete .aec file: quantised, entropy-coded latents

@@ -1,10 +1,11 @@
-"""Range coding of latent symbols with constriction, driven only by the bundle's integer CDF tables.
+"""Entropy coding of latent symbols with constriction, driven only by the bundle's integer CDF tables.
 
 Per channel c a table covers symbols [offset_c, offset_c + L_c) plus an escape bin at index L_c. A symbol
 outside the table is coded as the escape index, and its value follows after all channels of that group as
 two 16-bit halves of its zigzag code under a uniform model. So every int32 symbol round-trips exactly and
-out-of-range values are never clamped. The stream is a queue (range coder): blocks are decoded in the order
-they were encoded, which lets big images be decoded tile by tile with bounded memory.
+out-of-range values are never clamped. Blocks are decoded in the order they were encoded (one range coder's
+queue up to version 3; from version 4, ANS streams of consecutive blocks, below), which lets big images be
+decoded tile by tile with bounded memory.
 
 Bundles with classified tables (export/entropy_classes.py) code a block as its class map first (row by row,
 each class under the table of the class above it), then, class by class, the symbols of the positions in that
