@@ -92,6 +92,11 @@ def test_int8_decoder_is_quantised_except_gdn_and_the_output_conv_with_16_bit_la
     manifest = json.loads((variants["int8"] / "manifest.json").read_text())
     conv = manifest["files"]["decoder"]["conversion"]
     assert conv["int8_convs"] == 3 and conv["fp32_convs"] == 4 and conv["uint16_tensors"] == ["y_hat"]
+    # Standard ONNX only (opset 21 has 16-bit Q/DQ): no onnxruntime contrib ops or domains, so any runtime of
+    # opset 21 can load it.
+    assert {n.domain for n in model.graph.node} == {""} and conv["opset"] == 21
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", 21)]
+    onnx.checker.check_model(model, full_check=True)
     assert conv["method"].endswith("percentile 99.999")  # ranges from percentiles (histograms), not extremes
     assert conv["calibration"]["files"]
 
