@@ -88,8 +88,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
+    images = sorted(args.images.glob("*.png"))[:args.count]
+    if not images or args.runs < 1:
+        parser.error(f"need PNG images in {args.images} and --runs >= 1")
     codec = Codec(args.bundle, provider="cpu", threads=args.threads)
-    inputs = latents(codec, sorted(args.images.glob("*.png"))[:args.count])
+    inputs = latents(codec, images)
     result = {"bundle": os.path.relpath(args.bundle, ROOT), "images": len(inputs), "threads": args.threads,
               "runs": args.runs, "decoders": {}}
     with tempfile.TemporaryDirectory() as tmp:
