@@ -16,13 +16,13 @@ precision and the parity tolerance of each file.
   convolution, sqrt, the product) are excluded and stay fp32: squares span a range 8 bits cannot hold. The
   decoder's input, integer-valued latents, is quantised to 16 bits, so the first convolution runs in float on
   int8 weights. All Q/DQ nodes are standard ONNX (opset 21 quantises to 16 bits natively; the quantizer moves
-  the decoder to opset 21 either way), not onnxruntime's com.microsoft contrib ops, so the file runs on any ONNX
-  runtime of opset 21; the contrib ops gave the same outputs at the same speed here. The output convolution (3 x r^2 channels before the last
-  depth-to-space) stays fp32, as quantised networks commonly keep their last layer (Choi et al., "PACT", 2018;
-  Krishnamoorthi, "Quantizing deep convolutional networks for efficient inference", 2018): with 12 output
-  channels its int8 kernel ran slower than fp32 here (11.9 against 9.4 ms, one thread, AVX-512 VNNI), and its
-  rounding lands on the pixels. On the shipped q4 with min-max ranges: decoder 1.34x fp32 instead of 1.26x,
-  PSNR loss 0.16 dB instead of 0.20 (benchmarks/results/int8-cpu.json).
+  the decoder to opset 21 either way), not onnxruntime's com.microsoft contrib ops, so the file needs no
+  onnxruntime-specific operator; the contrib ops gave the same outputs at the same speed here. The output
+  convolution (3 x r^2 channels before the last depth-to-space) stays fp32, as quantised networks commonly keep
+  their last layer (Choi et al., "PACT", 2018; Krishnamoorthi, "Quantizing deep convolutional networks for
+  efficient inference", 2018): with 12 output channels its int8 kernel ran slower than fp32 here (11.9 against
+  9.4 ms, one thread, AVX-512 VNNI), and its rounding lands on the pixels. On the shipped q4 with min-max
+  ranges: decoder 1.34x fp32 instead of 1.26x, PSNR loss 0.16 dB instead of 0.20 (benchmarks/results/int8-cpu.json).
 - fp16: onnxruntime.transformers.float16.convert_float_to_float16 with keep_io_types, GDN nodes blocked
   (kept fp32, casts inserted around them): x*x overflows fp16 (max 65504) for activations above 256.
 
@@ -190,7 +190,7 @@ def _drop_unused_domains(model: onnx.ModelProto) -> None:
     knows (com.microsoft.nchwc, org.pytorch.aten, ...); only the ones the nodes use stay, so the file names no
     runtime-specific domain."""
     used = {n.domain for n in model.graph.node} | {""}
-    kept = [o for o in model.opset_import if o.domain in used or (o.domain == "ai.onnx" and "" in used)]
+    kept = [o for o in model.opset_import if o.domain in used or o.domain == "ai.onnx"]
     del model.opset_import[:]
     model.opset_import.extend(kept)
 
