@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import sys
 from contextlib import contextmanager
-from pathlib import Path
 
 import typer
 

@@ -239,7 +239,6 @@ def _reduce_decoder(folder: Path, model, preset: Preset, precision: str, images:
     """Replace decoder.onnx by its fp16 or int8 variant, checked against torch; returns its files entry."""
     from aectl.export.parity import check_variant
     from aectl.export.precision import calibration_latents, convert_fp16, quantize_int8
-    from aectl.runtime.bundle import load_bundle
     from aectl.runtime.network import Network
 
     fp32 = folder / "decoder.fp32.onnx"

@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import os
 import platform
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from PIL import Image
 
 from aectl.perf.peak import best_of, matmul_peak
 from aectl.runtime.errors import AectlError
-from aectl.runtime.profile import STAGES, Stages
+from aectl.runtime.profile import Stages
 
 ENGINES = ("onnxruntime", "torch")
 BASELINES = ("jpeg", "webp")
@@ -185,7 +184,7 @@ def _macs(bundle, files: list[Path]) -> dict:
 
 
 def _baselines(files: list[Path], blobs: list[bytes], codecs: tuple[str, ...], repeats: int) -> dict:
-    from aectl.runtime.metrics import baseline_at_bpp, bpp, pillow_encode, psnr
+    from aectl.runtime.metrics import baseline_at_bpp, bpp, pillow_encode
 
     originals = [np.asarray(Image.open(p).convert("RGB")) for p in files]
     pixels = sum(a.shape[0] * a.shape[1] for a in originals)
@@ -215,11 +214,10 @@ def _baselines(files: list[Path], blobs: list[bytes], codecs: tuple[str, ...], r
 def _torch_network(bundle, provider: str, threads: int):
     """TorchNetwork on the provider's device, or the reason it cannot run."""
     try:
-        import torch  # noqa: F401
+        import torch
         from aectl.train.torch_ref import TorchNetwork
     except ImportError as exc:
         return None, f"torch not importable ({exc})"
-    import torch
 
     if provider == "cuda" and not torch.cuda.is_available():
         return None, "this torch has no usable CUDA"

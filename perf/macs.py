@@ -108,7 +108,6 @@ def _dense_macs(node, shapes: dict, out: list[int] | None) -> int:
         return dims
 
     attrs = {a.name: a for a in node.attribute}
-    group = attrs["group"].i if "group" in attrs else 1
     if out is None:
         raise AectlError(f"count_macs: no inferred shape for the output of {node.op_type} {node.name!r}")
     if node.op_type in ("Conv", "ConvInteger"):

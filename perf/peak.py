@@ -22,8 +22,7 @@ def matmul_model(n: int) -> bytes:
     """Y = A @ B for float32 A, B of shape (n, n), as serialized ONNX (opset 13)."""
     from aectl.perf.macs import _onnx
 
-    onnx = _onnx()
-    from onnx import TensorProto, helper
+    helper, TensorProto = _onnx().helper, _onnx().TensorProto  # _onnx: a clear error without the onnx package
 
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["A", "B"], ["Y"])], "matmul",

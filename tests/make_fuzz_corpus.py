@@ -4,7 +4,6 @@ tables, peaked enough for group flags) for a second session (out/corpus-q1)."""
 import sys
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from aectl.export.onnx_export import export_bundle

@@ -3,7 +3,6 @@ checked against hand-computed ones, and one-line errors for bad inputs."""
 import json
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest

@@ -7,7 +7,6 @@ import shutil
 import signal
 import struct
 import subprocess
-import sys
 import time
 import zlib
 
@@ -18,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from aectl.runtime import Codec, Decoder, container, load_bundle
+from aectl.runtime import Codec, Decoder, container
 from aectl.runtime.errors import AectlError
 from conftest import KODAK, aectl_exe
 
