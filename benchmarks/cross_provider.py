@@ -21,7 +21,7 @@ from aectl.runtime import Codec
 from aectl.runtime.errors import AectlError
 from aectl.runtime.metrics import psnr
 from aectl.runtime.providers import require_provider
-from aectl.runtime.registry import shipped_bundles
+from aectl.runtime.registry import shipped_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,14 +80,15 @@ def compare(bundle: Path, data: Path, a: str, b: str, repeat: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundle", nargs="?", type=Path, default=None, help="default: the shipped model")
+    parser.add_argument("bundle", nargs="?", type=Path, default=None,
+                        help="default: the model `aectl compress` uses without -m")
     parser.add_argument("--a", default="cuda")
     parser.add_argument("--b", default="cpu")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "kodak-dev")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="also write the full report here")
     args = parser.parse_args()
-    bundle = args.bundle or shipped_bundles()[0]
+    bundle = args.bundle or shipped_bundle()  # the default quality, as `aectl compress` without -m
     try:
         for name in (args.a, args.b):
             require_provider(name)

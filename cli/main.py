@@ -224,7 +224,8 @@ def _batch_sizes(value: str) -> tuple[int, ...]:
 @app.command()
 def bench(
     images: Path = typer.Option(..., "--images", help="folder of images to compress (e.g. kodak-dev)"),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="bundle directory; default: the shipped model"),
+    model: Optional[Path] = typer.Option(None, "--model", "-m",
+                                         help="bundle directory; default: the model compress uses without -m"),
     provider: str = typer.Option("cpu", help="cpu, cuda or all (every provider that works here)"),
     threads: int = typer.Option(2, help="intra-op threads for onnxruntime, torch and the matmul peak"),
     repeats: int = typer.Option(3, help="timed passes over all images; the median pass is reported"),
@@ -250,12 +251,10 @@ def bench(
     if save is not None:
         check_writable_folder(save.parent)
 
-    if model is None:
-        from aectl.runtime.registry import shipped_bundles
+    if model is None:  # the model `aectl compress` uses without -m (it raises the same error when none ships)
+        from aectl.runtime.registry import shipped_bundle
 
-        if not shipped_bundles():
-            raise AectlError("no model given and none ships with this install: pass a bundle with -m BUNDLE")
-        model = shipped_bundles()[0]
+        model = shipped_bundle()
     cfg = BenchConfig(bundle=str(model), images=str(images), provider=provider, threads=threads, repeats=repeats,
                       batch_sizes=_batch_sizes(batch_sizes), torch=torch,
                       baselines=tuple(b for b in baselines.split(",") if b), limit=limit)

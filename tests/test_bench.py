@@ -3,6 +3,7 @@ checked against hand-computed ones, and one-line errors for bad inputs."""
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,6 +157,16 @@ def test_bench_end_to_end_on_a_tiny_model(trained, two_images, tmp_path):
     text = aectl("bench", "-m", bundle, "--images", two_images, "--repeats", "1", "--batch-sizes", "1",
                  "--no-torch", "--baselines", "jpeg").stdout
     assert "throughput on cpu" in text and "GMAC/s" in text and "% of peak" in text
+
+
+def test_bench_without_a_model_measures_the_default_one(two_images):
+    """Without -m, bench measures the bundle `aectl compress` uses without -m (the default quality), not the
+    first shipped folder by name."""
+    from aectl.runtime.registry import shipped_bundle
+
+    proc = aectl("bench", "--images", two_images, "--limit", "1", "--repeats", "1", "--batch-sizes", "1",
+                 "--no-torch", "--baselines", "", "--json")
+    assert Path(json.loads(proc.stdout)["config"]["bundle"]).resolve() == shipped_bundle().resolve()
 
 
 def test_bench_skips_torch_where_it_cannot_import(trained, two_images):
