@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check of issue #7, for a session that is lent a GPU machine (the device tool). Not yet run: no
-# session so far had a GPU. Three modes:
+# The GPU check of issues #5 and #7, for a session that is lent a GPU machine (the device tool). Not yet run:
+# no session so far had a GPU. Three modes:
 #
 #   bash benchmarks/gpu_check.sh prepare   HERE, once: downloads the cp312 wheels the GPU machine lacks
 #                                          (onnxruntime-gpu, a CUDA 13 build; constriction) and copies
@@ -14,8 +14,9 @@
 #   bash benchmarks/gpu_check.sh run       THERE, last call (carry the last part with it): stages, joins the
 #                                          wheel parts, installs with --no-deps into /tmp/site, loads CUDA
 #                                          and cuDNN from the torch installation (onnxruntime.preload_dlls),
-#                                          runs doctor, the CUDA tests, the cross-provider measurements and
-#                                          `aectl bench --provider all` where that command exists. Logs in $OUT.
+#                                          runs doctor, the CUDA tests, the cross-provider measurements, the
+#                                          IOBinding probe and `aectl bench --provider all` on kodak-dev. Logs
+#                                          and JSON in $OUT/gpu-check.tgz.
 #
 # The calls must follow each other within the machine's warm period; if the machine went back in between,
 # /tmp/aectl-gpu is gone and `run` says which parts are missing.
@@ -131,12 +132,18 @@ run() {
         "$PY" benchmarks/cross_provider.py --a "$provider" --b cpu --data "$AECTL_TEST_DATA/kodak-dev" --json "$OUT/cross-$provider-cpu.json" \
             2>&1 | tee "$OUT/cross-$provider-cpu.log"
     done
-    if aectl bench --help >/dev/null 2>&1; then
-        aectl bench --provider all 2>&1 | tee "$OUT/bench.log"
-    else
-        echo "aectl bench: not in this checkout (it lands with the benchmark branch); skipped" | tee "$OUT/bench.log"
-    fi
-    echo "gpu_check: pytest $([ $status = 0 ] && echo passed || echo FAILED); logs in $OUT"
+    # IOBinding (what aectl runs) against plain session.run, and with the output kept on the GPU.
+    for batch in 1 8; do  # batch 8 of 768x512 is one run on a GPU (runtime/network.py GPU_RUN_PIXELS)
+        "$PY" benchmarks/iobinding_probe.py --provider cuda --batch "$batch" \
+            --image "$AECTL_TEST_DATA/kodak-dev/kodim01.png" --json "$OUT/iobinding-cuda-b$batch.json" \
+            2>&1 | tee "$OUT/iobinding-cuda-b$batch.log"
+    done
+    # Every provider that works there, on kodak-dev, as benchmarks/README.md's CPU runs (2 threads).
+    aectl bench --images "$AECTL_TEST_DATA/kodak-dev" --provider all --threads 2 --repeats 5 \
+        --save "$OUT/bench-all.json" --force 2>&1 | tee "$OUT/bench.log"
+    # One archive: the device tool brings back at most 8 files from $OUT.
+    (cd "$OUT" && tar -czf gpu-check.tgz --remove-files -- *.log *.json)
+    echo "gpu_check: pytest $([ $status = 0 ] && echo passed || echo FAILED); logs in $OUT/gpu-check.tgz"
     return $status
 }
 
