@@ -22,7 +22,8 @@ def matmul_model(n: int) -> bytes:
     """Y = A @ B for float32 A, B of shape (n, n), as serialized ONNX (opset 13)."""
     from aectl.perf.macs import _onnx
 
-    helper, TensorProto = _onnx().helper, _onnx().TensorProto  # _onnx: a clear error without the onnx package
+    _onnx()  # a clear error where the onnx package is missing, before the import below
+    from onnx import TensorProto, helper
 
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["A", "B"], ["Y"])], "matmul",
