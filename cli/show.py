@@ -7,7 +7,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from aectl.runtime.errors import AectlError, check_writable_folder
@@ -168,6 +170,17 @@ def show_eval(bundles, data: Path, baselines: list[str], out: Path, provider: st
     console.print("wrote " + ", ".join(str(p) for p in written))
 
 
+def print_whole(table: Table) -> None:
+    """Print a table at its natural width even on a narrower console (rich gives a pipe or a CI log 80
+    columns, and shrinks a wider table by cutting its cells): a figure cut to fit would read as another figure."""
+    natural = Measurement.get(console, console.options.update_width(1 << 16), table).maximum
+    if natural <= console.width:
+        console.print(table)
+    else:
+        Console(file=console.file, width=natural, color_system=console.color_system,
+                force_terminal=console.is_terminal).print(table)
+
+
 def show_bench(result: dict) -> None:
     """Tables for `aectl bench`; --json prints everything these summarise."""
     imgs, m = result["images"], result["machine"]
@@ -179,14 +192,17 @@ def show_bench(result: dict) -> None:
         console.print(f"aectl: {result['rate']['bpp']:.3f} bpp, {result['rate']['psnr']:.2f} dB; " + ", ".join(
             f"{name} (Pillow): {b['bpp']:.3f} bpp, {b['psnr']:.2f} dB" for name, b in result.get("baselines", {}).items()))
     for provider, entry in result["providers"].items():
-        table = Table(title=f"throughput on {provider} (time split in % of the pass)")
+        # Compact (79 columns with CPU figures) so that it fits a pipe's or a CI log's 80.
+        table = Table(title=f"throughput on {provider} (time split in % of the pass)", box=box.SIMPLE_HEAD,
+                      pad_edge=False, collapse_padding=True)
         for col in ("engine", "batch", "direction", "Mpx/s", "img/s", "io", "net", "quant", "entropy",
                     "cont."):
             table.add_column(col, justify="right" if col not in ("engine", "direction") else "left",
                              no_wrap=True)
+        skipped = []
         for engine, runs in entry["engines"].items():
             if "skipped" in runs:
-                table.add_row(engine, "", f"skipped: {runs['skipped']}", *[""] * 7)
+                skipped.append(f"{engine} on {provider}: skipped, {runs['skipped']}")
                 continue
             for bkey, rec in runs.items():
                 for direction in ("compress", "decompress"):
@@ -200,7 +216,9 @@ def show_bench(result: dict) -> None:
                 r = base[direction]
                 table.add_row(name, "1", direction,
                               f"{r['mpx_per_s']:.2f}", f"{r['images_per_s']:.2f}", *[""] * 5)
-        console.print(table)
+        print_whole(table)
+        for line in skipped:
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
         for bkey, ratios in entry.get("ratios", {}).items():
             if ratios:
                 console.print(f"{bkey}: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}x" for k, v in ratios.items()))

@@ -1,6 +1,7 @@
 """aectl bench end to end on a tiny real model (structure and sane values, never timings), MAC counts that are
 checked against hand-computed ones, and one-line errors for bad inputs."""
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,8 +13,9 @@ from conftest import aectl_exe
 from test_torch_free import run_blocked
 
 
-def aectl(*args, check=True):
-    proc = subprocess.run([aectl_exe(), *map(str, args)], capture_output=True, text=True, timeout=900)
+def aectl(*args, check=True, env=None):
+    proc = subprocess.run([aectl_exe(), *map(str, args)], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, **(env or {})})
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -153,10 +155,29 @@ def test_bench_end_to_end_on_a_tiny_model(trained, two_images, tmp_path):
     for name in ("jpeg", "webp"):
         base = result["baselines"][name]
         assert base["bpp"] > 0 and base["compress"]["seconds"] > 0 and len(base["qualities"]) == 2
-    # The human-readable form of the same run.
+    # The human-readable form, on a console narrower than its table (a pipe or a CI log gives rich 80 columns):
+    # every row holds the figures of the run's JSON whole, none cut to fit.
+    shown = tmp_path / "shown.json"
     text = aectl("bench", "-m", bundle, "--images", two_images, "--repeats", "1", "--batch-sizes", "1",
-                 "--no-torch", "--baselines", "jpeg").stdout
-    assert "throughput on cpu" in text and "GMAC/s" in text and "% of peak" in text
+                 "--no-torch", "--baselines", "jpeg", "--save", shown, env={"COLUMNS": "60"}).stdout
+    assert "throughput on cpu" in text and "GMAC/s" in text and "% of peak" in text and "\u2026" not in text
+    assert_rows_shown(json.loads(shown.read_text()), text)
+
+
+def assert_rows_shown(result: dict, text: str) -> None:
+    """Each engine's and baseline's row of `aectl bench`'s table is in `text`, as the JSON's figures."""
+    rows = {tuple(line.split()) for line in text.splitlines()}
+    shares = ("io", "network", "quantize", "entropy", "container")
+    for engine, runs in result["providers"]["cpu"]["engines"].items():
+        for batch, rec in runs.items():
+            for direction, r in rec.items():
+                assert ("ort" if engine == "onnxruntime" else engine, batch.split("_")[1], direction,
+                        f"{r['mpx_per_s']:.2f}", f"{r['images_per_s']:.2f}",
+                        *(f"{100 * r['shares'][k]:.1f}" for k in shares)) in rows, (engine, batch, direction, text)
+    for name, base in result["baselines"].items():
+        for direction in ("compress", "decompress"):
+            r = base[direction]
+            assert (name, "1", direction, f"{r['mpx_per_s']:.2f}", f"{r['images_per_s']:.2f}") in rows, text
 
 
 def test_bench_without_a_model_measures_the_default_one(two_images):
@@ -177,11 +198,18 @@ from aectl.perf.bench import BenchConfig, run_bench
 r = run_bench(BenchConfig({str(bundle)!r}, {str(two_images)!r}, repeats=1, batch_sizes=(1,), baselines=(), limit=1,
                           peak=False))
 assert 'torch' not in sys.modules
+import os
+os.environ["COLUMNS"] = "60"  # the tables' console: narrower than the reason
+from aectl.cli.show import show_bench
+show_bench(r)
 print(json.dumps(r["providers"]["cpu"]["engines"]["torch"]))
 """
     proc = run_blocked(code)
     assert proc.returncode == 0, proc.stderr
-    assert "torch not importable" in json.loads(proc.stdout.strip().splitlines()[-1])["skipped"]
+    reason = json.loads(proc.stdout.strip().splitlines()[-1])["skipped"]
+    assert "torch not importable" in reason
+    # The tables say why, whole, on one line of their own.
+    assert f"torch on cpu: skipped, {reason}" in proc.stdout.splitlines()
 
 
 def test_bench_bad_inputs_are_one_line_errors(trained, two_images, tmp_path):
