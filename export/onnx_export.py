@@ -200,11 +200,8 @@ def _fit_symbols(model, preset: Preset, ckpt: dict, calibration) -> tuple[list[n
     would quantise them, for fitting the classified entropy tables. Default folder: the run's training data."""
     from aectl.train.data import find_images, load_rgb
 
-    folder = calibration or training_data(ckpt.get("config", {}))
-    if not folder or not Path(folder).is_dir():
-        raise AectlError(f"--calibration: {folder!r} is not a folder of images (--entropy-classes fits its tables "
-                         "on real photos; pass --calibration DIR)")
-    files = find_images(Path(folder))[:MAX_FIT_IMAGES]
+    folder = photo_folder(calibration, ckpt, "--calibration", "--entropy-classes fits its tables on real photos")
+    files = find_images(folder)[:MAX_FIT_IMAGES]
     if not files:
         raise AectlError(f"--calibration {folder}: no images found")
     symbols = []
@@ -218,18 +215,30 @@ def _fit_symbols(model, preset: Preset, ckpt: dict, calibration) -> tuple[list[n
     return symbols, str(folder)
 
 
-def variant_images(ckpt: dict, calibration: str | Path | None) -> dict:
+def photo_folder(given: str | Path | None, ckpt: dict, option: str, why: str) -> Path:
+    """The folder of real photos passed as `option`, or else the run's training data; errors name which."""
+    if given:
+        if not Path(given).is_dir():
+            raise AectlError(f"{option} {given}: not a folder ({why})")
+        return Path(given)
+    folder = training_data(ckpt.get("config", {}))
+    if not folder:
+        raise AectlError(f"{why}, and the checkpoint does not record its training data: pass {option} DIR")
+    if not Path(folder).is_dir():
+        raise AectlError(f"the run's training data {folder} is not a folder here ({why}): pass {option} DIR")
+    return Path(folder)
+
+
+def variant_images(ckpt: dict, calibration: str | Path | None, option: str = "--calibration") -> dict:
     """Real photos for a reduced-precision decoder: every other file calibrates (int8), the rest check parity,
-    so parity is never measured on calibration images. Default folder: the run's training data."""
+    so parity is never measured on calibration images. Default folder: the run's training data. `option`
+    names the command's flag for the folder in errors."""
     from aectl.train.data import find_images, load_rgb
 
-    folder = calibration or training_data(ckpt.get("config", {}))
-    if not folder or not Path(folder).is_dir():
-        raise AectlError(f"--calibration: {folder!r} is not a folder of images (reduced-precision export needs "
-                         "real photos; pass --calibration DIR)")
-    files = find_images(Path(folder))
+    folder = photo_folder(calibration, ckpt, option, "a reduced-precision decoder is checked on real photos")
+    files = find_images(folder)
     if len(files) < 4:
-        raise AectlError(f"--calibration {folder}: found {len(files)} images, need at least 4")
+        raise AectlError(f"{option} {folder}: found {len(files)} image{'s' * (len(files) != 1)}, need at least 4")
     return {"folder": str(folder), "calibrate": [load_rgb(p, 64) for p in files[0::2][:32]],
             "check": [load_rgb(p, 64) for p in files[1::2][:6]],
             "calibration_files": [p.name for p in files[0::2][:32]]}

@@ -94,7 +94,7 @@ def verify_bundle(bundle_dir: str | Path, source: str | Path, provider: str = "c
                                                      "max_abs_diff": diff}])
     if precision != "fp32":
         report["decoder"] = check_variant(bundle.file("decoder"), model, preset, precision,
-                                          variant_images(ckpt, images)["check"])
+                                          variant_images(ckpt, images, "--images")["check"])
     return report
 
 

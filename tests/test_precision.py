@@ -157,6 +157,34 @@ def test_bad_precision_options_are_one_line_errors(trained, tmp_path):
         assert not (tmp_path / "b").exists()
 
 
+def test_photo_folder_errors_name_the_flag_and_the_folder(trained, variants, tmp_path):
+    """A missing folder of real photos is named as given, with the flag of the command at hand (export's
+    --calibration, verify's --images), and a run whose training data has moved says so."""
+    import torch
+
+    from aectl.train.loop import CHECKPOINT
+
+    run, _ = trained["factorized"]
+    missing, moved = tmp_path / "none", tmp_path / "moved-run"
+    moved.mkdir()
+    ckpt = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
+    ckpt["config"].update(data_path=str(missing), data=str(missing))
+    torch.save(ckpt, moved / CHECKPOINT)
+    cases = [(("export", run, "-o", tmp_path / "b", "--precision", "int8", "--calibration", missing),
+              f"error: --calibration {missing}: not a folder"),
+             (("verify", variants["int8"], run, "--images", missing), f"error: --images {missing}: not a folder"),
+             (("export", moved, "-o", tmp_path / "b", "--precision", "fp16"),
+              f"error: the run's training data {missing} is not a folder here"),
+             (("verify", variants["int8"], moved), f"error: the run's training data {missing} is not a folder here")]
+    for args, start in cases:
+        proc = subprocess.run([aectl_exe(), *map(str, args)], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 1 and proc.stderr.startswith(start), (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        flag = "--images" if args[0] == "verify" else "--calibration"
+        assert "PosixPath" not in proc.stderr and (flag in proc.stderr), proc.stderr
+    assert not (tmp_path / "b").exists()
+
+
 @pytest.mark.parametrize("precision", VARIANTS)
 def test_verify_holds_a_variant_to_its_own_tolerance(trained, variants, photos, precision):
     """`aectl verify` on an fp16/int8 bundle and the run it came from: the fp32 encoder at the fp32 tolerance,
