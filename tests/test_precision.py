@@ -22,9 +22,22 @@ def variants(trained, photos, tmp_path_factory):
     root = tmp_path_factory.mktemp("variants")
     out = {}
     for precision in VARIANTS:
-        export_bundle(run, root / precision, precision=precision, calibration=photos, log=lambda *_: None)
+        lines = []
+        export_bundle(run, root / precision, precision=precision, calibration=photos, log=lines.append)
         out[precision] = root / precision
+        (root / f"{precision}.log").write_text("\n".join(lines))
     return out
+
+
+@pytest.mark.parametrize("precision", VARIANTS)
+def test_export_ends_on_the_variant_decoders_own_parity(variants, precision):
+    """The last line export prints states the reduced decoder's parity, not only that of the fp32 graphs it
+    replaced (which is all it said before)."""
+    dec = json.loads((variants[precision] / "manifest.json").read_text())["files"]["decoder"]["parity"]
+    last = (variants[precision].parent / f"{precision}.log").read_text().splitlines()[-1]
+    assert last.startswith(f"wrote {variants[precision]} ") and "; fp32 parity max" in last
+    assert last.endswith(f"; {precision} decoder max |torch fp32 - {precision}| = {dec['max_abs_diff']:.2e} "
+                         f"<= {dec['tolerance']['max_abs_diff']:g}")
 
 
 @pytest.mark.parametrize("precision", VARIANTS)
