@@ -46,12 +46,12 @@ def show_bundle(path: Path, json_out: bool = False) -> None:
         ("architecture", ", ".join(f"{k}={v}" for k, v in m.get("architecture", {}).items())),
         ("input", m["input"]["rule"] + f", values in {m['input']['value_range']}"),
         ("latent", m["latent"]["rule"]),
-        ("files", ", ".join(f"{r}: {f['path']} ({f.get('bytes', '?')} B, sha256 {f['sha256'][:12]}...)"
+        ("files", ", ".join(f"{r}: {f['path']} ({_precision(f)}{f.get('bytes', '?')} B, sha256 {f['sha256'][:12]}...)"
                             for r, f in m["files"].items())),
         ("opset", str(m.get("opset"))),
         ("entropy tables", f"{len(ent['cdfs'])} channels, {ent['precision']}-bit, step {ent['step']:.4g}, "
                            f"tail mass {ent['tail_mass']:g}"),
-        ("parity", f"max diff {m.get('parity', {}).get('max_abs_diff', float('nan')):.2e} <= {m.get('tolerance')}"),
+        ("parity", _parity(m)),
         ("training", f"{train.get('steps')} steps, seed {train.get('seed')}, data {train.get('data')}"),
         ("command", str(train.get("command"))),
         ("final metrics", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())),
@@ -101,6 +101,22 @@ def show_aec(path: Path, json_out: bool = False) -> None:
     for key, value in fields.items():
         table.add_row(key.replace("_", " "), f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+def _precision(entry: dict) -> str:
+    """'int8, ' for a reduced-precision file; nothing for fp32 (and for bundles from before precisions)."""
+    return f"{entry['precision']}, " if entry.get("precision", "fp32") != "fp32" else ""
+
+
+def _parity(m: dict) -> str:
+    """The fp32 graphs' parity, then each reduced-precision file's own check against its own tolerance."""
+    text = f"max diff {m.get('parity', {}).get('max_abs_diff', float('nan')):.2e} <= {m.get('tolerance')}"
+    reduced = [(r, f) for r, f in m["files"].items() if _precision(f)]
+    if not reduced:
+        return text
+    return f"{text} (fp32 graphs); " + "; ".join(
+        f"{f['precision']} {r}: max |torch fp32 - {f['precision']}| {f['parity']['max_abs_diff']:.2e} <= "
+        f"{f['tolerance']['max_abs_diff']:g}, least PSNR {f['parity']['min_psnr_db']:.1f} dB" for r, f in reduced)
 
 
 def show_models(json_out: bool = False) -> None:

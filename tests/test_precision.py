@@ -30,6 +30,20 @@ def variants(trained, photos, tmp_path_factory):
 
 
 @pytest.mark.parametrize("precision", VARIANTS)
+def test_info_names_the_decoders_precision_and_its_own_parity(variants, precision):
+    """`aectl info` on a variant bundle says which precision its decoder is and how close that decoder came,
+    not only the fp32 graphs' figure (all it showed before)."""
+    dec = json.loads((variants[precision] / "manifest.json").read_text())["files"]["decoder"]
+    proc = subprocess.run([aectl_exe(), "info", str(variants[precision])], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "COLUMNS": "400"})  # one line per row
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert f"decoder: decoder.onnx ({precision}, {dec['bytes']} B" in text
+    assert f"(fp32 graphs); {precision} decoder: max |torch fp32 - {precision}| {dec['parity']['max_abs_diff']:.2e} " \
+           f"<= {dec['tolerance']['max_abs_diff']:g}, least PSNR {dec['parity']['min_psnr_db']:.1f} dB" in text
+
+
+@pytest.mark.parametrize("precision", VARIANTS)
 def test_export_ends_on_the_variant_decoders_own_parity(variants, precision):
     """The last line export prints states the reduced decoder's parity, not only that of the fp32 graphs it
     replaced (which is all it said before)."""
