@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import aectl_exe
 from test_torch_free import run_blocked
@@ -188,6 +189,29 @@ def test_bench_without_a_model_measures_the_default_one(two_images):
     proc = aectl("bench", "--images", two_images, "--limit", "1", "--repeats", "1", "--batch-sizes", "1",
                  "--no-torch", "--baselines", "", "--json")
     assert Path(json.loads(proc.stdout)["config"]["bundle"]).resolve() == shipped_bundle().resolve()
+
+
+def test_torch_reference_rebuilds_a_model_of_96_channels(photos, kodak, tmp_path):
+    """From 96 channels the exporter's constant folding (8192 elements at most) leaves GDN's gamma computed
+    in-graph from its raw parameter instead of folded into the Conv weight. torch eager must still rebuild the
+    model exactly (bench's torch column and train --init-from crashed on such bundles with a KeyError)."""
+    import onnx
+
+    from aectl.runtime import Codec
+    from aectl.train.torch_ref import TorchNetwork
+
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    aectl("train", "--preset", "factorized", "--channels", "96,128", "--data", photos, "--out", run, "--steps", "1",
+          "--batch-size", "1", "--crop", "32", "--fit-steps", "1", "--no-progress")
+    aectl("export", run, "-o", bundle)
+    graph = onnx.load(str(bundle / "encoder.onnx")).graph
+    produced = {out for node in graph.node for out in node.output}
+    gdn_weights = [node.input[1] for node in graph.node if node.op_type == "Conv" and node.input[1] in produced]
+    assert len(gdn_weights) == 3  # the case at hand: every GDN's gamma is computed, none is an initializer
+    crop = np.asarray(Image.open(kodak / "kodim03.png").convert("RGB"))[:64, :96]
+    x = np.ascontiguousarray(crop.transpose(2, 0, 1)[None], dtype=np.float32) / 255
+    diff = TorchNetwork(bundle, threads=2).max_difference(Codec(bundle, provider="cpu").network, x)
+    assert diff["encoder_rel_diff"] <= 1e-4 and diff["decoder_abs_diff"] <= 1e-4, diff
 
 
 def test_bench_skips_torch_where_it_cannot_import(trained, two_images):

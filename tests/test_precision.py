@@ -29,6 +29,18 @@ def variants(trained, photos, tmp_path_factory):
     return out
 
 
+def test_bench_of_a_variant_skips_torch_with_the_reason(variants, kodak):
+    """torch eager cannot run an int8 decoder's rounded weights as the model: bench runs onnxruntime and says
+    why the torch column is missing (it stopped with an internal KeyError before)."""
+    from aectl.perf.bench import BenchConfig, run_bench
+
+    r = run_bench(BenchConfig(str(variants["int8"]), str(kodak), repeats=1, batch_sizes=(1,), baselines=(), limit=1,
+                              peak=False), log=lambda *_: None)
+    engines = r["providers"]["cpu"]["engines"]
+    assert engines["onnxruntime"]["batch_1"]["decompress"]["seconds"] > 0
+    assert "has an int8 decoder, whose weights are rounded" in engines["torch"]["skipped"]
+
+
 @pytest.mark.parametrize("precision", VARIANTS)
 def test_info_names_the_decoders_precision_and_its_own_parity(variants, precision):
     """`aectl info` on a variant bundle says which precision its decoder is and how close that decoder came,

@@ -4,8 +4,11 @@ The module is rebuilt from the manifest's preset and architecture parameters and
 the bundle's own ONNX initializers, so torch runs exactly the weights onnxruntime runs (no checkpoint needed).
 Named initializers map to state_dict keys (the exporter keeps "model.<key>"); GDN's beta and gamma are
 folded by the exporter into the bias and weight of the 1x1 Conv that follows each x*x, so they are read from
-those nodes in graph order and stored back through GDN's sqrt(value + pedestal) reparametrisation. Every
-parameter must be found, and the result is checked against onnxruntime before it is used.
+those nodes in graph order and stored back through GDN's sqrt(value + pedestal) reparametrisation. From 96
+channels the exporter's constant folding (8192 elements at most) leaves gamma computed in-graph from its raw
+parameter, which is then read by name like any other. Every parameter must be found, and the result is
+checked against onnxruntime before it is used. fp16 and int8 bundles are refused: their rounded weights would
+make another model.
 """
 from __future__ import annotations
 
@@ -30,7 +33,9 @@ def _initializers(model_bytes: bytes) -> tuple[dict[str, np.ndarray], list[tuple
             continue
         src = produced[node.input[0]]
         if src.op_type == "Mul" and len(src.input) == 2 and src.input[0] == src.input[1]:
-            gdn.append((inits[node.input[1]], inits[node.input[2]]))
+            # None where the graph computes the value: the exporter's constant folding stops at 8192 elements,
+            # so from 96 channels gamma comes from its raw parameter in-graph (and that is read by name).
+            gdn.append((inits.get(node.input[1]), inits.get(node.input[2])))
     return inits, gdn
 
 
@@ -51,6 +56,11 @@ def build_torch_model(bundle: Bundle) -> torch.nn.Module:
     for role in ("encoder", "decoder"):
         if role not in m["files"]:
             raise AectlError(f"torch reference: bundle {bundle.path} has no {role}")
+        precision = m["files"][role].get("precision", "fp32")
+        if precision != "fp32":  # rounded weights: the module built from them would be another model
+            raise AectlError(f"bundle {bundle.path} has an {precision} {role}, whose weights are rounded; the model "
+                             "reads back from the fp32 bundle of the same checkpoint")
+    for role in ("encoder", "decoder"):
         inits, gdn = _initializers(bundle.read(role))
         for name, value in inits.items():
             key = name[len("model."):] if name.startswith("model.") else name
@@ -64,10 +74,11 @@ def build_torch_model(bundle: Bundle) -> torch.nn.Module:
         prefix = {id(mod): key for key, mod in model.named_modules()}
         for mod, (gamma, beta) in zip(mods, gdn):
             base = prefix[id(mod)]
-            c = beta.shape[0]
-            state[f"{base}.gamma.raw"] = torch.sqrt(torch.from_numpy(gamma.reshape(c, c).copy()) + mod.gamma.pedestal)
-            state[f"{base}.beta.raw"] = torch.sqrt(torch.from_numpy(beta.copy()) + mod.beta.pedestal)
-            loaded.update({f"{base}.gamma.raw", f"{base}.beta.raw"})
+            for name, value, param in (("gamma", gamma, mod.gamma), ("beta", beta, mod.beta)):
+                if value is not None:  # folded: back through the reparametrisation
+                    state[f"{base}.{name}.raw"] = torch.sqrt(torch.from_numpy(value.copy()).reshape(param.raw.shape)
+                                                             + param.pedestal)
+                    loaded.add(f"{base}.{name}.raw")
     needed = {k for k, _ in model.named_parameters() if not k.startswith("entropy.")}
     needed |= {k for k, _ in model.named_buffers() if not k.startswith("entropy.") and k != "latent_step"}
     missing = sorted(needed - loaded)
