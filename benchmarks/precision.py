@@ -51,7 +51,7 @@ def main() -> None:
     # Latents of each image, decoded by each variant's session alone.
     latents = []
     for blob in blobs:
-        header, payload, _ = codecs[0]._parse(blob)
+        header, payload, *_ = codecs[0]._parse(blob)
         from aectl.runtime import entropy_coder
 
         dec = entropy_coder.new_decoder(payload, header.version)

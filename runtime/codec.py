@@ -57,22 +57,20 @@ class Decoder:
     def decompress_batch(self, blobs: list[bytes]) -> list[Image.Image]:
         with stage(self.stages, "container"):
             parsed = [self._parse(data) for data in blobs]
-        plans = [tiling.plan(h.height, h.width, h.tile_height, h.tile_width, self.stride, self.fixed_size)
-                 for h, _, _ in parsed]
         with stage(self.stages, "entropy"):
             # Each file's entropy decoder, and its format version (how its blocks are coded).
-            streams = [(entropy_coder.new_decoder(payload, h.version, [self._block_symbols(t) for t in plan]),
-                        h.version) for (h, payload, _), plan in zip(parsed, plans)]
+            streams = [(entropy_coder.new_decoder(payload, h.version, [self._block_symbols(t) for t in tiles]),
+                        h.version) for h, payload, _, tiles in parsed]
         with stage(self.stages, "io"):
-            outputs = [np.empty((h.height, h.width, 3), dtype=np.uint8) for h, _, _ in parsed]
-        for batch in self._batches(self._network_runs(plans, "decoder")):
+            outputs = [np.empty((h.height, h.width, 3), dtype=np.uint8) for h, *_ in parsed]
+        for batch in self._batches(self._network_runs([tiles for *_, tiles in parsed], "decoder")):
             with stage(self.stages, "entropy"):
                 symbols = [np.stack([self.coder.decode_block(streams[i][0], self._symbol_shape(t), streams[i][1])
                                      for i, t in run]) for run in batch]
             for run, run_symbols in zip(batch, symbols):
                 self._decode_run(run, run_symbols, outputs)
         images = []
-        for (h, _, alpha), rgb in zip(parsed, outputs):
+        for (h, _, alpha, _), rgb in zip(parsed, outputs):
             with stage(self.stages, "container"):
                 plane = image_io.unpack_alpha(alpha, h.height, h.width) if h.has_alpha else None
             with stage(self.stages, "io"):
@@ -140,6 +138,7 @@ class Decoder:
                 tiling.paste(outputs[i], img, t)
 
     def _parse(self, data: bytes):
+        """(header, payload, alpha plane, tile plan) of an .aec file, checked against this bundle."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise AectlError(f"decompress takes the bytes of an .aec file, not a {type(data).__name__}")
         header, payload, alpha = container.parse(bytes(data), self.max_pixels)
@@ -157,7 +156,7 @@ class Decoder:
         if 8 * len(payload) + slack < self.coder.min_payload_bits(per_channel, header.version):
             raise AectlError(f"corrupted .aec file (a payload of {len(payload)} bytes cannot hold a "
                              f"{header.width}x{header.height} image)")
-        return header, payload, alpha
+        return header, payload, alpha, tiles
 
 
 class Codec(Decoder):
