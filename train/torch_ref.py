@@ -33,8 +33,7 @@ def _initializers(model_bytes: bytes) -> tuple[dict[str, np.ndarray], list[tuple
             continue
         src = produced[node.input[0]]
         if src.op_type == "Mul" and len(src.input) == 2 and src.input[0] == src.input[1]:
-            # None where the graph computes the value: the exporter's constant folding stops at 8192 elements,
-            # so from 96 channels gamma comes from its raw parameter in-graph (and that is read by name).
+            # None where the graph computes the value from the raw parameter (module docstring): read by name instead.
             gdn.append((inits.get(node.input[1]), inits.get(node.input[2])))
     return inits, gdn
 
@@ -60,7 +59,6 @@ def build_torch_model(bundle: Bundle) -> torch.nn.Module:
         if precision != "fp32":  # rounded weights: the module built from them would be another model
             raise AectlError(f"bundle {bundle.path} has an {precision} {role}, whose weights are rounded; the model "
                              "reads back from the fp32 bundle of the same checkpoint")
-    for role in ("encoder", "decoder"):
         inits, gdn = _initializers(bundle.read(role))
         for name, value in inits.items():
             key = name[len("model."):] if name.startswith("model.") else name
