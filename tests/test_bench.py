@@ -191,27 +191,37 @@ def test_bench_without_a_model_measures_the_default_one(two_images):
     assert Path(json.loads(proc.stdout)["config"]["bundle"]).resolve() == shipped_bundle().resolve()
 
 
-def test_torch_reference_rebuilds_a_model_of_96_channels(photos, kodak, tmp_path):
-    """From 96 channels the exporter's constant folding (8192 elements at most) leaves GDN's gamma computed
-    in-graph from its raw parameter instead of folded into the Conv weight. torch eager must still rebuild the
-    model exactly (bench's torch column and train --init-from crashed on such bundles with a KeyError)."""
+def _computed_conv_weights(path: Path) -> int:
+    """Conv nodes of an ONNX file whose weight the graph computes instead of holding as an initializer."""
     import onnx
 
+    graph = onnx.load(str(path)).graph
+    produced = {out for node in graph.node for out in node.output}
+    return sum(node.op_type == "Conv" and node.input[1] in produced for node in graph.node)
+
+
+def test_models_of_96_channels_export_folded_and_rebuild_in_torch(photos, kodak, tmp_path, monkeypatch):
+    """From 96 channels the exporter's own constant folding (8192 elements at most) left GDN's gamma computed
+    in-graph from its raw parameter; export now folds it, so both files hold plain Conv weights. torch eager
+    (bench's torch column, train --init-from) rebuilds such a model exactly, and also one exported as before
+    (it crashed on those with a KeyError)."""
+    from aectl.export import onnx_export
     from aectl.runtime import Codec
     from aectl.train.torch_ref import TorchNetwork
 
-    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    run, bundle, before = tmp_path / "run", tmp_path / "bundle", tmp_path / "before"
     aectl("train", "--preset", "factorized", "--channels", "96,128", "--data", photos, "--out", run, "--steps", "1",
           "--batch-size", "1", "--crop", "32", "--fit-steps", "1", "--no-progress")
     aectl("export", run, "-o", bundle)
-    graph = onnx.load(str(bundle / "encoder.onnx")).graph
-    produced = {out for node in graph.node for out in node.output}
-    gdn_weights = [node.input[1] for node in graph.node if node.op_type == "Conv" and node.input[1] in produced]
-    assert len(gdn_weights) == 3  # the case at hand: every GDN's gamma is computed, none is an initializer
+    assert _computed_conv_weights(bundle / "encoder.onnx") == _computed_conv_weights(bundle / "decoder.onnx") == 0
+    monkeypatch.setattr(onnx_export, "FOLD_LIMIT", 8192)  # the exporter's own limit: a bundle as exported before
+    onnx_export.export_bundle(run, before, log=lambda *a: None)
+    assert _computed_conv_weights(before / "encoder.onnx") == 3  # every GDN's gamma computed, none an initializer
     crop = np.asarray(Image.open(kodak / "kodim03.png").convert("RGB"))[:64, :96]
     x = np.ascontiguousarray(crop.transpose(2, 0, 1)[None], dtype=np.float32) / 255
-    diff = TorchNetwork(bundle, threads=2).max_difference(Codec(bundle, provider="cpu").network, x)
-    assert diff["encoder_rel_diff"] <= 1e-4 and diff["decoder_abs_diff"] <= 1e-4, diff
+    for folder in (bundle, before):
+        diff = TorchNetwork(folder, threads=2).max_difference(Codec(folder, provider="cpu").network, x)
+        assert diff["encoder_rel_diff"] <= 1e-4 and diff["decoder_abs_diff"] <= 1e-4, (folder.name, diff)
 
 
 def test_bench_skips_torch_where_it_cannot_import(trained, two_images):

@@ -4,9 +4,9 @@ The module is rebuilt from the manifest's preset and architecture parameters and
 the bundle's own ONNX initializers, so torch runs exactly the weights onnxruntime runs (no checkpoint needed).
 Named initializers map to state_dict keys (the exporter keeps "model.<key>"); GDN's beta and gamma are
 folded by the exporter into the bias and weight of the 1x1 Conv that follows each x*x, so they are read from
-those nodes in graph order and stored back through GDN's sqrt(value + pedestal) reparametrisation. From 96
-channels the exporter's constant folding (8192 elements at most) leaves gamma computed in-graph from its raw
-parameter, which is then read by name like any other. Every parameter must be found, and the result is
+those nodes in graph order and stored back through GDN's sqrt(value + pedestal) reparametrisation. Bundles of
+96+ channels exported before export raised its folding limit (onnx_export.FOLD_LIMIT) compute gamma in-graph
+from its raw parameter, which is then read by name like any other. Every parameter must be found, and the result is
 checked against onnxruntime before it is used. fp16 and int8 bundles are refused: their rounded weights would
 make another model.
 """
