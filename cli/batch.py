@@ -1,11 +1,11 @@
 """compress/decompress over many files: progress bar, per-file summary or JSON, exit status 1 if any failed."""
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 
 import typer
 
+from aectl.cli.json_out import json_text
 from aectl.runtime import files
 from aectl.runtime.errors import AectlError
 
@@ -31,8 +31,8 @@ def _progress(total: int, label: str):
 def _report(results: list[files.Result], json_out: bool) -> int:
     failed = [r for r in results if not r.ok]
     if json_out:
-        typer.echo(json.dumps({"files": [r.to_dict() for r in results], "ok": len(results) - len(failed),
-                               "failed": len(failed)}, indent=1))
+        typer.echo(json_text({"files": [r.to_dict() for r in results], "ok": len(results) - len(failed),
+                               "failed": len(failed)}))
     else:
         for r in failed:
             where = "" if r.error.startswith(r.source) else f"{r.source}: "

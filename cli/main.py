@@ -119,7 +119,8 @@ def verify(
                    f"|torch - onnxruntime| = {report['max_abs_diff']:.2e} <= {report['tolerance']:.0e} over {len(report['cases'])} cases")
     if "decoder" in report:
         dec = report["decoder"]
-        typer.echo(f"ok: {dec['precision']} decoder within its tolerance: max |torch fp32 - {dec['precision']}| = "
+        typer.echo(f"ok: {dec['precision']} decoder within its tolerance on {dec['provider']}: max |torch fp32 - "
+                   f"{dec['precision']}| = "
                    f"{dec['max_abs_diff']:.2e} <= {dec['tolerance']['max_abs_diff']:g}, least PSNR "
                    f"{dec['min_psnr_db']:.1f} >= {dec['tolerance']['min_psnr_db']:g} dB over {len(dec['cases'])} "
                    "real crops")
@@ -238,8 +239,7 @@ def bench(
     force: bool = typer.Option(False, help="overwrite an existing --save file"),
 ) -> None:
     """Throughput of compress/decompress: onnxruntime vs torch eager vs JPEG/WebP, time split, % of matmul peak."""
-    import json
-
+    from aectl.cli.json_out import json_text
     from aectl.cli.show import show_bench
     from aectl.perf.bench import BenchConfig, run_bench
     from aectl.runtime.image_io import atomic_write
@@ -260,9 +260,9 @@ def bench(
                       baselines=tuple(b for b in baselines.split(",") if b), limit=limit)
     result = run_bench(cfg, log=lambda msg: typer.echo(msg, err=True))
     if save is not None:
-        atomic_write(save, json.dumps(result, indent=1).encode(), force=force)
+        atomic_write(save, json_text(result).encode(), force=force)
     if json_out:
-        print(json.dumps(result, indent=1))
+        print(json_text(result))
     else:
         show_bench(result)
 

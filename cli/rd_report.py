@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
+from aectl.cli.json_out import json_text
 from aectl.runtime.errors import AectlError
 from aectl.runtime.evaluate import PER_IMAGE_FIELDS
 from aectl.runtime.image_io import atomic_write
@@ -56,7 +56,7 @@ def write_report(result: dict, out: Path, force: bool = False) -> list[Path]:
             raise AectlError(f"{existing[0]} exists; pass --force to overwrite")
     plot = rd_plot(result)  # before writing anything, so a missing matplotlib leaves no partial report
     files = {
-        "results.json": json.dumps(result, indent=1).encode(),
+        "results.json": json_text(result).encode(),
         "per_image.csv": _csv(result["per_image"], PER_IMAGE_FIELDS),
         "curves.csv": _csv([{"codec": c, **p} for c, pts in result["curves"].items() for p in pts], CURVE_FIELDS),
         "rd.png": plot,

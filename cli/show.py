@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
+from aectl.cli.json_out import json_text
 from aectl.runtime.errors import AectlError, check_writable_folder
 
 console = Console()
@@ -32,32 +33,35 @@ def show_bundle(path: Path, json_out: bool = False) -> None:
     b = load_bundle(path)
     m = b.manifest
     if json_out:
-        print(json.dumps({k: v for k, v in m.items() if k != "entropy"} | {"path": str(path)}, indent=1))
+        print(json_text({k: v for k, v in m.items() if k != "entropy"} | {"path": str(path)}))
         return
     table = Table(title=f"bundle {path}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     ent = m["entropy"]
-    train = m.get("training", {})
-    metrics = train.get("metrics") or {}
+    train = m.get("training") or {}
     rows = [
-        ("model id", m["model_id"]),
-        ("preset", f"{m['preset']} ({m.get('description', '')})"),
-        ("architecture", ", ".join(f"{k}={v}" for k, v in m.get("architecture", {}).items())),
-        ("input", m["input"]["rule"] + f", values in {m['input']['value_range']}"),
-        ("latent", m["latent"]["rule"]),
-        ("files", ", ".join(f"{r}: {f['path']} ({_precision(f)}{f.get('bytes', '?')} B, sha256 {f['sha256'][:12]}...)"
-                            for r, f in m["files"].items())),
-        ("opset", str(m.get("opset"))),
-        ("entropy tables", f"{len(ent['cdfs'])} channels, {ent['precision']}-bit, step {ent['step']:.4g}, "
-                           f"tail mass {ent['tail_mass']:g}"),
-        ("parity", _parity(m)),
-        ("training", f"{train.get('steps')} steps, seed {train.get('seed')}, data {train.get('data')}"),
-        ("command", str(train.get("command"))),
-        ("final metrics", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())),
+        ("model id", lambda: m["model_id"]),
+        ("preset", lambda: f"{m['preset']} ({m.get('description', '')})"),
+        ("architecture", lambda: ", ".join(f"{k}={v}" for k, v in m.get("architecture", {}).items())),
+        ("input", lambda: m["input"]["rule"] + f", values in {m['input']['value_range']}"),
+        ("latent", lambda: m["latent"]["rule"]),
+        ("files", lambda: ", ".join(f"{r}: {f['path']} ({_precision(f)}{f.get('bytes', '?')} B, sha256 "
+                                    f"{f['sha256'][:12]}...)" for r, f in m["files"].items())),
+        ("opset", lambda: _opset(m)),
+        ("entropy tables", lambda: f"{len(ent['cdfs'])} channels, {ent['precision']}-bit, step {ent['step']:.4g}, "
+                                   f"tail mass {ent['tail_mass']:g}"),
+        ("parity", lambda: _parity(m)),
+        ("training", lambda: f"{train['steps']} steps, seed {train['seed']}, data {train['data']}"),
+        ("command", lambda: str(train["command"])),
+        ("final metrics", lambda: ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                            for k, v in (train.get("metrics") or {}).items())),
     ]
-    for row in rows:
-        table.add_row(*row)
+    for name, text in rows:
+        try:
+            table.add_row(name, text())
+        except (KeyError, TypeError, AttributeError, ValueError):  # descriptive fields the codec does not read
+            table.add_row(name, "- (missing or malformed in manifest.json)")
     console.print(table)
 
 
@@ -93,7 +97,7 @@ def show_aec(path: Path, json_out: bool = False) -> None:
     fields = describe(header) | {"file_bytes": path.stat().st_size,
                                  "bpp": 8 * path.stat().st_size / (header.width * header.height)}
     if json_out:
-        print(json.dumps(fields, indent=1))
+        print(json_text(fields))
         return
     table = Table(title=f".aec file {path}", show_header=False)
     table.add_column("field", style="bold")
@@ -106,6 +110,12 @@ def show_aec(path: Path, json_out: bool = False) -> None:
 def _precision(entry: dict) -> str:
     """'int8, ' for a reduced-precision file; nothing for fp32 (and for bundles from before precisions)."""
     return f"{entry['precision']}, " if entry.get("precision", "fp32") != "fp32" else ""
+
+
+def _opset(m: dict) -> str:
+    """The traced graphs' opset, and a converted file's own where it differs (int8 QDQ needs 21)."""
+    own = [(r, f) for r, f in m["files"].items() if f.get("conversion", {}).get("opset", m.get("opset")) != m.get("opset")]
+    return str(m.get("opset")) + "".join(f" ({f['precision']} {r}: {f['conversion']['opset']})" for r, f in own)
 
 
 def _parity(m: dict) -> str:
@@ -135,7 +145,7 @@ def show_models(json_out: bool = False) -> None:
                      "evaluated_on": manifest.get("evaluation", {}).get("data"), "lmbda": arch.get("lmbda"),
                      "n": arch.get("n"), "m": arch.get("m"), "model_id": manifest.get("model_id"), "path": str(path)})
     if json_out:
-        print(json.dumps({"default_quality": DEFAULT_QUALITY, "models": rows}, indent=1))
+        print(json_text({"default_quality": DEFAULT_QUALITY, "models": rows}))
         return
     if not rows:
         console.print("no models ship with this install")
@@ -169,7 +179,7 @@ def show_eval(bundles, data: Path, baselines: list[str], out: Path, provider: st
         result = evaluate(bundles, data, baselines, provider, threads, progress=lambda what: status.update(what))
     written = write_report(result, out, force=force)
     if json_out:
-        print(json.dumps(summary(result), indent=1))
+        print(json_text(summary(result)))
         return
     for codec, points in result["curves"].items():
         table = Table(title=codec)

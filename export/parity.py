@@ -85,24 +85,24 @@ def verify_bundle(bundle_dir: str | Path, source: str | Path, provider: str = "c
         report = check_parity(bundle_dir, model, preset, shapes=shapes, provider=provider,
                               decoder=precision == "fp32")
         report["checked"] = "encoder and decoder" if precision == "fp32" else "encoder"
-    else:  # a decoder-only bundle: its decoder file alone, on the CPU provider
-        report = {"provider": "cpu", "tolerance": preset.tolerance, "max_abs_diff": 0.0, "cases": [],
+    else:  # a decoder-only bundle: its decoder file alone
+        report = {"provider": provider, "tolerance": preset.tolerance, "max_abs_diff": 0.0, "cases": [],
                   "checked": "decoder"}
         if precision == "fp32":
-            diff = check_decoder_file(bundle.file(bundle.decoder_role), model, preset)
+            diff = check_decoder_file(bundle.file(bundle.decoder_role), model, preset, provider)
             report.update(max_abs_diff=diff, cases=[{"file": bundle.manifest["files"][bundle.decoder_role]["path"],
                                                      "max_abs_diff": diff}])
     if precision != "fp32":
         report["decoder"] = check_variant(bundle.file("decoder"), model, preset, precision,
-                                          variant_images(ckpt, images, "--images")["check"])
+                                          variant_images(ckpt, images, "--images")["check"], provider=provider)
     return report
 
 
-def check_decoder_file(path: Path, model, preset: Preset) -> float:
+def check_decoder_file(path: Path, model, preset: Preset, provider: str = "cpu") -> float:
     """A single decoder file (e.g. decoder.ort) against torch on an untraced shape; raises over tolerance."""
     from aectl.runtime.providers import create_session
 
-    session = create_session(str(path), "cpu")
+    session = create_session(str(path), provider)
     rng = np.random.default_rng(99)
     b, h, w = parity_shapes(preset)[-1]
     with torch.no_grad():
@@ -117,14 +117,14 @@ def check_decoder_file(path: Path, model, preset: Preset) -> float:
 
 
 def check_variant(path: Path, model, preset: Preset, precision: str, images: list[np.ndarray],
-                  crop: int = 256) -> dict:
+                  crop: int = 256, provider: str = "cpu") -> dict:
     """A reduced-precision decoder file against the fp32 torch decoder on real latents: centre crops of real
     images (never the calibration images) through torch's encoder, quantised as the codec does. Raises
     AectlError over the preset's tolerance for that precision (zoo.Preset.variant_tolerances)."""
     from aectl.runtime.providers import create_session
 
     tol = preset.variant_tolerances[precision]
-    session = create_session(str(path), "cpu")
+    session = create_session(str(path), provider)
     worst, psnrs, cases = 0.0, [], []
     for img in images:
         h, w = (min(crop, img.shape[0]) // preset.stride * preset.stride,
@@ -146,8 +146,8 @@ def check_variant(path: Path, model, preset: Preset, precision: str, images: lis
         cases.append({"shape": list(x.shape), "max_abs_diff": diff, "psnr_db": psnr})
     if not cases:
         raise AectlError("variant parity: no image large enough to check")
-    report = {"precision": precision, "reference": "fp32 torch decoder", "tolerance": tol, "max_abs_diff": worst,
-              "min_psnr_db": min(psnrs), "cases": cases}
+    report = {"precision": precision, "reference": "fp32 torch decoder", "provider": provider, "tolerance": tol,
+              "max_abs_diff": worst, "min_psnr_db": min(psnrs), "cases": cases}
     if worst > tol["max_abs_diff"] or min(psnrs) < tol["min_psnr_db"]:
         raise AectlError(f"{precision} parity failed: max |torch fp32 - {precision}| = {worst:.3g} (tolerance "
                          f"{tol['max_abs_diff']:g}), least PSNR {min(psnrs):.1f} dB (tolerance {tol['min_psnr_db']:g} dB)")

@@ -35,7 +35,9 @@ import numpy as np
 from PIL import Image
 
 from aectl.perf.peak import best_of, matmul_peak
+from aectl.runtime.container import DEFAULT_MAX_PIXELS
 from aectl.runtime.errors import AectlError
+from aectl.runtime.image_io import read_rgb, to_pixels
 from aectl.runtime.profile import Stages
 
 ENGINES = ("onnxruntime", "torch")
@@ -106,7 +108,7 @@ def _matmul_peak(provider: str, threads: int) -> dict:
         return {"error": str(exc)}
 
 
-def _time_engines(engines: dict, files: list[Path], batch: int, repeats: int) -> dict:
+def _time_engines(engines: dict, files: list[Path], pixels: int, batch: int, repeats: int) -> dict:
     """Per engine: {"compress": record, "decompress": record, "blobs": [...], "decoded": [...]}.
 
     Engines take turns within every repeat (A B A B ...), so a change in the machine's load during the run
@@ -115,7 +117,6 @@ def _time_engines(engines: dict, files: list[Path], batch: int, repeats: int) ->
     off onnxruntime's next run here), so no engine pays for the one before it.
     """
     groups = [files[i:i + batch] for i in range(0, len(files), batch)]
-    pixels = sum(Image.open(p).size[0] * Image.open(p).size[1] for p in files)
     times = {name: {"compress": [], "decompress": []} for name in engines}
     splits = {name: {"compress": [], "decompress": []} for name in engines}
     outputs: dict = {name: {} for name in engines}
@@ -146,15 +147,15 @@ def _time_engines(engines: dict, files: list[Path], batch: int, repeats: int) ->
                    **outputs[name]} for name in engines}
 
 
-def _macs(bundle, files: list[Path]) -> dict:
+def _macs(bundle, originals: list[np.ndarray]) -> dict:
     from aectl.perf.macs import count_macs
     from aectl.runtime import tiling
 
     rule = bundle.input_rule
     per_size: dict[tuple[int, int], int] = {}
     sizes = []
-    for p in files:
-        w, h = Image.open(p).size
+    for a in originals:
+        h, w = a.shape[:2]
         plan = tiling.plan(h, w, *tiling.choose_tile_size(h, w, rule["stride"], rule["fixed_size"]),
                            rule["stride"], rule["fixed_size"])
         sizes.extend((t.padded_height, t.padded_width) for t in plan)
@@ -183,10 +184,11 @@ def _macs(bundle, files: list[Path]) -> dict:
     return out
 
 
-def _baselines(files: list[Path], blobs: list[bytes], codecs: tuple[str, ...], repeats: int) -> dict:
+def _baselines(files: list[Path], originals: list[np.ndarray], blobs: list[bytes], codecs: tuple[str, ...],
+               repeats: int) -> dict:
+    """Pillow's codecs at aectl's bpp on the same pixels; their compress pass reads each file as aectl's does."""
     from aectl.runtime.metrics import baseline_at_bpp, bpp, pillow_encode
 
-    originals = [np.asarray(Image.open(p).convert("RGB")) for p in files]
     pixels = sum(a.shape[0] * a.shape[1] for a in originals)
     out = {}
     for name in codecs:
@@ -201,7 +203,7 @@ def _baselines(files: list[Path], blobs: list[bytes], codecs: tuple[str, ...], r
                 start = time.perf_counter()
                 if direction == "compress":
                     for p, c in zip(files, chosen):
-                        pillow_encode(np.asarray(Image.open(p).convert("RGB")), name, c["quality"])
+                        pillow_encode(read_rgb(p, DEFAULT_MAX_PIXELS), name, c["quality"])
                 else:
                     for data in encoded:
                         Image.open(io.BytesIO(data)).convert("RGB")
@@ -237,9 +239,9 @@ def run_bench(cfg: BenchConfig, log=lambda msg: None) -> dict:
     from aectl.runtime.metrics import bpp, psnr
     from aectl.runtime.providers import check_threads, import_ort
 
-    if cfg.threads < 1 or cfg.repeats < 1 or not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
-        raise AectlError("--threads, --repeats and --batch-sizes must be positive")
-    check_threads(cfg.threads)
+    check_threads(cfg.threads, allow_auto=False)
+    if cfg.repeats < 1 or not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
+        raise AectlError("--repeats and --batch-sizes must be positive")
     if cfg.limit is not None and cfg.limit < 1:
         raise AectlError("--limit must be positive")
     unknown = set(cfg.baselines) - set(BASELINES)
@@ -251,26 +253,27 @@ def run_bench(cfg: BenchConfig, log=lambda msg: None) -> dict:
     files = _image_files(Path(cfg.images), cfg.limit)
     providers = _providers(cfg.provider)
     ort = import_ort()
+    originals = [read_rgb(p, DEFAULT_MAX_PIXELS) for p in files]  # upright 8-bit RGB, as the codec reads them
+    pixels = sum(a.shape[0] * a.shape[1] for a in originals)
     sizes: dict[str, int] = {}
-    for p in files:
-        w, h = Image.open(p).size
+    for a in originals:
+        h, w = a.shape[:2]
         sizes[f"{w}x{h}"] = sizes.get(f"{w}x{h}", 0) + 1
     result = {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "machine": {"platform": platform.platform(), "processor": _cpu_name(), "cpu_count": os.cpu_count(),
                     "python": platform.python_version(), "onnxruntime": ort.__version__,
                     "numpy": np.__version__, "load_average_before": _loadavg()},
-        "bundle": {"path": str(cfg.bundle), "model_id": bundle.model_id, "preset": bundle.manifest["preset"],
+        "bundle": {"path": str(cfg.bundle), "model_id": bundle.model_id, "preset": bundle.manifest.get("preset"),
                    "architecture": bundle.manifest.get("architecture"),
                    "precision": {r: f.get("precision", "fp32") for r, f in bundle.manifest["files"].items()}},
         "images": {"folder": str(cfg.images), "count": len(files), "sizes": sizes},
         "macs": None,
         "providers": {},
     }
-    result["images"]["megapixels"] = sum(int(s.split("x")[0]) * int(s.split("x")[1]) * n
-                                         for s, n in sizes.items()) / 1e6
+    result["images"]["megapixels"] = pixels / 1e6
     try:
-        result["macs"] = _macs(bundle, files)
+        result["macs"] = _macs(bundle, originals)
     except AectlError as exc:
         result["macs"] = {"error": str(exc)}
     codecs = {}
@@ -292,21 +295,20 @@ def run_bench(cfg: BenchConfig, log=lambda msg: None) -> dict:
                 entry["engines"]["torch"] = {"skipped": reason}
             else:
                 engines["torch"] = Codec(bundle, provider=provider, threads=cfg.threads, network=net)
-                probe = _probe_input(files[0], bundle)
+                probe = _probe_input(originals[0], bundle)
                 entry["torch_vs_onnxruntime_max_diff"] = net.max_difference(codec.network, probe)
         per_engine: dict = {name: {} for name in engines}
         peaks = [_matmul_peak(provider, cfg.threads)] if cfg.peak else []
         for batch in cfg.batch_sizes:
             log(f"  {provider}: {' and '.join(engines)} at batch size {batch}")
-            timed = _time_engines(engines, files, batch, cfg.repeats)
+            timed = _time_engines(engines, files, pixels, batch, cfg.repeats)
             for name, rec in timed.items():
                 per_engine[name][f"batch_{batch}"] = {"compress": rec["compress"], "decompress": rec["decompress"]}
             if first_blobs is None:
                 first_blobs = timed["onnxruntime"]["blobs"]
-                originals = [np.asarray(Image.open(p).convert("RGB")) for p in files]
                 result["rate"] = {
                     "bpp": float(np.mean([bpp(len(b), a.shape[1], a.shape[0]) for a, b in zip(originals, first_blobs)])),
-                    "psnr": float(np.mean([psnr(a, np.asarray(d.convert("RGB")))
+                    "psnr": float(np.mean([psnr(a, to_pixels(d).rgb)
                                            for a, d in zip(originals, timed["onnxruntime"]["decoded"])]))}
         entry["engines"].update(per_engine)
         if cfg.peak:
@@ -319,7 +321,7 @@ def run_bench(cfg: BenchConfig, log=lambda msg: None) -> dict:
         result["providers"][provider] = entry
     if cfg.baselines:
         log("  Pillow baselines")
-        result["baselines"] = _baselines(files, first_blobs, tuple(cfg.baselines), cfg.repeats)
+        result["baselines"] = _baselines(files, originals, first_blobs, tuple(cfg.baselines), cfg.repeats)
         for name, base in result["baselines"].items():
             for provider, entry in result["providers"].items():
                 for bkey, timings in entry["engines"]["onnxruntime"].items():
@@ -366,10 +368,9 @@ def _efficiency(entry: dict, macs: dict | None, batch_sizes) -> dict:
     return out
 
 
-def _probe_input(path: Path, bundle) -> np.ndarray:
+def _probe_input(a: np.ndarray, bundle) -> np.ndarray:
     """A real crop (stride-aligned) of the first image, as the network input for the torch parity probe."""
     rule = bundle.input_rule
-    a = np.asarray(Image.open(path).convert("RGB"))
     if rule["fixed_size"]:
         s = rule["fixed_size"]
         a = np.pad(a, ((0, max(0, s - a.shape[0])), (0, max(0, s - a.shape[1])), (0, 0)), mode="edge")[:s, :s]

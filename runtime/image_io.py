@@ -82,6 +82,12 @@ def to_pixels(img: Image.Image) -> Pixels:
     return Pixels(rgb, None, 3, 8)
 
 
+def read_rgb(path: str | Path, max_pixels: int) -> np.ndarray:
+    """The upright 8-bit RGB the codec compresses from an image file: what its rate and quality are measured
+    against (Pillow's plain convert("RGB") keeps EXIF rotation out and clips 16-bit values to white)."""
+    return to_pixels(open_image(path, max_pixels)).rgb
+
+
 def array_to_pixels(array: np.ndarray) -> Pixels:
     """HxWx3 uint8 RGB (or HxW uint8 gray) numpy array -> Pixels."""
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):

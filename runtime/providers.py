@@ -92,14 +92,15 @@ def run_options(tuning: Tuning, pixels: int):
     return opts
 
 
-def check_threads(threads: int | None) -> None:
+def check_threads(threads: int | None, allow_auto: bool = True) -> None:
     """Threads beyond a few per CPU only contend, and a typo like 1000000 would exhaust memory creating them:
     refuse it in one line. None is aectl's default (cores.default_threads); 0 leaves the choice to onnxruntime,
-    which also pins its worker threads to cores."""
+    which also pins its worker threads to cores (not where `allow_auto` is false: bench gives torch and the
+    matmul peak the same count)."""
     limit = 4 * (os.cpu_count() or 1)
-    if threads is not None and not 0 <= threads <= limit:
-        raise AectlError(f"--threads {threads}: give 1..{limit} (at most 4 per CPU here), or 0 for onnxruntime's "
-                         "own choice")
+    if threads is not None and not (0 if allow_auto else 1) <= threads <= limit:
+        auto = ", or 0 for onnxruntime's own choice" if allow_auto else ""
+        raise AectlError(f"--threads {threads}: give 1..{limit} (at most 4 per CPU here){auto}")
 
 
 def session_options(threads: int | None = None, tuning: Tuning = DEFAULT_TUNING):

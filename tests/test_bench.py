@@ -260,6 +260,7 @@ def test_bench_bad_inputs_are_one_line_errors(trained, two_images, tmp_path):
         ("--images", two_images, "-m", tmp_path),                # not a bundle
         ("--images", two_images, "--limit", "0"),
         ("--images", two_images, "--threads", "0"),              # bench sets torch's and onnxruntime's counts
+        ("--images", two_images, "--threads", "10000"),
     ]
     if "CUDAExecutionProvider" not in import_ort().get_available_providers():
         cases.append(("--images", two_images, "--provider", "cuda"))
@@ -270,3 +271,41 @@ def test_bench_bad_inputs_are_one_line_errors(trained, two_images, tmp_path):
         assert proc.returncode != 0, args
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, proc.stderr)
+        if "--threads" in args:  # the shared message offered 0, which bench refuses
+            assert "or 0" not in lines[0], lines[0]
+
+
+def test_bench_measures_against_the_pixels_the_codec_compresses(trained, kodak, tmp_path):
+    """bench's rate, PSNR and Pillow baselines use the image as the codec reads it: upright (EXIF rotation
+    applied) and 16-bit grayscale scaled to 8 bits, so such files measure exactly as their plain 8-bit upright
+    twins. Reading with a plain convert("RGB") crashed on a rotated non-square photo after all the timing, and
+    clipped a 16-bit image to white on both sides (PSNR inf). The JSON stays strict where a PSNR is infinite
+    (a flat image that JPEG codes losslessly): null, not Infinity."""
+    _, bundle = trained["factorized"]
+    photo = Image.open(kodak / "kodim07.png").convert("RGB").crop((0, 0, 200, 128))
+    gray = photo.convert("L")
+    plain, tagged = tmp_path / "plain", tmp_path / "tagged"
+    plain.mkdir(), tagged.mkdir()
+    photo.save(plain / "a.png")
+    gray.save(plain / "b.png")
+    photo.transpose(Image.Transpose.ROTATE_90).save(tagged / "a.png", exif=_orientation(6))  # shown upright
+    Image.fromarray(np.asarray(gray, dtype=np.uint16) * 257).save(tagged / "b.png")  # 16-bit
+    results = [json.loads(aectl("bench", "-m", bundle, "--images", folder, "--repeats", "1", "--batch-sizes", "1",
+                                "--no-torch", "--baselines", "jpeg", "--json").stdout) for folder in (plain, tagged)]
+    for key in ("bpp", "psnr"):
+        assert results[1]["rate"][key] == pytest.approx(results[0]["rate"][key], rel=1e-9), key
+        assert results[1]["baselines"]["jpeg"][key] == pytest.approx(results[0]["baselines"]["jpeg"][key], rel=1e-9)
+    assert results[1]["images"]["sizes"] == {"200x128": 2}
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(flat / "flat.png")
+    text = aectl("bench", "-m", bundle, "--images", flat, "--repeats", "1", "--batch-sizes", "1", "--no-torch",
+                 "--baselines", "jpeg", "--json").stdout
+    result = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    assert result["baselines"]["jpeg"]["psnr"] is None  # lossless: infinite PSNR
+
+
+def _orientation(value: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif.tobytes()

@@ -43,9 +43,11 @@ def test_bench_of_a_variant_skips_torch_with_the_reason(variants, kodak):
 
 @pytest.mark.parametrize("precision", VARIANTS)
 def test_info_names_the_decoders_precision_and_its_own_parity(variants, precision):
-    """`aectl info` on a variant bundle says which precision its decoder is and how close that decoder came,
-    not only the fp32 graphs' figure (all it showed before)."""
-    dec = json.loads((variants[precision] / "manifest.json").read_text())["files"]["decoder"]
+    """`aectl info` on a variant bundle says which precision its decoder is, its opset where the conversion
+    changed it (int8 QDQ needs 21; info gave only the traced graphs' 20) and how close that decoder came, not
+    only the fp32 graphs' figure (all it showed before)."""
+    manifest = json.loads((variants[precision] / "manifest.json").read_text())
+    dec = manifest["files"]["decoder"]
     proc = subprocess.run([aectl_exe(), "info", str(variants[precision])], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "COLUMNS": "400"})  # one line per row
     assert proc.returncode == 0, proc.stderr
@@ -53,6 +55,10 @@ def test_info_names_the_decoders_precision_and_its_own_parity(variants, precisio
     assert f"decoder: decoder.onnx ({precision}, {dec['bytes']} B" in text
     assert f"(fp32 graphs); {precision} decoder: max |torch fp32 - {precision}| {dec['parity']['max_abs_diff']:.2e} " \
            f"<= {dec['tolerance']['max_abs_diff']:g}, least PSNR {dec['parity']['min_psnr_db']:.1f} dB" in text
+    own = dec["conversion"].get("opset", manifest["opset"])
+    assert (precision == "int8") == (own != manifest["opset"])
+    opset_row = next(line for line in text.splitlines() if " opset " in line)
+    assert f" {manifest['opset']}{f' ({precision} decoder: {own})' if own != manifest['opset'] else ''} " in opset_row
 
 
 @pytest.mark.parametrize("precision", VARIANTS)
@@ -237,9 +243,10 @@ def test_verify_holds_a_variant_to_its_own_tolerance(trained, variants, photos, 
     assert lines[1].startswith(f"ok: {precision} decoder within its tolerance")
 
 
-def test_without_m_the_fp32_decoder_wins_over_its_variants_in_one_folder(trained, variants, tmp_path, monkeypatch):
-    """Variants share the fp32 model id (same bitstream). Folder names must not pick a lossier decoder; the
-    first search folder holding the model still decides, so a variant alone in $AECTL_BUNDLES is used."""
+def test_without_m_the_least_lossy_decoder_wins_in_one_folder(trained, variants, tmp_path, monkeypatch):
+    """Variants share the fp32 model id (same bitstream). Folder names must not pick a lossier decoder (fp32,
+    then fp16, then int8; with the fp32 one gone, the int8 one's name came first and it won); the first search
+    folder holding the model still decides, so a variant there is used over an fp32 bundle in a later one."""
     from aectl.runtime import load_bundle
     from aectl.runtime.registry import find_bundle
 
@@ -254,4 +261,23 @@ def test_without_m_the_fp32_decoder_wins_over_its_variants_in_one_folder(trained
     assert find_bundle(model_id).path == first / "c-fp32"
     shutil.rmtree(first / "c-fp32")
     monkeypatch.setenv("AECTL_BUNDLES", os.pathsep.join(map(str, (first, second))))
-    assert find_bundle(model_id).manifest["files"]["decoder"]["precision"] in VARIANTS
+    assert find_bundle(model_id).path == first / "b-fp16"
+    shutil.rmtree(first / "b-fp16")
+    assert find_bundle(model_id).path == first / "a-int8"
+
+
+def test_verify_runs_every_check_on_the_asked_provider(trained, variants, photos, tmp_path):
+    """`verify --provider` reaches the decoder-only and the variant decoder checks too: they ran on the CPU
+    whatever was asked, and said ok for a provider that does not exist."""
+    from aectl.runtime.bundle import strip_bundle
+
+    run, fp32 = trained["factorized"]
+    stripped = [strip_bundle(fp32, tmp_path / "s-fp32").path, strip_bundle(variants["int8"], tmp_path / "s-int8").path]
+    for bundle in stripped + [variants["int8"]]:
+        args = [aectl_exe(), "verify", str(bundle), str(run), "--images", str(photos)]
+        bad = subprocess.run(args + ["--provider", "bogus"], capture_output=True, text=True, timeout=600)
+        assert bad.returncode != 0 and bad.stdout == "", (bundle.name, bad.stdout)
+        assert bad.stderr.startswith("error: ") and "bogus" in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+        good = subprocess.run(args + ["--provider", "cpu"], capture_output=True, text=True, timeout=600)
+        assert good.returncode == 0, good.stderr
+        assert all(" on cpu" in line for line in good.stdout.strip().splitlines()), good.stdout

@@ -49,3 +49,19 @@ def test_ms_ssim_is_one_for_identical_images_and_drops_with_jpeg_quality(kodak):
     assert ms_ssim_db(0.99) == pytest.approx(20.0)
     with pytest.raises(ValueError, match="176"):
         ms_ssim(image[:100], image[:100])
+
+
+def test_eval_reads_images_as_the_codec_does(kodak, tmp_path):
+    """aectl eval measures every codec against the pixels the codec compresses from a file: upright (EXIF
+    rotation applied) and 16-bit grayscale scaled to 8 bits (a plain convert("RGB") clipped it to white)."""
+    from aectl.runtime.evaluate import load_images
+
+    photo = Image.open(kodak / "kodim07.png").convert("RGB").crop((0, 0, 200, 128))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    photo.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "a.png", exif=exif.tobytes())
+    gray = np.asarray(photo.convert("L"))
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "b.png")
+    (_, upright), (_, gray_rgb) = load_images(tmp_path)
+    assert np.array_equal(upright, np.asarray(photo))
+    assert np.array_equal(gray_rgb, np.repeat(gray[:, :, None], 3, axis=2))

@@ -110,6 +110,33 @@ def test_hostile_manifests_are_refused(trained, tmp_path, edit, message):
         Decoder(folder, provider="cpu").decode(np.zeros((1, 24, 1, 1), np.float32))
 
 
+@pytest.mark.parametrize("edit, rows", [
+    (lambda m: m.pop("preset"), ["preset"]),
+    (lambda m: m["input"].pop("rule"), ["input"]),
+    (lambda m: m.update(training=None), ["training", "command"]),
+    (lambda m: m.update(architecture=[1]), ["architecture"]),
+    (lambda m: m.update(parity="x"), ["parity"]),
+])
+def test_info_and_torch_reference_on_manifests_missing_what_the_codec_does_not_read(trained, tmp_path, edit, rows):
+    """Descriptive fields (preset, rules, training record, parity) are not checked when a bundle loads, since
+    the codec never reads them; `aectl info` crashed with an internal KeyError on such a manifest, and bench's
+    torch column with it. Now info marks the row and torch reference refuses in one line."""
+    from aectl.train.torch_ref import build_torch_model
+    from aectl.runtime import load_bundle
+
+    folder, manifest = _copy_bundle(trained["factorized"][1], tmp_path / "b")
+    edit(manifest)
+    _write_manifest(folder, manifest)
+    proc = subprocess.run([aectl_exe(), "info", str(folder)], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    marked = [line.split("│")[1].strip() for line in proc.stdout.splitlines() if "missing or malformed" in line]
+    assert marked == rows
+    if rows[0] in ("preset", "architecture"):
+        with pytest.raises(AectlError, match="lacks its preset or architecture"):
+            build_torch_model(load_bundle(folder))
+
+
 def test_onnx_external_data_is_refused_even_with_a_matching_hash(trained, tmp_path):
     import onnx
 

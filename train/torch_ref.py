@@ -43,11 +43,15 @@ def build_torch_model(bundle: Bundle) -> torch.nn.Module:
     from aectl.train.zoo import get_preset
 
     m = bundle.manifest
-    arch = m.get("architecture", {})
-    if m["preset"] == "factorized":
-        preset = get_preset("factorized", arch.get("quality"), (arch["n"], arch["m"]))
-    else:
-        preset = get_preset(m["preset"])
+    try:
+        arch = m.get("architecture") or {}
+        if m["preset"] == "factorized":
+            preset = get_preset("factorized", arch.get("quality"), (arch["n"], arch["m"]))
+        else:
+            preset = get_preset(m["preset"])
+    except (KeyError, TypeError, AttributeError) as exc:  # the codec reads neither field, so nothing checked them
+        raise AectlError(f"torch reference: the manifest of {bundle.path} lacks its preset or architecture "
+                         f"({type(exc).__name__}: {exc})") from None
     model = preset.build().eval()
     state = model.state_dict()
     loaded: set[str] = set()
