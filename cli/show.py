@@ -107,6 +107,16 @@ def show_aec(path: Path, json_out: bool = False) -> None:
     console.print(table)
 
 
+def _share_of_peak(rate: dict, precision: str) -> str:
+    """The peak is an fp32 matmul's: an int8 or fp16 network is measured against it too, and says so (an int8
+    decoder can pass 100%)."""
+    if rate["percent_of_peak"] is None:
+        return ""
+    if precision == "fp32":
+        return f" ({rate['percent_of_peak']:.0f}% of peak)"
+    return f" ({rate['percent_of_peak']:.0f}% of the fp32 peak; {precision} network)"
+
+
 def _precision(entry: dict) -> str:
     """'int8, ' for a reduced-precision file; nothing for fp32 (and for bundles from before precisions)."""
     return f"{entry['precision']}, " if entry.get("precision", "fp32") != "fp32" else ""
@@ -251,9 +261,9 @@ def show_bench(result: dict) -> None:
         peak = entry.get("peak", {})
         if "macs_per_s" in peak:
             console.print(f"matmul peak ({peak['method']}): {peak['macs_per_s'] / 1e9:.1f} GMAC/s")
+        precision = result.get("bundle", {}).get("precision", {})
         for engine, rows in entry.get("efficiency", {}).items():
             for bkey, row in rows.items():
                 console.print(f"{engine} {bkey}: " + ", ".join(
-                    f"{role} {r['macs_per_s'] / 1e9:.1f} GMAC/s"
-                    + (f" ({r['percent_of_peak']:.0f}% of peak)" if r["percent_of_peak"] is not None else "")
+                    f"{role} {r['macs_per_s'] / 1e9:.1f} GMAC/s" + _share_of_peak(r, precision.get(role, "fp32"))
                     for role, r in row.items()))
