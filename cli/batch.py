@@ -144,6 +144,8 @@ def decompress_files(inputs, out, model, provider, image_format, force, json_out
     from PIL import Image
     if suffix not in Image.registered_extensions():
         raise AectlError(f"--format {image_format}: Pillow cannot write that format")
+    if Image.registered_extensions()[suffix] not in Image.SAVE:  # PSD, XPM...: readable only
+        raise AectlError(f"--format {image_format}: Pillow reads that format but cannot write it")
     jobs = files.plan_jobs(inputs, out, {files.AEC_SUFFIX}, suffix)
     if not jobs:
         raise AectlError("no .aec files found in the given inputs")

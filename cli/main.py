@@ -332,6 +332,8 @@ def main() -> None:
         _stopped()
     except typer.exceptions.TyperException as exc:  # usage errors: bad option, missing argument
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if not message:  # `aectl` or `aectl bundle` alone: the help was printed, no error line to add
+            sys.exit(getattr(exc, "exit_code", 2))
         _die(message, getattr(exc, "exit_code", 2))
     except Exception as exc:
         _internal_error(exc)

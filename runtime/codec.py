@@ -224,6 +224,8 @@ class Codec(Decoder):
             raise AectlError(f"{w}x{h}: an image needs at least one pixel")
         if h * w > self.max_pixels:
             raise AectlError(f"{w}x{h} exceeds the limit of {self.max_pixels} pixels")
+        if max(h, w) > container.MAX_SIDE:  # the file could not be read back (docs/aec-format.md)
+            raise AectlError(f"{w}x{h}: a side exceeds the .aec limit of {container.MAX_SIDE} pixels")
         return px
 
     def _encode_run(self, items, pixels) -> list[tuple[int, np.ndarray]]:

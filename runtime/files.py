@@ -52,7 +52,7 @@ def plan_jobs(inputs: Iterable[Path], out: Path | None, suffixes: set[str], new_
         if src.is_dir():
             for f in sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in suffixes):
                 rel = f.relative_to(src)
-                base = (out / src.name if len(inputs) > 1 else out) if out else src
+                base = (out / src.resolve().name if len(inputs) > 1 else out) if out else src  # '..' has no name
                 jobs.append(Job(f, (base / rel).with_suffix(new_suffix)))
         else:
             if out is not None and len(inputs) == 1 and out.suffix.lower() == new_suffix and not out.is_dir():

@@ -3,9 +3,11 @@ that matches the original.
 
 - EXIF orientation is applied on input (the codec stores upright pixels; the output carries no rotation tag).
 - Grayscale (L, 1, I;16, I, F) is replicated to RGB and returned as grayscale.
-- 16-bit grayscale is coded at 8-bit precision (the network's) and written back as 16-bit (value * 257).
-  Pillow opens 16-bit colour PNGs as 8-bit RGB, so those come back as 8-bit RGB.
-- Palette images are returned as RGB (or RGBA if the palette has transparency).
+- 16-bit grayscale is coded at 8-bit precision (the network's) and written back as 16-bit (value * 257) to PNG
+  and TIFF; other formats get its 8-bit values. Pillow opens 16-bit colour PNGs as 8-bit RGB, so those come
+  back as 8-bit RGB.
+- Palette images are returned as RGB (or RGBA if the palette has transparency); one transparent colour in an
+  RGB or gray image (PNG tRNS) becomes an alpha plane.
 - Alpha is kept losslessly: the alpha plane travels zlib-compressed beside the lossy colour payload.
 """
 from __future__ import annotations
@@ -37,7 +39,7 @@ class Pixels:
 
 
 def open_image(path: str | Path, max_pixels: int) -> Image.Image:
-    Image.MAX_IMAGE_PIXELS = None  # our own limit below replaces Pillow's warning-then-error guard
+    pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # ours below replaces Pillow's guard
     try:
         img = Image.open(path)
         if img.width * img.height > max_pixels:
@@ -51,6 +53,8 @@ def open_image(path: str | Path, max_pixels: int) -> Image.Image:
     except Exception as exc:  # Pillow raises many exception types for unreadable files
         detail = str(exc).replace(f"'{path}'", "").replace(str(path), "").strip() or type(exc).__name__
         raise AectlError(f"{path}: cannot read image ({detail})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit  # the caller's programme keeps Pillow's own guard
     return img
 
 
@@ -65,6 +69,9 @@ def to_pixels(img: Image.Image) -> Pixels:
         return Pixels(np.repeat(gray[:, :, None], 3, axis=2), None, 1, 16 if is16 else 8)
     if mode == "P" or mode == "PA":
         img = img.convert("RGBA" if ("transparency" in img.info or mode == "PA") else "RGB")
+        mode = img.mode
+    elif mode in ("L", "RGB") and img.info.get("transparency") is not None:  # one colour transparent (PNG tRNS)
+        img = img.convert("LA" if mode == "L" else "RGBA")
         mode = img.mode
     if mode in ("1", "L"):
         gray = np.asarray(img.convert("L"))
@@ -111,6 +118,24 @@ def from_pixels(rgb: np.ndarray, alpha: np.ndarray | None, channels: int, bit_de
     return Image.fromarray(rgb)
 
 
+SIXTEEN_BIT_FORMATS = ("PNG", "TIFF")  # Pillow writers that keep 16-bit grayscale
+
+
+def image_for_format(image: Image.Image, fmt: str) -> Image.Image:
+    """16-bit grayscale as 8 bits for formats without 16-bit gray (Pillow wrote WebP, AVIF and GIF all white):
+    the codec coded it at 8-bit precision, so value // 257 loses nothing."""
+    if image.mode in _GRAY_16 and fmt not in SIXTEEN_BIT_FORMATS:
+        return Image.fromarray((np.asarray(image, dtype=np.uint32) // 257).astype(np.uint8))
+    return image
+
+
+def _save(image: Image.Image, fh, fmt: str, path: Path, options: dict | None) -> None:
+    try:
+        image.save(fh, format=fmt, **(options or {}))
+    except (ValueError, KeyError, TypeError) as exc:  # Pillow's "unsupported mode" and kin: this file fails
+        raise AectlError(f"{path}: Pillow cannot write a {image.mode} image as {fmt} ({exc})") from None
+
+
 def pack_alpha(alpha: np.ndarray | None) -> bytes:
     return zlib.compress(alpha.tobytes(), 9) if alpha is not None else b""
 
@@ -140,7 +165,8 @@ def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            tmp = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
+            # A name of up to 255 bytes must leave room for the 23 added here (long names failed "too long").
+            tmp = str(path.parent / f".{path.name[:200]}.{secrets.token_hex(8)}.tmp")
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 break
@@ -151,7 +177,7 @@ def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image
                 fmt = Image.registered_extensions().get(path.suffix.lower())
                 if fmt is None:
                     raise AectlError(f"{path}: unknown image format for extension {path.suffix!r}")
-                image.save(fh, format=fmt, **(save_options or {}))
+                _save(image_for_format(image, fmt), fh, fmt, path, save_options)
             else:
                 fh.write(data)
             fh.flush()

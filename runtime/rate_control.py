@@ -48,7 +48,7 @@ class QualityLadder:
             data = self.codec(quality).compress(image)
             if max_bytes is None:
                 header = container.parse(data)[0]
-                max_bytes = int(max_bpp * header.width * header.height / 8)
+                max_bytes = int(min(max_bpp * header.width * header.height / 8, 1 << 62))  # 1e308 bpp: no overflow
             if len(data) <= max_bytes:
                 return data, quality
             smallest = (len(data), quality)

@@ -143,3 +143,93 @@ def test_png_compression_changes_file_size_not_pixels(tmp_path, kodak_image):
     assert refused.returncode == 1, refused.stderr
     assert refused.stderr.strip() == "error: --png-compression 10: give a zlib level from 0 to 9"
     assert not (tmp_path / "bad.png").exists()
+
+
+def _gray16_and_rgb(kodak, folder):
+    from PIL import Image
+    import numpy as np
+
+    folder.mkdir()
+    photo = Image.open(kodak / "kodim07.png").convert("RGB").crop((0, 0, 64, 48))
+    photo.save(folder / "rgb.png")
+    gray = np.asarray(photo.convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(gray).save(folder / "gray16.png")
+    return folder
+
+
+def test_decompress_fits_16_bit_gray_to_8_bit_formats_and_fails_per_file_where_pillow_cannot_write(kodak, tmp_path):
+    """16-bit grayscale written to a format without 16-bit gray comes out as its 8-bit values (WebP, AVIF and
+    GIF came out all white); a mode a format cannot hold (gray as QOI) fails that file, not the batch (the
+    batch stopped with a bare "Unsupported QOI image mode"); a format Pillow only reads is refused before any
+    work (PSD ended in an internal KeyError and an empty folder)."""
+    import numpy as np
+    from PIL import Image
+
+    images = _gray16_and_rgb(kodak, tmp_path / "images")
+    aectl("compress", images, "-o", tmp_path / "aec")
+    aectl("decompress", tmp_path / "aec", "-o", tmp_path / "png")
+    aectl("decompress", tmp_path / "aec", "-o", tmp_path / "bmp", "--format", "bmp")
+    sixteen = np.asarray(Image.open(tmp_path / "png" / "gray16.png"), dtype=np.uint32)
+    assert sixteen.max() > 255  # the PNG keeps 16 bits
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "bmp" / "gray16.bmp")), sixteen // 257)
+    proc = aectl("decompress", tmp_path / "aec", "-o", tmp_path / "qoi", "--format", "qoi", "--json", check=False)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 1 and report["ok"] == 1 and report["failed"] == 1
+    assert [f["error"] for f in report["files"] if not f["ok"]] == [
+        f"{tmp_path / 'qoi' / 'gray16.qoi'}: Pillow cannot write a L image as QOI (Unsupported QOI image mode)"]
+    refused = aectl("decompress", tmp_path / "aec", "-o", tmp_path / "psd", "--format", "psd", check=False)
+    assert refused.returncode == 1 and refused.stderr == "error: --format psd: Pillow reads that format but cannot " \
+                                                         "write it\n" and not (tmp_path / "psd").exists()
+
+
+def test_odd_inputs_round_trip_or_fail_in_one_line(kodak, tmp_path):
+    """One-colour transparency (PNG tRNS on RGB) comes back as alpha (it came back opaque, magenta where it
+    was transparent); a 240-character name compresses (the temporary name was too long for the file system);
+    `..` as an input with -o writes under -o (it wrote into the folder above); a side over the format's
+    limit is refused before coding (the file was written and could not be read back); --max-bpp 1e308 is a
+    budget, not an OverflowError."""
+    import numpy as np
+    from PIL import Image
+
+    work = tmp_path / "work" / "inner"
+    work.mkdir(parents=True)
+    photo = Image.open(kodak / "kodim07.png").convert("RGB").crop((0, 0, 64, 48))
+    photo.paste((255, 0, 255), (0, 0, 16, 48))
+    photo.save(work / "trns.png", transparency=(255, 0, 255))
+    aectl("compress", work / "trns.png", "-o", tmp_path / "t.aec", "--max-bpp", "1e308")
+    aectl("decompress", tmp_path / "t.aec", "-o", tmp_path / "t.png")
+    alpha = np.asarray(Image.open(tmp_path / "t.png"))[:, :, 3]
+    assert alpha.shape == (48, 64) and (alpha[:, :16] == 0).all() and (alpha[:, 16:] == 255).all()
+    long_name = work / ("a" * 240 + ".png")
+    photo.convert("RGB").save(long_name)
+    aectl("compress", long_name)
+    assert long_name.with_suffix(".aec").is_file()
+    proc = subprocess.run([aectl_exe(), "compress", "..", ".", "-o", "out"], cwd=work, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    written = sorted(p.relative_to(work).as_posix() for p in (work / "out").rglob("*.aec"))
+    assert written == [f"out/inner/{long_name.stem}.aec", "out/inner/trns.aec",
+                       f"out/work/inner/{long_name.stem}.aec", "out/work/inner/trns.aec"], written
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["inner"]
+    Image.new("L", (1 << 20 | 1, 1)).save(tmp_path / "wide.png")
+    proc = aectl("compress", tmp_path / "wide.png", check=False)
+    assert proc.returncode == 1 and "a side exceeds the .aec limit of 1048576 pixels" in proc.stderr
+    assert not (tmp_path / "wide.aec").exists()
+
+
+def test_the_api_leaves_pillows_own_size_guard_in_place(kodak):
+    """Codec reads files under its own --max-pixels limit; Pillow's global guard stays as the programme set
+    it (the API switched it off for the whole process)."""
+    from PIL import Image
+
+    from aectl.runtime import Codec
+    from aectl.runtime.registry import shipped_bundle
+
+    before = Image.MAX_IMAGE_PIXELS
+    Codec(shipped_bundle(1), provider="cpu").compress(kodak / "kodim03.png")
+    assert Image.MAX_IMAGE_PIXELS == before is not None
+
+
+def test_bare_command_prints_the_help_without_an_empty_error_line():
+    for args in ((), ("bundle",)):
+        proc = aectl(*args, check=False)
+        assert proc.returncode == 2 and "Usage:" in proc.stdout + proc.stderr and "error:" not in proc.stderr, args
