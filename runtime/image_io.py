@@ -165,8 +165,10 @@ def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            # A name of up to 255 bytes must leave room for the 23 added here (long names failed "too long").
-            tmp = str(path.parent / f".{path.name[:200]}.{secrets.token_hex(8)}.tmp")
+            # A name of up to 255 bytes must leave room for the 23 added here (long names failed "too long"):
+            # cut in bytes, as the file system counts them (a cut multi-byte character stays valid bytes).
+            stem = os.fsdecode(os.fsencode(path.name)[:200])
+            tmp = str(path.parent / f".{stem}.{secrets.token_hex(8)}.tmp")
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 break

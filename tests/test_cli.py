@@ -204,6 +204,11 @@ def test_odd_inputs_round_trip_or_fail_in_one_line(kodak, tmp_path):
     photo.convert("RGB").save(long_name)
     aectl("compress", long_name)
     assert long_name.with_suffix(".aec").is_file()
+    wide_name = tmp_path / "uni" / ("\u00e9" * 120 + ".png")  # 244 bytes in 124 characters
+    wide_name.parent.mkdir()
+    photo.convert("RGB").save(wide_name)
+    aectl("compress", wide_name)
+    assert wide_name.with_suffix(".aec").is_file()
     proc = subprocess.run([aectl_exe(), "compress", "..", ".", "-o", "out"], cwd=work, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     written = sorted(p.relative_to(work).as_posix() for p in (work / "out").rglob("*.aec"))
