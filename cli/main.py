@@ -119,9 +119,9 @@ def verify(
                    f"|torch - onnxruntime| = {report['max_abs_diff']:.2e} <= {report['tolerance']:.0e} over {len(report['cases'])} cases")
     if "decoder" in report:
         dec = report["decoder"]
-        typer.echo(f"ok: {dec['precision']} decoder within its tolerance on {dec['provider']}: max |torch fp32 - "
-                   f"{dec['precision']}| = "
-                   f"{dec['max_abs_diff']:.2e} <= {dec['tolerance']['max_abs_diff']:g}, least PSNR "
+        typer.echo(f"ok: {dec['precision']} decoder within its tolerance on {dec['provider']}: "
+                   f"max |torch fp32 - {dec['precision']}| = {dec['max_abs_diff']:.2e} <= "
+                   f"{dec['tolerance']['max_abs_diff']:g}, least PSNR "
                    f"{dec['min_psnr_db']:.1f} >= {dec['tolerance']['min_psnr_db']:g} dB over {len(dec['cases'])} "
                    "real crops")
 

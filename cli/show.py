@@ -124,8 +124,9 @@ def _precision(entry: dict) -> str:
 
 def _opset(m: dict) -> str:
     """The traced graphs' opset, and a converted file's own where it differs (int8 QDQ needs 21)."""
-    own = [(r, f) for r, f in m["files"].items() if f.get("conversion", {}).get("opset", m.get("opset")) != m.get("opset")]
-    return str(m.get("opset")) + "".join(f" ({f['precision']} {r}: {f['conversion']['opset']})" for r, f in own)
+    traced = m.get("opset")
+    own = [(r, f) for r, f in m["files"].items() if f.get("conversion", {}).get("opset", traced) != traced]
+    return str(traced) + "".join(f" ({f['precision']} {r}: {f['conversion']['opset']})" for r, f in own)
 
 
 def _parity(m: dict) -> str:
