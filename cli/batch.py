@@ -42,13 +42,61 @@ def _report(results: list[files.Result], json_out: bool) -> int:
     return 1 if failed else 0
 
 
+def _names_one_file(inputs, out) -> bool:
+    """Whether -o may name the output file itself: one input file, and -o not an existing folder."""
+    return out is not None and len(inputs) == 1 and not inputs[0].is_dir() and not out.is_dir()
+
+
+def _pillow_format(suffix: str) -> str | None:
+    from PIL import Image
+
+    return Image.registered_extensions().get(suffix.lower())
+
+
+def _writable_format(suffix: str, named_by: str) -> str:
+    """Pillow's format for an output suffix, or one line on why it cannot be written."""
+    from PIL import Image
+
+    fmt = _pillow_format(suffix)
+    if fmt is None:
+        raise AectlError(f"{named_by}: Pillow cannot write that format")
+    if fmt not in Image.SAVE:  # PSD, XPM...: readable only
+        raise AectlError(f"{named_by}: Pillow reads that format but cannot write it")
+    return fmt
+
+
+def _output_suffix(inputs, out, image_format: str | None) -> str:
+    """The suffix decompress writes: for one input and -o naming an image file (out.jpg), that file in its
+    suffix's format (it was a folder out.jpg/ holding a PNG), and --format, if given too, must agree with it;
+    otherwise --format, by default PNG."""
+    one_file = _names_one_file(inputs, out) and _pillow_format(out.suffix) is not None
+    if image_format is None:
+        if not one_file:
+            return ".png"
+        _writable_format(out.suffix, f"-o {out}")
+        return out.suffix.lower()
+    suffix = "." + image_format.lower().lstrip(".")
+    fmt = _writable_format(suffix, f"--format {image_format}")
+    if not one_file:
+        return suffix
+    if _writable_format(out.suffix, f"-o {out}") != fmt:
+        raise AectlError(f"-o {out} names a {_pillow_format(out.suffix)} file but --format is {image_format}: "
+                         "drop --format, or make them agree")
+    return out.suffix.lower()
+
+
+def _ratio(value: float) -> str:
+    """One decimal from 1:1 up; two significant digits below it (a 1x1 image printed `ratio 0.0:1`)."""
+    return f"{value:.1f}" if value >= 1 else f"{value:.2g}"
+
+
 def _print_ok(json_out: bool, advance):
     def on_result(r: files.Result) -> None:
         advance()
         if r.ok and not json_out:
             extra = f"q{r.quality}, " if r.quality is not None else ""
             extra += f"{r.bpp:.3f} bpp, " if r.bpp is not None else ""
-            extra += f"ratio {r.ratio:.1f}:1, " if r.ratio is not None else ""
+            extra += f"ratio {_ratio(r.ratio)}:1, " if r.ratio is not None else ""
             typer.echo(f"{r.source} -> {r.target} ({r.width}x{r.height}, {extra}{r.bytes} B)")
     return on_result
 
@@ -83,6 +131,9 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     if not codec.bundle.has_encoder:
         raise AectlError(f"bundle {model} is decoder-only (no encoder.onnx) and cannot compress; "
                          "use the full bundle it was stripped from")
+    if _names_one_file(inputs, out) and _pillow_format(out.suffix) is not None:
+        raise AectlError(f"-o {out}: compress writes .aec files; name the output {out.stem}{files.AEC_SUFFIX} "
+                         "or a folder")
     jobs = files.plan_jobs(inputs, out, files.IMAGE_SUFFIXES, files.AEC_SUFFIX)
     if not jobs:
         raise AectlError("no image files found in the given inputs")
@@ -124,7 +175,8 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
         return data, info
 
     with _progress(len(jobs), "compress") as advance:
-        results = files.run_jobs(jobs, work, force, on_result=_print_ok(json_out, advance), fail_fast=fail_fast)
+        results = files.run_jobs(jobs, work, force, on_result=_print_ok(json_out, advance), fail_fast=fail_fast,
+                                 check_source=files.refuse_aec)
     return _report(results, json_out)
 
 
@@ -140,12 +192,7 @@ def decompress_files(inputs, out, model, provider, image_format, force, json_out
     png_compression = PNG_COMPRESSION if png_compression is None else png_compression
     if not 0 <= png_compression <= 9:
         raise AectlError(f"--png-compression {png_compression}: give a zlib level from 0 to 9")
-    suffix = "." + image_format.lower().lstrip(".")
-    from PIL import Image
-    if suffix not in Image.registered_extensions():
-        raise AectlError(f"--format {image_format}: Pillow cannot write that format")
-    if Image.registered_extensions()[suffix] not in Image.SAVE:  # PSD, XPM...: readable only
-        raise AectlError(f"--format {image_format}: Pillow reads that format but cannot write it")
+    suffix = _output_suffix(inputs, out, image_format)
     jobs = files.plan_jobs(inputs, out, {files.AEC_SUFFIX}, suffix)
     if not jobs:
         raise AectlError("no .aec files found in the given inputs")
@@ -168,12 +215,12 @@ def decompress_files(inputs, out, model, provider, image_format, force, json_out
         return image, {"bytes": len(data), "width": header.width, "height": header.height,
                        "bpp": 8 * len(data) / (header.width * header.height)}
 
-    save_options = {"compress_level": png_compression} if Image.registered_extensions()[suffix] == "PNG" else None
+    save_options = {"compress_level": png_compression} if _pillow_format(suffix) == "PNG" else None
 
     def write(job, image):
         atomic_write(job.target, image=image, force=force, save_options=save_options)
 
     with _progress(len(jobs), "decompress") as advance:
         results = files.run_jobs(jobs, work, force, write=write, on_result=_print_ok(json_out, advance),
-                                 fail_fast=fail_fast)
+                                 fail_fast=fail_fast, check_source=files.require_aec)
     return _report(results, json_out)

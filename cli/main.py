@@ -194,7 +194,8 @@ def decompress(
                                        "default: next to each input"),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="bundle; default: found by the file's model id"),
     provider: str = typer.Option("auto", help="onnxruntime provider: auto (CUDA if it works, else CPU), cpu, cuda or tensorrt"),
-    image_format: str = typer.Option("png", "--format", help="output image format (file suffix): png, bmp, tiff, ..."),
+    image_format: Optional[str] = typer.Option(None, "--format", help="output image format (file suffix): png, bmp, "
+                                               "tiff, ...; default: the suffix of -o FILE for one input, else png"),
     force: bool = typer.Option(False, help="overwrite existing outputs"),
     json_out: bool = typer.Option(False, "--json", help="print per-file results as JSON"),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),

@@ -90,10 +90,12 @@ def show_doctor() -> None:
 
 
 def show_aec(path: Path, json_out: bool = False) -> None:
-    from aectl.runtime.container import describe
+    from aectl.runtime.container import MAX_SIDE, describe
     from aectl.runtime.files import read_header
 
-    header = read_header(path)
+    # Only the header is shown and nothing is allocated from its sizes: no pixel limit (one suggested
+    # --max-pixels, which info does not have, for a file over the decoders' default).
+    header = read_header(path, max_pixels=MAX_SIDE * MAX_SIDE)
     fields = describe(header) | {"file_bytes": path.stat().st_size,
                                  "bpp": 8 * path.stat().st_size / (header.width * header.height)}
     if json_out:

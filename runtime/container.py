@@ -63,10 +63,15 @@ def pack(header: Header, payload: bytes, alpha: bytes = b"") -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
+def check_magic(head: bytes) -> None:
+    """Refuse data that does not start like an .aec file (the first 4 bytes are enough)."""
+    if head[:len(MAGIC)] != MAGIC:
+        raise AectlError("not an .aec file (bad magic bytes)")
+
+
 def parse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Header, bytes, bytes]:
     """(header, payload, alpha) of an .aec file, or AectlError naming the first problem found."""
-    if len(data) < len(MAGIC) or data[:4] != MAGIC:
-        raise AectlError("not an .aec file (bad magic bytes)")
+    check_magic(data)
     if len(data) < 5:
         raise AectlError("truncated .aec file (no version)")
     if data[4] not in READABLE_VERSIONS:

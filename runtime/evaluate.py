@@ -62,10 +62,17 @@ def _measure(codec: str, setting: str, name: str, image: np.ndarray, blob: bytes
                     ms_ssim(image, decoded))
 
 
-def measure_bundle(bundle: Path, images, provider: str = "cpu", threads: int | None = None) -> list[Measured]:
+def open_codec(bundle: Path, provider: str = "cpu", threads: int | None = None):
+    """A bundle's codec, refused in one line if it cannot compress (a decoder-only bundle)."""
     from aectl.runtime.codec import Codec
 
     codec = Codec(bundle, provider=provider, threads=threads)
+    if not codec.bundle.has_encoder:
+        raise AectlError(f"bundle {bundle} is decoder-only (no encoder.onnx): eval needs the full bundle")
+    return codec
+
+
+def measure_bundle(bundle: Path, codec, images) -> list[Measured]:
     quality = codec.bundle.manifest.get("architecture", {}).get("quality")
     setting = f"q{quality}" if quality is not None else bundle.name
     rows = []
@@ -138,11 +145,12 @@ def evaluate(bundles: list[Path], data: Path, baselines: list[str], provider: st
     unknown = [b for b in baselines if b not in BASELINE_SETTINGS]
     if unknown:
         raise AectlError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINE_SETTINGS)}")
+    codecs = [open_codec(bundle, provider, threads) for bundle in bundles]  # a bad bundle fails before any work
     images = load_images(data)
     rows: list[Measured] = []
-    for bundle in bundles:
+    for bundle, codec in zip(bundles, codecs):
         progress(f"model {bundle}")
-        rows += measure_bundle(bundle, images, provider, threads)
+        rows += measure_bundle(bundle, codec, images)
     for codec in baselines:
         progress(f"baseline {codec}")
         rows += measure_baseline(codec, images)

@@ -81,19 +81,24 @@ def _one_job_per_target(jobs: list[Job]) -> list[Job]:
 
 def run_jobs(jobs: list[Job], work: Callable[[Job], tuple[bytes | None, dict]], force: bool,
              write: Callable[[Job, bytes | object], None] | None = None,
-             on_result: Callable[[Result], None] | None = None, fail_fast: bool = False) -> list[Result]:
+             on_result: Callable[[Result], None] | None = None, fail_fast: bool = False,
+             check_source: Callable[[Path], None] | None = None) -> list[Result]:
     """Run `work` per job, writing each output atomically; errors become failed results, not exceptions.
-    fail_fast stops after the first failure."""
+    `check_source` refuses an input of the wrong kind before the output checks, so that the error names what is
+    wrong (`decompress photo.png` said "output would overwrite the input"). fail_fast stops after the first
+    failure."""
     results = []
     for job in jobs:
         start = time.perf_counter()
         try:
+            if not job.source.is_file():
+                raise AectlError("no such file")
+            if check_source is not None:
+                check_source(job.source)
             if job.target.resolve() == job.source.resolve():
                 raise AectlError("output would overwrite the input")
             if job.target.exists() and not force:
                 raise AectlError(f"{job.target} exists; pass --force to overwrite")
-            if not job.source.is_file():
-                raise AectlError("no such file")
             output, info = work(job)
             if write is not None:
                 write(job, output)
@@ -120,9 +125,25 @@ def compress_info(data: bytes, width: int, height: int, channels: int, bit_depth
             "ratio": raw / len(data)}
 
 
-def read_header(path: Path) -> container.Header:
+def require_aec(path: Path) -> None:
+    """Refuse a file that is not an .aec file, from its first bytes."""
+    with open(path, "rb") as fh:
+        container.check_magic(fh.read(len(container.MAGIC)))
+
+
+def refuse_aec(path: Path) -> None:
+    """Refuse an .aec file as an image to compress (`compress photo.aec` said "output would overwrite the input")."""
+    with open(path, "rb") as fh:
+        if fh.read(len(container.MAGIC)) == container.MAGIC:
+            raise AectlError("already an .aec file (decompress it first)")
+
+
+def read_header(path: Path, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> container.Header:
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise AectlError(f"{path}: {exc.strerror}") from None
-    return container.parse(data)[0]
+    try:
+        return container.parse(data, max_pixels)[0]
+    except AectlError as exc:
+        raise AectlError(f"{path}: {exc}") from None

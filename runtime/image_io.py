@@ -2,7 +2,10 @@
 that matches the original.
 
 - EXIF orientation is applied on input (the codec stores upright pixels; the output carries no rotation tag).
-- Grayscale (L, 1, I;16, I, F) is replicated to RGB and returned as grayscale.
+- Grayscale (L, 1, I;16, I, F) is replicated to RGB and returned as grayscale; float (F) images are read as
+  0..1 when every value is within it, else as 0..255 levels.
+- Animated and multi-page files (GIF, APNG, WebP, TIFF) are refused: one picture per file, none dropped
+  silently. MPO (phone JPEGs: the picture plus a preview) is coded from its picture.
 - 16-bit grayscale is coded at 8-bit precision (the network's) and written back as 16-bit (value * 257) to PNG
   and TIFF; other formats get its 8-bit values. Pillow opens 16-bit colour PNGs as 8-bit RGB, so those come
   back as 8-bit RGB.
@@ -45,6 +48,10 @@ def open_image(path: str | Path, max_pixels: int) -> Image.Image:
         if img.width * img.height > max_pixels:
             raise AectlError(f"{path}: {img.width}x{img.height} exceeds the limit of {max_pixels} pixels "
                              "(raise --max-pixels if you trust this file)")
+        frames = getattr(img, "n_frames", 1)
+        if frames > 1 and img.format != "MPO":  # an MPO (phone JPEG) is a picture plus its preview or depth map
+            raise AectlError(f"{path}: {img.format} image of {frames} frames (animated or multi-page); aectl codes "
+                             "one picture per file: extract the frame you want first")
         img.load()
     except AectlError:
         raise
@@ -64,8 +71,7 @@ def to_pixels(img: Image.Image) -> Pixels:
     mode = img.mode
     if mode in _GRAY_16 or mode == "F":
         values = np.asarray(img, dtype=np.float64)
-        is16 = mode != "F" and (mode != "I" or values.max(initial=0) > 255)
-        gray = np.rint(np.clip(values / 257 if is16 else values, 0, 255)).astype(np.uint8)
+        gray, is16 = _gray_levels(values, mode)
         return Pixels(np.repeat(gray[:, :, None], 3, axis=2), None, 1, 16 if is16 else 8)
     if mode == "P" or mode == "PA":
         img = img.convert("RGBA" if ("transparency" in img.info or mode == "PA") else "RGB")
@@ -87,6 +93,25 @@ def to_pixels(img: Image.Image) -> Pixels:
     except Exception as exc:
         raise AectlError(f"cannot convert image mode {mode} to RGB ({exc})") from None
     return Pixels(rgb, None, 3, 8)
+
+
+def _gray_levels(values: np.ndarray, mode: str) -> tuple[np.ndarray, bool]:
+    """8-bit levels of a 16-bit, 32-bit integer or float grayscale image, and whether to write it back as 16-bit.
+    Integers up to 255 are 8-bit and up to 65535 16-bit; floats within 0..1 are scaled by 255, as image tools
+    store them (skimage, OpenCV; Pillow's clipping turned them black), and floats within 0..255 are levels.
+    Anything else (negative, NaN, 32-bit integers over 65535) would be clipped: refused."""
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if mode == "F":
+        if not (np.isfinite(low) and np.isfinite(high) and 0 <= low and high <= 255):
+            raise AectlError(f"float image with values from {low:g} to {high:g}: aectl reads floats within "
+                             "0..1 or 0..255; scale it first")
+        scaled = values * 255 if high <= 1 else values
+        return np.rint(scaled).astype(np.uint8), False
+    if low < 0 or high > 65535:
+        raise AectlError(f"32-bit integer image with values from {low:g} to {high:g}: aectl reads 8- and 16-bit "
+                         "levels (0..65535); scale it first")
+    is16 = mode != "I" or high > 255
+    return np.rint(values / 257 if is16 else values).astype(np.uint8), is16
 
 
 def read_rgb(path: str | Path, max_pixels: int) -> np.ndarray:

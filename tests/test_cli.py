@@ -238,3 +238,86 @@ def test_bare_command_prints_the_help_without_an_empty_error_line():
     for args in ((), ("bundle",)):
         proc = aectl(*args, check=False)
         assert proc.returncode == 2 and "Usage:" in proc.stdout + proc.stderr and "error:" not in proc.stderr, args
+
+
+def test_output_names_and_inputs_of_the_wrong_kind_are_told_apart(kodak, tmp_path):
+    """`decompress x.aec -o out.jpg` writes the JPEG out.jpg (it made a folder out.jpg/ holding x.png), and a
+    --format that disagrees with -o is refused; an image given to decompress, or an .aec file given to
+    compress, is named for what it is (both said "output would overwrite the input"); compress refuses an image
+    name as its output (it made a folder out.jpg/ holding x.aec)."""
+    from PIL import Image
+
+    photo = tmp_path / "x.png"
+    Image.open(kodak / "kodim07.png").convert("RGB").crop((0, 0, 64, 48)).save(photo)
+    aectl("compress", photo)
+    aec = tmp_path / "x.aec"
+    aectl("decompress", aec, "-o", tmp_path / "out.jpg")
+    aectl("decompress", aec, "-o", tmp_path / "OUT2.JPEG", "--format", "jpg")
+    for name in ("out.jpg", "OUT2.JPEG"):
+        with Image.open(tmp_path / name) as written:
+            assert written.format == "JPEG" and written.size == (64, 48), name
+    for args, message in [
+        (("decompress", aec, "-o", tmp_path / "out.webp", "--format", "png"),
+         f"-o {tmp_path / 'out.webp'} names a WEBP file but --format is png: drop --format, or make them agree"),
+        (("decompress", aec, "-o", tmp_path / "out.psd"),
+         f"-o {tmp_path / 'out.psd'}: Pillow reads that format but cannot write it"),
+        (("decompress", photo), f"{photo}: not an .aec file (bad magic bytes)"),
+        (("info", photo), f"{photo}: not an .aec file (bad magic bytes)"),
+        (("compress", aec), f"{aec}: already an .aec file (decompress it first)"),
+        (("compress", photo, "-o", tmp_path / "y.jpg"),
+         f"-o {tmp_path / 'y.jpg'}: compress writes .aec files; name the output y.aec or a folder"),
+    ]:
+        proc = aectl(*args, check=False)
+        assert proc.returncode == 1 and proc.stderr == f"error: {message}\n", (args, proc.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["OUT2.JPEG", "out.jpg", "x.aec", "x.png"]
+
+
+def test_frames_float_levels_and_tiny_ratios(tmp_path):
+    """An animated GIF and a multi-page TIFF are refused per file (their first frame was coded without a word),
+    a two-frame MPO (a phone JPEG: picture and preview) is coded from its picture; a float TIFF within 0..1
+    comes back as its levels x 255 (it came back black), one out of range is refused, as is a 32-bit integer
+    image over 65535 (clipped before); a 1x1 image prints its ratio (it printed `ratio 0.0:1`)."""
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (48, 1))
+    frames = [Image.new("RGB", (64, 48), c) for c in ((200, 30, 30), (30, 200, 30))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "phone.mpo", save_all=True, append_images=frames[1:])
+    Image.fromarray(ramp).save(tmp_path / "unit.tif")
+    Image.fromarray(ramp * 300).save(tmp_path / "over.tif")
+    Image.fromarray((ramp * 70000).astype(np.int32)).save(tmp_path / "wide.tif")
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(tmp_path / "dot.png")
+    for name, frame_count in (("anim.gif", "GIF image of 2 frames"), ("pages.tif", "TIFF image of 2 frames")):
+        proc = aectl("compress", tmp_path / name, check=False)
+        assert proc.returncode == 1 and proc.stderr == (
+            f"error: {tmp_path / name}: {frame_count} (animated or multi-page); aectl codes one picture per file: "
+            "extract the frame you want first\n"), proc.stderr
+    proc = aectl("compress", tmp_path / "over.tif", check=False)
+    assert proc.returncode == 1 and proc.stderr == f"error: {tmp_path / 'over.tif'}: float image with values from " \
+        "0 to 300: aectl reads floats within 0..1 or 0..255; scale it first\n", proc.stderr
+    proc = aectl("compress", tmp_path / "wide.tif", check=False)
+    assert proc.returncode == 1 and "32-bit integer image with values from 0 to 70000" in proc.stderr
+    aectl("compress", tmp_path / "phone.mpo", tmp_path / "unit.tif")
+    aectl("decompress", tmp_path / "phone.aec", tmp_path / "unit.aec")
+    red = np.asarray(Image.open(tmp_path / "phone.png"), dtype=float).mean(axis=(0, 1))
+    assert red[0] > 150 and red[1] < 80, red
+    gray = np.asarray(Image.open(tmp_path / "unit.png"), dtype=float)
+    assert gray.ndim == 2 and np.abs(gray - ramp * 255).mean() < 8, np.abs(gray - ramp * 255).mean()
+    proc = aectl("compress", tmp_path / "dot.png")
+    assert re.search(r"\(1x1, [\d.]+ bpp, ratio 0\.0[1-9]\d?:1, \d+ B\)", proc.stdout), proc.stdout
+
+
+def test_info_shows_a_header_past_the_decoding_pixel_limit(tmp_path):
+    """info reads only the header: a valid file declaring 20000x20000 pixels (over decompress's default limit)
+    is shown, where info said to raise --max-pixels, an option it does not have."""
+    from aectl.runtime import container
+
+    header = container.Header("ab" * 16, 20000, 20000, 3, 8, 1024, 1024, 128, 64, 64)
+    big = tmp_path / "big.aec"
+    big.write_bytes(container.pack(header, b"\0" * 8))
+    shown = json.loads(aectl("info", big, "--json").stdout)
+    assert (shown["width"], shown["height"], shown["payload_bytes"]) == (20000, 20000, 8)
+    refused = aectl("decompress", big, check=False)
+    assert refused.returncode == 1 and "raise --max-pixels" in refused.stderr

@@ -65,3 +65,18 @@ def test_eval_reads_images_as_the_codec_does(kodak, tmp_path):
     (_, upright), (_, gray_rgb) = load_images(tmp_path)
     assert np.array_equal(upright, np.asarray(photo))
     assert np.array_equal(gray_rgb, np.repeat(gray[:, :, None], 3, axis=2))
+
+
+def test_eval_refuses_a_bad_bundle_before_measuring_any(kodak, tmp_path):
+    """`eval -m good -m bad` fails on the bad bundle before the good one is measured (it measured first)."""
+    from aectl.runtime.errors import AectlError
+    from aectl.runtime.evaluate import evaluate
+    from aectl.runtime.registry import shipped_bundle
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "manifest.json").write_text("{}")
+    started = []
+    with pytest.raises(AectlError):
+        evaluate([shipped_bundle(1), bad], kodak, [], progress=started.append)
+    assert started == []
