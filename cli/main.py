@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -319,6 +320,9 @@ def _on_sigterm(signum, frame) -> None:
 def main() -> None:
     """Console entry point: user errors become one `error:` line, never a traceback."""
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # Pillow's DecompressionBombWarning: --max-pixels is the guard here, and the warning's two lines broke the
+    # one-line-per-problem output. (By message, so that PIL is not imported before a command needs it.)
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     try:
         code = app(standalone_mode=False)
     except AectlError as exc:

@@ -13,6 +13,7 @@ Codec(bundle, provider) adds the encoder:
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -31,15 +32,17 @@ class Decoder:
     (cpu, cuda or auto), so a decoder-only client never needs the encoder."""
 
     def __init__(self, bundle: str | Path | Bundle, provider: str = "auto", threads: int | None = None,
-                 max_pixels: int = container.DEFAULT_MAX_PIXELS, batch_size: int = 8, network: Network | None = None):
+                 max_pixels: int | None = container.DEFAULT_MAX_PIXELS, batch_size: int | None = 8,
+                 network: Network | None = None):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         # `network` lets another implementation of the same two graphs (aectl.train.torch_ref, for the
         # benchmark) run inside the unchanged pipeline.
         self.network = network if network is not None else Network(self.bundle, provider, threads)
         self.stages: Stages | None = None  # set to a profile.Stages() to account time per stage
         self.coder = entropy_coder.EntropyCoder(self.bundle.entropy)
-        self.max_pixels = max_pixels
-        self.batch_size = max(1, batch_size)
+        # None: no limit but the format's own (Pillow's MAX_IMAGE_PIXELS = None reads the same way).
+        self.max_pixels = container.MAX_SIDE * container.MAX_SIDE if max_pixels is None else max_pixels
+        self.batch_size = 8 if batch_size is None else max(1, batch_size)
         rule = self.bundle.input_rule
         self.stride, self.fixed_size = rule["stride"], rule["fixed_size"]
 
@@ -55,6 +58,8 @@ class Decoder:
         return self.decompress_batch([data])[0]
 
     def decompress_batch(self, blobs: list[bytes]) -> list[Image.Image]:
+        if isinstance(blobs, (bytes, bytearray, memoryview)):  # would iterate its bytes
+            raise AectlError("decompress_batch takes a list of .aec files' bytes; use decompress for one")
         with stage(self.stages, "container"):
             parsed = [self._parse(data) for data in blobs]
         with stage(self.stages, "entropy"):
@@ -165,12 +170,14 @@ class Codec(Decoder):
     releases (sizes within 0.3%, entropy decoding ~1.2x, ~1.45x or ~1.8x as long)."""
 
     def __init__(self, bundle: str | Path | Bundle, provider: str = "auto", threads: int | None = None,
-                 max_pixels: int = container.DEFAULT_MAX_PIXELS, batch_size: int = 8, network: Network | None = None,
-                 format_version: int | None = None):
+                 max_pixels: int | None = container.DEFAULT_MAX_PIXELS, batch_size: int | None = 8,
+                 network: Network | None = None, format_version: int | None = None):
         format_version = container.VERSION if format_version is None else format_version
+        versions = ", ".join(map(str, container.READABLE_VERSIONS))
+        if type(format_version) is not int:  # "4" was refused naming 4 among the versions, 4.0 failed in struct
+            raise AectlError(f"format_version {format_version!r}: give an int, one of {versions}")
         if format_version not in container.READABLE_VERSIONS:
-            raise AectlError(f"--format-version {format_version}: this aectl writes versions "
-                             f"{', '.join(map(str, container.READABLE_VERSIONS))}")
+            raise AectlError(f"--format-version {format_version}: this aectl writes versions {versions}")
         super().__init__(bundle, provider, threads, max_pixels, batch_size, network)
         self.format_version = format_version
 
@@ -180,11 +187,13 @@ class Codec(Decoder):
             raise AectlError(f"bundle {self.bundle.path} is decoder-only and cannot encode or compress")
         return self.network.encode(x)
 
-    def compress(self, image: Image.Image | np.ndarray | str | Path) -> bytes:
+    def compress(self, image: Image.Image | np.ndarray | str | os.PathLike) -> bytes:
+        """An image (a path, a PIL image: its current frame, or a uint8 array) -> the bytes of an .aec file."""
         return self.compress_batch([image])[0]
 
     def compress_batch(self, images: list) -> list[bytes]:
-        if isinstance(images, (np.ndarray, Image.Image, str, Path)):  # would iterate rows or characters
+        if isinstance(images, (np.ndarray, Image.Image, str, os.PathLike, bytes, bytearray, memoryview)):
+            # one image, not a list: it would iterate rows, characters or bytes
             raise AectlError("compress_batch takes a list of images; use compress for one")
         if not self.bundle.has_encoder:
             raise AectlError(f"bundle {self.bundle.path} is decoder-only and cannot encode or compress")
@@ -211,8 +220,8 @@ class Codec(Decoder):
         return out
 
     def _pixels(self, image) -> image_io.Pixels:
-        if isinstance(image, (str, Path)):
-            image = image_io.open_image(image, self.max_pixels)
+        if isinstance(image, (str, os.PathLike)):  # Path, PurePath, any __fspath__ object
+            image = image_io.open_image(os.fspath(image), self.max_pixels)
         if isinstance(image, np.ndarray):
             px = image_io.array_to_pixels(image)
         elif isinstance(image, Image.Image):

@@ -4,19 +4,22 @@ that matches the original.
 - EXIF orientation is applied on input (the codec stores upright pixels; the output carries no rotation tag).
 - Grayscale (L, 1, I;16, I, F) is replicated to RGB and returned as grayscale; float (F) images are read as
   0..1 when every value is within it, else as 0..255 levels.
-- Animated and multi-page files (GIF, APNG, WebP, TIFF) are refused: one picture per file, none dropped
-  silently. MPO (phone JPEGs: the picture plus a preview) is coded from its picture.
+- Animated and multi-page files (GIF, APNG, WebP, TIFF) opened from a path are refused: one picture per file,
+  none dropped silently (a PIL image given directly is coded from its current frame, as Pillow's own
+  conversions do). MPO (phone JPEGs: the picture plus a preview) is coded from its picture.
 - 16-bit grayscale is coded at 8-bit precision (the network's) and written back as 16-bit (value * 257) to PNG
   and TIFF; other formats get its 8-bit values. Pillow opens 16-bit colour PNGs as 8-bit RGB, so those come
   back as 8-bit RGB.
 - Palette images are returned as RGB (or RGBA if the palette has transparency); one transparent colour in an
-  RGB or gray image (PNG tRNS) becomes an alpha plane.
+  RGB or gray image (PNG tRNS) becomes an alpha plane (16-bit gray with one comes back as 8-bit gray + alpha,
+  the one such mode Pillow has; the codec coded 8 bits anyway).
 - Alpha is kept losslessly: the alpha plane travels zlib-compressed beside the lossy colour payload.
 """
 from __future__ import annotations
 
 import os
 import secrets
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +44,29 @@ class Pixels:
     bit_depth: int                # original: 8 or 16
 
 
-def open_image(path: str | Path, max_pixels: int) -> Image.Image:
-    pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # ours below replaces Pillow's guard
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+def _open_past_pillows_guard(path: str | Path, max_pixels: int) -> Image.Image:
+    """Image.open, letting through what `max_pixels` allows. Pillow refuses more than twice its global
+    MAX_IMAGE_PIXELS (179 Mpx by default; aectl's own limit is 268 Mpx), so only then is the global raised to
+    cover `max_pixels`, under a lock and restored at once: switching it off around every open, unlocked, let
+    two threads leave it off for the whole process."""
     try:
-        img = Image.open(path)
+        return Image.open(path)
+    except Image.DecompressionBombError:
+        with _PILLOW_LIMIT_LOCK:
+            pillow_limit = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = max(pillow_limit or 0, max_pixels // 2 + 1)
+            try:
+                return Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = pillow_limit
+
+
+def open_image(path: str | Path, max_pixels: int) -> Image.Image:
+    try:
+        img = _open_past_pillows_guard(path, max_pixels)
         if img.width * img.height > max_pixels:
             raise AectlError(f"{path}: {img.width}x{img.height} exceeds the limit of {max_pixels} pixels "
                              "(raise --max-pixels if you trust this file)")
@@ -60,18 +82,24 @@ def open_image(path: str | Path, max_pixels: int) -> Image.Image:
     except Exception as exc:  # Pillow raises many exception types for unreadable files
         detail = str(exc).replace(f"'{path}'", "").replace(str(path), "").strip() or type(exc).__name__
         raise AectlError(f"{path}: cannot read image ({detail})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = pillow_limit  # the caller's programme keeps Pillow's own guard
     return img
 
 
 def to_pixels(img: Image.Image) -> Pixels:
-    """Any Pillow image -> upright 8-bit RGB plus what is needed to restore its mode."""
+    """Any Pillow image (its current frame) -> upright 8-bit RGB plus what is needed to restore its mode."""
+    try:
+        img.load()  # a lazily opened file fails here, not as a bare OSError inside numpy
+    except Exception as exc:
+        raise AectlError(f"cannot read image ({exc or type(exc).__name__})") from None
     img = ImageOps.exif_transpose(img)
     mode = img.mode
     if mode in _GRAY_16 or mode == "F":
         values = np.asarray(img, dtype=np.float64)
         gray, is16 = _gray_levels(values, mode)
+        transparent = img.info.get("transparency")
+        if transparent is not None and mode != "F":  # PNG tRNS on 16-bit gray: Pillow has no 16-bit gray + alpha
+            alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
+            return Pixels(np.repeat(gray[:, :, None], 3, axis=2), alpha, 2, 8)
         return Pixels(np.repeat(gray[:, :, None], 3, axis=2), None, 1, 16 if is16 else 8)
     if mode == "P" or mode == "PA":
         img = img.convert("RGBA" if ("transparency" in img.info or mode == "PA") else "RGB")

@@ -16,8 +16,8 @@ import numpy as np
 
 from aectl.runtime.bundle import Bundle
 from aectl.runtime.errors import AectlError
-from aectl.runtime.providers import (DEFAULT_TUNING, GPU_DEVICE_ID, Tuning, check_threads, create_session, import_ort,
-                                     run_options, session_device)
+from aectl.runtime.providers import (DEFAULT_TUNING, GPU_DEVICE_ID, Tuning, check_provider_name, check_threads,
+                                     create_session, import_ort, run_options, session_device)
 
 INT32_LIMIT = 2**31 - 1
 # Pixels per session run (a batch of same-size images, or tiles). On the CPU, batching pays only for small
@@ -65,7 +65,8 @@ class _Binding:
 class Network:
     def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None,
                  tuning: Tuning = DEFAULT_TUNING):
-        check_threads(threads)  # now, not at the first session: a bad value fails before any work
+        check_threads(threads)  # now, not at the first session: bad values fail before any work
+        check_provider_name(provider)
         self.bundle = bundle
         self.provider = provider
         self.threads = threads
@@ -138,6 +139,8 @@ class Network:
         if not isinstance(y_hat, np.ndarray) or y_hat.ndim != ndim or y_hat.shape[1] != lat["channels"]:
             raise AectlError(f"expected latents of shape (N, {lat['channels']}{', h, w' if ndim == 4 else ''}), "
                              f"got {getattr(y_hat, 'shape', type(y_hat).__name__)}")
+        if min(y_hat.shape) < 1:  # onnxruntime would fail inside a Conv and print its own error line
+            raise AectlError(f"empty latents of shape {y_hat.shape}")
         stride = self.bundle.input_rule["stride"]
         pixels = y_hat.shape[0] * (int(np.prod(y_hat.shape[2:])) * stride * stride if ndim == 4 else 1)
         return self.binding("decoder").run(y_hat, run_options(self.tuning, pixels))

@@ -98,6 +98,8 @@ def check_threads(threads: int | None, allow_auto: bool = True) -> None:
     which also pins its worker threads to cores (not where `allow_auto` is false: bench gives torch and the
     matmul peak the same count)."""
     limit = 4 * (os.cpu_count() or 1)
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)):
+        raise AectlError(f"threads {threads!r}: give a whole number (onnxruntime takes no {type(threads).__name__})")
     if threads is not None and not (0 if allow_auto else 1) <= threads <= limit:
         auto = ", or 0 for onnxruntime's own choice" if allow_auto else ""
         raise AectlError(f"--threads {threads}: give 1..{limit} (at most 4 per CPU here){auto}")
@@ -246,10 +248,15 @@ def probe(name: str) -> tuple[bool, str]:
     return (True, "works") if float(out.sum()) == 4.0 else (False, "wrong result")
 
 
-def require_provider(name: str) -> None:
-    """Fail once, before a batch starts, when the asked provider cannot run here (instead of once per file)."""
+def check_provider_name(name: str) -> None:
+    """A name aectl knows, checked where a codec is made (a typo failed only at its first session)."""
     if name not in PROVIDER_NAMES:
         raise AectlError(f"unknown provider {name!r}; choose one of {', '.join(PROVIDER_NAMES)}")
+
+
+def require_provider(name: str) -> None:
+    """Fail once, before a batch starts, when the asked provider cannot run here (instead of once per file)."""
+    check_provider_name(name)
     if name not in ("auto", "cpu"):
         create_session(_identity_model(), name, engine_cache=False)  # raises the provider's one-line error
 

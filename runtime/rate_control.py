@@ -15,7 +15,7 @@ def check_budget(max_bytes: int | None, max_bpp: float | None) -> None:
     """Exactly one budget, positive and finite (--max-bpp inf or nan is a typo, not a budget)."""
     if (max_bytes is None) == (max_bpp is None):
         raise AectlError("give exactly one of --max-bytes and --max-bpp")
-    if (max_bytes is not None and max_bytes <= 0) or (max_bpp is not None and not 0 < max_bpp < math.inf):
+    if any(v is not None and not 0 < v < math.inf for v in (max_bytes, max_bpp)):  # nan fails both comparisons
         raise AectlError("--max-bytes/--max-bpp must be positive and finite")
 
 

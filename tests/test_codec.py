@@ -295,6 +295,75 @@ def test_empty_images_and_a_bare_array_to_compress_batch_are_clear_errors(traine
         codec.compress_batch(np.zeros((8, 8, 3), np.uint8))
 
 
+def test_api_arguments_are_checked_when_the_codec_is_made_and_path_likes_are_paths(trained, kodak, tmp_path):
+    """Found by a review of the Python API, each failed before: an unknown provider name and threads=2.0
+    passed the constructor and failed at the first compress (the latter as a pybind11 TypeError);
+    format_version "4" was refused naming 4 among the versions, 4.0 ended in a struct.error and True wrote
+    version 1; bytes to the batch calls said "not a int"; a PurePath or any __fspath__ object was refused as
+    "not a path"; max_pixels=None and batch_size=None raised TypeError; empty latents reached onnxruntime."""
+    import pathlib
+
+    from aectl.runtime.rate_control import check_budget
+
+    bundle = trained["factorized"][1]
+    for kwargs, message in [({"provider": "CPU"}, "unknown provider 'CPU'"), ({"threads": 2.0}, "threads 2.0"),
+                            ({"format_version": "4"}, "format_version '4': give an int"),
+                            ({"format_version": 4.0}, "format_version 4.0"),
+                            ({"format_version": True}, "format_version True")]:
+        with pytest.raises(AectlError, match=message):
+            Codec(bundle, **{"provider": "cpu", **kwargs})
+    codec = Codec(bundle, provider="cpu", max_pixels=None, batch_size=None)
+    photo = tmp_path / "p.png"
+    Image.open(kodak / "kodim07.png").convert("RGB").crop((0, 0, 64, 48)).save(photo)
+
+    class Named:
+        def __fspath__(self):
+            return str(photo)
+
+    data = codec.compress(str(photo))
+    assert codec.compress(pathlib.PurePosixPath(photo)) == codec.compress(Named()) == data
+    assert codec.decompress(data).size == (64, 48)
+    with pytest.raises(AectlError, match="takes a list of images"):
+        codec.compress_batch(data)
+    with pytest.raises(AectlError, match="takes a list of .aec files' bytes"):
+        codec.decompress_batch(data)
+    with pytest.raises(AectlError, match="empty latents"):
+        codec.decode(codec.encode(np.zeros((1, 3, 32, 48), np.float32))[:, :, :0])
+    with pytest.raises(AectlError, match="positive and finite"):
+        check_budget(float("nan"), None)
+
+
+def test_threads_leave_pillows_guard_alone_and_odd_files_fail_cleanly(trained, kodak, tmp_path, monkeypatch):
+    """Two threads compressing from paths left Pillow's MAX_IMAGE_PIXELS at None for the whole process (each
+    switched it off and "restored" what the other had set); now it is raised, under a lock, only to open a
+    file past it. A truncated file opened by the caller raised a bare OSError; 16-bit gray with one
+    transparent colour (PNG tRNS) lost its transparency."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    codec = Codec(trained["factorized"][1], provider="cpu", threads=1)
+    photo = Image.open(kodak / "kodim07.png").convert("RGB").crop((0, 0, 64, 48))
+    photo.save(tmp_path / "p.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses the 3072-pixel photo past 2000
+    expected = codec.compress(tmp_path / "p.png")
+    with ThreadPoolExecutor(2) as pool:
+        assert set(pool.map(codec.compress, [tmp_path / "p.png"] * 100)) == {expected}
+    assert Image.MAX_IMAGE_PIXELS == 1000
+    with pytest.raises(Image.DecompressionBombError):  # the caller's own opens keep Pillow's guard
+        Image.open(tmp_path / "p.png")
+    monkeypatch.undo()
+    whole = (tmp_path / "p.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(AectlError, match="cannot read image"):
+        codec.compress(Image.open(tmp_path / "cut.png"))
+    gray = np.asarray(photo.convert("L"), dtype=np.uint16) * 257
+    gray[:, :16] = 12345
+    Image.fromarray(gray).save(tmp_path / "g16t.png", transparency=12345)
+    assert Image.open(tmp_path / "g16t.png").mode == "I;16"
+    back = codec.decompress(codec.compress(tmp_path / "g16t.png"))
+    alpha = np.asarray(back)[:, :, 1]
+    assert back.mode == "LA" and (alpha[:, :16] == 0).all() and (alpha[:, 16:] == 255).all()
+
+
 def test_every_single_byte_flip_is_rejected(small_file):
     codec, data = small_file
     for i in range(len(data)):
