@@ -27,7 +27,10 @@ def make_handler(decoder: Decoder):
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             if self.path != "/decode":
                 return self._reply(404, b"use POST /decode\n", "text/plain")
-            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:  # "Content-Length: abc" dropped the connection with a traceback on stderr
+                length = -1
             if not 0 < length <= MAX_BODY:
                 return self._reply(400, b"error: body must be the bytes of one .aec file\n", "text/plain")
             try:

@@ -2,6 +2,7 @@
 edge service, and the ORT-format decoder."""
 import json
 import os
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -82,6 +83,10 @@ def test_edge_service_returns_png(edge_files):
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(urllib.request.Request(url, data=body[:-3]), timeout=60)
         assert err.value.code == 400 and b"truncated" in err.value.read()
+        host, port = url.split("/")[2].split(":")
+        with socket.create_connection((host, int(port)), timeout=60) as raw:  # a header urllib would not send
+            raw.sendall(b"POST /decode HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+            assert raw.recv(1 << 16).startswith(b"HTTP/1.0 400 ")  # the connection was dropped
         with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=60) as resp:
             assert resp.status == 200, "the service keeps serving after a bad request"
     finally:
