@@ -93,6 +93,8 @@ def shipped_bundle(quality: int | None = None) -> Path:
         raise AectlError("no model given and none ships with this install: pass a bundle with -m BUNDLE")
     if quality is None:
         return levels[min(levels, key=lambda q: (abs(q - DEFAULT_QUALITY), -q))]
+    if type(quality) is not int:  # "4" was told that 4 is not shipped
+        raise AectlError(f"quality {quality!r}: give an int, one of {', '.join(map(str, levels))}")
     if quality not in levels:
         raise AectlError(f"-q {quality}: no shipped model at that quality; shipped: {', '.join(map(str, levels))}")
     return levels[quality]

@@ -300,10 +300,12 @@ def test_api_arguments_are_checked_when_the_codec_is_made_and_path_likes_are_pat
     passed the constructor and failed at the first compress (the latter as a pybind11 TypeError);
     format_version "4" was refused naming 4 among the versions, 4.0 ended in a struct.error and True wrote
     version 1; bytes to the batch calls said "not a int"; a PurePath or any __fspath__ object was refused as
-    "not a path"; max_pixels=None and batch_size=None raised TypeError; empty latents reached onnxruntime."""
+    "not a path"; max_pixels=None and batch_size=None raised TypeError; empty latents reached onnxruntime;
+    shipped_bundle("4") said 4 is not shipped."""
     import pathlib
 
     from aectl.runtime.rate_control import check_budget
+    from aectl.runtime.registry import shipped_bundle
 
     bundle = trained["factorized"][1]
     for kwargs, message in [({"provider": "CPU"}, "unknown provider 'CPU'"), ({"threads": 2.0}, "threads 2.0"),
@@ -331,6 +333,8 @@ def test_api_arguments_are_checked_when_the_codec_is_made_and_path_likes_are_pat
         codec.decode(codec.encode(np.zeros((1, 3, 32, 48), np.float32))[:, :, :0])
     with pytest.raises(AectlError, match="positive and finite"):
         check_budget(float("nan"), None)
+    with pytest.raises(AectlError, match="quality '4': give an int"):
+        shipped_bundle("4")
 
 
 def test_threads_leave_pillows_guard_alone_and_odd_files_fail_cleanly(trained, kodak, tmp_path, monkeypatch):
