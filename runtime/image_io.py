@@ -47,34 +47,26 @@ class Pixels:
 _PILLOW_LIMIT_LOCK = threading.Lock()
 
 
-def _open_past_pillows_guard(path: str | Path, max_pixels: int) -> Image.Image:
-    """Image.open, letting through what `max_pixels` allows. Pillow refuses more than twice its global
-    MAX_IMAGE_PIXELS (179 Mpx by default; aectl's own limit is 268 Mpx), so only then is the global raised to
-    cover `max_pixels`, under a lock and restored at once: switching it off around every open, unlocked, let
-    two threads leave it off for the whole process."""
-    try:
-        return Image.open(path)
-    except Image.DecompressionBombError:
-        with _PILLOW_LIMIT_LOCK:
-            pillow_limit = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = max(pillow_limit or 0, max_pixels // 2 + 1)
-            try:
-                return Image.open(path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = pillow_limit
-
-
 def open_image(path: str | Path, max_pixels: int) -> Image.Image:
+    """A loaded image file within `max_pixels`, or one AectlError. Pillow refuses more than twice its global
+    MAX_IMAGE_PIXELS (179 Mpx by default; aectl's own limit is 268 Mpx), when opening and, for TIFF, GIF, WebP
+    and MPO, again when loading; only then is the global raised to `max_pixels`, under a lock, for this open
+    and load, and restored at once (switching it off around every open, unlocked, let two threads leave it off
+    for the whole process)."""
     try:
-        img = _open_past_pillows_guard(path, max_pixels)
-        if img.width * img.height > max_pixels:
-            raise AectlError(f"{path}: {img.width}x{img.height} exceeds the limit of {max_pixels} pixels "
-                             "(raise --max-pixels if you trust this file)")
-        frames = getattr(img, "n_frames", 1)
-        if frames > 1 and img.format != "MPO":  # an MPO (phone JPEG) is a picture plus its preview or depth map
-            raise AectlError(f"{path}: {img.format} image of {frames} frames (animated or multi-page); aectl codes "
-                             "one picture per file: extract the frame you want first")
-        img.load()
+        try:
+            return _open_within(path, max_pixels)
+        except Image.DecompressionBombError:
+            with _PILLOW_LIMIT_LOCK:
+                pillow_limit = Image.MAX_IMAGE_PIXELS
+                Image.MAX_IMAGE_PIXELS = max(pillow_limit or 0, max_pixels)  # ours below then decides
+                try:
+                    return _open_within(path, max_pixels)
+                except Image.DecompressionBombError:  # past twice the raised limit: past ours too
+                    raise AectlError(f"{path}: the image exceeds the limit of {max_pixels} pixels (raise "
+                                     "--max-pixels if you trust this file)") from None
+                finally:
+                    Image.MAX_IMAGE_PIXELS = pillow_limit
     except AectlError:
         raise
     except FileNotFoundError:
@@ -82,6 +74,18 @@ def open_image(path: str | Path, max_pixels: int) -> Image.Image:
     except Exception as exc:  # Pillow raises many exception types for unreadable files
         detail = str(exc).replace(f"'{path}'", "").replace(str(path), "").strip() or type(exc).__name__
         raise AectlError(f"{path}: cannot read image ({detail})") from None
+
+
+def _open_within(path: str | Path, max_pixels: int) -> Image.Image:
+    img = Image.open(path)
+    if img.width * img.height > max_pixels:
+        raise AectlError(f"{path}: {img.width}x{img.height} exceeds the limit of {max_pixels} pixels "
+                         "(raise --max-pixels if you trust this file)")
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1 and img.format != "MPO":  # an MPO (phone JPEG) is a picture plus its preview or depth map
+        raise AectlError(f"{path}: {img.format} image of {frames} frames (animated or multi-page); aectl codes "
+                         "one picture per file: extract the frame you want first")
+    img.load()
     return img
 
 

@@ -354,6 +354,13 @@ def test_threads_leave_pillows_guard_alone_and_odd_files_fail_cleanly(trained, k
     assert Image.MAX_IMAGE_PIXELS == 1000
     with pytest.raises(Image.DecompressionBombError):  # the caller's own opens keep Pillow's guard
         Image.open(tmp_path / "p.png")
+    photo.save(tmp_path / "p.tif")  # TIFF checks the limit again when loading
+    assert codec.compress(tmp_path / "p.tif") == expected
+    with pytest.raises(AectlError, match="exceeds the limit of 1500 pixels"):
+        Codec(codec.bundle, provider="cpu", max_pixels=1500).compress(tmp_path / "p.tif")
+    with pytest.raises(AectlError, match="exceeds the limit of 1000 pixels"):  # Pillow's limit x 2 refuses
+        Codec(codec.bundle, provider="cpu", max_pixels=1000).compress(tmp_path / "p.png")
+    assert Image.MAX_IMAGE_PIXELS == 1000
     monkeypatch.undo()
     whole = (tmp_path / "p.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(whole[:len(whole) // 2])
