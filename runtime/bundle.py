@@ -222,6 +222,8 @@ def check_output_folder(out: Path, force: bool, source: Path) -> None:
     """Refuse, before any work, an output that exists (without force) or that --force must not replace."""
     if not out.exists():
         return
+    if not out.is_dir():  # said "pass --force", which then refused it as a file
+        raise AectlError(f"{out} is a file, not a bundle folder; remove it or choose another output")
     if not force:
         raise AectlError(f"{out} already exists; pass --force to replace it")
     target, src = out.resolve(), source.resolve()
@@ -229,7 +231,19 @@ def check_output_folder(out: Path, force: bool, source: Path) -> None:
         raise AectlError(f"{out} holds the input {source}; write the bundle somewhere else")
     if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
         raise AectlError(f"{out} holds the working directory; write the bundle somewhere else")
-    if not out.is_dir():
-        raise AectlError(f"{out} is a file, not a bundle folder; remove it or choose another output")
     if not (out / MANIFEST).is_file() and any(out.iterdir()):
         raise AectlError(f"{out} is not a bundle (no {MANIFEST}) and not empty; --force replaces only a bundle")
+    others = sorted(p.name for p in out.iterdir() if p.name not in _bundle_file_names(out))
+    if others:  # notes, .aec files, a nested bundle: --force deleted them with the bundle
+        raise AectlError(f"{out} holds {others[0]}{f' and {len(others) - 1} more' if len(others) > 1 else ''} "
+                         "besides the bundle; --force replaces only a bundle's own files: move them first")
+
+
+def _bundle_file_names(folder: Path) -> set[str]:
+    """The manifest and the files it lists (any readable manifest: what --force may replace)."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text()).get("files", {})
+        listed = {Path(entry["path"]).name for entry in files.values() if isinstance(entry, dict) and "path" in entry}
+    except (OSError, ValueError, AttributeError):
+        listed = set()
+    return {MANIFEST} | listed

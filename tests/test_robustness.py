@@ -280,7 +280,9 @@ def test_an_output_that_cannot_be_written_fails_that_file_only(trained, tmp_path
 
 
 def test_bundle_force_never_replaces_the_source_or_other_files(trained, tmp_path):
-    """--force replaces a bundle, or an empty folder; never a folder holding the input or files of its own."""
+    """--force replaces a bundle, or an empty folder; never a folder holding the input or files of its own, nor
+    the user's files kept inside a bundle (they were deleted with it). A file as the output is named as such
+    with or without --force (without, it said "pass --force", which then refused it)."""
     parent = tmp_path / "parent"
     source, _ = _copy_bundle(trained["seed-conv"][1], parent / "src")
     (parent / "notes.txt").write_text("keep me")
@@ -301,6 +303,16 @@ def test_bundle_force_never_replaces_the_source_or_other_files(trained, tmp_path
     assert _aectl("bundle", "strip", source, "-o", edge).returncode == 0
     again = _aectl("bundle", "strip", source, "-o", edge, "--force")
     assert again.returncode == 0 and sorted(p.name for p in edge.iterdir()) == ["decoder.onnx", "manifest.json"]
+    (edge / "NOTES.txt").write_text("keep me")  # a bundle holding the user's own files: --force deleted them
+    (edge / "aec").mkdir()
+    (edge / "aec" / "a.aec").write_text("keep me")
+    kept = _tree_digest(edge)
+    refused = _aectl("bundle", "strip", source, "-o", edge, "--force")
+    assert refused.returncode == 1 and refused.stderr == f"error: {edge} holds NOTES.txt and 1 more besides the " \
+        "bundle; --force replaces only a bundle's own files: move them first\n", refused.stderr
+    assert _tree_digest(edge) == kept
+    plain = _aectl("bundle", "strip", source, "-o", other / "photo.png")  # without --force: no "pass --force"
+    assert plain.returncode == 1 and "is a file, not a bundle folder" in plain.stderr, plain.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edge", "other", "parent"], "no temporary folder left"
 
 
