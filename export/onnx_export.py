@@ -144,8 +144,18 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
     if precision != "fp32" and ort:
         raise AectlError("--ort is only made for fp32 decoders; export the ORT format from an fp32 bundle")
     check_output_folder(out_dir, force, Path(source))  # before the slow work; bundle_folder checks again
+    if calibration is not None and precision == "fp32" and not entropy_classes:  # it was ignored without a word
+        raise AectlError("--calibration picks the photos of an fp16/int8 export or of --entropy-classes; "
+                         "this export uses neither")
     ckpt = load_checkpoint(Path(source))
     model, preset = build_from_checkpoint(ckpt)
+    if not preset.rate_distortion and not any(h.get("fitted") for h in ckpt.get("history", [])):
+        # a seed preset's density is fitted after its last step: before it, the tables code ~8x larger files
+        raise AectlError(f"{source}: the run stopped (step {ckpt.get('step')}) before its entropy model was fitted "
+                         "at the end of training; finish it first: aectl train --out RUN --resume")
+    if precision == "int8" and preset.name.startswith("seed"):  # failed inside onnxruntime or on a missing node
+        raise AectlError(f"--precision int8 is made for the factorized models' decoders, not {preset.name}; "
+                         "use fp16 or fp32")
     if entropy_classes and (preset.fixed_size is not None or not 2 <= entropy_classes <= MAX_CLASSES):
         raise AectlError(f"--entropy-classes {entropy_classes}: give 2..{MAX_CLASSES} for a fully convolutional "
                          f"model, or 0 (preset {preset.name} {'has' if preset.fixed_size else 'does not have'} a "

@@ -21,7 +21,8 @@ def test_train_export_verify_info(photos, tmp_path):
                  "--batch-size", "4", "--fit-steps", "5", "--seed", "1")
     assert "matches the article's counts" in proc.stderr
     assert "final validation: PSNR" in proc.stdout
-    for change in (("--batch-size", "5"), ("--quality", "3"), ("--stop-at", "4")):  # one line, no table first
+    for change in (("--batch-size", "5"), ("--quality", "3"), ("--stop-at", "4"),  # one line, no table first
+                   ("--steps", "4")):  # fewer than done: it rewrote the run as finished (and never fitted)
         refused = aectl("train", "--out", run, "--resume", *change, check=False)
         assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
         assert refused.stderr.startswith("error: ") and "Traceback" not in refused.stderr
@@ -40,6 +41,20 @@ def test_train_export_verify_info(photos, tmp_path):
         refused = aectl("export", run, "-o", out, "--force", check=False)
         assert refused.returncode == 1 and "holds the input" in refused.stderr, refused.stderr
     assert {p.name: p.read_bytes() for p in run.iterdir()} == run_files, "the run is intact"
+    # Refused before any work, each accepted before: a seed run paused before its entropy fit (its tables made
+    # ~8x larger files), int8 of a seed preset (an onnxruntime error), --calibration where nothing uses it.
+    paused = tmp_path / "paused"
+    aectl("train", "--preset", "seed-conv", "--data", photos, "--out", paused, "--steps", "8", "--batch-size", "4",
+          "--stop-at", "2")
+    for args, message in [((paused, "-o", tmp_path / "b1"), f"{paused}: the run stopped (step 2) before its entropy "
+                           "model was fitted at the end of training; finish it first: aectl train --out RUN --resume"),
+                          ((run, "-o", tmp_path / "b2", "--precision", "int8"), "--precision int8 is made for the "
+                           "factorized models' decoders, not seed-conv; use fp16 or fp32"),
+                          ((run, "-o", tmp_path / "b3", "--calibration", photos), "--calibration picks the photos "
+                           "of an fp16/int8 export or of --entropy-classes; this export uses neither")]:
+        refused = aectl("export", *args, check=False)
+        assert refused.returncode == 1 and refused.stderr == f"error: {message}\n", refused.stderr
+    assert not any((tmp_path / name).exists() for name in ("b1", "b2", "b3"))
 
 
 def test_bad_arguments_print_one_line_and_exit_non_zero(tmp_path):

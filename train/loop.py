@@ -182,6 +182,9 @@ def resolve_run(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict | None]:
     if cfg.steps is None and cfg.epochs is None:
         merged.update(steps=old.get("steps"), epochs=old.get("epochs"))
     elif (cfg.steps, cfg.epochs) != (old.get("steps"), old.get("epochs")):
+        if cfg.steps is not None and cfg.steps <= resumed["step"]:  # it rewrote the run as finished, unfitted
+            raise AectlError(f"--steps {cfg.steps}: the run in {out} is already at step {resumed['step']}; give "
+                             "more steps to go on training")
         log(f"note: the schedule now follows --{'steps' if cfg.steps is not None else 'epochs'} "
             f"{cfg.steps if cfg.steps is not None else cfg.epochs}")
     merged["lr"] = old.get("lr") if cfg.lr is None else cfg.lr
