@@ -32,13 +32,14 @@ def show_bundle(path: Path, json_out: bool = False) -> None:
         raise AectlError(f"{path}: aectl info takes a bundle directory")
     b = load_bundle(path)
     m = b.manifest
+    ent = m.get("entropy") or {}
     if json_out:
-        print(json_text({k: v for k, v in m.items() if k != "entropy"} | {"path": str(path)}))
+        print(json_text({k: v for k, v in m.items() if k != "entropy"} | {"path": str(path),
+                                                                          "entropy": _entropy_summary(ent)}))
         return
     table = Table(title=f"bundle {path}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
-    ent = m["entropy"]
     train = m.get("training") or {}
     rows = [
         ("model id", lambda: m["model_id"]),
@@ -51,6 +52,7 @@ def show_bundle(path: Path, json_out: bool = False) -> None:
         ("opset", lambda: _opset(m)),
         ("entropy tables", lambda: f"{len(ent['cdfs'])} channels, {ent['precision']}-bit, step {ent['step']:.4g}, "
                                    f"tail mass {ent['tail_mass']:g}"),
+        ("entropy classes", lambda: _classes(ent)),
         ("parity", lambda: _parity(m)),
         ("training", lambda: f"{train['steps']} steps, seed {train['seed']}, data {train['data']}"),
         ("command", lambda: str(train["command"])),
@@ -107,6 +109,23 @@ def show_aec(path: Path, json_out: bool = False) -> None:
     for key, value in fields.items():
         table.add_row(key.replace("_", " "), f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+def _classes(entropy: dict) -> str:
+    """Whether the tables are classified (export --entropy-classes) and how many classes shipped (unused ones
+    are dropped at export): info showed nothing of them."""
+    classes = entropy.get("classes")
+    if not classes:
+        return "none (one table per channel)"
+    fit = classes.get("fit") or {}
+    return f"{classes['count']}, fitted on {fit.get('positions', '?')} latent positions from {fit.get('data', '?')}"
+
+
+def _entropy_summary(entropy: dict) -> dict:
+    """The entropy section for `info --json` without its tables (thousands of numbers)."""
+    classes = entropy.get("classes") or {}
+    return {k: entropy.get(k) for k in ("precision", "step", "tail_mass")} | {
+        "channels": len(entropy.get("cdfs", [])), "classes": classes.get("count", 0)}
 
 
 def _share_of_peak(rate: dict, precision: str) -> str:

@@ -175,7 +175,10 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
             symbols, folder = _fit_symbols(model, preset, ckpt, calibration)
             tables["classes"] = fit_classes(symbols, tables, entropy_classes)
             tables["classes"]["fit"]["data"] = folder
-            log(f"fitted {entropy_classes} entropy classes on {len(symbols)} images from {folder}")
+            kept = tables["classes"]["count"]
+            unused = f" ({entropy_classes - kept} of the {entropy_classes} asked for went unused)" \
+                if kept < entropy_classes else ""
+            log(f"fitted {kept} entropy classes{unused} on {len(symbols)} images from {folder}")
         enc_proto, dec_proto = onnx.load(str(tmp / "encoder.onnx")), onnx.load(str(tmp / "decoder.onnx"))
         model_id = _model_id(enc_proto, dec_proto, tables)
         if ort:  # the mobile file keeps the traced DepthToSpace, which NNAPI and CoreML take (ConvTranspose not)

@@ -32,6 +32,7 @@ def test_train_export_verify_info(photos, tmp_path):
     assert proc.stdout.startswith("ok:")
     info = json.loads(aectl("info", bundle, "--json").stdout)
     assert info["preset"] == "seed-conv" and "--steps 8" in info["training"]["command"]
+    assert info["entropy"]["classes"] == 0 and info["entropy"]["channels"] == 24  # the key was left out
     again = aectl("export", run, "-o", bundle, check=False)
     assert again.returncode != 0 and "--force" in again.stderr
     # --force replaces a bundle, never the run it is exported from (or a folder holding it).
@@ -336,3 +337,13 @@ def test_info_shows_a_header_past_the_decoding_pixel_limit(tmp_path):
     assert (shown["width"], shown["height"], shown["payload_bytes"]) == (20000, 20000, 8)
     refused = aectl("decompress", big, check=False)
     assert refused.returncode == 1 and "raise --max-pixels" in refused.stderr
+
+
+def test_info_says_whether_a_bundle_has_entropy_classes():
+    """info had no row for classified tables and --json left out the entropy section, so nobody could tell
+    whether a bundle (a shipped one included) codes with classes."""
+    shipped = ROOT / "models" / "factorized-q4"
+    count = json.loads((shipped / "manifest.json").read_text())["entropy"]["classes"]["count"]
+    assert json.loads(aectl("info", shipped, "--json").stdout)["entropy"]["classes"] == count > 1
+    text = aectl("info", shipped).stdout
+    assert re.search(rf"entropy classes\s*\S\s*{count}, fitted on \d+ latent positions", text), text
