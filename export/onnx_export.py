@@ -52,14 +52,31 @@ def _export_graph(module: torch.nn.Module, example: torch.Tensor, in_name: str, 
                   dynamic: dict, path: Path) -> None:
     with warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, (example,), dynamo=True, input_names=[in_name], output_names=[out_name],
-                                    dynamic_shapes=dynamic, external_data=False, verbose=False)
+        try:
+            program = torch.onnx.export(module, (example,), dynamo=True, input_names=[in_name],
+                                        output_names=[out_name], dynamic_shapes=dynamic, external_data=False,
+                                        verbose=False)
+        except Exception as exc:
+            if _interrupted(exc):  # torch.export wraps a Ctrl-C or SIGTERM in its own error: an internal error
+                raise KeyboardInterrupt from None
+            raise
         onnxscript.optimizer.optimize(program.model, input_size_limit=FOLD_LIMIT, output_size_limit=FOLD_LIMIT)
     program.save(str(path), external_data=False)  # one self-contained file, no .onnx.data beside it
     model = onnx.load(str(path), load_external_data=False)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         raise AectlError(f"{path.name}: exporter left external data; the bundle must be self-contained")
     onnx.checker.check_model(model, full_check=True)
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    """Whether a KeyboardInterrupt (the CLI raises one for SIGTERM too) is in an exception's chain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class _quiet_exporter:
