@@ -125,6 +125,9 @@ def verify(
                    f"{dec['tolerance']['max_abs_diff']:g}, least PSNR "
                    f"{dec['min_psnr_db']:.1f} >= {dec['tolerance']['min_psnr_db']:g} dB over {len(dec['cases'])} "
                    "real crops")
+    elif images is not None:  # it was ignored without a word
+        typer.echo(f"note: --images is for fp16/int8 decoders; {bundle}'s fp32 graphs were checked on the "
+                   "export's own parity inputs", err=True)
 
 
 bundle_app = typer.Typer(no_args_is_help=True, help="Operations on bundle directories.")
@@ -331,7 +334,9 @@ def main() -> None:
         if exc.name not in ("torch", "onnx", "onnxscript"):
             _internal_error(exc)
         _die(f"this command needs {exc.name}, which is not installed: pip install 'aectl[train]'")
-    except (ValueError, OSError) as exc:
+    except OSError as exc:  # "[Errno 17] File exists: 'f.txt'" reads better as "f.txt: File exists"
+        _die(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
+    except ValueError as exc:
         _die(str(exc))
     except (KeyboardInterrupt, typer.Abort):
         _stopped()

@@ -96,7 +96,7 @@ def check_threads(threads: int | None, allow_auto: bool = True) -> None:
     """Threads beyond a few per CPU only contend, and a typo like 1000000 would exhaust memory creating them:
     refuse it in one line. None is aectl's default (cores.default_threads); 0 leaves the choice to onnxruntime,
     which also pins its worker threads to cores (not where `allow_auto` is false: bench gives torch and the
-    matmul peak the same count)."""
+    matmul peak the same count, and train sets torch's)."""
     limit = 4 * (os.cpu_count() or 1)
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)):
         raise AectlError(f"threads {threads!r}: give a whole number (onnxruntime takes no {type(threads).__name__})")

@@ -30,6 +30,8 @@ def test_train_export_verify_info(photos, tmp_path):
     assert sorted(p.name for p in bundle.iterdir()) == ["decoder.onnx", "encoder.onnx", "manifest.json"]
     proc = aectl("verify", bundle, run)
     assert proc.stdout.startswith("ok:")
+    proc = aectl("verify", bundle, run, "--images", photos)  # --images was ignored without a word
+    assert proc.stdout.startswith("ok:") and proc.stderr.startswith("note: --images is for fp16/int8 decoders")
     info = json.loads(aectl("info", bundle, "--json").stdout)
     assert info["preset"] == "seed-conv" and "--steps 8" in info["training"]["command"]
     assert info["entropy"]["classes"] == 0 and info["entropy"]["channels"] == 24  # the key was left out
@@ -56,6 +58,20 @@ def test_train_export_verify_info(photos, tmp_path):
         refused = aectl("export", *args, check=False)
         assert refused.returncode == 1 and refused.stderr == f"error: {message}\n", refused.stderr
     assert not any((tmp_path / name).exists() for name in ("b1", "b2", "b3"))
+
+
+def test_train_names_what_is_wrong_with_its_options(photos, tmp_path):
+    """Each passed or said less before: --data-root without --data stl10 was ignored; --threads 0 was offered
+    as "onnxruntime's own choice" for torch's count; --out naming a file said "[Errno 17] File exists: ..."."""
+    (tmp_path / "f.txt").write_text("a file")
+    base = ("train", "--preset", "factorized", "-q", "1", "--data", photos, "--steps", "2")
+    for args, message in [(("--out", tmp_path / "f.txt"), f"{tmp_path / 'f.txt'}: File exists"),
+                          (("--out", tmp_path / "r", "--data-root", tmp_path),
+                           "--data-root is the folder holding stl10_binary/, for --data stl10 only"),
+                          (("--out", tmp_path / "r", "--threads", "0"), "--threads 0: give 1..")]:
+        proc = aectl(*base, *args, check=False)
+        assert proc.returncode == 1 and proc.stderr.startswith(f"error: {message}"), proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
 
 
 def test_bad_arguments_print_one_line_and_exit_non_zero(tmp_path):

@@ -213,7 +213,9 @@ def _check_options(cfg: TrainConfig) -> None:
         raise AectlError("give --steps or --epochs, not both")
     if cfg.steps is not None and cfg.stop_at is not None and cfg.stop_at > cfg.steps:
         raise AectlError(f"--stop-at {cfg.stop_at} is past the run's last step ({cfg.steps})")
-    check_threads(cfg.threads)
+    if cfg.data_root and cfg.data != "stl10":  # it was ignored without a word
+        raise AectlError("--data-root is the folder holding stl10_binary/, for --data stl10 only")
+    check_threads(cfg.threads, allow_auto=False)  # torch's thread count: 0 is not onnxruntime's "own choice" here
 
 
 def preset_of(config: dict) -> Preset:
