@@ -280,7 +280,9 @@ def variant_images(ckpt: dict, calibration: str | Path | None, option: str = "--
     folder = photo_folder(calibration, ckpt, option, "a reduced-precision decoder is checked on real photos")
     files = find_images(folder)
     if len(files) < 4:
-        raise AectlError(f"{option} {folder}: found {len(files)} image{'s' * (len(files) != 1)}, need at least 4")
+        where = f"{option} {folder}" if calibration else f"the run's training data {folder}"  # named an unused flag
+        raise AectlError(f"{where}: found {len(files)} image{'s' * (len(files) != 1)}, need at least 4"
+                         f"{'' if calibration else f'; pass {option} DIR'}")
     return {"folder": str(folder), "calibrate": [load_rgb(p, 64) for p in files[0::2][:32]],
             "check": [load_rgb(p, 64) for p in files[1::2][:6]],
             "calibration_files": [p.name for p in files[0::2][:32]]}

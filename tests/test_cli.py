@@ -363,3 +363,20 @@ def test_info_says_whether_a_bundle_has_entropy_classes():
     assert json.loads(aectl("info", shipped, "--json").stdout)["entropy"]["classes"] == count > 1
     text = aectl("info", shipped).stdout
     assert re.search(rf"entropy classes\s*\S\s*{count}, fitted on \d+ latent positions", text), text
+
+
+def test_a_small_default_calibration_folder_is_named_as_the_runs_data(photos, tmp_path):
+    """Exporting fp16 from a run trained on 2 photos said "--calibration DIR: found 2 images" though
+    --calibration was never given; it now names the run's training data and the option that replaces it."""
+    import shutil
+
+    data = tmp_path / "two"
+    data.mkdir()
+    for src in sorted(photos.iterdir())[:2]:
+        shutil.copy(src, data / src.name)
+    run = tmp_path / "run"
+    aectl("train", "--preset", "factorized", "-q", "1", "--channels", "8,8", "--crop", "32", "--batch-size", "2",
+          "--data", data, "--steps", "2", "--out", run, "--no-progress")
+    proc = aectl("export", run, "-o", tmp_path / "b", "--precision", "fp16", check=False)
+    assert proc.returncode == 1 and proc.stderr == f"error: the run's training data {data.resolve()}: found 2 " \
+        "images, need at least 4; pass --calibration DIR\n", proc.stderr
