@@ -380,3 +380,29 @@ def test_a_small_default_calibration_folder_is_named_as_the_runs_data(photos, tm
     proc = aectl("export", run, "-o", tmp_path / "b", "--precision", "fp16", check=False)
     assert proc.returncode == 1 and proc.stderr == f"error: the run's training data {data.resolve()}: found 2 " \
         "images, need at least 4; pass --calibration DIR\n", proc.stderr
+
+
+def test_an_interrupt_during_the_entropy_fit_says_how_to_finish(photos, tmp_path):
+    """Ctrl-C during a seed preset's final entropy fit printed only `error: interrupted`; it now says that the
+    trained weights are saved and that --resume fits them, and that resume does."""
+    import os
+    import signal
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([aectl_exe(), "train", "--preset", "seed-conv", "--data", str(photos), "--out", str(run),
+                             "--steps", "1", "--batch-size", "4", "--fit-steps", "1000000", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in proc.stdout:
+            if line.startswith("fitting entropy model"):
+                proc.send_signal(signal.SIGINT)
+                break
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=120) == 130, rest
+    finally:
+        proc.kill()
+    assert f"stopped during the entropy fit; the trained weights are saved (step 1): aectl train --out {run} " \
+        "--resume fits it" in rest and rest.rstrip().endswith("error: interrupted"), rest
+    aectl("train", "--out", run, "--resume", "--fit-steps", "5", "--no-progress")
+    aectl("export", run, "-o", tmp_path / "b")

@@ -390,7 +390,12 @@ def train(cfg: TrainConfig, progress: bool = True, log=print,
                 # Fitting changes the model and draws random numbers: keep the pre-fit state for --resume.
                 trained_state = {"model": {k: v.clone() for k, v in model.state_dict().items()},
                                  "sampler": sampler.state(), "torch_rng": torch.get_rng_state()}
-                fit_seed_entropy(model, sampler, val, device, cfg.fit_steps, batch_size, log)
+                try:
+                    fit_seed_entropy(model, sampler, val, device, cfg.fit_steps, batch_size, log)
+                except KeyboardInterrupt:  # said only "interrupted": the trained weights are saved, the fit is not
+                    log(f"stopped during the entropy fit; the trained weights are saved (step {step}): "
+                        f"aectl train --out {out} --resume fits it")
+                    raise
                 history.append({"step": step, "fitted": True, **evaluate(model, preset, val, device)})
                 save(trained_state)
     finally:
