@@ -120,6 +120,9 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     if workers is not None and (engine != "ray" or workers < 1):
         raise AectlError("--workers takes a positive count, with --engine ray")
     chosen_by_user = model is not None
+    if _names_one_file(inputs, out) and _pillow_format(out.suffix) is not None:  # before any bundle is loaded
+        raise AectlError(f"-o {out}: compress writes .aec files; name the output {out.stem}{files.AEC_SUFFIX} "
+                         "or a folder")
     if engine == "ray":  # the workers may have a GPU the driver lacks: check only the name here
         if provider not in PROVIDER_NAMES:
             require_provider(provider)
@@ -131,9 +134,6 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     if not codec.bundle.has_encoder:
         raise AectlError(f"bundle {model} is decoder-only (no encoder.onnx) and cannot compress; "
                          "use the full bundle it was stripped from")
-    if _names_one_file(inputs, out) and _pillow_format(out.suffix) is not None:
-        raise AectlError(f"-o {out}: compress writes .aec files; name the output {out.stem}{files.AEC_SUFFIX} "
-                         "or a folder")
     jobs = files.plan_jobs(inputs, out, files.IMAGE_SUFFIXES, files.AEC_SUFFIX)
     if not jobs:
         raise AectlError("no image files found in the given inputs")

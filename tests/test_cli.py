@@ -62,7 +62,8 @@ def test_train_export_verify_info(photos, tmp_path):
 
 def test_train_names_what_is_wrong_with_its_options(photos, tmp_path):
     """Each passed or said less before: --data-root without --data stl10 was ignored; --threads 0 was offered
-    as "onnxruntime's own choice" for torch's count; --out naming a file said "[Errno 17] File exists: ..."."""
+    as "onnxruntime's own choice" for torch's count; --out naming a file said "[Errno 17] File exists: ...";
+    a folder of one image trained and validated on it without a note."""
     (tmp_path / "f.txt").write_text("a file")
     base = ("train", "--preset", "factorized", "-q", "1", "--data", photos, "--steps", "2")
     for args, message in [(("--out", tmp_path / "f.txt"), f"{tmp_path / 'f.txt'}: File exists"),
@@ -72,6 +73,12 @@ def test_train_names_what_is_wrong_with_its_options(photos, tmp_path):
         proc = aectl(*base, *args, check=False)
         assert proc.returncode == 1 and proc.stderr.startswith(f"error: {message}"), proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+    one = tmp_path / "one"  # one image: trained and validated on it, which was not said
+    one.mkdir()
+    (one / "a.png").write_bytes(sorted(photos.iterdir())[0].read_bytes())
+    proc = aectl("train", "--preset", "factorized", "-q", "1", "--channels", "8,8", "--crop", "32", "--batch-size",
+                 "2", "--data", one, "--steps", "1", "--out", tmp_path / "r1", "--no-progress")
+    assert "note: --data holds one image, so it is also the validation image" in proc.stdout + proc.stderr
 
 
 def test_bad_arguments_print_one_line_and_exit_non_zero(tmp_path):

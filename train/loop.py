@@ -262,6 +262,9 @@ def train(cfg: TrainConfig, progress: bool = True, log=print,
         # As given where it still names the folder from here (validation names stay as the user wrote them).
         here = cfg.data if cfg.data_path in (None, _absolute(cfg.data)) else cfg.data_path
         train_imgs, val_imgs, val_names = load_folder(Path(here), preset.crop)
+        if len(train_imgs) == 1:  # split_holdout cannot hold one image out: validation figures are training ones
+            log(f"note: --data holds one image, so it is also the validation image; validation figures measure "
+                "training fit, not generalisation")
     sampler = CropSampler(train_imgs, preset.crop, cfg.seed)
     val = torch.from_numpy(center_crops(val_imgs, preset.crop))
     # An epoch covers the training pixels once (in random crops); at least MIN_EPOCH_STEPS for tiny datasets.
