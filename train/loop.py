@@ -263,7 +263,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print,
         here = cfg.data if cfg.data_path in (None, _absolute(cfg.data)) else cfg.data_path
         train_imgs, val_imgs, val_names = load_folder(Path(here), preset.crop)
         if len(train_imgs) == 1:  # split_holdout cannot hold one image out: validation figures are training ones
-            log(f"note: --data holds one image, so it is also the validation image; validation figures measure "
+            log("note: --data holds one image, so it is also the validation image; validation figures measure "
                 "training fit, not generalisation")
     sampler = CropSampler(train_imgs, preset.crop, cfg.seed)
     val = torch.from_numpy(center_crops(val_imgs, preset.crop))
