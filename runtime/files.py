@@ -125,17 +125,20 @@ def compress_info(data: bytes, width: int, height: int, channels: int, bit_depth
             "ratio": raw / len(data)}
 
 
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(len(container.MAGIC))
+
+
 def require_aec(path: Path) -> None:
     """Refuse a file that is not an .aec file, from its first bytes."""
-    with open(path, "rb") as fh:
-        container.check_magic(fh.read(len(container.MAGIC)))
+    container.check_magic(_head(path))
 
 
 def refuse_aec(path: Path) -> None:
     """Refuse an .aec file as an image to compress (`compress photo.aec` said "output would overwrite the input")."""
-    with open(path, "rb") as fh:
-        if fh.read(len(container.MAGIC)) == container.MAGIC:
-            raise AectlError("already an .aec file (decompress it first)")
+    if _head(path) == container.MAGIC:
+        raise AectlError("already an .aec file (decompress it first)")
 
 
 def read_header(path: Path, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> container.Header:
