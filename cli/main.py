@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from aectl.runtime.errors import AectlError, check_writable_folder, received_signals
+from aectl.runtime.errors import AectlError, check_writable_folder, command_line, received_signals
 
 THREADS_HELP = ("onnxruntime intra-op threads (default: one per physical core this process may use; 0: "
                 "onnxruntime's own choice, which pins its threads)")
@@ -327,7 +327,8 @@ def main() -> None:
     # one-line-per-problem output. (By message, so that PIL is not imported before a command needs it.)
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     try:
-        code = app(standalone_mode=False)
+        with command_line():  # messages name --threads, -m, --force: the options this caller has
+            code = app(standalone_mode=False)
     except AectlError as exc:
         _die(str(exc))
     except ModuleNotFoundError as exc:  # train, export, verify need torch; the runtime does not

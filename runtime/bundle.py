@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from aectl.runtime.errors import AectlError, write_error
+from aectl.runtime.errors import AectlError, option, write_error
 from aectl.runtime.onnx_guard import check_self_contained
 
 MANIFEST = "manifest.json"
@@ -225,18 +225,19 @@ def check_output_folder(out: Path, force: bool, source: Path) -> None:
     if not out.is_dir():  # said "pass --force", which then refused it as a file
         raise AectlError(f"{out} is a file, not a bundle folder; remove it or choose another output")
     if not force:
-        raise AectlError(f"{out} already exists; pass --force to replace it")
+        raise AectlError(f"{out} already exists; pass {option('force', True)} to replace it")
     target, src = out.resolve(), source.resolve()
     if target == src or target in src.parents:
         raise AectlError(f"{out} holds the input {source}; write the bundle somewhere else")
     if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
         raise AectlError(f"{out} holds the working directory; write the bundle somewhere else")
     if not (out / MANIFEST).is_file() and any(out.iterdir()):
-        raise AectlError(f"{out} is not a bundle (no {MANIFEST}) and not empty; --force replaces only a bundle")
+        raise AectlError(f"{out} is not a bundle (no {MANIFEST}) and not empty; {option('force')} replaces only "
+                         "a bundle")
     others = sorted(p.name for p in out.iterdir() if p.name not in _bundle_file_names(out))
     if others:  # notes, .aec files, a nested bundle: --force deleted them with the bundle
         raise AectlError(f"{out} holds {others[0]}{f' and {len(others) - 1} more' if len(others) > 1 else ''} "
-                         "besides the bundle; --force replaces only a bundle's own files: move them first")
+                         f"besides the bundle; {option('force')} replaces only a bundle's own files: move them first")
 
 
 def _bundle_file_names(folder: Path) -> set[str]:

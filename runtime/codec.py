@@ -22,7 +22,7 @@ from PIL import Image
 
 from aectl.runtime import container, entropy_coder, image_io, tiling
 from aectl.runtime.bundle import Bundle, load_bundle
-from aectl.runtime.errors import AectlError
+from aectl.runtime.errors import AectlError, on_command_line, option
 from aectl.runtime.network import Network
 from aectl.runtime.profile import Stages, stage
 
@@ -148,8 +148,9 @@ class Decoder:
             raise AectlError(f"decompress takes the bytes of an .aec file, not a {type(data).__name__}")
         header, payload, alpha = container.parse(bytes(data), self.max_pixels)
         if header.model_id != self.model_id:
+            advice = "pass the matching bundle with -m" if on_command_line() else "open the matching bundle"
             raise AectlError(f"file was made by model {header.model_id}, but the bundle {self.bundle.path} is model "
-                             f"{self.model_id}; pass the matching bundle with -m")
+                             f"{self.model_id}; {advice}")
         expected_tile = tiling.choose_tile_size(header.height, header.width, self.stride, self.fixed_size)
         if (header.tile_height, header.tile_width) != expected_tile or \
                 (header.latent_channels, header.latent_height, header.latent_width) != \
@@ -175,9 +176,9 @@ class Codec(Decoder):
         format_version = container.VERSION if format_version is None else format_version
         versions = ", ".join(map(str, container.READABLE_VERSIONS))
         if type(format_version) is not int:  # "4" was refused naming 4 among the versions, 4.0 failed in struct
-            raise AectlError(f"format_version {format_version!r}: give an int, one of {versions}")
+            raise AectlError(f"{option('format_version', format_version)}: give an int, one of {versions}")
         if format_version not in container.READABLE_VERSIONS:
-            raise AectlError(f"--format-version {format_version}: this aectl writes versions {versions}")
+            raise AectlError(f"{option('format_version', format_version)}: this aectl writes versions {versions}")
         super().__init__(bundle, provider, threads, max_pixels, batch_size, network)
         self.format_version = format_version
 

@@ -9,7 +9,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from aectl.runtime.errors import AectlError
+from aectl.runtime.errors import AectlError, option
 
 MAGIC = b"\x89AEC"
 VERSION = 4  # written; 2 added the payload's group flags, 3 its trimmed tables, 4 its ANS block streams
@@ -97,7 +97,7 @@ def parse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Header, by
         raise AectlError(f"corrupted .aec file (image size {width}x{height})")
     if width * height > max_pixels:
         raise AectlError(f"image of {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
-                         "(raise --max-pixels if you trust this file)")
+                         f"(raise {option('max_pixels')} if you trust this file)")
     if channels not in (1, 2, 3, 4) or depth not in (8, 16) or padding != PAD_REPLICATE:
         raise AectlError(f"corrupted .aec file (channels {channels}, bit depth {depth}, padding {padding})")
     if (alpha_len > 0) != (channels in (2, 4)):

@@ -1,10 +1,45 @@
 """The one exception type users see: the CLI prints it as a single `error: ...` line."""
+import contextlib
+import contextvars
 import os
 from pathlib import Path
 
 
 class AectlError(Exception):
     """An error caused by the input, the environment or a bundle, with a message meant for the user."""
+
+
+# Whether the caller is aectl's command line (set by cli/main.py around a command), so that messages name an
+# argument as the caller gave it: `threads=0` to a Python caller, `--threads 0` on the command line.
+_ON_COMMAND_LINE = contextvars.ContextVar("aectl_on_command_line", default=False)
+_SHORT_FLAGS = {"bundle": "-m", "quality": "-q"}  # the CLI's names for Codec's bundle and shipped_bundle's quality
+
+
+@contextlib.contextmanager
+def command_line():
+    """Messages raised inside name arguments as the CLI's flags."""
+    token = _ON_COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _ON_COMMAND_LINE.reset(token)
+
+
+def on_command_line() -> bool:
+    return _ON_COMMAND_LINE.get()
+
+
+_UNSET = object()
+
+
+def option(name: str, value=_UNSET) -> str:
+    """A parameter (with its value) as the caller knows it: `max_pixels`, `threads=0`, `force=True` from Python;
+    `--max-pixels`, `--threads 0`, `--force` on the command line. Library callers were told to raise
+    --max-pixels or pass -m, options they do not have."""
+    if not on_command_line():
+        return name if value is _UNSET else f"{name}={value!r}"
+    flag = _SHORT_FLAGS.get(name, "--" + name.replace("_", "-"))
+    return flag if value is _UNSET or value is True else f"{flag} {value}"
 
 
 # Signals that asked this process to stop (SIGINT/SIGTERM), recorded by whoever handled them, so the CLI can

@@ -18,7 +18,7 @@ from PIL import Image
 
 from aectl.runtime.bdrate import bd_rate, quality_at_rate
 from aectl.runtime.container import DEFAULT_MAX_PIXELS
-from aectl.runtime.errors import AectlError
+from aectl.runtime.errors import AectlError, option
 from aectl.runtime.files import IMAGE_SUFFIXES
 from aectl.runtime.image_io import read_rgb
 from aectl.runtime.metrics import bpp, ms_ssim, ms_ssim_db, pillow_encode, psnr
@@ -52,7 +52,7 @@ def curve_name(bundle: Path) -> str:
 def load_images(data: Path) -> list[tuple[str, np.ndarray]]:
     paths = sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if data.is_dir() else []
     if not paths:
-        raise AectlError(f"--data {data}: no images found")
+        raise AectlError(f"{option('data', str(data))}: no images found")
     return [(p.name, read_rgb(p, DEFAULT_MAX_PIXELS)) for p in paths]
 
 

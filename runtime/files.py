@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from aectl.runtime import container
-from aectl.runtime.errors import AectlError
+from aectl.runtime.errors import AectlError, option
 from aectl.runtime.image_io import atomic_write
 
 AEC_SUFFIX = ".aec"
@@ -98,7 +98,7 @@ def run_jobs(jobs: list[Job], work: Callable[[Job], tuple[bytes | None, dict]], 
             if job.target.resolve() == job.source.resolve():
                 raise AectlError("output would overwrite the input")
             if job.target.exists() and not force:
-                raise AectlError(f"{job.target} exists; pass --force to overwrite")
+                raise AectlError(f"{job.target} exists; pass {option('force', True)} to overwrite")
             output, info = work(job)
             if write is not None:
                 write(job, output)

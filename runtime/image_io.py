@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from aectl.runtime.errors import AectlError, write_error
+from aectl.runtime.errors import AectlError, option, write_error
 
 _GRAY_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # zlib level of the PNGs `aectl decompress` writes, as OpenCV's imwrite defaults to: Pillow's own 6 took 92 ms per
@@ -64,7 +64,7 @@ def open_image(path: str | Path, max_pixels: int) -> Image.Image:
                     return _open_within(path, max_pixels)
                 except Image.DecompressionBombError:  # past twice the raised limit: past ours too
                     raise AectlError(f"{path}: the image exceeds the limit of {max_pixels} pixels (raise "
-                                     "--max-pixels if you trust this file)") from None
+                                     f"{option('max_pixels')} if you trust this file)") from None
                 finally:
                     Image.MAX_IMAGE_PIXELS = pillow_limit
     except AectlError:
@@ -80,7 +80,7 @@ def _open_within(path: str | Path, max_pixels: int) -> Image.Image:
     img = Image.open(path)
     if img.width * img.height > max_pixels:
         raise AectlError(f"{path}: {img.width}x{img.height} exceeds the limit of {max_pixels} pixels "
-                         "(raise --max-pixels if you trust this file)")
+                         f"(raise {option('max_pixels')} if you trust this file)")
     frames = getattr(img, "n_frames", 1)
     if frames > 1 and img.format != "MPO":  # an MPO (phone JPEG) is a picture plus its preview or depth map
         raise AectlError(f"{path}: {img.format} image of {frames} frames (animated or multi-page); aectl codes "
@@ -217,7 +217,7 @@ def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image
     always knows it. `save_options` go to Pillow's `Image.save` with `image` (compress_level for PNG, say)."""
     path = Path(path)
     if path.exists() and not force:
-        raise AectlError(f"{path} exists; pass --force to overwrite")
+        raise AectlError(f"{path} exists; pass {option('force', True)} to overwrite")
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

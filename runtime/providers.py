@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 from aectl.runtime.cores import default_threads
-from aectl.runtime.errors import AectlError
+from aectl.runtime.errors import AectlError, option
 
 PROVIDER_NAMES = ("auto", "cpu", "cuda", "tensorrt")
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml",
@@ -99,10 +99,11 @@ def check_threads(threads: int | None, allow_auto: bool = True) -> None:
     matmul peak the same count, and train sets torch's)."""
     limit = 4 * (os.cpu_count() or 1)
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)):
-        raise AectlError(f"threads {threads!r}: give a whole number (onnxruntime takes no {type(threads).__name__})")
+        raise AectlError(f"{option('threads', threads)}: give a whole number (onnxruntime takes no "
+                         f"{type(threads).__name__})")
     if threads is not None and not (0 if allow_auto else 1) <= threads <= limit:
         auto = ", or 0 for onnxruntime's own choice" if allow_auto else ""
-        raise AectlError(f"--threads {threads}: give 1..{limit} (at most 4 per CPU here){auto}")
+        raise AectlError(f"{option('threads', threads)}: give 1..{limit} (at most 4 per CPU here){auto}")
 
 
 def session_options(threads: int | None = None, tuning: Tuning = DEFAULT_TUNING):
@@ -177,14 +178,14 @@ def _provider_chain(provider: str, engine_cache: bool) -> list:
 
 _NOT_USABLE = {
     "cuda": "CUDA provider is installed but not usable here (CUDA or cuDNN libraries missing, or no GPU); "
-            "onnxruntime fell back to {got}. Use --provider cpu or fix the CUDA setup",
+            "onnxruntime fell back to {got}. Use {cpu} or fix the CUDA setup",
     "tensorrt": "TensorRT provider is installed but not usable here (TensorRT, CUDA or cuDNN libraries missing, "
-                "or no GPU); onnxruntime fell back to {got}. Use --provider cuda or cpu, or install TensorRT",
+                "or no GPU); onnxruntime fell back to {got}. Use {cuda} or {cpu}, or install TensorRT",
 }
 _NOT_BUILT = {
-    "cuda": "--provider cuda: this onnxruntime has no CUDA provider (available: {available}); "
+    "cuda": "{asked}: this onnxruntime has no CUDA provider (available: {available}); "
             "install aectl[gpu] on a machine with a GPU",
-    "tensorrt": "--provider tensorrt: this onnxruntime has no TensorRT provider (available: {available}); "
+    "tensorrt": "{asked}: this onnxruntime has no TensorRT provider (available: {available}); "
                 "install aectl[gpu] and TensorRT on a machine with a GPU",
 }
 
@@ -215,9 +216,11 @@ def create_session(model: str | bytes, provider: str = "auto", threads: int | No
                 if got == EXECUTION_PROVIDERS[wanted]:
                     return session
                 if provider != "auto":
-                    raise AectlError(_NOT_USABLE[wanted].format(got=got))
+                    raise AectlError(_NOT_USABLE[wanted].format(got=got, cpu=option("provider", "cpu"),
+                                                                cuda=option("provider", "cuda")))
         elif provider != "auto":
-            raise AectlError(_NOT_BUILT[wanted].format(available=", ".join(available)))
+            raise AectlError(_NOT_BUILT[wanted].format(asked=option("provider", wanted),
+                                                       available=", ".join(available)))
     try:
         return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:

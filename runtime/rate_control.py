@@ -8,15 +8,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from aectl.runtime.errors import AectlError
+from aectl.runtime.errors import AectlError, option
 
 
 def check_budget(max_bytes: int | None, max_bpp: float | None) -> None:
     """Exactly one budget, positive and finite (--max-bpp inf or nan is a typo, not a budget)."""
     if (max_bytes is None) == (max_bpp is None):
-        raise AectlError("give exactly one of --max-bytes and --max-bpp")
+        raise AectlError(f"give exactly one of {option('max_bytes')} and {option('max_bpp')}")
     if any(v is not None and not 0 < v < math.inf for v in (max_bytes, max_bpp)):  # nan fails both comparisons
-        raise AectlError("--max-bytes/--max-bpp must be positive and finite")
+        raise AectlError(f"{option('max_bytes')}/{option('max_bpp')} must be positive and finite")
 
 
 class QualityLadder:
@@ -24,7 +24,7 @@ class QualityLadder:
 
     def __init__(self, bundles: dict[int, Path], **codec_options):
         if not bundles:
-            raise AectlError("no models to choose from for --max-bytes/--max-bpp")
+            raise AectlError(f"no models to choose from for {option('max_bytes')}/{option('max_bpp')}")
         self.bundles = dict(sorted(bundles.items(), reverse=True))  # highest quality first
         self.options = codec_options
         self._codecs: dict = {}

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from aectl.runtime.bundle import MANIFEST, Bundle, load_bundle
-from aectl.runtime.errors import AectlError
+from aectl.runtime.errors import AectlError, on_command_line, option
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models"
 
@@ -49,7 +49,8 @@ def find_bundle(model_id: str) -> Bundle:
         if matches:
             return load_bundle(min(matches)[1])
     searched = ", ".join(str(p) for p in search_paths())
-    raise AectlError(f"no bundle with model id {model_id} found (searched {searched}); pass it with -m BUNDLE")
+    raise AectlError(f"no bundle with model id {model_id} found (searched {searched}); "
+                     f"{'pass it with -m BUNDLE' if on_command_line() else 'give its bundle folder'}")
 
 
 LOSS_ORDER = ("fp32", "fp16", "int8")  # decoder precisions, least lossy first (int8 lost 0.11 dB on q4, fp16 0.00)
@@ -90,11 +91,13 @@ def shipped_bundle(quality: int | None = None) -> Path:
     """The shipped bundle for `quality` (default DEFAULT_QUALITY, or the nearest shipped one to it)."""
     levels = shipped_qualities()
     if not levels:
-        raise AectlError("no model given and none ships with this install: pass a bundle with -m BUNDLE")
+        raise AectlError("no model given and none ships with this install: "
+                         f"{'pass a bundle with -m BUNDLE' if on_command_line() else 'give a bundle folder'}")
     if quality is None:
         return levels[min(levels, key=lambda q: (abs(q - DEFAULT_QUALITY), -q))]
     if type(quality) is not int:  # "4" was told that 4 is not shipped
-        raise AectlError(f"quality {quality!r}: give an int, one of {', '.join(map(str, levels))}")
+        raise AectlError(f"{option('quality', quality)}: give an int, one of {', '.join(map(str, levels))}")
     if quality not in levels:
-        raise AectlError(f"-q {quality}: no shipped model at that quality; shipped: {', '.join(map(str, levels))}")
+        raise AectlError(f"{option('quality', quality)}: no shipped model at that quality; shipped: "
+                         f"{', '.join(map(str, levels))}")
     return levels[quality]

@@ -308,10 +308,10 @@ def test_api_arguments_are_checked_when_the_codec_is_made_and_path_likes_are_pat
     from aectl.runtime.registry import shipped_bundle
 
     bundle = trained["factorized"][1]
-    for kwargs, message in [({"provider": "CPU"}, "unknown provider 'CPU'"), ({"threads": 2.0}, "threads 2.0"),
-                            ({"format_version": "4"}, "format_version '4': give an int"),
-                            ({"format_version": 4.0}, "format_version 4.0"),
-                            ({"format_version": True}, "format_version True")]:
+    for kwargs, message in [({"provider": "CPU"}, "unknown provider 'CPU'"), ({"threads": 2.0}, "threads=2.0"),
+                            ({"format_version": "4"}, "format_version='4': give an int"),
+                            ({"format_version": 4.0}, "format_version=4.0"),
+                            ({"format_version": True}, "format_version=True")]:
         with pytest.raises(AectlError, match=message):
             Codec(bundle, **{"provider": "cpu", **kwargs})
     codec = Codec(bundle, provider="cpu", max_pixels=None, batch_size=None)
@@ -333,8 +333,42 @@ def test_api_arguments_are_checked_when_the_codec_is_made_and_path_likes_are_pat
         codec.decode(codec.encode(np.zeros((1, 3, 32, 48), np.float32))[:, :, :0])
     with pytest.raises(AectlError, match="positive and finite"):
         check_budget(float("nan"), None)
-    with pytest.raises(AectlError, match="quality '4': give an int"):
+    with pytest.raises(AectlError, match="quality='4': give an int"):
         shipped_bundle("4")
+
+
+def test_api_errors_name_python_arguments_and_the_cli_its_flags(trained, kodak, tmp_path):
+    """A library caller was told `--threads 100000: give 1..`, to raise --max-pixels, to pass -m or --force,
+    and `-q 9`: options it does not have. Now it reads its own parameters; the command line keeps its flags."""
+    from aectl.runtime.image_io import atomic_write
+    from aectl.runtime.rate_control import check_budget
+    from aectl.runtime.registry import shipped_bundle
+
+    q1, q2 = trained["factorized"][1], trained["seed-conv"][1]
+    photo = kodak / "kodim07.png"
+    data = Codec(q2, provider="cpu").compress(np.zeros((16, 16, 3), np.uint8))
+    taken = tmp_path / "taken.aec"
+    taken.write_bytes(data)
+    calls = [(lambda: Codec(q1, provider="cpu", threads=100000), "threads=100000: give 1.."),
+             (lambda: Codec(q1, provider="cpu", format_version=9), "format_version=9: this aectl writes"),
+             (lambda: Codec(q1, provider="cpu", max_pixels=10).compress(photo), r"\(raise max_pixels if"),
+             (lambda: Codec(q1, provider="cpu", max_pixels=10).decompress(data), r"\(raise max_pixels if"),
+             (lambda: Codec(q1, provider="cpu").decompress(data), "; open the matching bundle$"),
+             (lambda: shipped_bundle(9), "quality=9: no shipped model"),
+             (lambda: check_budget(None, None), "give exactly one of max_bytes and max_bpp"),
+             (lambda: atomic_write(taken, b"x"), "exists; pass force=True to overwrite")]
+    for call, message in calls:
+        with pytest.raises(AectlError, match=message) as err:
+            call()
+        assert " -m" not in str(err.value) and " -q" not in str(err.value) and "--" not in str(err.value)
+    flags = [(["compress", photo, "-m", q1, "--threads", "100000"], "--threads 100000: give 1.."),
+             (["compress", photo, "-m", q1, "--max-pixels", "10", "-o", tmp_path / "x.aec"], "raise --max-pixels"),
+             (["decompress", taken, "-m", q1, "-o", tmp_path / "x.png"], "pass the matching bundle with -m"),
+             (["compress", photo, "-q", "9", "-o", tmp_path / "y.aec"], "-q 9: no shipped model"),
+             (["compress", photo, "-m", q1, "-o", taken], "exists; pass --force to overwrite")]
+    for args, message in flags:
+        proc = subprocess.run([aectl_exe(), *map(str, args), "--provider", "cpu"], capture_output=True, text=True)
+        assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr)
 
 
 def test_threads_leave_pillows_guard_alone_and_odd_files_fail_cleanly(trained, kodak, tmp_path, monkeypatch):
