@@ -80,6 +80,33 @@ def test_resume_refuses_other_run_options_but_takes_a_new_schedule(photos, tmp_p
     assert notes == ["note: the schedule now follows --steps 5", "note: the learning rate is now 0.0001"]
 
 
+def test_resume_follows_photos_that_moved(photos, tmp_path):
+    """A run whose photos moved could not go on: the recorded folder was gone and `--data NEW` was refused as
+    "differs from the run". Now --data NEW is taken with a note (still refused while the old folder is there),
+    and a resume without it names the missing folder; the run continues exactly."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    for path in sorted(p for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:6]:
+        (old / path.name).write_bytes(path.read_bytes())
+    run = tmp_path / "run"
+    train(_cfg(old, run, steps=4, stop_at=2), progress=False, log=lambda *_: None)
+    old.rename(new)
+    with pytest.raises(AectlError, match=f"training data {old} is not a folder here any more; if it moved, pass --data"):
+        resolve_run(TrainConfig(out=str(run), resume=True), log=lambda *_: None)
+    notes = []
+    train(TrainConfig(out=str(run), resume=True, data=str(new), threads=2), progress=False, log=notes.append)
+    assert f"note: the run's training data {old} is gone; training goes on with {new}" in notes
+    assert training_data(load_checkpoint(run)["config"]) == str(new)
+    train(_cfg(new, tmp_path / "straight", steps=4), progress=False, log=lambda *_: None)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(run)
+    assert a["step"] == b["step"] == 4
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    # while the recorded folder (now new) is there, another one is still refused
+    with pytest.raises(AectlError, match="--data .* differs"):
+        resolve_run(TrainConfig(out=str(run), resume=True, data=str(photos)), log=lambda *_: None)
+
+
 def test_same_seed_same_weights_and_refuses_to_clobber(photos, tmp_path):
     train(_cfg(photos, tmp_path / "a", steps=2), progress=False, log=lambda *_: None)
     train(_cfg(photos, tmp_path / "b", steps=2), progress=False, log=lambda *_: None)

@@ -151,7 +151,8 @@ def resolve_run(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict | None]:
 
     A new run needs --preset and --data. A resumed run takes every option not given again from its checkpoint:
     the run options must match (compared as the values they stand for: `data` and `data/` are one folder, an
-    omitted --batch-size is the preset's), while a new schedule is taken with a note."""
+    omitted --batch-size is the preset's), while a new schedule is taken with a note. Photos moved since the run
+    was made are followed with --data NEW, also with a note."""
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     if not ckpt_path.exists():
@@ -175,6 +176,14 @@ def resolve_run(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict | None]:
     if merged["preset"] != "factorized":  # only what was given now, which _check_options refuses
         merged.update(quality=cfg.quality, channels=cfg.channels)
     before, now = _effective_options(old), _effective_options(merged)
+    recorded = training_data(old)
+    if recorded != "stl10" and not Path(recorded).is_dir():  # moved or deleted since the run was made
+        if cfg.data is None:
+            raise AectlError(f"the run's training data {recorded} is not a folder here any more; if it moved, "
+                             "pass --data FOLDER with --resume")
+        if now["data"] != "stl10":  # the only way on for a run whose photos moved (it was refused as "differs")
+            log(f"note: the run's training data {recorded} is gone; training goes on with {now['data']}")
+            before["data"] = now["data"]
     for key in RUN_OPTIONS:
         if before[key] != now[key]:
             raise AectlError(f"--resume: --{key.replace('_', '-')} {now[key]} differs from the run in {out} "
