@@ -139,12 +139,14 @@ def bundle_strip(
     source: Path = typer.Argument(..., help="bundle directory"),
     out: Path = typer.Option(..., "--out", "-o", help="decoder-only bundle to write"),
     force: bool = typer.Option(False, help="replace an existing output"),
+    ort: bool = typer.Option(False, "--ort", help="keep only decoder.ort (onnxruntime's minimal and mobile builds; "
+                             "the bundle must have been exported with --ort)"),
 ) -> None:
     """Copy a bundle without its encoder, for clients that only decompress."""
     from aectl.runtime.bundle import strip_bundle
 
-    stripped = strip_bundle(source, out, force=force)
-    typer.echo(f"wrote {out} (decoder-only, model {stripped.model_id})")
+    stripped = strip_bundle(source, out, force=force, ort_only=ort)
+    typer.echo(f"wrote {out} (decoder-only{', ORT format' if ort else ''}, model {stripped.model_id})")
 
 
 @app.command()

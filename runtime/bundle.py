@@ -48,8 +48,16 @@ class Bundle:
 
     @property
     def decoder_role(self) -> str:
-        """'decoder' (ONNX) when present, else 'decoder_ort' (ORT format, for minimal/mobile builds)."""
-        return "decoder" if "decoder" in self.manifest["files"] else "decoder_ort"
+        """'decoder' (ONNX) when present, else 'decoder_ort' (ORT format, for onnxruntime's minimal and mobile
+        builds): also where the manifest lists both and only decoder.ort was copied to the client (that said
+        "decoder.onnx is missing")."""
+        files = self.manifest["files"]
+        if "decoder" not in files:
+            return "decoder_ort"
+        if "decoder_ort" in files and not (self.path / files["decoder"]["path"]).is_file() and \
+                (self.path / files["decoder_ort"]["path"]).is_file():
+            return "decoder_ort"
+        return "decoder"
 
     @property
     def input_rule(self) -> dict:
@@ -182,11 +190,16 @@ def _check_classes(classes, cdfs: list, total: int, layout: str, need) -> None:
              f"entropy.classes.{name} must be {length} strictly increasing integers from 0 to 2**precision")
 
 
-def strip_bundle(source: str | Path, out: str | Path, force: bool = False) -> Bundle:
-    """A decoder-only copy of a bundle: decoder file(s) and the manifest (entropy tables included), no encoder."""
+def strip_bundle(source: str | Path, out: str | Path, force: bool = False, ort_only: bool = False) -> Bundle:
+    """A decoder-only copy of a bundle: decoder file(s) and the manifest (entropy tables included), no encoder;
+    with `ort_only`, decoder.ort alone (onnxruntime's minimal and mobile builds read only the ORT format)."""
     bundle = load_bundle(source)
     manifest = json.loads(json.dumps(bundle.manifest))
     manifest["files"].pop("encoder", None)
+    if ort_only:
+        if "decoder_ort" not in manifest["files"]:
+            raise AectlError(f"bundle {bundle.path} has no decoder.ort: export it with --ort first")
+        manifest["files"].pop("decoder", None)
     manifest["decoder_only"] = True
     with bundle_folder(out, force, source=bundle.path) as tmp:
         for role, entry in manifest["files"].items():

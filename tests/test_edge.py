@@ -104,9 +104,20 @@ def test_export_decoder_only_with_ort_format(trained, edge_files, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["decoder.onnx", "decoder.ort", "manifest.json"]
     manifest = load_bundle(out).manifest
     assert manifest["model_id"] == load_bundle(full).model_id and manifest["decoder_only"]
-    # Keep only the ORT-format decoder: the runtime loads it and decodes the same pixels.
-    manifest["files"].pop("decoder")
-    (out / "decoder.onnx").unlink()
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    decoded = Decoder(out, provider="cpu").decompress(files[1].read_bytes())
+    # `bundle strip --ort` keeps only the ORT-format decoder: the runtime loads it and decodes the same pixels.
+    ort_only = tmp_path / "ort-only"
+    proc = subprocess.run([sys.executable, "-m", "aectl.cli.main", "bundle", "strip", str(out), "-o", str(ort_only),
+                           "--ort"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "ORT format" in proc.stdout, proc.stderr
+    assert sorted(p.name for p in ort_only.iterdir()) == ["decoder.ort", "manifest.json"]
+    assert "decoder" not in load_bundle(ort_only).manifest["files"]
+    decoded = Decoder(ort_only, provider="cpu").decompress(files[1].read_bytes())
     assert np.abs(np.asarray(decoded).astype(int) - expected[files[1].stem]).max() <= 1
+    # Only decoder.ort copied to a client, the manifest untouched: README said the runtime loads it when the
+    # bundle has no decoder.onnx, and it said "decoder.onnx is missing".
+    (out / "decoder.onnx").unlink()
+    again = Decoder(out, provider="cpu").decompress(files[1].read_bytes())
+    assert np.array_equal(np.asarray(again), np.asarray(decoded))
+    with pytest.raises(AectlError, match="has no decoder.ort: export it with --ort first"):
+        strip_bundle(full, tmp_path / "no-ort", ort_only=True)
+    assert not (tmp_path / "no-ort").exists()
