@@ -138,6 +138,29 @@ def test_group_flags_skip_the_all_mode_channels():
         assert sum(r.size for r in read) == expected
 
 
+def test_class_map_reads_as_docs_aec_format_specifies(kodak):
+    """The class map, decoded from a real file as docs/aec-format.md states it (one position at a time in
+    row-major order, each under the fixed map table of the class directly above; K on the first row), equals
+    the runtime's map. The spec gave another order (by context within a row), which the code had left."""
+    import constriction
+
+    codec = Codec(ROOT / "models" / "factorized-q4", provider="cpu")
+    image = np.asarray(Image.open(kodak / "kodim07.png").convert("RGB"))[:96, :160]
+    header, payload, _ = container.parse(codec.compress(image), container.DEFAULT_MAX_PIXELS)
+    rows, cols = header.latent_height, header.latent_width
+    classes = codec.bundle.entropy["classes"]
+    k = len(classes["cdfs"])
+    tables = [constriction.stream.model.Categorical(np.diff(np.asarray(cdf, dtype=np.int64)).astype(np.float64),
+                                                    perfect=False) for cdf in classes["map_cdfs"]]
+    stream = new_decoder(payload, header.version).next_block()
+    spec = np.empty((rows, cols), dtype=np.int64)
+    for r in range(rows):
+        for c in range(cols):
+            spec[r, c] = stream.decode(tables[spec[r - 1, c] if r else k])
+    runtime = codec.coder._decode_map(new_decoder(payload, header.version).next_block(), rows, rows * cols)
+    assert np.array_equal(spec, runtime) and len(np.unique(spec)) > 1
+
+
 OLD_FILES = {1: ROOT / "tests" / "data" / "kodim07-256x192-q1-v1.aec",  # written by aectl before format version 2
              2: ROOT / "tests" / "data" / "kodim07-256x192-q1-v2.aec",  # before version 3
              3: ROOT / "tests" / "data" / "kodim07-256x192-q1-v3.aec"}  # and before version 4
