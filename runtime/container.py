@@ -89,8 +89,10 @@ def parse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Header, by
     (crc,) = struct.unpack_from("<I", data, expected - CRC_SIZE)
     if zlib.crc32(memoryview(data)[:expected - CRC_SIZE]) != crc:
         raise AectlError("corrupted .aec file (checksum mismatch)")
-    if flags & ~FLAG_ALPHA or reserved:
+    if flags & ~FLAG_ALPHA:
         raise AectlError(f"corrupted .aec file (unknown flags {flags:#x})")
+    if reserved:  # said "unknown flags 0x0", naming the flags byte
+        raise AectlError(f"corrupted .aec file (reserved byte {reserved:#x}, must be 0)")
     if bool(flags & FLAG_ALPHA) != (alpha_len > 0):
         raise AectlError("corrupted .aec file (alpha flag and alpha length disagree)")
     if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
