@@ -85,8 +85,11 @@ def _open_within(path: str | Path, max_pixels: int) -> Image.Image:
     if frames > 1 and img.format != "MPO":  # an MPO (phone JPEG) is a picture plus its preview or depth map
         raise AectlError(f"{path}: {img.format} image of {frames} frames (animated or multi-page); aectl codes "
                          "one picture per file: extract the frame you want first")
+    # Pillow has no 16-bit gray + alpha mode and opens such PNGs as RGBA (8 bits), which came back RGBA: the raw
+    # mode, known only before loading, says they are gray + alpha.
+    gray_alpha = img.format == "PNG" and bool(img.tile) and img.tile[0][3] == "LA;16B"
     img.load()
-    return img
+    return img.convert("LA") if gray_alpha and img.mode == "RGBA" else img
 
 
 def to_pixels(img: Image.Image) -> Pixels:

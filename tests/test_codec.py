@@ -1,6 +1,7 @@
 """The codec end to end on real images: bitstreams, the container's defences, any size and mode."""
 import dataclasses
 import json
+import struct
 import subprocess
 import sys
 import zlib
@@ -450,6 +451,27 @@ def test_threads_leave_pillows_guard_alone_and_odd_files_fail_cleanly(trained, k
     back = codec.decompress(codec.compress(tmp_path / "g16t.png"))
     alpha = np.asarray(back)[:, :, 1]
     assert back.mode == "LA" and (alpha[:, :16] == 0).all() and (alpha[:, 16:] == 255).all()
+
+
+def test_16_bit_gray_alpha_png_comes_back_gray_alpha(trained, kodak, tmp_path):
+    """Pillow opens a 16-bit gray + alpha PNG as 8-bit RGBA (it has no 16-bit LA mode), and it came back RGBA;
+    now it comes back LA, like 8-bit gray + alpha, with the same pixels as that file's 8-bit twin. The PNG is
+    written by hand (PNG spec: IHDR colour type 4, depth 16), as Pillow cannot write one."""
+    gray = np.asarray(Image.open(kodak / "kodim07.png").convert("L").crop((0, 0, 64, 48)), dtype=np.uint16) * 257
+    alpha = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (48, 1))
+    rows = b"".join(b"\x00" + np.dstack([gray, alpha])[y].astype(">u2").tobytes() for y in range(48))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    path = tmp_path / "la16.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 48, 16, 4, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    assert Image.open(path).mode == "RGBA"
+    codec = Codec(trained["factorized"][1], provider="cpu")
+    back = codec.decompress(codec.compress(path))
+    twin = Image.fromarray(np.dstack([gray >> 8, alpha >> 8]).astype(np.uint8), "LA")  # Pillow's 16 -> 8 bits
+    assert back.mode == "LA" and np.array_equal(np.asarray(back), np.asarray(codec.decompress(codec.compress(twin))))
 
 
 def test_every_single_byte_flip_is_rejected(small_file):
