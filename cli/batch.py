@@ -144,7 +144,7 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
         with _progress(len(jobs), "compress (ray)") as advance:
             on_result = _print_ok(json_out, advance)
             for result in compress_jobs(jobs, model, force, workers=workers, provider=provider,
-                                        format_version=format_version):
+                                        format_version=format_version, max_pixels=max_pixels):
                 results.append(result)
                 on_result(result)
         return _report(results, json_out)

@@ -16,23 +16,34 @@ each output atomically as it arrives, so memory stays bounded however many files
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from aectl.runtime import AectlError, Codec, Decoder
+from aectl.runtime.container import DEFAULT_MAX_PIXELS
+from aectl.runtime.errors import command_line
 from aectl.runtime.files import Job, Result, compress_info
 from aectl.runtime.image_io import atomic_write
 
 
 class CompressBatch:
-    """map_batches callable: {"path": [...]} or {"image": [HxWx3 uint8, ...]} -> adds "aec" and "error"."""
+    """map_batches callable: {"path": [...]} or {"image": [HxWx3 uint8, ...]} -> adds "aec" and "error".
+    `cli_messages`: errors name `aectl compress --engine ray`'s flags, not a Python caller's parameters."""
 
-    def __init__(self, bundle: str, provider: str = "cpu", threads: int | None = 1, format_version: int | None = None):
-        self.codec = Codec(bundle, provider=provider, threads=threads, format_version=format_version)
+    def __init__(self, bundle: str, provider: str = "cpu", threads: int | None = 1, format_version: int | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, cli_messages: bool = False):
+        self.codec = Codec(bundle, provider=provider, threads=threads, format_version=format_version,
+                           max_pixels=max_pixels)
+        self.cli_messages = cli_messages
 
     def __call__(self, batch: dict) -> dict:
+        with command_line() if self.cli_messages else contextlib.nullcontext():
+            return self._compress(batch)
+
+    def _compress(self, batch: dict) -> dict:
         items = batch["image"] if "image" in batch else batch["path"]
         blobs, errors, sizes = [], [], []
         for item in items:
@@ -81,8 +92,10 @@ def _header(data: bytes):
 
 
 def compress_jobs(jobs: list[Job], bundle: str | Path, force: bool, workers: int | None = None,
-                  provider: str = "cpu", batch_size: int = 8, format_version: int | None = None) -> Iterator[Result]:
-    """Compress `jobs` on the Ray cluster (RAY_ADDRESS, else a local one) and write outputs on the driver."""
+                  provider: str = "cpu", batch_size: int = 8, format_version: int | None = None,
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[Result]:
+    """Compress `jobs` on the Ray cluster (RAY_ADDRESS, else a local one) and write outputs on the driver, for
+    `aectl compress --engine ray` (errors name its flags)."""
     try:
         import ray
     except ImportError:
@@ -99,7 +112,9 @@ def compress_jobs(jobs: list[Job], bundle: str | Path, force: bool, workers: int
     dataset = ray.data.from_items([{"path": str(job.source)} for job in jobs])
     mapped = dataset.map_batches(CompressBatch, fn_constructor_kwargs={"bundle": str(Path(bundle).resolve()),
                                                                        "provider": provider,
-                                                                       "format_version": format_version},
+                                                                       "format_version": format_version,
+                                                                       "max_pixels": max_pixels,
+                                                                       "cli_messages": True},
                                  batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers or 1),
                                  batch_format="numpy")
     for row in mapped.iter_rows():

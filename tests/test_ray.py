@@ -37,6 +37,22 @@ def test_cli_engine_ray_matches_local_path(trained, image_dir, tmp_path):
         assert np.array_equal(np.asarray(local.decompress(aec.read_bytes())), expected), src.name
 
 
+def test_cli_engine_ray_keeps_max_pixels_and_names_its_flags(trained, kodak, tmp_path):
+    """--max-pixels never reached the Ray workers: a file past it was compressed anyway (a guard the user set,
+    ignored), and their errors named the Python API's parameters, not the CLI's flags."""
+    _, bundle = trained["factorized"]
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.open(kodak / "kodim01.png").save(src / "big.png")  # 393,216 pixels
+    Image.open(kodak / "kodim01.png").crop((0, 0, 320, 240)).save(src / "small.png")
+    out = tmp_path / "out"
+    proc = subprocess.run([aectl_exe(), "compress", src, "-m", bundle, "-o", out, "--engine", "ray", "--workers", "1",
+                           "--max-pixels", "100000", "--provider", "cpu"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "big.png" in proc.stderr, proc.stderr
+    assert "exceeds the limit of 100000 pixels (raise --max-pixels if you trust this file)" in proc.stderr
+    assert (out / "small.aec").is_file() and not (out / "big.aec").exists()
+
+
 def test_map_batches_round_trip_in_process(trained, image_dir):
     from aectl.integrations.ray import CompressBatch, DecompressBatch
 
