@@ -9,7 +9,7 @@ that matches the original.
   conversions do). MPO (phone JPEGs: the picture plus a preview) is coded from its picture.
 - 16-bit grayscale is coded at 8-bit precision (the network's) and written back as 16-bit (value * 257) to PNG
   and TIFF; other formats get its 8-bit values. Pillow opens 16-bit colour PNGs as 8-bit RGB, so those come
-  back as 8-bit RGB.
+  back as 8-bit RGB; 16-bit gray + alpha PNGs, which Pillow opens as 8-bit RGBA, come back as 8-bit gray + alpha.
 - Palette images are returned as RGB (or RGBA if the palette has transparency); one transparent colour in an
   RGB or gray image (PNG tRNS) becomes an alpha plane (16-bit gray with one comes back as 8-bit gray + alpha,
   the one such mode Pillow has; the codec coded 8 bits anyway).

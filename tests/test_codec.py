@@ -266,14 +266,15 @@ def test_the_current_version_is_pinned_by_a_fixture():
     our coding or in how constriction quantises a table (the bitstream depends on it: docs/aec-format.md,
     "Models") fails here rather than in the files users keep. The other versions are pinned above."""
     codec = Codec(ROOT / "models" / "factorized-q1", provider="cpu")
-    header, payload, _ = container.parse((ROOT / "tests" / "data" / "kodim07-256x192-q1-v4.aec").read_bytes())
+    data = (ROOT / "tests" / "data" / "kodim07-256x192-q1-v4.aec").read_bytes()
+    header, payload, _ = container.parse(data)
     assert header.version == container.VERSION == 4
     shape = (header.latent_height, header.latent_width)
     symbols = codec.coder.decode_block(new_decoder(payload, 4), shape, 4)
     enc = new_encoder(4)
     codec.coder.encode_block(enc, symbols, 4)
     assert finish(enc) == payload and len(np.unique(symbols)) > 5
-    reserved = bytearray((ROOT / "tests" / "data" / "kodim07-256x192-q1-v4.aec").read_bytes())
+    reserved = bytearray(data)
     reserved[33] = 1
     reserved[-4:] = zlib.crc32(reserved[:-4]).to_bytes(4, "little")
     with pytest.raises(AectlError, match=r"reserved byte 0x1, must be 0"):  # it said "unknown flags 0x0"
