@@ -28,6 +28,8 @@ from aectl.runtime.errors import command_line
 from aectl.runtime.files import Job, Result, compress_info
 from aectl.runtime.image_io import atomic_write
 
+_TRIES = 3  # a worker that dies is restarted, and its batch retried, until it has run this many times
+
 
 class CompressBatch:
     """map_batches callable: {"path": [...]} or {"image": [HxWx3 uint8, ...]} -> adds "aec" and "error".
@@ -101,23 +103,43 @@ def compress_jobs(jobs: list[Job], bundle: str | Path, force: bool, workers: int
     except ImportError:
         raise AectlError("--engine ray needs Ray: pip install 'aectl[ray]'") from None
     import logging
+    import warnings
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    import ray.data  # before its logger is quieted: importing ray.data configures its logging afresh
+
+    if not ray.is_initialized():  # aectl reports per file; Ray's own notices would be noise on stderr
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # its tracebacks too: the error comes back here
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     targets = {str(job.source): job for job in jobs}
     dataset = ray.data.from_items([{"path": str(job.source)} for job in jobs])
-    mapped = dataset.map_batches(CompressBatch, fn_constructor_kwargs={"bundle": str(Path(bundle).resolve()),
-                                                                       "provider": provider,
-                                                                       "format_version": format_version,
-                                                                       "max_pixels": max_pixels,
-                                                                       "cli_messages": True},
-                                 batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers or 1),
-                                 batch_format="numpy")
-    for row in mapped.iter_rows():
+    kwargs = {"bundle": str(Path(bundle).resolve()), "provider": provider, "format_version": format_version,
+              "max_pixels": max_pixels, "cli_messages": True}
+    with warnings.catch_warnings():  # Ray 2.60 warns that max_restarts and max_task_retries will move
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # Ray Data restarts a dead worker and retries its batch without end, so a file that kills its worker (out
+        # of memory) would hang the command: bounded here, the run ends instead, with the files written so far.
+        mapped = dataset.map_batches(CompressBatch, fn_constructor_kwargs=kwargs, batch_size=batch_size,
+                                     compute=ray.data.ActorPoolStrategy(size=workers or 1), batch_format="numpy",
+                                     max_restarts=_TRIES - 1, max_task_retries=_TRIES - 1)
+    done = 0
+    try:
+        for result in _write_rows(mapped.iter_rows(), targets, force):
+            done += 1
+            yield result
+    except ray.exceptions.RayTaskError as exc:  # a bug in a worker: the original error, not Ray's traceback
+        raise (exc.cause if exc.cause is not None else exc) from None
+    except ray.exceptions.RayActorError:
+        raise AectlError(f"a Ray worker kept dying (out of memory, or killed): {len(jobs) - done} of "
+                         f"{len(jobs)} files were left undone (Ray's logs say why: /tmp/ray/session_latest/logs on a "
+                         "local Ray)") from None
+
+
+def _write_rows(rows, targets: dict, force: bool) -> Iterator[Result]:
+    """Each compressed row written to its job's target as it arrives, as a Result."""
+    for row in rows:
         job = targets[row["path"]]
         if row["error"]:
             yield Result(str(job.source), str(job.target), False, error=row["error"])

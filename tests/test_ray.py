@@ -1,5 +1,9 @@
 """Bulk compression on Ray Data with a local 2-CPU Ray: every file decodes to the same pixels as the local path."""
+import os
+import signal
 import subprocess
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +33,10 @@ def test_cli_engine_ray_matches_local_path(trained, image_dir, tmp_path):
                            "--workers", "2", "--provider", "cpu"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stderr  # the broken file
     assert proc.stderr.count("broken.png") == 1
+    # aectl's lines: Ray's own notices (token authentication, progress bars, its log of the run) are kept quiet,
+    # all but the core worker's warning that restarts are on (ray-project/ray#53727), which no option hides.
+    lines = [line for line in proc.stderr.splitlines() if "core_worker.cc" not in line]
+    assert lines[1:] == ["4 ok, 1 failed"], proc.stderr
     local = Codec(bundle, provider="cpu", threads=1)
     sources = [p for p in image_dir.rglob("*.png") if p.name != "broken.png"]
     for src in sources:
@@ -51,6 +59,64 @@ def test_cli_engine_ray_keeps_max_pixels_and_names_its_flags(trained, kodak, tmp
     assert proc.returncode == 1 and "big.png" in proc.stderr, proc.stderr
     assert "exceeds the limit of 100000 pixels (raise --max-pixels if you trust this file)" in proc.stderr
     assert (out / "small.aec").is_file() and not (out / "big.aec").exists()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process under `pid`, read from /proc (children before grandchildren)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds Ray's workers through /proc")
+def test_cli_engine_ray_ends_when_its_workers_keep_dying(trained, kodak, tmp_path):
+    """Ray Data restarted a dead worker and retried its batch without end: a file that kills its worker each time
+    (out of memory) hung the command. Here every worker is killed as it starts, as the OOM killer would: the run
+    now ends in one line, exit 1, once the worker has died three times."""
+    _, bundle = trained["factorized"]
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        Image.open(kodak / "kodim01.png").save(src / f"{i}.png")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([aectl_exe(), "compress", src, "-m", bundle, "-o", out, "--engine", "ray",
+                             "--workers", "1", "--provider", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    kills = set()
+    try:
+        deadline = time.monotonic() + 180  # before the fix: still restarting its worker at the deadline
+        while time.monotonic() < deadline and proc.poll() is None:
+            for pid in _descendants(proc.pid):
+                if pid not in kills and _cmdline(pid).startswith("ray::MapWorker"):
+                    os.kill(pid, signal.SIGKILL)
+                    kills.add(pid)
+            time.sleep(0.05)
+        running = proc.poll() is None
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate()
+    assert not running, f"still running after {len(kills)} worker deaths"
+    assert proc.returncode == 1, stderr
+    assert stderr.splitlines()[-1:] == ["error: a Ray worker kept dying (out of memory, or killed): 4 of 4 "
+                                        "files were left undone (Ray's logs say why: "
+                                        "/tmp/ray/session_latest/logs on a local Ray)"], stderr
+    assert stderr.count("\n") <= 2, stderr  # and at most Ray's warning that restarts are on (ray#53727)
+    assert not out.exists() or not list(out.iterdir())  # no partial or temporary file
 
 
 def test_map_batches_round_trip_in_process(trained, image_dir):
