@@ -144,9 +144,12 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
         with _progress(len(jobs), "compress (ray)") as advance:
             on_result = _print_ok(json_out, advance)
             for result in compress_jobs(jobs, model, force, workers=workers, provider=provider,
-                                        format_version=format_version, max_pixels=max_pixels):
+                                        format_version=format_version, max_pixels=max_pixels,
+                                        threads=1 if threads is None else threads):
                 results.append(result)
                 on_result(result)
+                if fail_fast and not result.ok:
+                    break
         return _report(results, json_out)
     if engine != "local":
         raise AectlError(f"--engine must be local or ray, got {engine!r}")

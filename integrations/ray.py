@@ -17,6 +17,10 @@ each output atomically as it arrives, so memory stays bounded however many files
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
+import time
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -25,14 +29,15 @@ import numpy as np
 from aectl.runtime import AectlError, Codec, Decoder
 from aectl.runtime.container import DEFAULT_MAX_PIXELS
 from aectl.runtime.errors import command_line
-from aectl.runtime.files import Job, Result, compress_info
+from aectl.runtime.files import Job, Result, check_job, compress_info, refuse_aec
 from aectl.runtime.image_io import atomic_write
 
 _TRIES = 3  # a worker that dies is restarted, and its batch retried, until it has run this many times
 
 
 class CompressBatch:
-    """map_batches callable: {"path": [...]} or {"image": [HxWx3 uint8, ...]} -> adds "aec" and "error".
+    """map_batches callable: {"path": [...]} or {"image": [HxWx3 uint8, ...]} -> adds "aec", "error", "size" and
+    "seconds" (each item's compress time on the worker).
     `cli_messages`: errors name `aectl compress --engine ray`'s flags, not a Python caller's parameters."""
 
     def __init__(self, bundle: str, provider: str = "cpu", threads: int | None = 1, format_version: int | None = None,
@@ -47,8 +52,9 @@ class CompressBatch:
 
     def _compress(self, batch: dict) -> dict:
         items = batch["image"] if "image" in batch else batch["path"]
-        blobs, errors, sizes = [], [], []
+        blobs, errors, sizes, seconds = [], [], [], []
         for item in items:
+            start = time.perf_counter()
             try:
                 data = self.codec.compress(item if isinstance(item, np.ndarray) else str(item))
                 header = _header(data)
@@ -59,10 +65,12 @@ class CompressBatch:
                 blobs.append(b"")
                 sizes.append((0, 0, 0, 0))
                 errors.append(str(exc))
+            seconds.append(time.perf_counter() - start)
         out = {k: v for k, v in batch.items() if k != "image"}
         out["aec"] = np.array(blobs, dtype=object)
         out["error"] = np.array(errors, dtype=object)
         out["size"] = np.array(sizes, dtype=np.int64)
+        out["seconds"] = np.array(seconds)
         return out
 
 
@@ -95,28 +103,33 @@ def _header(data: bytes):
 
 def compress_jobs(jobs: list[Job], bundle: str | Path, force: bool, workers: int | None = None,
                   provider: str = "cpu", batch_size: int = 8, format_version: int | None = None,
-                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[Result]:
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS, threads: int = 1) -> Iterator[Result]:
     """Compress `jobs` on the Ray cluster (RAY_ADDRESS, else a local one) and write outputs on the driver, for
-    `aectl compress --engine ray` (errors name its flags)."""
+    `aectl compress --engine ray` (errors name its flags). Each job is checked here first, as the local engine
+    checks it: only inputs that may be read and outputs that may be written reach the workers."""
     try:
         import ray
     except ImportError:
         raise AectlError("--engine ray needs Ray: pip install 'aectl[ray]'") from None
-    import logging
-    import warnings
-
-    import ray.data  # before its logger is quieted: importing ray.data configures its logging afresh
-
-    if not ray.is_initialized():  # aectl reports per file; Ray's own notices would be noise on stderr
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # its tracebacks too: the error comes back here
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    targets = {str(job.source): job for job in jobs}
-    dataset = ray.data.from_items([{"path": str(job.source)} for job in jobs])
-    kwargs = {"bundle": str(Path(bundle).resolve()), "provider": provider, "format_version": format_version,
-              "max_pixels": max_pixels, "cli_messages": True}
+    ready = []
+    for job in jobs:
+        try:
+            check_job(job, force, refuse_aec)
+            ready.append(job)
+        except (AectlError, OSError) as exc:
+            yield Result(str(job.source), str(job.target), False, error=str(exc) if isinstance(exc, AectlError)
+                         else exc.strerror or str(exc))
+    if not ready:
+        return
+    _start_quietly(ray, workers)
+    try:  # on a worker, since they may have a GPU the driver lacks: once, not once per file
+        ray.get(ray.remote(_require_provider).remote(provider))
+    except ray.exceptions.RayTaskError as exc:
+        raise (exc.cause if exc.cause is not None else exc) from None
+    targets = {str(job.source): job for job in ready}
+    dataset = ray.data.from_items([{"path": str(job.source)} for job in ready])
+    kwargs = {"bundle": str(Path(bundle).resolve()), "provider": provider, "threads": threads,
+              "format_version": format_version, "max_pixels": max_pixels, "cli_messages": True}
     with warnings.catch_warnings():  # Ray 2.60 warns that max_restarts and max_task_retries will move
         warnings.simplefilter("ignore", DeprecationWarning)
         # Ray Data restarts a dead worker and retries its batch without end, so a file that kills its worker (out
@@ -132,9 +145,34 @@ def compress_jobs(jobs: list[Job], bundle: str | Path, force: bool, workers: int
     except ray.exceptions.RayTaskError as exc:  # a bug in a worker: the original error, not Ray's traceback
         raise (exc.cause if exc.cause is not None else exc) from None
     except ray.exceptions.RayActorError:
-        raise AectlError(f"a Ray worker kept dying (out of memory, or killed): {len(jobs) - done} of "
-                         f"{len(jobs)} files were left undone (Ray's logs say why: /tmp/ray/session_latest/logs on a "
+        raise AectlError(f"a Ray worker kept dying (out of memory, or killed): {len(ready) - done} of "
+                         f"{len(ready)} files were left undone (Ray's logs say why: /tmp/ray/session_latest/logs on a "
                          "local Ray)") from None
+
+
+def _start_quietly(ray, workers: int | None) -> None:
+    """Connect to Ray (or start a local one) with its own notices kept off stderr: aectl reports per file. Ray
+    takes SIGTERM over for its own exit (15, a stack dump); aectl's handler is put back (143, one line)."""
+    import logging
+
+    import ray.data  # before its logger is quieted: importing ray.data configures its logging afresh
+
+    if not ray.is_initialized():
+        previous = signal.getsignal(signal.SIGTERM)
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # its tracebacks too: the error comes back here
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
+def _require_provider(provider: str) -> None:
+    from aectl.runtime.providers import require_provider
+
+    with command_line():
+        require_provider(provider)
 
 
 def _write_rows(rows, targets: dict, force: bool) -> Iterator[Result]:
@@ -150,4 +188,5 @@ def _write_rows(rows, targets: dict, force: bool) -> Iterator[Result]:
             yield Result(str(job.source), str(job.target), False, error=str(exc))
             continue
         w, h, c, d = (int(v) for v in row["size"])
-        yield Result(str(job.source), str(job.target), True, **compress_info(bytes(row["aec"]), w, h, c, d))
+        yield Result(str(job.source), str(job.target), True, seconds=float(row["seconds"]),
+                     **compress_info(bytes(row["aec"]), w, h, c, d))

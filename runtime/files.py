@@ -91,14 +91,7 @@ def run_jobs(jobs: list[Job], work: Callable[[Job], tuple[bytes | None, dict]], 
     for job in jobs:
         start = time.perf_counter()
         try:
-            if not job.source.is_file():
-                raise AectlError("no such file")
-            if check_source is not None:
-                check_source(job.source)
-            if job.target.resolve() == job.source.resolve():
-                raise AectlError("output would overwrite the input")
-            if job.target.exists() and not force:
-                raise AectlError(f"{job.target} exists; pass {option('force', True)} to overwrite")
+            check_job(job, force, check_source)
             output, info = work(job)
             if write is not None:
                 write(job, output)
@@ -117,6 +110,19 @@ def run_jobs(jobs: list[Job], work: Callable[[Job], tuple[bytes | None, dict]], 
         if fail_fast and not result.ok:
             break
     return results
+
+
+def check_job(job: Job, force: bool, check_source: Callable[[Path], None] | None = None) -> None:
+    """Refuse a job before any work: its input not a regular file (a FIFO would block), of the wrong kind, the
+    input itself as output, or an output there already without `force`."""
+    if not job.source.is_file():
+        raise AectlError("not a regular file" if job.source.exists() else "no such file")
+    if check_source is not None:
+        check_source(job.source)
+    if job.target.resolve() == job.source.resolve():
+        raise AectlError("output would overwrite the input")
+    if job.target.exists() and not force:
+        raise AectlError(f"{job.target} exists; pass {option('force', True)} to overwrite")
 
 
 def compress_info(data: bytes, width: int, height: int, channels: int, bit_depth: int) -> dict:

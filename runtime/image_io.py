@@ -156,12 +156,17 @@ def read_rgb(path: str | Path, max_pixels: int) -> np.ndarray:
 
 
 def array_to_pixels(array: np.ndarray) -> Pixels:
-    """HxWx3 uint8 RGB (or HxW uint8 gray) numpy array -> Pixels."""
-    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
-        raise AectlError(f"expected an HxWx3 or HxW uint8 array, got {array.dtype} {array.shape}")
-    if array.ndim == 2:
-        return Pixels(np.repeat(array[:, :, None], 3, axis=2), None, 1, 8)
-    return Pixels(np.ascontiguousarray(array), None, 3, 8)
+    """A uint8 numpy array as Pillow's fromarray reads it: HxW or HxWx1 gray, HxWx2 gray + alpha, HxWx3 RGB,
+    HxWx4 RGBA (what np.asarray gives of an L, LA, RGB or RGBA image) -> Pixels."""
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and not 1 <= array.shape[2] <= 4):
+        raise AectlError(f"expected an HxW, or HxWxC with C from 1 to 4, uint8 array; got {array.dtype} "
+                         f"{array.shape}")
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    alpha = np.ascontiguousarray(array[:, :, -1]) if channels in (2, 4) else None
+    if channels <= 2:
+        gray = array if array.ndim == 2 else array[:, :, 0]
+        return Pixels(np.repeat(gray[:, :, None], 3, axis=2), alpha, channels, 8)
+    return Pixels(np.ascontiguousarray(array[:, :, :3]), alpha, channels, 8)
 
 
 def from_pixels(rgb: np.ndarray, alpha: np.ndarray | None, channels: int, bit_depth: int) -> Image.Image:

@@ -340,6 +340,26 @@ def test_empty_images_and_a_bare_array_to_compress_batch_are_clear_errors(traine
         codec.compress_batch(np.zeros((8, 8, 3), np.uint8))
 
 
+def test_arrays_of_every_pillow_mode_compress_as_their_images(trained, kodak):
+    """np.asarray of an RGBA or LA image (HxWx4, HxWx2), or HxWx1 gray, was refused ("expected an HxWx3 or HxW
+    uint8 array"), so README's Ray example failed on RGBA photos; each now codes as the Pillow image does."""
+    codec = Codec(trained["factorized"][1], provider="cpu")
+    rgb = Image.open(kodak / "kodim01.png").crop((0, 0, 96, 64))
+    alpha = Image.linear_gradient("L").resize((96, 64))
+    rgba = rgb.copy()
+    rgba.putalpha(alpha)
+    la = rgb.convert("L")
+    la.putalpha(alpha)
+    for image in (rgba, la, rgb, rgb.convert("L")):
+        data = codec.compress(np.asarray(image))
+        assert data == codec.compress(image), image.mode
+        assert codec.decompress(data).mode == image.mode
+    gray = np.asarray(rgb.convert("L"))
+    assert codec.compress(gray[:, :, None]) == codec.compress(gray)
+    with pytest.raises(AectlError, match="with C from 1 to 4"):
+        codec.compress(np.zeros((8, 8, 5), np.uint8))
+
+
 def test_api_arguments_are_checked_when_the_codec_is_made_and_path_likes_are_paths(trained, kodak, tmp_path):
     """Found by a review of the Python API, each failed before: an unknown provider name and threads=2.0
     passed the constructor and failed at the first compress (the latter as a pybind11 TypeError);

@@ -61,6 +61,70 @@ def test_cli_engine_ray_keeps_max_pixels_and_names_its_flags(trained, kodak, tmp
     assert (out / "small.aec").is_file() and not (out / "big.aec").exists()
 
 
+def test_cli_engine_ray_checks_each_job_as_the_local_engine_does(trained, kodak, tmp_path):
+    """The Ray path skipped the local engine's checks of each job: with --force it wrote over its own input (a
+    PNG named pic.aec, lost), and a FIFO as input hung the command. --fail-fast was ignored."""
+    _, bundle = trained["factorized"]
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.open(kodak / "kodim01.png").crop((0, 0, 96, 64)).save(src / "pic.aec", format="PNG")
+    original = (src / "pic.aec").read_bytes()
+    os.mkfifo(src / "fifo.png")
+    Image.open(kodak / "kodim01.png").crop((0, 0, 96, 64)).save(src / "good.png")
+    run = [aectl_exe(), "compress", src / "pic.aec", src / "fifo.png", src / "good.png", "-m", bundle, "--force",
+           "--engine", "ray", "--workers", "1", "--provider", "cpu"]
+    proc = subprocess.run(run + ["--fail-fast"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and not (src / "good.aec").exists(), proc.stderr  # stopped at the first failure
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert f"error: {src / 'pic.aec'}: output would overwrite the input" in proc.stderr
+    assert f"error: {src / 'fifo.png'}: not a regular file" in proc.stderr
+    assert (src / "pic.aec").read_bytes() == original and (src / "good.aec").is_file()
+
+
+def test_cli_engine_ray_refuses_an_unusable_provider_once(trained, kodak, tmp_path):
+    """An unusable provider was reported once per file, from the workers; now once, before any file."""
+    from aectl.runtime.providers import probe
+
+    if probe("tensorrt")[0]:
+        pytest.skip("TensorRT works here")
+    _, bundle = trained["factorized"]
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.open(kodak / "kodim01.png").crop((0, 0, 96, 64)).save(src / name)
+    proc = subprocess.run([aectl_exe(), "compress", src, "-m", bundle, "-o", tmp_path / "out", "--engine", "ray",
+                           "--workers", "1", "--provider", "tensorrt"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "core_worker.cc" not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: --provider tensorrt: "), proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_engine_ray_sigterm_exits_143(trained, kodak, tmp_path):
+    """Ray took SIGTERM over: the command exited 15 with a stack dump, not 143 with `error: terminated`."""
+    _, bundle = trained["factorized"]
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(24):
+        Image.open(kodak / "kodim01.png").save(src / f"{i:02}.png")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([aectl_exe(), "compress", src, "-m", bundle, "-o", out, "--engine", "ray",
+                             "--workers", "1", "--provider", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("*.aec")):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and stderr.splitlines()[-1] == "error: terminated", stderr
+    assert "SIGTERM received" not in stderr
+    assert all(p.suffix == ".aec" for p in out.iterdir())  # no temporary file left
+
+
 def _descendants(pid: int) -> list[int]:
     """Every process under `pid`, read from /proc (children before grandchildren)."""
     parents = {}
