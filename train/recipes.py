@@ -125,9 +125,9 @@ def commands(stage: Stage, runs: Path, data: str = DATA) -> list[str]:
     out = []
     for i, pause in enumerate(stage.pauses()):
         cmd = (f"aectl train {COMMON} -q {stage.quality} --lr {stage.lr:g} --steps {stage.steps} "
-               f"--data {data} --out {runs / stage.name}")
+               f"--data {_q(data)} --out {_q(runs / stage.name)}")
         if stage.init_from:
-            cmd += f" --init-from {init_source(runs, stage)}"
+            cmd += f" --init-from {_q(init_source(runs, stage))}"
         if pause != stage.steps:
             cmd += f" --stop-at {pause}"
         out.append(cmd + " --resume")
@@ -158,12 +158,19 @@ def shipped_snapshot(runs: Path, quality: int) -> Path:
 
 def ship_command(checkpoint: Path, out: Path, data: str) -> str:
     """The export that makes a shipped bundle: fp32, with classified entropy tables fitted on the training data."""
-    return f"aectl export {checkpoint} --out {out} --entropy-classes {ENTROPY_CLASSES} --calibration {data}"
+    return (f"aectl export {_q(checkpoint)} --out {_q(out)} --entropy-classes {ENTROPY_CLASSES} "
+            f"--calibration {_q(data)}")
 
 
 def export_command(runs: Path, stage: Stage) -> str:
     """How a via_bundle stage's starting bundle is made from its parent's snapshot."""
-    return f"aectl export {source_checkpoint(runs, stage.init_from)} --out {source_bundle(runs, stage.init_from)}"
+    return (f"aectl export {_q(source_checkpoint(runs, stage.init_from))} "
+            f"--out {_q(source_bundle(runs, stage.init_from))}")
+
+
+def _q(path) -> str:
+    """A path as one shell word, so that the printed commands run as shown and _run splits them back right."""
+    return shlex.quote(str(path))
 
 
 def _run(cmd: str) -> None:
@@ -196,6 +203,8 @@ def train_stage(name: str, runs: Path, data: str = DATA) -> None:
 
 def build(quality: int, runs: Path, out: Path, data: str = DATA, force: bool = False) -> Path:
     """Train (resuming whatever is done), export, and record the recipe in the bundle's manifest."""
+    if out.exists() and not force:  # before hours of training, not after
+        raise AectlError(f"--out {out} exists; pass --force to replace it")
     train_stage(shipped_stage(quality), runs, data)
     _run(ship_command(shipped_snapshot(runs, quality), out, data) + (" --force" if force else ""))
     record_recipe(out, quality)
@@ -216,7 +225,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 
 @app.command()
-def show(quality: int, runs: Path = Path("runs"), data: str = DATA) -> None:
+def show(quality: int, runs: Path = typer.Option(Path("runs/models")), data: str = DATA) -> None:
     """Print the commands that train a shipped quality from scratch."""
     typer.echo("\n".join(recipe(quality, runs, data)))
 
@@ -236,6 +245,11 @@ def build_command(quality: int, runs: Path = typer.Option(Path("runs/models")),
 
 if __name__ == "__main__":
     try:
-        app(standalone_mode=False)
+        sys.exit(app(standalone_mode=False))
     except AectlError as exc:
         sys.exit(f"error: {exc}")
+    except typer.exceptions.TyperException as exc:  # usage errors: one line, as aectl's own commands give them
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if message:  # none when the help was printed (no arguments)
+            print(f"error: {message}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
