@@ -189,7 +189,7 @@ def show_models(json_out: bool = False) -> None:
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
         table.add_row(f"{r['quality']}{' (default)' if r['default'] else ''}", r["name"], fmt(r["bpp"], ".3f"),
                       fmt(r["psnr"], ".2f"), fmt(r["ms_ssim"], ".4f"), fmt(r["lmbda"], "g"))
-    console.print(table)
+    print_whole(table)
 
 
 def show_eval(bundles, data: Path, baselines: list[str], out: Path, provider: str, threads, force: bool,
@@ -219,7 +219,7 @@ def show_eval(bundles, data: Path, baselines: list[str], out: Path, provider: st
             table.add_column(col)
         for p in points:
             table.add_row(p["setting"], f"{p['bpp']:.3f}", f"{p['psnr']:.2f}", f"{p['ms_ssim']:.4f}")
-        console.print(table)
+        print_whole(table)
     for model, against in result["comparisons"].items():
         for baseline, c in against.items():
             fmt = lambda v: "n/a" if v is None else f"{v:+.1f}%"  # noqa: E731

@@ -1,6 +1,8 @@
 """The bundles shipped in the package: they load, pass their hash checks and still reach the quality recorded
 in their manifest on a kodak-dev image; `aectl models`, `-q`, `--max-bytes`/`--max-bpp` and `aectl eval` on them."""
 import json
+import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from PIL import Image
 from aectl.runtime import Codec
 from aectl.runtime.metrics import bpp, psnr
 from aectl.runtime.registry import DEFAULT_QUALITY, shipped_bundle, shipped_bundles, shipped_qualities
+from conftest import aectl_exe
 from test_cli import aectl
 
 SHIPPED = shipped_bundles()
@@ -43,6 +46,16 @@ def test_models_lists_every_shipped_bundle():
     rates = [m["bpp"] for m in listed["models"]]
     assert rates == sorted(rates) and all(r > 0 for r in rates)
     assert "default" in aectl("models").stdout
+
+
+def test_models_table_keeps_its_figures_whole_on_a_narrow_console():
+    """At 40 columns rich cut the cells to fit: `0.…` for a bpp, `fac…` for a name."""
+    listed = json.loads(aectl("models", "--json").stdout)
+    shown = subprocess.run([aectl_exe(), "models"], capture_output=True, text=True, check=True,
+                           env={**os.environ, "COLUMNS": "40"}).stdout
+    assert "…" not in shown
+    for m in listed["models"]:
+        assert f"factorized-q{m['quality']}" in shown and f"{m['bpp']:.3f}" in shown
 
 
 def test_quality_option_picks_the_shipped_level(kodak, tmp_path):
