@@ -22,7 +22,7 @@
 # /tmp/aectl-gpu is gone and `run` says which parts are missing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-MODE="${1:-run}"
+MODE="${1:-}"  # no default: a bare call would start a run of several minutes
 ORT_GPU="${ORT_GPU:-onnxruntime-gpu==1.31.1}"
 CONSTRICTION="${CONSTRICTION:-constriction==0.5.0}"
 PART_MIB="${PART_MIB:-45}"  # + the working tree (about 14 MiB with kodak-dev) < 64 MiB

@@ -7,10 +7,12 @@
 3. prints bpp and PSNR per image beside JPEG at the same bpp, and the bundle's parity figure (torch vs
    onnxruntime, measured at export),
 4. measures every shipped quality and JPEG/WebP on the same images and draws the RD plot;
-   everything lands under out/demo/ (aec/, decoded/, rd.png).
+   everything lands under out/demo/ (aec/, decoded/, rd.png), or the folder given: `python examples/demo.py
+   [OUT]`. A rerun replaces its own outputs, each written atomically.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -20,11 +22,12 @@ from rich.console import Console
 from rich.table import Table
 
 from aectl.runtime import Codec, load_bundle
+from aectl.runtime.image_io import atomic_write
 from aectl.runtime.metrics import baseline_at_bpp, bpp, psnr
 from aectl.runtime.registry import shipped_bundle, shipped_qualities
 
 HERE = Path(__file__).resolve().parent
-OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parent / "out" / "demo"
+OUT = HERE.parent / "out" / "demo"  # or the folder given on the command line
 KODAK = HERE.parent.parent / "shared" / "data" / "kodak-dev"
 DATA = KODAK if KODAK.is_dir() else HERE / "images"
 STEPS = 800
@@ -49,7 +52,9 @@ def main() -> None:
     levels = shipped_qualities()
     bundle = shipped_bundle(None) if levels else trained_here(console)
     manifest = load_bundle(bundle).manifest
-    console.print(f"model: {bundle} ({manifest['description']}, {manifest['training']['steps']} training steps)")
+    steps = manifest["training"]["steps"]  # of the run it was exported from: a recipe's last stage
+    trained = f"{steps} steps in its last training stage" if "recipe" in manifest["training"] else f"{steps} steps"
+    console.print(f"model: {bundle} ({manifest['description']}, {trained})")
     codec = Codec(bundle, provider="auto")
     table = Table(title=f"aectl demo ({', '.join(codec.network.providers) or 'cpu'})")
     for col in ("image", "size", "aec bpp", "aec PSNR", "JPEG bpp", "JPEG PSNR"):
@@ -59,9 +64,9 @@ def main() -> None:
     for path in sorted(DATA.glob("*.png")):
         original = np.asarray(Image.open(path).convert("RGB"))
         data = codec.compress(original)
-        (OUT / "aec" / f"{path.stem}.aec").write_bytes(data)
+        atomic_write(OUT / "aec" / f"{path.stem}.aec", data, force=True)
         decoded = codec.decompress(data)
-        decoded.save(OUT / "decoded" / path.name)
+        atomic_write(OUT / "decoded" / path.name, image=decoded, force=True)
         h, w = original.shape[:2]
         rate = bpp(len(data), w, h)
         jpeg = baseline_at_bpp(original, "jpeg", rate)
@@ -82,7 +87,8 @@ def rd_plot_of(bundles: list[Path], console: Console) -> None:
 
     with console.status("rate-distortion curves: shipped models, JPEG and WebP"):
         result = evaluate(bundles, DATA, ["jpeg", "webp"], provider="cpu")
-    (OUT / "rd.png").write_bytes(rd_plot(result, title=f"{DATA.name}: aectl shipped models vs JPEG and WebP"))
+    title = f"{DATA.name}: aectl shipped models vs JPEG and WebP"
+    atomic_write(OUT / "rd.png", rd_plot(result, title=title), force=True)
     for model, against in result["comparisons"].items():
         for baseline, c in against.items():
             if c["bd_rate_psnr"] is not None:
@@ -90,4 +96,7 @@ def rd_plot_of(bundles: list[Path], console: Console) -> None:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="The whole aectl pipeline on real images (what `make demo` runs).")
+    parser.add_argument("out", nargs="?", type=Path, default=OUT, help=f"output folder (default: {OUT})")
+    OUT = parser.parse_args().out
     main()

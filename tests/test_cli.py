@@ -2,6 +2,7 @@
 import json
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -413,3 +414,11 @@ def test_an_interrupt_during_the_entropy_fit_says_how_to_finish(photos, tmp_path
         "--resume fits it" in rest and rest.rstrip().endswith("error: interrupted"), rest
     aectl("train", "--out", run, "--resume", "--fit-steps", "5", "--no-progress")
     aectl("export", run, "-o", tmp_path / "b")
+
+
+def test_demo_help_runs_nothing(tmp_path):
+    """`examples/demo.py --help` ran the whole demo into a folder named `--help/`."""
+    proc = subprocess.run([sys.executable, ROOT / "examples" / "demo.py", "--help"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: demo.py"), proc.stderr
+    assert not list(tmp_path.iterdir())
