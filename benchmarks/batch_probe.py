@@ -15,16 +15,18 @@ compress and decompress of one image at a time, entropy coding and pixel convers
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+import bench_script
 
 from aectl.runtime import network as network_module, providers
 from aectl.runtime.bundle import load_bundle
 from aectl.runtime.codec import Codec
+from aectl.runtime.container import DEFAULT_MAX_PIXELS
+from aectl.runtime.image_io import read_rgb
 from aectl.runtime.network import Network
 
 
@@ -32,7 +34,7 @@ def photos(folder: Path, count: int, crop: int | None) -> np.ndarray:
     """`count` images (N, 3, H, W) in [0, 1]: whole 768x512 photos, or crop x crop tiles cut from them."""
     out = []
     for path in sorted(folder.glob("*.png")):
-        rgb = np.asarray(Image.open(path).convert("RGB"))
+        rgb = read_rgb(path, DEFAULT_MAX_PIXELS)
         if crop is None:
             out.append(rgb if rgb.shape[0] <= rgb.shape[1] else rgb.transpose(1, 0, 2))
         else:
@@ -46,13 +48,13 @@ def photos(folder: Path, count: int, crop: int | None) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundle", nargs="?", default="models/factorized-q4")
-    parser.add_argument("--images", type=Path, default=Path("../shared/data/kodak-dev"))
+    parser = bench_script.parser(__doc__)
+    parser.add_argument("bundle", nargs="?", default=str(bench_script.ROOT / "models" / "factorized-q4"))
+    parser.add_argument("--images", type=Path, default=bench_script.KODAK)
     parser.add_argument("--crop", type=int, default=None)
     parser.add_argument("--batches", default="1,2,4,8")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=bench_script.at_least(2), default=6, help="the first is warm-up")
     parser.add_argument("--keep-arena", action="store_true", help="never shrink the memory arena after a run")
     parser.add_argument("--budgets", help="time the codec with CPU_RUN_PIXELS = 2**k for each k given")
     args = parser.parse_args()
@@ -74,7 +76,7 @@ def main() -> None:
                     run(data[first:first + b])
                 times.setdefault((role, b), []).append((time.perf_counter() - start) / count)
     h, w = x.shape[2:]
-    print(f"{args.bundle}, {count} images of {h}x{w}, {args.threads} threads, median of {args.rounds - 1} rounds, "
+    print(f"{args.bundle}, {count} images of {w}x{h}, {args.threads} threads, median of {args.rounds - 1} rounds, "
           f"arena {'kept' if args.keep_arena else f'shrunk after runs over {providers.SHRINK_ABOVE_PIXELS} px'}")
     for (role, b), values in sorted(times.items()):
         print(f"{role}  batch {b:2d}  {h * w * b / 1e6:5.2f} Mpx per run  {np.median(values[1:]) * 1000:7.2f} ms "
@@ -107,11 +109,11 @@ def codec_budgets(args, budgets: list[int]) -> None:
     finally:
         network_module.CPU_RUN_PIXELS = saved
     h, w = x.shape[2:]
-    print(f"{args.bundle}, 8 images of {h}x{w}, {args.threads} threads, codec, median of {args.rounds - 1} rounds, "
+    print(f"{args.bundle}, 8 images of {w}x{h}, {args.threads} threads, codec, median of {args.rounds - 1} rounds, "
           "order rotating")
     for (name, task), values in times.items():
         print(f"{task:10s}  {name:20s}  {np.median(values[1:]) * 1000:7.2f} ms per image")
 
 
 if __name__ == "__main__":
-    main()
+    bench_script.run(main)

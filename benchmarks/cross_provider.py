@@ -8,7 +8,6 @@ Timings are per image (768x512 on kodak-dev), median of --repeat runs after one 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+import bench_script
 
 from aectl.runtime import Codec
 from aectl.runtime.errors import AectlError
@@ -79,14 +80,14 @@ def compare(bundle: Path, data: Path, a: str, b: str, repeat: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_script.parser(__doc__)
     parser.add_argument("bundle", nargs="?", type=Path, default=None,
                         help="default: the model `aectl compress` uses without -m")
     parser.add_argument("--a", default="cuda")
     parser.add_argument("--b", default="cpu")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "kodak-dev")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=None, help="also write the full report here")
+    parser.add_argument("--json", type=bench_script.output_file, default=None, help="also write the full report here")
     args = parser.parse_args()
     bundle = args.bundle or shipped_bundle()  # the default quality, as `aectl compress` without -m
     try:
@@ -101,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench_script.run(main)

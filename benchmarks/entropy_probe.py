@@ -19,7 +19,6 @@ any timing, to get the images' symbols.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+import bench_script
 
 from aectl.runtime import container
 from aectl.runtime.codec import Codec
@@ -105,12 +106,12 @@ def block_stream(payload, version):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_script.parser(__doc__)
     parser.add_argument("bundle", nargs="?", type=Path, default=ROOT / "models" / "factorized-q4")
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "kodak-dev")
     parser.add_argument("--passes", type=int, default=30)
     parser.add_argument("--cache-passes", type=int, default=6)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=bench_script.output_file)
     args = parser.parse_args()
 
     codec = Codec(args.bundle, provider="cpu", threads=2)
@@ -233,4 +234,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench_script.run(main)

@@ -14,7 +14,6 @@ shared machine cancel). PSNR is of each decoder's output, rounded to 8 bits, aga
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+import bench_script
 
 from aectl.export.onnx_export import variant_images
 from aectl.export.precision import calibration_latents, quantize_int8
@@ -37,13 +38,13 @@ PAUSE_S = 0.1
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_script.parser(__doc__)
     parser.add_argument("bundle", nargs="?", type=Path, default=ROOT / "models" / "factorized-q4")
     parser.add_argument("--calibration", type=Path, default=ROOT.parent / "shared" / "data" / "photos")
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "kodak-dev")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=bench_script.output_file)
     args = parser.parse_args()
 
     codec = Codec(args.bundle, provider="cpu", threads=args.threads)
@@ -101,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench_script.run(main)

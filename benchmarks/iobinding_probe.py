@@ -18,7 +18,6 @@ https://onnxruntime.ai/docs/performance/tune-performance/iobinding.html
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+import bench_script
 
 from aectl.runtime import load_bundle
 from aectl.runtime.errors import AectlError
@@ -54,14 +55,14 @@ def kept_on_device(network: Network, role: str, feed: np.ndarray, options):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_script.parser(__doc__)
     parser.add_argument("bundle", nargs="?", type=Path, default=ROOT / "models" / "factorized-q4")
     parser.add_argument("--provider", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     parser.add_argument("--batch", type=int, default=1, help="copies of the image per run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=bench_script.output_file)
     args = parser.parse_args()
     if args.batch < 1 or args.repeats < 1:
         parser.error("--batch and --repeats must be at least 1")
@@ -123,4 +124,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench_script.run(main)

@@ -8,14 +8,16 @@ what `tests/test_shipped.py` holds shipped bundles to. The manifest is not part 
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+import bench_script
+
 from aectl.runtime import Codec, container
+from aectl.runtime.errors import AectlError
 from aectl.runtime.metrics import baseline_at_bpp, bpp, ms_ssim, psnr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,13 +42,15 @@ def measure(bundle: Path, data: Path) -> dict:
         rows.append({"image": path.name, "bpp": rate, "psnr": psnr(image, decoded), "ms_ssim": ms_ssim(image, decoded),
                      "float_latent_bpp": float_storage_bpp(header, tiles), "jpeg_bpp": jpeg["bpp"],
                      "jpeg_psnr": jpeg["psnr"]})
+    if not rows:
+        raise AectlError(f"--data {data}: no .png images there")
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "image"}
     return {"bundle": str(bundle), "preset": codec.bundle.manifest["preset"], "images": len(rows), "mean": mean,
             "per_image": rows}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_script.parser(__doc__)
     parser.add_argument("bundles", nargs="+", type=Path)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "kodak-dev")
     parser.add_argument("--json", action="store_true")
@@ -72,4 +76,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench_script.run(main)

@@ -12,7 +12,6 @@ under what `int8_probe.py` times for the whole run.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+import bench_script
 
 from aectl.runtime import Codec, container
 from aectl.runtime.entropy_coder import new_decoder
@@ -76,7 +77,7 @@ def by_op(nodes: dict[str, tuple[str, float]]) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_script.parser(__doc__)
     parser.add_argument("bundle", nargs="?", type=Path, default=ROOT / "models" / "factorized-q4")
     parser.add_argument("--int8", action="store_true", help="also profile the int8 decoder export makes")
     parser.add_argument("--calibration", type=Path, default=ROOT.parent / "shared" / "data" / "photos")
@@ -85,7 +86,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--top", type=int, default=25, help="nodes listed per decoder")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=bench_script.output_file)
     args = parser.parse_args()
 
     images = sorted(args.images.glob("*.png"))[:args.count]
@@ -120,4 +121,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench_script.run(main)

@@ -16,7 +16,6 @@ Session creation time is recorded for every variant.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+import bench_script
 
 from aectl.runtime import load_bundle
 from aectl.runtime.providers import Tuning, create_session
@@ -60,20 +61,25 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_script.parser(__doc__)
     parser.add_argument("--bundle", type=Path, default=ROOT / "models" / "factorized-q4")
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--big", default="2500x3000", help="HxW of the tiled image for the arena memory test")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=bench_script.output_file)
     args = parser.parse_args()
+    try:  # before the timing, not after it
+        bh, bw = (int(v) for v in args.big.split("x"))
+    except ValueError:
+        parser.error(f"--big {args.big}: give HxW, e.g. 2500x3000")
 
     bundle = load_bundle(args.bundle)
     rgb = np.asarray(Image.open(args.image).convert("RGB"))
     h, w = rgb.shape[0] // 16 * 16, rgb.shape[1] // 16 * 16
     x1 = np.ascontiguousarray(rgb[:h, :w].transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255)
     x8 = np.repeat(x1, 8, axis=0)
-    tmp = Path(tempfile.mkdtemp())
+    scratch = tempfile.TemporaryDirectory()  # removed at exit, however the script ends
+    tmp = Path(scratch.name)
     variants = {}
     for level in ("disabled", "basic", "extended", "all"):
         variants[f"level {level}, 2 threads, arena off"] = (Tuning(optimization=level, mem_arena=False), 2, 1)
@@ -124,7 +130,6 @@ def main() -> None:
             ref = times[(role, REFERENCE)]
             rec["speed_vs_default"] = statistics.median(a / b for a, b in zip(ref, times[(role, name)]))
 
-    bh, bw = (int(v) for v in args.big.split("x"))
     rss = {}
     for arena in ("off", "on", "on, never shrunk"):
         proc = subprocess.run([sys.executable, "-c", RSS_SNIPPET, str(args.bundle), arena, str(bh), str(bw)],
@@ -145,4 +150,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench_script.run(main)

@@ -11,7 +11,6 @@ median of the per-repeat ratio to fp32 (paired, so load changes on a shared mach
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import bench_script
+
 from aectl.runtime import Codec, container
 from aectl.runtime.metrics import bpp, psnr
 
@@ -27,12 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_script.parser(__doc__)
     parser.add_argument("bundles", nargs="+", type=Path, help="the fp32 bundle first, then its variants")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "kodak-dev")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=bench_script.output_file)
     args = parser.parse_args()
 
     codecs = [Codec(b, provider="cpu", threads=args.threads) for b in args.bundles]
@@ -89,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench_script.run(main)

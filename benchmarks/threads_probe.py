@@ -13,7 +13,6 @@ and each variant's time over aectl's default within a round (median over rounds)
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+import bench_script
 
 from aectl.perf.bench import _cpu_name
 from aectl.runtime import Codec
@@ -69,13 +70,13 @@ def per_file_loop(codec: Codec, inputs: Path, out: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_script.parser(__doc__)
     parser.add_argument("bundle", nargs="?", type=Path, default=ROOT / "models" / "factorized-q4")
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "photos")
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=bench_script.output_file)
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds needs 2 or more: the first is warm-up")
@@ -111,4 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench_script.run(main)
