@@ -54,7 +54,7 @@ def show_bundle(path: Path, json_out: bool = False) -> None:
                                    f"tail mass {ent['tail_mass']:g}"),
         ("entropy classes", lambda: _classes(ent)),
         ("parity", lambda: _parity(m)),
-        ("training", lambda: f"{train['steps']} steps, seed {train['seed']}, data {train['data']}"),
+        ("training", lambda: f"{train['steps']} steps{_stage(train)}, seed {train['seed']}, data {train['data']}"),
         ("command", lambda: str(train["command"])),
         ("final metrics", lambda: ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                             for k, v in (train.get("metrics") or {}).items())),
@@ -109,6 +109,11 @@ def show_aec(path: Path, json_out: bool = False) -> None:
     for key, value in fields.items():
         table.add_row(key.replace("_", " "), f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+def _stage(train: dict) -> str:
+    """A shipped bundle's steps are its recipe's last stage, not all its training (the demo said 11000 of 42840)."""
+    return " in its recipe's last stage" if "recipe" in train else ""
 
 
 def _classes(entropy: dict) -> str:

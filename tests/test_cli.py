@@ -373,6 +373,15 @@ def test_info_says_whether_a_bundle_has_entropy_classes():
     assert re.search(rf"entropy classes\s*\S\s*{count}, fitted on \d+ latent positions", text), text
 
 
+
+def test_info_says_a_shipped_bundles_steps_are_its_last_stages():
+    """A shipped bundle's `training.steps` counts only its recipe's last stage: info (and the demo) read as if
+    q4 had trained 11000 steps in all."""
+    shipped = ROOT / "models" / "factorized-q4"
+    steps = json.loads((shipped / "manifest.json").read_text())["training"]["steps"]
+    assert re.search(rf"{steps} steps in its recipe's last stage, seed", aectl("info", shipped).stdout)
+
+
 def test_a_small_default_calibration_folder_is_named_as_the_runs_data(photos, tmp_path):
     """Exporting fp16 from a run trained on 2 photos said "--calibration DIR: found 2 images" though
     --calibration was never given; it now names the run's training data and the option that replaces it."""
