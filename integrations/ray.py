@@ -36,8 +36,8 @@ _TRIES = 3  # a worker that dies is restarted, and its batch retried, until it h
 
 
 class CompressBatch:
-    """map_batches callable: {"path": [...]} or {"image": [HxWx3 uint8, ...]} -> adds "aec", "error", "size" and
-    "seconds" (each item's compress time on the worker).
+    """map_batches callable: {"path": [...]} or {"image": [uint8 arrays as Pillow's fromarray reads them, ...]}
+    -> adds "aec", "error", "size" and "seconds" (each item's compress time on the worker).
     `cli_messages`: errors name `aectl compress --engine ray`'s flags, not a Python caller's parameters."""
 
     def __init__(self, bundle: str, provider: str = "cpu", threads: int | None = 1, format_version: int | None = None,
