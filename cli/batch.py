@@ -1,7 +1,8 @@
 """compress/decompress over many files: progress bar, per-file summary or JSON, exit status 1 if any failed."""
 from __future__ import annotations
 
-from contextlib import contextmanager
+import contextlib
+import sys
 
 import typer
 
@@ -10,7 +11,7 @@ from aectl.runtime import files
 from aectl.runtime.errors import AectlError
 
 
-@contextmanager
+@contextlib.contextmanager
 def _progress(total: int, label: str):
     """A rich progress bar on stderr for more than one file when stderr is a terminal; a no-op otherwise (a
     log or a pipe gets the summary lines only)."""
@@ -141,7 +142,10 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
         from aectl.integrations.ray import compress_jobs
 
         results = []
-        with _progress(len(jobs), "compress (ray)") as advance:
+        # Ray's driver prints a line of its own on stdout when a worker dies: on stderr here, so that --json's
+        # stdout stays one JSON document.
+        with _progress(len(jobs), "compress (ray)") as advance, \
+                contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext():
             on_result = _print_ok(json_out, advance)
             for result in compress_jobs(jobs, model, force, workers=workers, provider=provider,
                                         format_version=format_version, max_pixels=max_pixels,

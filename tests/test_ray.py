@@ -1,4 +1,5 @@
 """Bulk compression on Ray Data with a local 2-CPU Ray: every file decodes to the same pixels as the local path."""
+import json
 import os
 import signal
 import subprocess
@@ -59,6 +60,38 @@ def test_cli_engine_ray_keeps_max_pixels_and_names_its_flags(trained, kodak, tmp
     assert proc.returncode == 1 and "big.png" in proc.stderr, proc.stderr
     assert "exceeds the limit of 100000 pixels (raise --max-pixels if you trust this file)" in proc.stderr
     assert (out / "small.aec").is_file() and not (out / "big.aec").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds Ray's worker through /proc")
+def test_cli_engine_ray_survives_one_worker_death_and_keeps_json_clean(trained, kodak, tmp_path):
+    """One death is survived (the batch is retried on a restarted worker), and the line Ray's driver prints about
+    it went to stdout, so --json's stdout was no longer one JSON document; it goes to stderr now."""
+    _, bundle = trained["factorized"]
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(8):
+        Image.open(kodak / "kodim01.png").save(src / f"{i}.png")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([aectl_exe(), "compress", src, "-m", bundle, "-o", out, "--engine", "ray", "--workers",
+                             "1", "--provider", "cpu", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline, killed = time.monotonic() + 180, None
+        while killed is None and time.monotonic() < deadline and proc.poll() is None:
+            workers = [p for p in _descendants(proc.pid) if _cmdline(p).startswith("ray::MapWorker")]
+            if workers:
+                time.sleep(0.3)
+                os.kill(workers[0], signal.SIGKILL)
+                killed = workers[0]
+            time.sleep(0.05)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert killed is not None, stderr
+    assert proc.returncode == 0, stderr
+    report = json.loads(stdout)
+    assert report["ok"] == 8 and report["failed"] == 0
+    assert len(list(out.glob("*.aec"))) == 8
 
 
 def test_cli_engine_ray_checks_each_job_as_the_local_engine_does(trained, kodak, tmp_path):
