@@ -19,7 +19,6 @@ from PIL import Image
 import bench_script
 
 from aectl.runtime import Codec
-from aectl.runtime.errors import AectlError
 from aectl.runtime.metrics import psnr
 from aectl.runtime.providers import require_provider
 from aectl.runtime.registry import shipped_bundle
@@ -90,12 +89,9 @@ def main() -> None:
     parser.add_argument("--json", type=bench_script.output_file, default=None, help="also write the full report here")
     args = parser.parse_args()
     bundle = args.bundle or shipped_bundle()  # the default quality, as `aectl compress` without -m
-    try:
-        for name in (args.a, args.b):
-            require_provider(name)
-        report = compare(bundle, args.data, args.a, args.b, args.repeat)
-    except AectlError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    for name in (args.a, args.b):
+        require_provider(name)
+    report = compare(bundle, args.data, args.a, args.b, args.repeat)
     print(json.dumps(report["summary"], indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

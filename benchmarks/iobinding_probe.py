@@ -30,7 +30,6 @@ from PIL import Image
 import bench_script
 
 from aectl.runtime import load_bundle
-from aectl.runtime.errors import AectlError
 from aectl.runtime.network import Network
 from aectl.runtime.providers import import_ort, require_provider, run_options
 
@@ -68,12 +67,9 @@ def main() -> None:
         parser.error("--batch and --repeats must be at least 1")
     if not args.image.is_file():
         parser.error(f"--image {args.image}: no such file")
-    try:
-        if args.provider == "cuda":
-            require_provider("cuda")
-        bundle = load_bundle(args.bundle)
-    except AectlError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    if args.provider == "cuda":
+        require_provider("cuda")
+    bundle = load_bundle(args.bundle)
 
     network = Network(bundle, args.provider, args.threads)
     stride = bundle.input_rule["stride"]
