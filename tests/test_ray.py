@@ -62,23 +62,38 @@ def test_cli_engine_ray_keeps_max_pixels_and_names_its_flags(trained, kodak, tmp
     assert (out / "small.aec").is_file() and not (out / "big.aec").exists()
 
 
+def _copies(kodak, folder, count: int, crop=None):
+    """`count` copies of a kodak-dev photo (or of a crop of it) as PNGs in a new folder."""
+    folder.mkdir()
+    image = Image.open(kodak / "kodim01.png")
+    for i in range(count):
+        (image.crop(crop) if crop else image).save(folder / f"{i:02}.png")
+    return folder
+
+
+def _start(trained, src, out, *options) -> subprocess.Popen:
+    """`aectl compress --engine ray` on one worker, running in the background."""
+    _, bundle = trained["factorized"]
+    return subprocess.Popen([aectl_exe(), "compress", src, "-m", bundle, "-o", out, "--engine", "ray", "--workers",
+                             "1", "--provider", "cpu", *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _workers(proc: subprocess.Popen) -> list[int]:
+    """The Ray workers under a command: its MapWorker processes, found through /proc."""
+    return [pid for pid in _descendants(proc.pid) if _cmdline(pid).startswith("ray::MapWorker")]
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds Ray's worker through /proc")
 def test_cli_engine_ray_survives_one_worker_death_and_keeps_json_clean(trained, kodak, tmp_path):
     """One death is survived (the batch is retried on a restarted worker), and the line Ray's driver prints about
     it went to stdout, so --json's stdout was no longer one JSON document; it goes to stderr now."""
-    _, bundle = trained["factorized"]
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(8):
-        Image.open(kodak / "kodim01.png").save(src / f"{i}.png")
     out = tmp_path / "out"
-    proc = subprocess.Popen([aectl_exe(), "compress", src, "-m", bundle, "-o", out, "--engine", "ray", "--workers",
-                             "1", "--provider", "cpu", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = _start(trained, _copies(kodak, tmp_path / "in", 8), out, "--json")
     try:
         deadline, killed = time.monotonic() + 180, None
         while killed is None and time.monotonic() < deadline and proc.poll() is None:
-            workers = [p for p in _descendants(proc.pid) if _cmdline(p).startswith("ray::MapWorker")]
+            workers = _workers(proc)
             if workers:
                 time.sleep(0.3)
                 os.kill(workers[0], signal.SIGKILL)
@@ -122,10 +137,7 @@ def test_cli_engine_ray_refuses_an_unusable_provider_once(trained, kodak, tmp_pa
     if probe("tensorrt")[0]:
         pytest.skip("TensorRT works here")
     _, bundle = trained["factorized"]
-    src = tmp_path / "in"
-    src.mkdir()
-    for name in ("a.png", "b.png"):
-        Image.open(kodak / "kodim01.png").crop((0, 0, 96, 64)).save(src / name)
+    src = _copies(kodak, tmp_path / "in", 2, crop=(0, 0, 96, 64))
     proc = subprocess.run([aectl_exe(), "compress", src, "-m", bundle, "-o", tmp_path / "out", "--engine", "ray",
                            "--workers", "1", "--provider", "tensorrt"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
@@ -136,15 +148,8 @@ def test_cli_engine_ray_refuses_an_unusable_provider_once(trained, kodak, tmp_pa
 
 def test_cli_engine_ray_sigterm_exits_143(trained, kodak, tmp_path):
     """Ray took SIGTERM over: the command exited 15 with a stack dump, not 143 with `error: terminated`."""
-    _, bundle = trained["factorized"]
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(24):
-        Image.open(kodak / "kodim01.png").save(src / f"{i:02}.png")
     out = tmp_path / "out"
-    proc = subprocess.Popen([aectl_exe(), "compress", src, "-m", bundle, "-o", out, "--engine", "ray",
-                             "--workers", "1", "--provider", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = _start(trained, _copies(kodak, tmp_path / "in", 24), out)
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("*.aec")):
@@ -185,23 +190,15 @@ def test_cli_engine_ray_ends_when_its_workers_keep_dying(trained, kodak, tmp_pat
     """Ray Data restarted a dead worker and retried its batch without end: a file that kills its worker each time
     (out of memory) hung the command. Here every worker is killed as it starts, as the OOM killer would: the run
     now ends in one line, exit 1, once the worker has died three times."""
-    _, bundle = trained["factorized"]
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(4):
-        Image.open(kodak / "kodim01.png").save(src / f"{i}.png")
     out = tmp_path / "out"
-    proc = subprocess.Popen([aectl_exe(), "compress", src, "-m", bundle, "-o", out, "--engine", "ray",
-                             "--workers", "1", "--provider", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = _start(trained, _copies(kodak, tmp_path / "in", 4), out)
     kills = set()
     try:
         deadline = time.monotonic() + 180  # before the fix: still restarting its worker at the deadline
         while time.monotonic() < deadline and proc.poll() is None:
-            for pid in _descendants(proc.pid):
-                if pid not in kills and _cmdline(pid).startswith("ray::MapWorker"):
-                    os.kill(pid, signal.SIGKILL)
-                    kills.add(pid)
+            for pid in set(_workers(proc)) - kills:
+                os.kill(pid, signal.SIGKILL)
+                kills.add(pid)
             time.sleep(0.05)
         running = proc.poll() is None
     finally:
