@@ -166,6 +166,8 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
         levels = {own_level: model} if chosen_by_user else shipped_qualities()
         ladder = QualityLadder(levels, provider=provider, threads=threads, max_pixels=max_pixels,
                                format_version=format_version)
+    else:
+        codec.network.session("encoder")  # a broken bundle fails here once, not once per file
 
     def work(job):
         from aectl.runtime.container import parse
@@ -205,6 +207,8 @@ def decompress_files(inputs, out, model, provider, image_format, force, json_out
         raise AectlError("no .aec files found in the given inputs")
     codecs: dict[str, Codec] = {}
     fixed = Codec(model, provider=provider, threads=threads, max_pixels=max_pixels) if model else None
+    if fixed is not None:
+        fixed.network.session("decoder")  # a broken bundle fails here once, not once per file
 
     def work(job):
         try:

@@ -1,7 +1,9 @@
 """A model bundle on disk: manifest.json plus encoder.onnx and/or decoder.onnx.
 
 Loading validates the manifest before anything else, keeps every file path inside the bundle directory and
-checks each file's sha256 before a session is created, so a tampered or half-copied bundle never runs.
+checks each file's sha256 before a session is created, so a tampered or half-copied bundle never runs. A model
+file may be a symlink (a Hugging Face snapshot is a folder of symlinks into its blob store): its path in the
+manifest is what must stay inside, and its sha256 checks what it points to.
 """
 from __future__ import annotations
 
@@ -75,7 +77,10 @@ class Bundle:
         """The bytes of a model file, hash-checked and (for ONNX) checked to be self-contained. Sessions are
         created from these bytes, so the file cannot change between the check and the load."""
         path = self.file(role, verify=False)
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:  # named the .aec or image file being coded, as if it were the unreadable one
+            raise self._unreadable(path, exc) from None
         if hashlib.sha256(data).hexdigest() != self.manifest["files"][role]["sha256"]:
             raise AectlError(f"bundle {self.path}: {path.name} does not match its sha256 in the manifest "
                              "(corrupted or modified)")
@@ -91,28 +96,57 @@ class Bundle:
         entry = self.manifest["files"].get(role)
         if entry is None:
             raise AectlError(f"bundle {self.path} has no {role} (a decoder-only bundle cannot compress)")
-        path = (self.path / entry["path"]).resolve()
-        if self.path.resolve() not in path.parents:
-            raise AectlError(f"bundle {self.path}: {role} path {entry['path']!r} points outside the bundle")
-        if not path.is_file():
-            raise AectlError(f"bundle {self.path}: {entry['path']} is missing")
-        if verify and sha256_file(path) != entry["sha256"]:
-            raise AectlError(f"bundle {self.path}: {entry['path']} does not match its sha256 in the manifest "
-                             "(corrupted or modified)")
+        check_file_path(entry["path"], lambda what: AectlError(f"bundle {self.path}: {role} path {what}"))
+        path = self.path / entry["path"]
+        try:
+            if not path.is_file():
+                raise AectlError(f"bundle {self.path}: {entry['path']} is missing")
+            if verify and sha256_file(path) != entry["sha256"]:
+                raise AectlError(f"bundle {self.path}: {entry['path']} does not match its sha256 in the manifest "
+                                 "(corrupted or modified)")
+        except OSError as exc:
+            raise self._unreadable(path, exc) from None
         return path
+
+    def _unreadable(self, path: Path, exc: OSError) -> AectlError:
+        return AectlError(f"bundle {self.path}: cannot read {path.relative_to(self.path)}: {exc.strerror or exc}")
+
+
+def check_file_path(path: str, error) -> None:
+    """A manifest's file path must name a file inside the bundle: relative, no "..", no NUL (open() said only
+    "embedded null byte"). `error(what)` makes the exception to raise."""
+    if "\0" in path or not path or Path(path).is_absolute() or ".." in Path(path).parts or Path(path).name in ("", "."):
+        raise error(f"{path!r} must name a file inside the bundle")
+
+
+def read_json(path: Path):
+    """A manifest's JSON, or one line saying why not: unreadable, not UTF-8, not JSON, or nested past Python's
+    recursion limit (json raised RecursionError, which ended in an internal error)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise AectlError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise AectlError(f"{path}: not valid JSON ({exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AectlError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise AectlError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
 def load_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     manifest_path = path / MANIFEST
-    if not path.is_dir():
-        raise AectlError(f"{path}: not a bundle directory (expected a folder with {MANIFEST})")
-    if not manifest_path.is_file():
-        raise AectlError(f"{path}: no {MANIFEST} here; is this a bundle made by `aectl export`?")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AectlError(f"{manifest_path}: not valid JSON ({exc})") from None
+        if not path.is_dir():
+            raise AectlError(f"{path}: not a bundle directory (expected a folder with {MANIFEST})")
+        if not manifest_path.is_file():
+            raise AectlError(f"{path}: no {MANIFEST} here; is this a bundle made by `aectl export`?")
+    except OSError as exc:  # a folder on the way that cannot be searched
+        raise AectlError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    manifest = read_json(manifest_path)
     validate_manifest(manifest, manifest_path)
     return Bundle(path, manifest)
 
@@ -136,8 +170,7 @@ def validate_manifest(m: dict, where: Path) -> None:
         need(role in FILE_ROLES, f"unknown file role {role!r}")
         need(isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("sha256"), str),
              f"files.{role} needs path and sha256")
-        need(not Path(entry["path"]).is_absolute() and ".." not in Path(entry["path"]).parts,
-             f"files.{role}.path must stay inside the bundle")
+        check_file_path(entry["path"], lambda what: AectlError(f"{where}: invalid manifest: files.{role}.path {what}"))
     for section in ("input", "latent", "entropy"):
         need(isinstance(m.get(section), dict), f"{section} must be a JSON object")
     inp = m["input"]
@@ -203,7 +236,9 @@ def strip_bundle(source: str | Path, out: str | Path, force: bool = False, ort_o
     manifest["decoder_only"] = True
     with bundle_folder(out, force, source=bundle.path) as tmp:
         for role, entry in manifest["files"].items():
-            shutil.copyfile(bundle.file(role), tmp / entry["path"])
+            data = bundle.read(role)  # hash-checked; a file that cannot be read is named as the bundle's
+            (tmp / entry["path"]).parent.mkdir(parents=True, exist_ok=True)  # a path may name a subfolder
+            (tmp / entry["path"]).write_bytes(data)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return load_bundle(out)
 
@@ -212,23 +247,38 @@ def strip_bundle(source: str | Path, out: str | Path, force: bool = False, ort_o
 def bundle_folder(out: str | Path, force: bool, source: str | Path):
     """Yields a temporary folder beside `out` to fill; on success it is renamed to `out`, replacing what was
     there (with force), so a failure never leaves a half-written bundle. --force replaces only a bundle (or an
-    empty folder): never the folder holding `source` or the working directory, never a folder of other files."""
+    empty folder): never the folder holding `source` or the working directory, never a folder of other files.
+    The old bundle is renamed aside before the new one takes its name, and deleted after: a failure or an
+    interrupt at any point leaves the old bundle or the new one at `out`, never neither (deleting it first lost
+    it to an interrupt between the two steps). A symlink at `out` is replaced by the bundle, as `mv` would do;
+    what it pointed to is left alone."""
     out = Path(out)
     check_output_folder(out, force, Path(source))
-    tmp = None
+    tmp = old = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         yield tmp
         tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
+        if _present(out):
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            old.rmdir()
+            out.rename(old)
         tmp.rename(out)
     except OSError as exc:
         raise write_error(out, exc) from None
     finally:
-        if tmp is not None and tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and _present(old) and not _present(out):
+            old.rename(out)  # failed or interrupted between the two renames: the old bundle keeps its name
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.is_symlink():
+                leftover.unlink()
+            elif leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _present(path: Path) -> bool:
+    return path.is_symlink() or path.exists()
 
 
 def check_output_folder(out: Path, force: bool, source: Path) -> None:
@@ -256,8 +306,8 @@ def check_output_folder(out: Path, force: bool, source: Path) -> None:
 def _bundle_file_names(folder: Path) -> set[str]:
     """The manifest and the files it lists (any readable manifest: what --force may replace)."""
     try:
-        files = json.loads((folder / MANIFEST).read_text()).get("files", {})
-        listed = {Path(entry["path"]).name for entry in files.values() if isinstance(entry, dict) and "path" in entry}
-    except (OSError, ValueError, AttributeError):
+        files = read_json(folder / MANIFEST).get("files", {})
+        listed = {Path(entry["path"]).parts[0] for entry in files.values() if isinstance(entry, dict) and "path" in entry}
+    except (AectlError, AttributeError, TypeError):
         listed = set()
     return {MANIFEST} | listed

@@ -155,6 +155,7 @@ class Decoder:
         if (header.tile_height, header.tile_width) != expected_tile or \
                 (header.latent_channels, header.latent_height, header.latent_width) != \
                 self._latent_tile_shape(*expected_tile):
+            self.network.session("decoder")  # raises first when the bundle's manifest does not fit its own decoder
             raise AectlError("corrupted .aec file (tile or latent shape does not fit the model)")
         tiles = tiling.plan(header.height, header.width, *expected_tile, self.stride, self.fixed_size)
         per_channel = [int(np.prod(self._symbol_shape(t), dtype=np.int64)) for t in tiles]

@@ -82,9 +82,28 @@ class Network:
         if role == "decoder":
             role = self.bundle.decoder_role
         if role not in self._sessions:
-            self._sessions[role] = create_session(self.bundle.read(role), self.provider, self.threads,
-                                                 self.tuning)
+            session = create_session(self.bundle.read(role), self.provider, self.threads, self.tuning)
+            self._check_fits(role, session)
+            self._sessions[role] = session
         return self._sessions[role]
+
+    def _check_fits(self, role: str, session) -> None:
+        """The graph's input and output shapes against the manifest's. A manifest edited by hand to name the
+        wrong file, or another channel count, failed inside onnxruntime or numpy, or blamed a good .aec file."""
+        lat, fixed = self.bundle.latent_rule, self.bundle.input_rule["fixed_size"]
+        image = ["N", 3, fixed or "H", fixed or "W"]
+        latent = ["N", lat["channels"]] + (["h", "w"] if lat["layout"] == "NCHW" else [])
+        expected = (image, latent) if role == "encoder" else (latent, image)
+        for what, args, want in zip(("input", "output"), (session.get_inputs(), session.get_outputs()), expected):
+            shape = args[0].shape if len(args) == 1 else None
+            if shape is None or len(shape) != len(want) or any(
+                    isinstance(d, int) and isinstance(w, int) and d != w for d, w in zip(shape, want)):
+                name = self.bundle.manifest["files"][role]["path"]
+                got = "x".join(str(d) if isinstance(d, int) else "?" for d in shape) if shape else \
+                    f"{len(args)} tensors"
+                half, verb = role.split("_")[0], "takes" if what == "input" else "gives"
+                raise AectlError(f"bundle {self.bundle.path}: {name} does not fit its manifest: its {what} is {got}, "
+                                 f"but the manifest's {half} {verb} {'x'.join(map(str, want))}")
 
     def binding(self, role: str) -> _Binding:
         """This thread's IOBinding for a role, created once and reused for every later run."""

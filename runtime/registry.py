@@ -3,14 +3,15 @@
 Searched in order: the folders in $AECTL_BUNDLES (os.pathsep-separated), the user's bundle folder
 ($XDG_DATA_HOME/aectl/bundles, default ~/.local/share/aectl/bundles) and the bundles shipped inside the
 package (aectl/models/). Each folder holds bundle directories (one level down), or is itself a bundle.
+Hidden folders are not searched: `.NAME.xxxx` is where export and strip build a bundle before renaming it, and
+a killed run leaves one behind. A folder that cannot be read is passed over, as a broken manifest is.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from aectl.runtime.bundle import MANIFEST, Bundle, load_bundle
+from aectl.runtime.bundle import MANIFEST, Bundle, load_bundle, read_json
 from aectl.runtime.errors import AectlError, on_command_line, option
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models"
@@ -27,27 +28,52 @@ def search_paths() -> list[Path]:
 
 
 def bundles_in(root: Path) -> list[Path]:
-    """The bundle a search folder is, or the bundles one level down in it."""
-    if (root / MANIFEST).is_file():
+    """The bundle a search folder is, or the bundles one level down in it (not hidden ones)."""
+    if _has_manifest(root):
         return [root]
-    return sorted(p for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
+    try:
+        entries = sorted(root.iterdir()) if root.is_dir() else []
+    except OSError:  # unreadable: said "<the .aec file>: Permission denied" and ended the search
+        return []
+    return [p for p in entries if not p.name.startswith(".") and _has_manifest(p)]
+
+
+def _has_manifest(folder: Path) -> bool:
+    try:
+        return (folder / MANIFEST).is_file()
+    except OSError:
+        return False
+
+
+def _manifest(folder: Path):
+    try:
+        return read_json(folder / MANIFEST)
+    except AectlError:
+        return None
 
 
 def find_bundle(model_id: str) -> Bundle:
     """The first search folder holding the model decides. Inside it the least lossy decoder wins (fp32, then
     fp16, then int8: the variants share the model id, since the bitstream is the same), so folder names never
-    pick a lossier decoder; a variant decodes when no better one is in its folder, or when passed with -m."""
+    pick a lossier decoder; a variant decodes when no better one is in its folder, or when passed with -m.
+    A match that does not load, or lacks its decoder file, gives way to the next one; when none loads, the
+    first one's error is raised."""
     for root in search_paths():
         matches = []
         for path in bundles_in(root):
-            try:
-                manifest = json.loads((path / MANIFEST).read_text())
-            except (OSError, ValueError):
-                continue
+            manifest = _manifest(path)
             if isinstance(manifest, dict) and manifest.get("model_id") == model_id:
                 matches.append((_loss_rank(_decoder_precision(manifest)), path))
-        if matches:
-            return load_bundle(min(matches)[1])
+        errors = []
+        for _, path in sorted(matches):
+            try:
+                bundle = load_bundle(path)
+                bundle.file(bundle.decoder_role, verify=False)
+                return bundle
+            except AectlError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
     searched = ", ".join(str(p) for p in search_paths())
     raise AectlError(f"no bundle with model id {model_id} found (searched {searched}); "
                      f"{'pass it with -m BUNDLE' if on_command_line() else 'give its bundle folder'}")
@@ -78,10 +104,9 @@ def shipped_qualities() -> dict[int, Path]:
     """Shipped bundles by their quality level (the `architecture.quality` in each manifest)."""
     found = {}
     for path in shipped_bundles():
-        try:
-            quality = json.loads((path / MANIFEST).read_text()).get("architecture", {}).get("quality")
-        except (OSError, ValueError):
-            continue
+        manifest = _manifest(path)
+        architecture = manifest.get("architecture") if isinstance(manifest, dict) else None
+        quality = architecture.get("quality") if isinstance(architecture, dict) else None
         if isinstance(quality, int):
             found[quality] = path
     return dict(sorted(found.items()))

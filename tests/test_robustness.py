@@ -9,6 +9,7 @@ import struct
 import subprocess
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,6 +89,7 @@ def _write_manifest(folder, manifest):
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m["files"]["decoder"].update(path="../decoder.onnx"), "inside the bundle"),
     (lambda m: m["files"]["decoder"].update(path="/etc/passwd"), "inside the bundle"),
+    (lambda m: m["files"]["decoder"].update(path="dec\0oder.onnx"), "inside the bundle"),  # "embedded null byte"
     (lambda m: m["files"]["decoder"].update(sha256="0" * 64), "sha256"),
     (lambda m: m["entropy"].update(precision=40), "precision"),
     (lambda m: m["entropy"].update(step=-1.0), "step"),
@@ -165,6 +167,161 @@ def test_tampered_model_is_refused_before_a_session_exists(trained, tmp_path):
     with pytest.raises(AectlError, match="sha256"):
         decoder.decode(np.zeros((1, 24, 1, 1), np.float32))
     assert not decoder.network._sessions
+
+
+def test_model_files_may_be_symlinks(trained, tmp_path):
+    """A folder of symlinks (a Hugging Face snapshot links each file into its blob store) was refused: "decoder
+    path 'decoder.onnx' points outside the bundle". The manifest's path is what must stay inside; the sha256
+    still checks what the link points to."""
+    source = trained["seed-conv"][1]
+    linked = tmp_path / "snapshot"
+    linked.mkdir()
+    shutil.copy(source / "manifest.json", linked)
+    for name in ("encoder.onnx", "decoder.onnx"):
+        (linked / name).symlink_to(source / name)
+    data = Codec(source, provider="cpu").compress(Image.open(KODAK / "kodim03.png").crop((0, 0, 64, 48)))
+    assert np.array_equal(np.asarray(Codec(linked, provider="cpu").decompress(data)),
+                          np.asarray(Decoder(source, provider="cpu").decompress(data)))
+    (tmp_path / "other.onnx").write_bytes((source / "encoder.onnx").read_bytes())
+    (linked / "decoder.onnx").unlink()
+    (linked / "decoder.onnx").symlink_to(tmp_path / "other.onnx")
+    with pytest.raises(AectlError, match="decoder.onnx does not match its sha256"):
+        Decoder(linked, provider="cpu").decompress(data)
+
+
+def _drop_last_channel(manifest):
+    manifest["latent"]["channels"] -= 1
+    for key in ("offsets", "medians", "cdfs"):
+        manifest["entropy"][key].pop()
+    for tables in (manifest["entropy"].get("classes") or {}).get("cdfs", []):
+        tables.pop()
+
+
+@pytest.mark.parametrize("edit, command, graph", [
+    (lambda m: m["files"].update(encoder=dict(m["files"]["decoder"])), "compress", "decoder.onnx"),
+    (_drop_last_channel, "compress", "encoder.onnx"),
+    (_drop_last_channel, "decompress", "decoder.onnx"),
+])
+def test_a_manifest_that_does_not_fit_its_graphs_is_named_once(trained, tmp_path, edit, command, graph):
+    """A hand-edited manifest that names the wrong graph, or another latent channel count, passes validation.
+    It failed inside onnxruntime (an internal error), inside numpy, or blamed a good .aec file as corrupted,
+    once per file. Each session's input and output shapes are now held to the manifest, before any file."""
+    good = trained["factorized"][1]
+    folder, manifest = _copy_bundle(good, tmp_path / "b")
+    edit(manifest)
+    _write_manifest(folder, manifest)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("kodim01.png", "kodim02.png"):
+        Image.open(KODAK / name).crop((0, 0, 96, 64)).save(photos / name)
+    if command == "compress":
+        proc = _aectl("compress", photos, "-m", folder, "-o", tmp_path / "out", "--provider", "cpu")
+    else:
+        assert _aectl("compress", photos, "-m", good, "-o", tmp_path / "aec", "--provider", "cpu").returncode == 0
+        proc = _aectl("decompress", tmp_path / "aec", "-m", folder, "-o", tmp_path / "out", "--provider", "cpu")
+    assert proc.returncode == 1 and proc.stderr.startswith(f"error: bundle {folder}: {graph} does not fit its "
+                                                           "manifest: its "), proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_bundle_search_passes_over_temporary_broken_and_unreadable_folders(trained, tmp_path, monkeypatch):
+    """find_bundle (decompress without -m) took the first folder holding the model id: a `.NAME.xxxx` folder
+    that a killed export leaves behind ("decoder.onnx is missing"), a half-copied bundle, or, with a manifest
+    nested too deeply for json, an internal RecursionError. An unreadable search folder ended the search with
+    "<file>.aec: Permission denied". Each is passed over now, and the good bundle after it is found."""
+    from aectl.runtime import load_bundle
+    from aectl.runtime.registry import find_bundle
+
+    good = trained["seed-conv"][1]
+    model_id = load_bundle(good).model_id
+    root = tmp_path / "bundles"
+    half, _ = _copy_bundle(good, root / "a-half")
+    (half / "decoder.onnx").unlink()
+    _copy_bundle(good, root / ".b.k2j3x9")  # export's temporary folder, sorted first
+    (root / ".b.k2j3x9" / "decoder.onnx").unlink()
+    deep, _ = _copy_bundle(good, root / "a-deep")
+    (deep / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    _copy_bundle(good, root / "b")
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    monkeypatch.setattr("pathlib.Path.iterdir", _refuse_in(blocked, Path.iterdir))
+    monkeypatch.setenv("AECTL_BUNDLES", os.pathsep.join([str(blocked), str(root)]))
+    assert find_bundle(model_id).path == root / "b"
+    with pytest.raises(AectlError, match="nested too deeply"):
+        load_bundle(deep)
+    shutil.rmtree(root / "b")  # only the half-copied one left: its own error, not "no bundle found"
+    with pytest.raises(AectlError, match="a-half: decoder.onnx is missing"):
+        find_bundle(model_id)
+
+
+def _refuse_in(folder, real):
+    def iterdir(self):
+        if self == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+    return iterdir
+
+
+# Root reads any file; without these capabilities it cannot (setpriv drops them for the child).
+_AS_USER = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and shutil.which("setpriv") is None, reason="root without setpriv")
+def test_an_unreadable_model_file_is_named_not_the_input(trained, tmp_path):
+    """A model file that cannot be read was reported as the input's fault ("a.aec: Permission denied"), and
+    `bundle strip` as "cannot write OUT". Each names the bundle's file now, once."""
+    good = trained["factorized"][1]
+    aec = tmp_path / "a.aec"
+    Image.open(KODAK / "kodim03.png").crop((0, 0, 64, 48)).save(tmp_path / "a.png")
+    assert _aectl("compress", tmp_path / "a.png", "-m", good, "-o", aec, "--provider", "cpu").returncode == 0
+    for role in ("encoder", "decoder"):
+        folder, _ = _copy_bundle(good, tmp_path / f"no-{role}")
+        (folder / f"{role}.onnx").chmod(0)
+        args = (["compress", tmp_path / "a.png", "-o", tmp_path / "x.aec"] if role == "encoder" else
+                ["decompress", aec, "-o", tmp_path / "x.png"])
+        for command in (args + ["-m", folder, "--provider", "cpu"], ["bundle", "strip", folder, "-o", tmp_path / "s"]):
+            if role == "encoder" and command[0] == "bundle":
+                continue  # strip does not read the encoder
+            proc = subprocess.run([*_AS_USER, aectl_exe(), *map(str, command)], capture_output=True, text=True)
+            assert proc.returncode == 1 and proc.stderr == f"error: bundle {folder}: cannot read {role}.onnx: " \
+                "Permission denied\n", proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.aec", "a.png", "no-decoder", "no-encoder"]
+
+
+def test_strip_writes_subfolders_and_replaces_a_symlink_whole(trained, tmp_path, monkeypatch):
+    """A manifest may keep its graphs in a subfolder (`decompress` read it; `bundle strip` failed with
+    "cannot write OUT: No such file or directory"). --force onto a symlink said "Cannot call rmtree on a
+    symbolic link"; it now replaces the link, as mv does, and leaves its target alone. And --force deleted the
+    old bundle before renaming the new one in: an interrupt between the two lost both."""
+    from aectl.runtime.bundle import strip_bundle
+
+    source, manifest = _copy_bundle(trained["seed-conv"][1], tmp_path / "src")
+    (source / "graphs").mkdir()
+    (source / "decoder.onnx").rename(source / "graphs" / "decoder.onnx")
+    manifest["files"]["decoder"]["path"] = "graphs/decoder.onnx"
+    _write_manifest(source, manifest)
+    target = strip_bundle(source, tmp_path / "target").path
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == ["graphs", "graphs/decoder.onnx",
+                                                                            "manifest.json"]
+    kept = _tree_digest(target)
+    (tmp_path / "link").symlink_to(target)
+    strip_bundle(source, tmp_path / "link", force=True)
+    assert not (tmp_path / "link").is_symlink() and (tmp_path / "link" / "graphs" / "decoder.onnx").is_file()
+    assert _tree_digest(target) == kept
+    real_rename = Path.rename
+
+    def interrupt_second_rename(self, dest):  # the old bundle moved aside, then Ctrl-C before the new one's move
+        result = real_rename(self, dest)
+        if Path(dest).name.startswith(".target.old."):
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(Path, "rename", interrupt_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        strip_bundle(source, target, force=True)
+    monkeypatch.undo()
+    assert _tree_digest(target) == kept, "the old bundle is back under its name"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "src", "target"], "no temporary folder left"
 
 
 # -- files on disk ----------------------------------------------------------------------------------------------
