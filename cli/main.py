@@ -128,6 +128,10 @@ def verify(
     elif images is not None:  # it was ignored without a word
         typer.echo(f"note: --images is for fp16/int8 decoders; {bundle}'s fp32 graphs were checked on the "
                    "export's own parity inputs", err=True)
+    if "decoder_ort" in report:
+        ort = report["decoder_ort"]
+        typer.echo(f"ok: {ort['file']} matches {source} on {report['provider']}: max |torch - onnxruntime| = "
+                   f"{ort['max_abs_diff']:.2e} <= {ort['tolerance']:.0e}")
 
 
 bundle_app = typer.Typer(no_args_is_help=True, help="Operations on bundle directories.")

@@ -15,7 +15,9 @@ from rich.table import Table
 from aectl.cli.json_out import json_text
 from aectl.runtime.errors import AectlError, check_writable_folder
 
-console = Console()
+# No markup: what these views print holds paths and manifest text, and a "[" in a folder's name was read as
+# a style tag (a title lost "[v2]"; "[/]" ended `aectl info` in an internal MarkupError).
+console = Console(markup=False)
 
 
 def _version(dist: str) -> str:
@@ -211,7 +213,7 @@ def show_eval(bundles, data: Path, baselines: list[str], out: Path, provider: st
     bundles = list(bundles or shipped_qualities().values())
     if not bundles:
         raise AectlError("no models given and none ship with this install: pass -m BUNDLE")
-    err = Console(stderr=True)
+    err = Console(stderr=True, markup=False)
     with err.status("measuring") as status:
         result = evaluate(bundles, data, baselines, provider, threads, progress=lambda what: status.update(what))
     written = write_report(result, out, force=force)
@@ -241,19 +243,19 @@ def print_whole(table: Table) -> None:
         console.print(table)
     else:
         Console(file=console.file, width=natural, color_system=console.color_system,
-                force_terminal=console.is_terminal).print(table)
+                force_terminal=console.is_terminal, markup=False).print(table)
 
 
 def show_bench(result: dict) -> None:
     """Tables for `aectl bench`; --json prints everything these summarise."""
     imgs, m = result["images"], result["machine"]
-    console.print(f"[bold]bench[/bold] {result['bundle']['path']} on {imgs['count']} images "
+    console.print(f"bench {result['bundle']['path']} on {imgs['count']} images "
                   f"({', '.join(f'{n} x {s}' for s, n in imgs['sizes'].items())}), {result['config']['threads']} threads, "
                   f"{result['config']['repeats']} repeats (median pass); {m['processor']}, load average "
                   f"{m['load_average_before'][0] if m['load_average_before'] else '?':.2f}")
     if "rate" in result:
-        console.print(f"aectl: {result['rate']['bpp']:.3f} bpp, {result['rate']['psnr']:.2f} dB; " + ", ".join(
-            f"{name} (Pillow): {b['bpp']:.3f} bpp, {b['psnr']:.2f} dB" for name, b in result.get("baselines", {}).items()))
+        console.print("; ".join([f"aectl: {result['rate']['bpp']:.3f} bpp, {result['rate']['psnr']:.2f} dB"] + [
+            f"{name} (Pillow): {b['bpp']:.3f} bpp, {b['psnr']:.2f} dB" for name, b in result.get("baselines", {}).items()]))
     for provider, entry in result["providers"].items():
         # Compact (79 columns with CPU figures) so that it fits a pipe's or a CI log's 80.
         table = Table(title=f"throughput on {provider} (time split in % of the pass)", box=box.SIMPLE_HEAD,
@@ -281,7 +283,7 @@ def show_bench(result: dict) -> None:
                               f"{r['mpx_per_s']:.2f}", f"{r['images_per_s']:.2f}", *[""] * 5)
         print_whole(table)
         for line in skipped:
-            console.print(line, soft_wrap=True, markup=False, highlight=False)
+            console.print(line, soft_wrap=True, highlight=False)
         for bkey, ratios in entry.get("ratios", {}).items():
             if ratios:
                 console.print(f"{bkey}: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}x" for k, v in ratios.items()))

@@ -95,6 +95,11 @@ def verify_bundle(bundle_dir: str | Path, source: str | Path, provider: str = "c
     if precision != "fp32":
         report["decoder"] = check_variant(bundle.file("decoder"), model, preset, precision,
                                           variant_images(ckpt, images, "--images")["check"], provider=provider)
+    checked = "decoder" if precision != "fp32" else bundle.decoder_role
+    if "decoder_ort" in bundle.manifest["files"] and checked != "decoder_ort":  # shipped too: said "ok" unchecked
+        diff = check_decoder_file(bundle.file("decoder_ort"), model, preset, provider)
+        report["decoder_ort"] = {"file": bundle.manifest["files"]["decoder_ort"]["path"], "max_abs_diff": diff,
+                                 "tolerance": preset.tolerance}
     return report
 
 

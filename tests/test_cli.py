@@ -374,6 +374,25 @@ def test_info_says_whether_a_bundle_has_entropy_classes():
 
 
 
+def test_info_prints_brackets_in_paths_as_they_are(tmp_path):
+    """rich read "[...]" in a path as a style tag: `info 'd[/]'` ended in an internal MarkupError, and
+    `info 'b[v2]'` titled the table "bundle b"."""
+    import shutil
+
+    from aectl.runtime import Codec
+
+    for name in ("d[/]", "b[v2]"):
+        folder = tmp_path / name
+        shutil.copytree(ROOT / "models" / "factorized-q1", folder)
+        shown = "".join(aectl("info", folder).stdout.split())  # the title wraps at the table's width
+        assert f"bundle{folder}" in shown
+    aec = tmp_path / "e[" / "].aec"
+    aec.parent.mkdir()
+    aec.write_bytes(Codec(ROOT / "models" / "factorized-q1", provider="cpu").compress(ROOT / "examples" / "images" /
+                                                                                      "kodim03.png"))
+    assert f".aecfile{aec}" in "".join(aectl("info", aec).stdout.split())
+
+
 def test_info_says_a_shipped_bundles_steps_are_its_last_stages():
     """A shipped bundle's `training.steps` counts only its recipe's last stage: info (and the demo) read as if
     q4 had trained 11000 steps in all."""

@@ -2,6 +2,7 @@
 edge service, and the ORT-format decoder."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def test_edge_service_returns_png(edge_files):
     root, stripped, files, expected = edge_files
     python = EDGE_PYTHON or sys.executable
     server = subprocess.Popen([python, str(ROOT / "examples" / "edge_client.py"), "--bundle", str(stripped),
-                               "--port", "0"], stdout=subprocess.PIPE, text=True)
+                               "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = server.stdout.readline().split()[-1]
         body = files[0].read_bytes()
@@ -87,11 +88,71 @@ def test_edge_service_returns_png(edge_files):
         with socket.create_connection((host, int(port)), timeout=60) as raw:  # a header urllib would not send
             raw.sendall(b"POST /decode HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
             assert raw.recv(1 << 16).startswith(b"HTTP/1.0 400 ")  # the connection was dropped
+        with pytest.raises(urllib.error.HTTPError) as err:  # http.server's own refusal was a page of HTML
+            urllib.request.urlopen(url, timeout=60)
+        assert err.value.code == 501 and err.value.headers["Content-Type"] == "text/plain"
+        assert err.value.read() == b"error: Unsupported method ('GET'); use POST /decode\n"
+        with socket.create_connection((host, int(port)), timeout=60) as raw:  # a client that leaves early
+            raw.sendall(b"POST /decode HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=60) as resp:
             assert resp.status == 200, "the service keeps serving after a bad request"
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        _, stderr = server.communicate(timeout=30)
+    assert stderr == "", "no traceback, for a client that left before its answer either"
+
+
+def test_edge_service_refuses_to_start_on_a_broken_bundle_or_a_taken_port(edge_files, tmp_path):
+    """The service said "listening" with a corrupted decoder, then answered every request 400, blaming the
+    client; a port in use, or out of range, ended in a traceback. Each now stops it at start, in one line."""
+    _, stripped, _, _ = edge_files
+    broken = tmp_path / "broken"
+    shutil.copytree(stripped, broken)
+    blob = bytearray((broken / "decoder.onnx").read_bytes())
+    blob[5000] ^= 1
+    (broken / "decoder.onnx").write_bytes(bytes(blob))
+    service = [EDGE_PYTHON or sys.executable, str(ROOT / "examples" / "edge_client.py")]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for args, message in ((["--bundle", broken, "--port", "0"], f"error: bundle {broken}: decoder.onnx does not "
+                               "match its sha256 in the manifest (corrupted or modified)"),
+                              (["--bundle", stripped, "--port", port], f"error: cannot listen on 127.0.0.1:{port}: "
+                               "Address already in use"),
+                              (["--bundle", stripped, "--port", 70000], "error: cannot listen on 127.0.0.1:70000: ")):
+            proc = subprocess.run([*service, *map(str, args)], capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 1 and proc.stdout == "" and proc.stderr.startswith(message), proc.stderr
+            assert len(proc.stderr.splitlines()) == 1
+
+
+def test_verify_checks_every_decoder_file_the_bundle_ships(trained, tmp_path):
+    """`aectl verify` checked decoder.onnx and said "ok" for a bundle whose decoder.ort had drifted from its
+    checkpoint; export holds both to torch, and so does verify now."""
+    import onnx
+    from aectl.export.ort_format import convert_to_ort
+    from aectl.export.parity import verify_bundle
+    from aectl.runtime.bundle import sha256_file
+
+    run, full = trained["factorized"]
+    bundle = tmp_path / "b"
+    shutil.copytree(full, bundle)
+    model = onnx.load(str(bundle / "decoder.onnx"))
+    weight = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    values = onnx.numpy_helper.to_array(weight) * np.float32(1.5)
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    onnx.save(model, str(tmp_path / "drifted.onnx"))
+    convert_to_ort(tmp_path / "drifted.onnx", bundle / "decoder.ort")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["decoder_ort"] = {"path": "decoder.ort", "sha256": sha256_file(bundle / "decoder.ort")}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(AectlError, match=r"^decoder.ort: max \|torch - onnxruntime\| = .* > tolerance"):
+        verify_bundle(bundle, run)
+    convert_to_ort(bundle / "decoder.onnx", bundle / "decoder.ort")  # the decoder's own graph: within tolerance
+    manifest["files"]["decoder_ort"]["sha256"] = sha256_file(bundle / "decoder.ort")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    report = verify_bundle(bundle, run)
+    assert report["decoder_ort"]["max_abs_diff"] <= report["tolerance"]
 
 
 def test_export_decoder_only_with_ort_format(trained, edge_files, tmp_path):
