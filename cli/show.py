@@ -36,8 +36,10 @@ def show_bundle(path: Path, json_out: bool = False) -> None:
     m = b.manifest
     ent = m.get("entropy") or {}
     if json_out:
+        absent = sorted(r for r, f in m["files"].items() if _absent(path, f))
         print(json_text({k: v for k, v in m.items() if k != "entropy"} | {"path": str(path),
-                                                                          "entropy": _entropy_summary(ent)}))
+                                                                          "entropy": _entropy_summary(ent),
+                                                                          "absent_files": absent}))
         return
     table = Table(title=f"bundle {path}", show_header=False)
     table.add_column("field", style="bold")
@@ -50,7 +52,7 @@ def show_bundle(path: Path, json_out: bool = False) -> None:
         ("input", lambda: m["input"]["rule"] + f", values in {m['input']['value_range']}"),
         ("latent", lambda: m["latent"]["rule"]),
         ("files", lambda: ", ".join(f"{r}: {f['path']} ({_precision(f)}{f.get('bytes', '?')} B, sha256 "
-                                    f"{f['sha256'][:12]}...)" for r, f in m["files"].items())),
+                                    f"{f['sha256'][:12]}...){_absent(path, f)}" for r, f in m["files"].items())),
         ("opset", lambda: _opset(m)),
         ("entropy tables", lambda: f"{len(ent['cdfs'])} channels, {ent['precision']}-bit, step {ent['step']:.4g}, "
                                    f"tail mass {ent['tail_mass']:g}"),
@@ -67,6 +69,15 @@ def show_bundle(path: Path, json_out: bool = False) -> None:
         except (KeyError, TypeError, AttributeError, ValueError):  # descriptive fields the codec does not read
             table.add_row(name, "- (missing or malformed in manifest.json)")
     console.print(table)
+
+
+def _absent(bundle: Path, entry: dict) -> str:
+    """A listed file the folder lacks (a hand-copied decoder-only folder keeps the encoder's entry): info showed
+    it like the others."""
+    try:
+        return "" if (bundle / entry["path"]).is_file() else " MISSING"
+    except OSError:
+        return " UNREADABLE"
 
 
 def show_doctor() -> None:

@@ -393,6 +393,22 @@ def test_info_prints_brackets_in_paths_as_they_are(tmp_path):
     assert f".aecfile{aec}" in "".join(aectl("info", aec).stdout.split())
 
 
+def test_a_hand_copied_decoder_only_folder_is_told_apart(tmp_path):
+    """Copying decoder.onnx and the manifest by hand keeps the encoder's entry: info listed it like the others,
+    and compress failed once per file (`encoder.onnx is missing`). info marks it, and compress refuses once."""
+    import shutil
+
+    folder = tmp_path / "edge"
+    folder.mkdir()
+    for name in ("manifest.json", "decoder.onnx"):
+        shutil.copy(ROOT / "models" / "factorized-q1" / name, folder)
+    assert re.search(r"encoder\.onnx \(.*\)\s*(│\s*)*MISSING, decoder", aectl("info", folder).stdout)
+    assert json.loads(aectl("info", folder, "--json").stdout)["absent_files"] == ["encoder"]
+    images = [ROOT / "examples" / "images" / name for name in ("kodim03.png", "kodim07.png")]
+    proc = aectl("compress", *images, "-m", folder, "-o", tmp_path / "out", check=False)
+    assert proc.returncode == 1 and proc.stderr == f"error: bundle {folder}: encoder.onnx is missing\n"
+
+
 def test_info_says_a_shipped_bundles_steps_are_its_last_stages():
     """A shipped bundle's `training.steps` counts only its recipe's last stage: info (and the demo) read as if
     q4 had trained 11000 steps in all."""
