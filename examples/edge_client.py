@@ -56,20 +56,32 @@ def make_handler(decoder: Decoder):
                 return self._reply(500, f"error: internal error: {type(exc).__name__}\n".encode(), "text/plain")
             self._reply(200, png.getvalue(), "image/png")
 
+        def _not_allowed(self) -> None:
+            """405 with `Allow: POST` for the methods HTTP defines (http.server answered 501, "not
+            implemented", as for a method nobody knows)."""
+            self.close_connection = True
+            self._reply(405, f"error: {self.command} is not allowed; use POST /decode\n".encode(), "text/plain",
+                        {"Allow": "POST"})
+
+        do_GET = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # noqa: N815
+
         def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-            """http.server's own refusals (a GET, a malformed request line) as one line of text, not a page
-            of HTML."""
+            """http.server's own refusals (an unknown method, a malformed request line) as one line of text,
+            not a page of HTML."""
             self.close_connection = True
             self._reply(code, f"error: {message or self.responses.get(code, ('',))[0]}; use POST /decode\n"
                         .encode(), "text/plain")
 
-        def _reply(self, status: int, body: bytes, kind: str) -> None:
+        def _reply(self, status: int, body: bytes, kind: str, headers: dict | None = None) -> None:
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(body)
+                if self.command != "HEAD":  # a HEAD answer has headers only
+                    self.wfile.write(body)
             except OSError:  # the client left before its answer: a traceback on stderr said so
                 self.close_connection = True
 

@@ -88,10 +88,11 @@ def test_edge_service_returns_png(edge_files):
         with socket.create_connection((host, int(port)), timeout=60) as raw:  # a header urllib would not send
             raw.sendall(b"POST /decode HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
             assert raw.recv(1 << 16).startswith(b"HTTP/1.0 400 ")  # the connection was dropped
-        with pytest.raises(urllib.error.HTTPError) as err:  # http.server's own refusal was a page of HTML
+        with pytest.raises(urllib.error.HTTPError) as err:  # http.server's own refusal: 501 and a page of HTML
             urllib.request.urlopen(url, timeout=60)
-        assert err.value.code == 501 and err.value.headers["Content-Type"] == "text/plain"
-        assert err.value.read() == b"error: Unsupported method ('GET'); use POST /decode\n"
+        assert (err.value.code, err.value.headers["Allow"], err.value.headers["Content-Type"]) == \
+            (405, "POST", "text/plain")
+        assert err.value.read() == b"error: GET is not allowed; use POST /decode\n"
         with socket.create_connection((host, int(port)), timeout=60) as raw:  # a client that leaves early
             raw.sendall(b"POST /decode HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=60) as resp:
