@@ -157,7 +157,7 @@ def _macs(bundle, originals: list[np.ndarray]) -> dict:
         h, w = a.shape[:2]
         plan = tiling.plan(h, w, *tiling.choose_tile_size(h, w, rule["stride"], rule["fixed_size"]),
                            rule["stride"], rule["fixed_size"])
-        sizes.extend((t.padded_height, t.padded_width) for t in plan)
+        sizes.extend((t.input_height, t.input_width) for t in plan)  # with their halos: what the networks run
     lat = bundle.latent_rule
     out = {}
     for role in ("encoder", "decoder"):

@@ -14,6 +14,7 @@ Codec(bundle, provider) adds the encoder:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -68,9 +69,12 @@ class Decoder:
                         h.version) for h, payload, _, tiles in parsed]
         with stage(self.stages, "io"):
             outputs = [np.empty((h.height, h.width, 3), dtype=np.uint8) for h, *_ in parsed]
-        for batch in self._batches(self._network_runs([tiles for *_, tiles in parsed], "decoder")):
+        plans = [tiles for *_, tiles in parsed]
+        index = {(i, t): k for i, tiles in enumerate(plans) for k, t in enumerate(tiles)}
+        blocks = [_DecodedBlocks() for _ in parsed]
+        for batch in self._batches(self._network_runs(plans, "decoder")):
             with stage(self.stages, "entropy"):
-                symbols = [np.stack([self.coder.decode_block(streams[i][0], self._symbol_shape(t), streams[i][1])
+                symbols = [np.stack([self._latent_input(streams[i], plans[i], index[i, t], blocks[i])
                                      for i, t in run]) for run in batch]
             for run, run_symbols in zip(batch, symbols):
                 self._decode_run(run, run_symbols, outputs)
@@ -83,6 +87,24 @@ class Decoder:
         return images
 
     # -- internals ------------------------------------------------------------------------------------------
+    def _latent_input(self, stream, tiles: list[tiling.Tile], k: int, decoded: "_DecodedBlocks") -> np.ndarray:
+        """The decoder's input symbols for tiles[k]: its own block, with its halo from its neighbours' blocks
+        (tiling's docstring). Blocks are entropy-decoded in the file's order, as far as the neighbours reach,
+        and dropped once no later tile reaches back to them: at most three rows of tiles are held."""
+        decoder, version = stream
+        blocks = decoded.blocks
+        while decoded.next <= max(tiling.neighbours(tiles, k)):
+            blocks[decoded.next] = self.coder.decode_block(decoder, self._symbol_shape(tiles[decoded.next]), version)
+            decoded.next += 1
+        tile = tiles[k]
+        if (tile.input_height, tile.input_width) == (tile.padded_height, tile.padded_width):
+            return blocks.pop(k)
+        window = tiling.latent_window(blocks, tiles, k, self.stride)
+        columns = sum(t.top == 0 for t in tiles)
+        for j in [j for j in blocks if j < k - columns - 1]:
+            del blocks[j]
+        return window
+
     def _network_runs(self, plans: list[list[tiling.Tile]], role: str) -> Iterator[list[tuple[int, tiling.Tile]]]:
         """Session runs as lists of (image index, tile). A tiled image runs its tiles in raster order (the
         order of its bitstream); single-tile images of one padded size share runs, which is what batches
@@ -92,7 +114,7 @@ class Decoder:
         single: dict[tuple[int, int], list] = {}
         for i, tiles in enumerate(plans):
             if len(tiles) == 1:
-                single.setdefault((tiles[0].padded_height, tiles[0].padded_width), []).append((i, tiles[0]))
+                single.setdefault((tiles[0].input_height, tiles[0].input_width), []).append((i, tiles[0]))
                 continue
             for run in tiling.runs(tiles, self._run_limit(tiles[0], budget)):
                 yield [(i, t) for t in run]
@@ -117,7 +139,7 @@ class Decoder:
             yield batch
 
     def _run_limit(self, tile: tiling.Tile, budget: int) -> int:
-        return max(1, min(self.batch_size, budget // (tile.padded_height * tile.padded_width)))
+        return max(1, min(self.batch_size, budget // (tile.input_height * tile.input_width)))
 
     def _latent_tile_shape(self, th: int, tw: int) -> tuple[int, int, int]:
         lat = self.bundle.latent_rule
@@ -140,7 +162,7 @@ class Decoder:
             decoded = self.network.decode(latents)
         with stage(self.stages, "io"):
             for (i, t), img in zip(items, decoded):
-                tiling.paste(outputs[i], img, t)
+                tiling.paste(outputs[i], tiling.crop_halo(img, t), t)
 
     def _parse(self, data: bytes):
         """(header, payload, alpha plane, tile plan) of an .aec file, checked against this bundle."""
@@ -164,6 +186,14 @@ class Decoder:
             raise AectlError(f"corrupted .aec file (a payload of {len(payload)} bytes cannot hold a "
                              f"{header.width}x{header.height} image)")
         return header, payload, alpha, tiles
+
+
+@dataclass
+class _DecodedBlocks:
+    """One file's entropy-decoded blocks that a tile still needs (tile index -> symbols), and the next block
+    its stream holds."""
+    next: int = 0
+    blocks: dict = field(default_factory=dict)
 
 
 class Codec(Decoder):
@@ -243,11 +273,15 @@ class Codec(Decoder):
         """Network and quantisation of one session run: (image index, block of symbols) per tile, in order."""
         with stage(self.stages, "io"):
             first = items[0][1]
-            x = np.empty((len(items), 3, first.padded_height, first.padded_width), dtype=np.float32)
+            x = np.empty((len(items), 3, first.input_height, first.input_width), dtype=np.float32)
             for slot, (i, t) in zip(x, items):
                 tiling.cut(pixels[i].rgb, t, out=slot)
         with stage(self.stages, "network"):
             y = self.network.encode(x)
         with stage(self.stages, "quantize"):
             symbols = self.network.quantize(y)
-        return [(i, block) for (i, _), block in zip(items, symbols)]
+            if (first.input_height, first.input_width) == (first.padded_height, first.padded_width):
+                return [(i, block) for (i, _), block in zip(items, symbols)]
+            # Each tile's own latents (the halos of one run's tiles may lie on different sides).
+            return [(i, np.ascontiguousarray(tiling.crop_halo(block, t, self.stride)))
+                    for (i, t), block in zip(items, symbols)]
