@@ -162,7 +162,9 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     if budget:
         from aectl.runtime.rate_control import QualityLadder
 
-        own_level = codec.bundle.manifest.get("architecture", {}).get("quality") or 0
+        architecture = codec.bundle.manifest.get("architecture")  # descriptive: may be missing or malformed
+        own_level = architecture.get("quality") if isinstance(architecture, dict) else None
+        own_level = own_level if type(own_level) is int else 0
         levels = {own_level: model} if chosen_by_user else shipped_qualities()
         ladder = QualityLadder(levels, provider=provider, threads=threads, max_pixels=max_pixels,
                                format_version=format_version)
@@ -191,13 +193,14 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
 
 def decompress_files(inputs, out, model, provider, image_format, force, json_out, threads, max_pixels,
                      fail_fast=False, png_compression=None) -> int:
-    from aectl.runtime.codec import Codec
+    from aectl.runtime.codec import Codec, check_max_pixels
     from aectl.runtime.container import parse
     from aectl.runtime.image_io import PNG_COMPRESSION, atomic_write
     from aectl.runtime.providers import require_provider
     from aectl.runtime.registry import find_bundle
 
     require_provider(provider)
+    check_max_pixels(max_pixels)
     png_compression = PNG_COMPRESSION if png_compression is None else png_compression
     if not 0 <= png_compression <= 9:
         raise AectlError(f"--png-compression {png_compression}: give a zlib level from 0 to 9")

@@ -28,6 +28,12 @@ from aectl.runtime.network import Network
 from aectl.runtime.profile import Stages, stage
 
 
+def check_max_pixels(max_pixels: int | None) -> None:
+    """None (no limit but the format's) or a positive count: 0 or -5 refused every file, one by one."""
+    if max_pixels is not None and (type(max_pixels) is not int or max_pixels < 1):
+        raise AectlError(f"{option('max_pixels', max_pixels)}: give a positive pixel count")
+
+
 class Decoder:
     """A loaded bundle that turns .aec files back into images. Sessions start lazily on the chosen provider
     (cpu, cuda or auto), so a decoder-only client never needs the encoder."""
@@ -42,6 +48,7 @@ class Decoder:
         self.stages: Stages | None = None  # set to a profile.Stages() to account time per stage
         self.coder = entropy_coder.EntropyCoder(self.bundle.entropy)
         # None: no limit but the format's own (Pillow's MAX_IMAGE_PIXELS = None reads the same way).
+        check_max_pixels(max_pixels)
         self.max_pixels = container.MAX_SIDE * container.MAX_SIDE if max_pixels is None else max_pixels
         self.batch_size = 8 if batch_size is None else max(1, batch_size)
         rule = self.bundle.input_rule

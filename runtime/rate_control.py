@@ -6,6 +6,7 @@ and keep the first file that fits (file size grows with quality, so the first fi
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from aectl.runtime.errors import AectlError, option
@@ -15,6 +16,9 @@ def check_budget(max_bytes: int | None, max_bpp: float | None) -> None:
     """Exactly one budget, positive and finite (--max-bpp inf or nan is a typo, not a budget)."""
     if (max_bytes is None) == (max_bpp is None):
         raise AectlError(f"give exactly one of {option('max_bytes')} and {option('max_bpp')}")
+    for name, value in (("max_bytes", max_bytes), ("max_bpp", max_bpp)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise AectlError(f"{option(name, value)}: give a number")  # True was taken as 1 B, "0.5" a TypeError
     if any(v is not None and not 0 < v < math.inf for v in (max_bytes, max_bpp)):  # nan fails both comparisons
         raise AectlError(f"{option('max_bytes')}/{option('max_bpp')} must be positive and finite")
 
@@ -41,15 +45,18 @@ class QualityLadder:
         from aectl.runtime import container, image_io
 
         check_budget(max_bytes, max_bpp)
-        if isinstance(image, (str, Path)):  # decode the file once, not once per candidate
-            image = image_io.open_image(image, self.options.get("max_pixels", container.DEFAULT_MAX_PIXELS))
+        first = self.codec(next(iter(self.bundles)))
+        if isinstance(image, (str, os.PathLike)):  # decode the file once, not once per candidate
+            image = image_io.open_image(os.fspath(image), first.max_pixels)  # max_pixels=None: the codec's reading
         smallest = None
         for quality in self.bundles:
             data = self.codec(quality).compress(image)
-            if max_bytes is None:
-                header = container.parse(data)[0]
-                max_bytes = int(min(max_bpp * header.width * header.height / 8, 1 << 62))  # 1e308 bpp: no overflow
-            if len(data) <= max_bytes:
+            header = container.parse(data)[0]
+            rate = 8 * len(data) / (header.width * header.height)  # as reported: its own bpp always fits --max-bpp
+            if (len(data) <= max_bytes) if max_bpp is None else (rate <= max_bpp):
                 return data, quality
-            smallest = (len(data), quality)
-        raise AectlError(f"does not fit in {max_bytes} B: the lowest quality (q{smallest[1]}) needs {smallest[0]} B")
+            smallest = (len(data), rate, quality)
+        needs = f"{smallest[0]} B" if max_bpp is None else f"{smallest[1]:.4g} bpp ({smallest[0]} B)"
+        lowest = f"the lowest quality (q{smallest[2]})" if len(self.bundles) > 1 else "this model"
+        budget = f"{max_bytes} B" if max_bpp is None else f"{max_bpp:g} bpp"
+        raise AectlError(f"does not fit in {budget}: {lowest} needs {needs}")

@@ -86,6 +86,41 @@ def test_max_bytes_picks_the_best_quality_that_fits(kodak, tmp_path):
     assert tight.returncode != 0 and "does not fit" in tight.stderr and not (tmp_path / "tight.aec").exists()
 
 
+def test_a_files_own_bpp_is_a_budget_it_fits_and_budgets_are_checked(kodak, tmp_path):
+    """--max-bpp was turned into bytes by rounding down, so the bpp a file reports could refuse that file (17x33:
+    1.3689839572192513 bpp made a budget of 95 B for a 96 B file). A library caller's max_pixels=None failed on
+    a path, max_bpp="0.5" was a TypeError and max_bytes=True meant 1 B; -m with a manifest whose architecture is
+    not an object crashed; --max-pixels 0 or -5 refused every file one by one."""
+    import shutil
+
+    from aectl.runtime import AectlError
+    from aectl.runtime.rate_control import QualityLadder
+
+    odd = tmp_path / "odd.png"
+    Image.open(kodak / "kodim01.png").convert("RGB").crop((100, 100, 117, 133)).save(odd)
+    levels = shipped_qualities()
+    ladder = QualityLadder(levels, provider="cpu", max_pixels=None)
+    for quality in levels:
+        report = json.loads(aectl("compress", odd, "-q", quality, "-o", tmp_path / f"q{quality}.aec", "--json").stdout)
+        data, chosen = ladder.compress_within(odd, max_bpp=report["files"][0]["bpp"])
+        assert len(data) <= report["files"][0]["bytes"] and chosen >= quality
+    for budget in ({"max_bpp": "0.5"}, {"max_bytes": True}):
+        with pytest.raises(AectlError, match="give a number"):
+            ladder.compress_within(odd, **budget)
+    listed = tmp_path / "listed"
+    shutil.copytree(levels[min(levels)], listed)
+    manifest = json.loads((listed / "manifest.json").read_text())
+    manifest["architecture"] = ["x"]
+    (listed / "manifest.json").write_text(json.dumps(manifest))
+    tight = aectl("compress", odd, "-m", listed, "--max-bytes", 10, "-o", tmp_path / "x.aec", check=False)
+    assert tight.returncode == 1 and tight.stderr.startswith(f"error: {odd}: does not fit in 10 B: this model "
+                                                             "needs "), tight.stderr
+    for command in (["compress", odd, "-o", tmp_path / "y.aec"], ["decompress", tmp_path / "q1.aec", "-o",
+                                                                     tmp_path / "y.png"]):
+        refused = aectl(*command, "--max-pixels", -5, check=False)
+        assert refused.returncode == 1 and refused.stderr == "error: --max-pixels -5: give a positive pixel count\n"
+
+
 def test_eval_writes_results_csv_and_plot(kodak, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
