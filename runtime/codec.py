@@ -103,12 +103,11 @@ class Decoder:
         while decoded.next <= max(tiling.neighbours(tiles, k)):
             blocks[decoded.next] = self.coder.decode_block(decoder, self._symbol_shape(tiles[decoded.next]), version)
             decoded.next += 1
-        tile = tiles[k]
-        if (tile.input_height, tile.input_width) == (tile.padded_height, tile.padded_width):
+        if not tiles[k].has_halo:
             return blocks.pop(k)
         window = tiling.latent_window(blocks, tiles, k, self.stride)
-        columns = sum(t.top == 0 for t in tiles)
-        for j in [j for j in blocks if j < k - columns - 1]:
+        oldest_needed = k - tiling.columns(tiles) - 1  # k's top-left neighbour: no later tile reaches further back
+        for j in [j for j in blocks if j < oldest_needed]:
             del blocks[j]
         return window
 
@@ -287,7 +286,7 @@ class Codec(Decoder):
             y = self.network.encode(x)
         with stage(self.stages, "quantize"):
             symbols = self.network.quantize(y)
-            if (first.input_height, first.input_width) == (first.padded_height, first.padded_width):
+            if not first.has_halo:
                 return [(i, block) for (i, _), block in zip(items, symbols)]
             # Each tile's own latents (the halos of one run's tiles may lie on different sides).
             return [(i, np.ascontiguousarray(tiling.crop_halo(block, t, self.stride)))

@@ -46,6 +46,10 @@ class Tile:
     def input_width(self) -> int:
         return self.halo_left + self.padded_width + self.halo_right
 
+    @property
+    def has_halo(self) -> bool:
+        return (self.input_height, self.input_width) != (self.padded_height, self.padded_width)
+
 
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
@@ -123,14 +127,18 @@ def neighbours(tiles: list[Tile], index: int) -> list[int]:
     """Indices of the tiles whose area meets tiles[index]'s input, itself included: the tiles around it that
     its halo reaches (a halo never reaches past the next tile: HALO is below MAX_TILE, and only the last row
     and column are shorter)."""
-    t = tiles[index]
-    if (t.input_height, t.input_width) == (t.padded_height, t.padded_width):
+    if not tiles[index].has_halo:
         return [index]
-    columns = sum(o.top == 0 for o in tiles)
-    row, col = divmod(index, columns)
-    rows = len(tiles) // columns
-    return [r * columns + c for r in range(max(0, row - 1), min(rows, row + 2))
-            for c in range(max(0, col - 1), min(columns, col + 2))]
+    per_row = columns(tiles)
+    row, col = divmod(index, per_row)
+    rows = len(tiles) // per_row
+    return [r * per_row + c for r in range(max(0, row - 1), min(rows, row + 2))
+            for c in range(max(0, col - 1), min(per_row, col + 2))]
+
+
+def columns(tiles: list[Tile]) -> int:
+    """Tiles per row of a plan (raster order)."""
+    return sum(t.top == 0 for t in tiles)
 
 
 def paste(out: np.ndarray, decoded: np.ndarray, tile: Tile) -> None:
