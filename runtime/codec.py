@@ -34,6 +34,13 @@ def check_max_pixels(max_pixels: int | None) -> None:
         raise AectlError(f"{option('max_pixels', max_pixels)}: give a positive pixel count")
 
 
+def pixel_limit(max_pixels: int | None) -> int:
+    """The pixel count a codec reads up to: None means no limit but the format's own (Pillow's
+    MAX_IMAGE_PIXELS = None reads the same way)."""
+    check_max_pixels(max_pixels)
+    return container.MAX_SIDE * container.MAX_SIDE if max_pixels is None else max_pixels
+
+
 class Decoder:
     """A loaded bundle that turns .aec files back into images. Sessions start lazily on the chosen provider
     (cpu, cuda or auto), so a decoder-only client never needs the encoder."""
@@ -47,9 +54,7 @@ class Decoder:
         self.network = network if network is not None else Network(self.bundle, provider, threads)
         self.stages: Stages | None = None  # set to a profile.Stages() to account time per stage
         self.coder = entropy_coder.EntropyCoder(self.bundle.entropy)
-        # None: no limit but the format's own (Pillow's MAX_IMAGE_PIXELS = None reads the same way).
-        check_max_pixels(max_pixels)
-        self.max_pixels = container.MAX_SIDE * container.MAX_SIDE if max_pixels is None else max_pixels
+        self.max_pixels = pixel_limit(max_pixels)
         self.batch_size = 8 if batch_size is None else max(1, batch_size)
         rule = self.bundle.input_rule
         self.stride, self.fixed_size = rule["stride"], rule["fixed_size"]

@@ -86,6 +86,30 @@ def test_max_bytes_picks_the_best_quality_that_fits(kodak, tmp_path):
     assert tight.returncode != 0 and "does not fit" in tight.stderr and not (tmp_path / "tight.aec").exists()
 
 
+def test_rate_control_finds_the_best_fit_in_few_encodes(kodak):
+    """Trying the levels from the highest down encoded up to seven times (and kept seven codecs' memory) for a
+    tight budget. The search guided by the manifests' kodak-dev rates must pick what that order picked (the
+    highest level that fits, from each level's own file size) in at most three encodes, for every budget."""
+    from aectl.runtime import AectlError
+    from aectl.runtime.rate_control import QualityLadder
+
+    source = kodak / "kodim07.png"
+    sizes = {q: len(Codec(path, provider="cpu").compress(source)) for q, path in LEVELS.items()}
+    qualities = sorted(sizes)
+    budgets = [sizes[qualities[0]] - 1] + [(sizes[a] + sizes[b]) // 2 for a, b in zip(qualities, qualities[1:])]
+    budgets.append(sizes[qualities[-1]])
+    for budget in budgets:
+        fitting = [q for q in qualities if sizes[q] <= budget]
+        ladder = QualityLadder(LEVELS, provider="cpu")
+        if not fitting:
+            with pytest.raises(AectlError, match=rf"\(q{qualities[0]}\) needs {sizes[qualities[0]]} B"):
+                ladder.compress_within(source, max_bytes=budget)
+        else:
+            data, chosen = ladder.compress_within(source, max_bytes=budget)
+            assert chosen == fitting[-1] and len(data) == sizes[chosen], (budget, chosen, fitting)
+        assert len(ladder.loaded) <= 3, (budget, ladder.loaded)
+
+
 def test_a_files_own_bpp_is_a_budget_it_fits_and_budgets_are_checked(kodak, tmp_path):
     """--max-bpp was turned into bytes by rounding down, so the bpp a file reports could refuse that file (17x33:
     1.3689839572192513 bpp made a budget of 95 B for a 96 B file). A library caller's max_pixels=None failed on
