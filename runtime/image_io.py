@@ -2,6 +2,12 @@
 that matches the original.
 
 - EXIF orientation is applied on input (the codec stores upright pixels; the output carries no rotation tag).
+- Colour is coded as sRGB, the space the models were trained in and what an untagged output means to every
+  viewer: RGB, RGBA, CMYK and gray images with an embedded ICC profile other than sRGB (a phone's Display P3, a
+  camera's Adobe RGB, a print CMYK JPEG) are converted to sRGB through it on input (littlecms through Pillow's
+  ImageCms, Pillow's default perceptual intent), as browsers display them; otherwise their pixel values would
+  be taken as sRGB and come back with other colours. The output carries no profile. A profile that cannot be
+  read is ignored, as browsers ignore it.
 - Grayscale (L, 1, I;16, I, F) is replicated to RGB and returned as grayscale; float (F) images are read as
   0..1 when every value is within it, else as 0..255 levels.
 - Animated and multi-page files (GIF, APNG, WebP, TIFF) opened from a path are refused: one picture per file,
@@ -17,6 +23,8 @@ that matches the original.
 """
 from __future__ import annotations
 
+import functools
+import io
 import os
 import secrets
 import threading
@@ -114,6 +122,9 @@ def to_pixels(img: Image.Image) -> Pixels:
     elif mode in ("L", "RGB") and img.info.get("transparency") is not None:  # one colour transparent (PNG tRNS)
         img = img.convert("LA" if mode == "L" else "RGBA")
         mode = img.mode
+    if img.info.get("icc_profile") and mode in ("RGB", "RGBA", "CMYK", "L", "LA"):
+        img = _as_srgb(img)
+        mode = img.mode
     if mode in ("1", "L"):
         gray = np.asarray(img.convert("L"))
         return Pixels(np.repeat(gray[:, :, None], 3, axis=2), None, 1, 8)
@@ -128,6 +139,43 @@ def to_pixels(img: Image.Image) -> Pixels:
     except Exception as exc:
         raise AectlError(f"cannot convert image mode {mode} to RGB ({exc})") from None
     return Pixels(rgb, None, 3, 8)
+
+
+def _as_srgb(img: Image.Image) -> Image.Image:
+    """`img` (RGB, RGBA, CMYK, L or LA with an ICC profile) in sRGB: RGB or RGBA, or L or LA for gray, which
+    sRGB's curve carries as the sRGB gray viewers assume for untagged gray images."""
+    transform = _srgb_transform(bytes(img.info["icc_profile"]), "L" if img.mode == "LA" else img.mode)
+    if transform is None:
+        return img
+    if img.mode in ("L", "LA"):
+        gray = transform.apply(img.getchannel("L")).getchannel("G")  # R = G = B for a neutral input
+        return Image.merge("LA", (gray, img.getchannel("A"))) if img.mode == "LA" else gray
+    return transform.apply(img)
+
+
+@functools.lru_cache(maxsize=8)
+def _srgb_transform(icc: bytes, mode: str):
+    """A littlecms transform from the profile to sRGB, built once per profile (a batch of one phone's photos
+    shares it); None for sRGB profiles themselves, profiles that cannot be read, and a profile whose colour
+    space is not the image's, as browsers treat them, and when Pillow was built without littlecms."""
+    try:
+        from PIL import ImageCms
+    except ImportError:
+        return None
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if "srgb" in ImageCms.getProfileDescription(source).lower():
+            return None  # already sRGB (v2, v4 or a camera's copy): nothing to convert
+        return ImageCms.buildTransform(source, _srgb_profile(), mode, "RGBA" if mode == "RGBA" else "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _srgb_profile():
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 def _gray_levels(values: np.ndarray, mode: str) -> tuple[np.ndarray, bool]:

@@ -580,6 +580,69 @@ def test_exif_rotation_is_applied(trained, kodak, tmp_path):
     assert out.size == (48, 96)
 
 
+def _through(image: Image.Image, profile: bytes, mode: str) -> np.ndarray:
+    """What littlecms makes of `image` under `profile`, in sRGB: the colours a browser shows."""
+    import io
+
+    from PIL import ImageCms
+
+    source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+    return np.asarray(ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode=mode))
+
+
+def test_icc_tagged_images_are_coded_in_srgb(kodak, tmp_path):
+    """Pixel values were coded as if sRGB whatever profile a file carried: a Display P3 photo (every recent phone)
+    came back with its blues 5.6 levels off on average, a linear-gray or CMYK file further off. Each is now
+    converted to sRGB through its profile first, as viewers show it; the output is sRGB."""
+    from PIL import ImageCms
+
+    from aectl.runtime.image_io import read_rgb, to_pixels
+    from aectl.train.data import load_rgb
+    from icc_profiles import cmyk_profile, gray_profile, rgb_profile
+
+    photo = Image.open(kodak / "kodim03.png").convert("RGB")
+    p3 = rgb_profile()
+    photo.save(tmp_path / "p3.png", icc_profile=p3)
+    shown = _through(photo, p3, "RGB").astype(float)
+    subprocess.run([aectl_exe(), "compress", tmp_path / "p3.png", "-o", tmp_path / "p3.aec"], check=True,
+                   capture_output=True)  # the shipped default model
+    subprocess.run([aectl_exe(), "decompress", tmp_path / "p3.aec", "-o", tmp_path / "back.png"], check=True,
+                   capture_output=True)
+    back = Image.open(tmp_path / "back.png")
+    assert "icc_profile" not in back.info  # untagged: sRGB
+    channel_error = np.abs(np.asarray(back, dtype=float).mean((0, 1)) - shown.mean((0, 1)))
+    assert channel_error.max() < 1.0 and np.abs(shown - np.asarray(photo)).mean((0, 1)).max() > 3, channel_error
+    assert np.array_equal(read_rgb(tmp_path / "p3.png", 1 << 24), shown.astype(np.uint8))  # what eval measures
+    assert np.array_equal(load_rgb(tmp_path / "p3.png", 64), shown.astype(np.uint8))  # and what training sees
+
+    crop = photo.crop((0, 0, 128, 96))
+    rgba = crop.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(crop.size))
+    rgba.info["icc_profile"] = p3
+    pixels = to_pixels(rgba)
+    assert np.array_equal(pixels.rgb, _through(crop, p3, "RGB")) and np.array_equal(pixels.alpha,
+                                                                                      np.asarray(rgba)[..., 3])
+    gray = crop.convert("L")
+    gray.info["icc_profile"] = gray_profile()  # linear light: shown much brighter than its values
+    pixels = to_pixels(gray)
+    assert pixels.channels == 1 and np.array_equal(pixels.rgb[..., 0], _through(gray, gray_profile(), "RGB")[..., 1])
+    corners = []  # a CMYK profile that agrees with Pillow's plain conversion at the ink corners only
+    for c, m, y, k in np.ndindex(2, 2, 2, 2):
+        rgb = Image.new("CMYK", (1, 1), (255 * c, 255 * m, 255 * y, 255 * k)).convert("RGB")
+        lab = ImageCms.profileToProfile(rgb, ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"),
+                                        outputMode="LAB").getpixel((0, 0))
+        corners.append((lab[0] * 100 / 255, lab[1] - 128, lab[2] - 128))
+    cmyk = crop.convert("CMYK")
+    cmyk.save(tmp_path / "print.jpg", icc_profile=cmyk_profile(corners), quality=95)
+    opened = Image.open(tmp_path / "print.jpg")
+    assert np.array_equal(to_pixels(opened).rgb, _through(opened, cmyk_profile(corners), "RGB"))
+
+    untagged = to_pixels(crop).rgb  # sRGB-tagged and broken profiles leave the values as they are
+    for profile in (ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes(), b"not a profile"):
+        crop.info["icc_profile"] = profile
+        assert np.array_equal(to_pixels(crop).rgb, untagged)
+
+
 def test_batch_api_matches_single_calls(trained, kodak):
     _, bundle = trained["factorized"]
     codec = Codec(bundle, provider="cpu")

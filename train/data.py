@@ -10,10 +10,11 @@ import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from aectl.runtime.errors import AectlError
 from aectl.runtime.files import IMAGE_SUFFIXES
+from aectl.runtime.image_io import to_pixels
 
 
 def find_images(root: Path) -> list[Path]:
@@ -22,10 +23,13 @@ def find_images(root: Path) -> list[Path]:
 
 
 def load_rgb(path: Path, min_side: int) -> np.ndarray:
-    """HWC uint8 RGB, EXIF orientation applied, upscaled if a side is shorter than min_side."""
+    """HWC uint8 RGB as the codec reads it (EXIF orientation applied, colour in sRGB, 16-bit gray scaled),
+    upscaled if a side is shorter than min_side."""
     try:
         with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img).convert("RGB")
+            img = Image.fromarray(to_pixels(img).rgb)
+    except AectlError as exc:  # a mode or range the codec refuses, said in its own words
+        raise AectlError(f"{path}: {exc}") from None
     except Exception as exc:  # Pillow raises many types for unreadable files
         raise AectlError(f"cannot read image {path}: {exc}") from None
     if min(img.size) < min_side:
