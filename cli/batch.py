@@ -48,6 +48,39 @@ def _names_one_file(inputs, out) -> bool:
     return out is not None and len(inputs) == 1 and not inputs[0].is_dir() and not out.is_dir()
 
 
+def _stdio_jobs(inputs, out, new_suffix: str, json_out: bool) -> list[files.Job] | None:
+    """The one job of a pipe, for input - (standard input) or -o - (standard output), as gzip reads them; None
+    when neither is used. Reading stdin without -o writes stdout."""
+    reads = any(files.is_stdio(p) for p in inputs)
+    if not reads and not files.is_stdio(out):
+        return None
+    if len(inputs) != 1:
+        raise AectlError("- (standard input) must be the only input" if reads else
+                         "-o - (standard output) takes one input file")
+    if not reads and inputs[0].is_dir():
+        raise AectlError("-o - (standard output) takes one input file, not a folder")
+    target = files.STDIO if out is None else out
+    if reads and not files.is_stdio(target) and (target.is_dir() or target.suffix.lower() != new_suffix):
+        raise AectlError(f"-o {target}: reading standard input, -o names the {new_suffix} file to write (or - for "
+                         "standard output)")
+    if files.is_stdio(target):
+        if json_out:
+            raise AectlError("--json prints on standard output, which -o - uses for the file: drop one")
+        if sys.stdout.isatty():
+            raise AectlError("refusing to write binary data to a terminal: redirect standard output, or give -o FILE")
+    return [files.Job(inputs[0], target)]
+
+
+def _read_stdin() -> bytes:
+    """All of standard input; a terminal is refused rather than waited on."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise AectlError("standard input is a terminal: pipe or redirect a file into it")
+    data = sys.stdin.buffer.read()
+    if not data:
+        raise AectlError("standard input is empty")
+    return data
+
+
 def _pillow_format(suffix: str) -> str | None:
     from PIL import Image
 
@@ -98,7 +131,8 @@ def _print_ok(json_out: bool, advance):
             extra = f"q{r.quality}, " if r.quality is not None else ""
             extra += f"{r.bpp:.3f} bpp, " if r.bpp is not None else ""
             extra += f"ratio {_ratio(r.ratio)}:1, " if r.ratio is not None else ""
-            typer.echo(f"{r.source} -> {r.target} ({r.width}x{r.height}, {extra}{r.bytes} B)")
+            typer.echo(f"{r.source} -> {r.target} ({r.width}x{r.height}, {extra}{r.bytes} B)",
+                       err=r.target == "stdout")  # stdout holds the file itself
     return on_result
 
 
@@ -135,7 +169,10 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     if not codec.bundle.has_encoder:
         raise AectlError(f"bundle {model} is decoder-only (no encoder.onnx) and cannot compress; "
                          "use the full bundle it was stripped from")
-    jobs = files.plan_jobs(inputs, out, files.IMAGE_SUFFIXES, files.AEC_SUFFIX)
+    jobs = _stdio_jobs(inputs, out, files.AEC_SUFFIX, json_out)
+    if jobs and engine == "ray":
+        raise AectlError("--engine ray reads and writes files: give paths, not -")
+    jobs = jobs or files.plan_jobs(inputs, out, files.IMAGE_SUFFIXES, files.AEC_SUFFIX)
     if not jobs:
         raise AectlError("no image files found in the given inputs")
     if engine == "ray":
@@ -174,11 +211,12 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     def work(job):
         from aectl.runtime.container import parse
 
+        source = _stdin_image(codec.max_pixels) if files.is_stdio(job.source) else job.source
         chosen = None
         if ladder:
-            data, chosen = ladder.compress_within(job.source, max_bytes=max_bytes, max_bpp=max_bpp)
+            data, chosen = ladder.compress_within(source, max_bytes=max_bytes, max_bpp=max_bpp)
         else:
-            data = codec.compress(job.source)
+            data = codec.compress(source)
         header = parse(data, max_pixels)[0]
         info = files.compress_info(data, header.width, header.height, header.channels, header.bit_depth)
         if chosen:
@@ -191,11 +229,23 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     return _report(results, json_out)
 
 
+def _stdin_image(max_pixels: int):
+    import io
+
+    from aectl.runtime.container import MAGIC
+    from aectl.runtime.image_io import open_image
+
+    data = _read_stdin()
+    if data[:len(MAGIC)] == MAGIC:
+        raise AectlError("already an .aec file (decompress it first)")
+    return open_image(io.BytesIO(data), max_pixels, name="stdin")
+
+
 def decompress_files(inputs, out, model, provider, image_format, force, json_out, threads, max_pixels,
                      fail_fast=False, png_compression=None) -> int:
     from aectl.runtime.codec import Codec, check_max_pixels
     from aectl.runtime.container import parse
-    from aectl.runtime.image_io import PNG_COMPRESSION, atomic_write
+    from aectl.runtime.image_io import PNG_COMPRESSION, atomic_write, encode_image
     from aectl.runtime.providers import require_provider
     from aectl.runtime.registry import find_bundle
 
@@ -205,7 +255,7 @@ def decompress_files(inputs, out, model, provider, image_format, force, json_out
     if not 0 <= png_compression <= 9:
         raise AectlError(f"--png-compression {png_compression}: give a zlib level from 0 to 9")
     suffix = _output_suffix(inputs, out, image_format)
-    jobs = files.plan_jobs(inputs, out, {files.AEC_SUFFIX}, suffix)
+    jobs = _stdio_jobs(inputs, out, suffix, json_out) or files.plan_jobs(inputs, out, {files.AEC_SUFFIX}, suffix)
     if not jobs:
         raise AectlError("no .aec files found in the given inputs")
     codecs: dict[str, Codec] = {}
@@ -215,7 +265,7 @@ def decompress_files(inputs, out, model, provider, image_format, force, json_out
 
     def work(job):
         try:
-            data = job.source.read_bytes()
+            data = _read_stdin() if files.is_stdio(job.source) else job.source.read_bytes()
         except OSError as exc:
             raise AectlError(exc.strerror) from None
         header = parse(data, max_pixels)[0]
@@ -232,7 +282,10 @@ def decompress_files(inputs, out, model, provider, image_format, force, json_out
     save_options = {"compress_level": png_compression} if _pillow_format(suffix) == "PNG" else None
 
     def write(job, image):
-        atomic_write(job.target, image=image, force=force, save_options=save_options)
+        if files.is_stdio(job.target):
+            files.write_stdout(encode_image(image, suffix, save_options))
+        else:
+            atomic_write(job.target, image=image, force=force, save_options=save_options)
 
     with _progress(len(jobs), "decompress") as advance:
         results = files.run_jobs(jobs, work, force, write=write, on_result=_print_ok(json_out, advance),

@@ -168,15 +168,15 @@ def info(
 
 @app.command()
 def compress(
-    inputs: list[Path] = typer.Argument(..., help="image files or directories (recursive)"),
+    inputs: list[Path] = typer.Argument(..., help="image files or directories (recursive); - reads standard input"),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="bundle directory; default: a shipped model"),
     quality: Optional[int] = typer.Option(None, "--quality", "-q", help="shipped model quality (see `aectl models`); "
                                           "default: 4"),
     max_bytes: Optional[int] = typer.Option(None, help="use the best shipped quality whose file fits in this many bytes"),
     max_bpp: Optional[float] = typer.Option(None, help="use the best shipped quality whose file fits in this many "
                                             "bits per pixel"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (or .aec file for one input); "
-                                       "default: next to each input"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (or .aec file for one input; - "
+                                       "for standard output); default: next to each input (standard output for -)"),
     provider: str = typer.Option("auto", help="onnxruntime provider: auto (CUDA if it works, else CPU), cpu, cuda or tensorrt"),
     force: bool = typer.Option(False, help="overwrite existing outputs"),
     json_out: bool = typer.Option(False, "--json", help="print per-file results as JSON"),
@@ -199,9 +199,10 @@ def compress(
 
 @app.command()
 def decompress(
-    inputs: list[Path] = typer.Argument(..., help=".aec files or directories (recursive)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (or image file for one input); "
-                                       "default: next to each input"),
+    inputs: list[Path] = typer.Argument(..., help=".aec files or directories (recursive); - reads standard input"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (or image file for one input; - "
+                                       "for standard output, as --format, default png); default: next to each "
+                                       "input (standard output for -)"),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="bundle; default: found by the file's model id"),
     provider: str = typer.Option("auto", help="onnxruntime provider: auto (CUDA if it works, else CPU), cpu, cuda or tensorrt"),
     image_format: Optional[str] = typer.Option(None, "--format", help="output image format (file suffix): png, bmp, "
@@ -341,6 +342,9 @@ def main() -> None:
         if exc.name not in ("torch", "onnx", "onnxscript"):
             _internal_error(exc)
         _die(f"this command needs {exc.name}, which is not installed: pip install 'aectl[train]'")
+    except BrokenPipeError:  # the reader of stdout left (`aectl compress x.png -o - | head -c 8`): quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        sys.exit(1)
     except OSError as exc:  # "[Errno 17] File exists: 'f.txt'" reads better as "f.txt: File exists"
         _die(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
     except ValueError as exc:

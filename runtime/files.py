@@ -2,6 +2,8 @@
 result so one bad file is reported and skipped while the rest completes."""
 from __future__ import annotations
 
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ from aectl.runtime.errors import AectlError, option
 from aectl.runtime.image_io import atomic_write
 
 AEC_SUFFIX = ".aec"
+STDIO = Path("-")  # an input "-" is standard input, -o - standard output: one file through a pipe, as in gzip
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".gif",
                   ".tga"}
 
@@ -38,6 +41,26 @@ class Result:
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def is_stdio(path) -> bool:
+    return path is not None and os.fspath(path) == "-"
+
+
+def label(path: Path, stream: str) -> str:
+    """How a job's end is named in reports: its path, or stdin/stdout."""
+    return stream if is_stdio(path) else str(path)
+
+
+def write_stdout(data: bytes) -> None:
+    """A whole output at once to standard output (made in memory first, so a failure writes nothing)."""
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:  # the reader left (`| head`): its choice, not this file's failure
+        raise
+    except OSError as exc:
+        raise AectlError(f"cannot write to standard output: {exc.strerror or exc}") from None
 
 
 def plan_jobs(inputs: Iterable[Path], out: Path | None, suffixes: set[str], new_suffix: str) -> list[Job]:
@@ -90,20 +113,25 @@ def run_jobs(jobs: list[Job], work: Callable[[Job], tuple[bytes | None, dict]], 
     results = []
     for job in jobs:
         start = time.perf_counter()
+        names = label(job.source, "stdin"), label(job.target, "stdout")
         try:
             check_job(job, force, check_source)
             output, info = work(job)
             if write is not None:
                 write(job, output)
+            elif is_stdio(job.target):
+                write_stdout(output)
             else:
                 atomic_write(job.target, output, force=force)
-            result = Result(str(job.source), str(job.target), True, seconds=time.perf_counter() - start, **info)
+            result = Result(*names, True, seconds=time.perf_counter() - start, **info)
         except AectlError as exc:
-            result = Result(str(job.source), str(job.target), False, error=str(exc))
+            result = Result(*names, False, error=str(exc))
+        except BrokenPipeError:
+            raise
         except OSError as exc:  # reading the input, say: the file fails, the batch goes on
-            result = Result(str(job.source), str(job.target), False, error=exc.strerror or str(exc))
+            result = Result(*names, False, error=exc.strerror or str(exc))
         except MemoryError:
-            result = Result(str(job.source), str(job.target), False, error="out of memory")
+            result = Result(*names, False, error="out of memory")
         results.append(result)
         if on_result:
             on_result(result)
@@ -115,11 +143,14 @@ def run_jobs(jobs: list[Job], work: Callable[[Job], tuple[bytes | None, dict]], 
 def check_job(job: Job, force: bool, check_source: Callable[[Path], None] | None = None) -> None:
     """Refuse a job before any work: its input not a regular file (a FIFO would block), of the wrong kind, the
     input itself as output, or an output there already without `force`."""
-    if not job.source.is_file():
-        raise AectlError("not a regular file" if job.source.exists() else "no such file")
-    if check_source is not None:
-        check_source(job.source)
-    if job.target.resolve() == job.source.resolve():
+    if not is_stdio(job.source):
+        if not job.source.is_file():
+            raise AectlError("not a regular file" if job.source.exists() else "no such file")
+        if check_source is not None:
+            check_source(job.source)
+    if is_stdio(job.target):
+        return
+    if not is_stdio(job.source) and job.target.resolve() == job.source.resolve():
         raise AectlError("output would overwrite the input")
     if job.target.exists() and not force:
         raise AectlError(f"{job.target} exists; pass {option('force', True)} to overwrite")

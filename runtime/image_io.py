@@ -55,21 +55,23 @@ class Pixels:
 _PILLOW_LIMIT_LOCK = threading.Lock()
 
 
-def open_image(path: str | Path, max_pixels: int) -> Image.Image:
-    """A loaded image file within `max_pixels`, or one AectlError. Pillow refuses more than twice its global
+def open_image(path, max_pixels: int, name: str | None = None) -> Image.Image:
+    """A loaded image file (a path, or a binary file object called `name` in messages) within `max_pixels`, or
+    one AectlError. Pillow refuses more than twice its global
     MAX_IMAGE_PIXELS (179 Mpx by default; aectl's own limit is 268 Mpx), when opening and, for TIFF, GIF, WebP
     and MPO, again when loading; only then is the global raised to `max_pixels`, under a lock, for this open
     and load, and restored at once (switching it off around every open, unlocked, let two threads leave it off
     for the whole process)."""
+    source, path = path, path if name is None else name
     try:
         try:
-            return _open_within(path, max_pixels)
+            return _open_within(source, path, max_pixels)
         except Image.DecompressionBombError:
             with _PILLOW_LIMIT_LOCK:
                 pillow_limit = Image.MAX_IMAGE_PIXELS
                 Image.MAX_IMAGE_PIXELS = max(pillow_limit or 0, max_pixels)  # ours below then decides
                 try:
-                    return _open_within(path, max_pixels)
+                    return _open_within(source, path, max_pixels)
                 except Image.DecompressionBombError:  # past twice the raised limit: past ours too
                     raise AectlError(f"{path}: the image exceeds the limit of {max_pixels} pixels (raise "
                                      f"{option('max_pixels')} if you trust this file)") from None
@@ -80,12 +82,12 @@ def open_image(path: str | Path, max_pixels: int) -> Image.Image:
     except FileNotFoundError:
         raise AectlError(f"{path}: no such file") from None
     except Exception as exc:  # Pillow raises many exception types for unreadable files
-        detail = str(exc).replace(f"'{path}'", "").replace(str(path), "").strip() or type(exc).__name__
-        raise AectlError(f"{path}: cannot read image ({detail})") from None
+        detail = str(exc).replace(f"'{path}'", "").replace(str(path), "").replace(repr(source), "").strip()
+        raise AectlError(f"{path}: cannot read image ({detail or type(exc).__name__})") from None
 
 
-def _open_within(path: str | Path, max_pixels: int) -> Image.Image:
-    img = Image.open(path)
+def _open_within(source, path: str | Path, max_pixels: int) -> Image.Image:
+    img = Image.open(source)
     if img.width * img.height > max_pixels:
         raise AectlError(f"{path}: {img.width}x{img.height} exceeds the limit of {max_pixels} pixels "
                          f"(raise {option('max_pixels')} if you trust this file)")
@@ -263,6 +265,16 @@ def unpack_alpha(data: bytes, height: int, width: int) -> np.ndarray:
     if len(raw) != height * width or not inflater.eof or inflater.unused_data:
         raise AectlError("corrupted alpha plane (wrong size)")
     return np.frombuffer(raw, dtype=np.uint8).reshape(height, width)
+
+
+def encode_image(image: Image.Image, suffix: str, save_options: dict | None = None) -> bytes:
+    """An image as the bytes of a file with `suffix` (for standard output, where there is no file to name)."""
+    fmt = Image.registered_extensions().get(suffix.lower())
+    if fmt is None:
+        raise AectlError(f"unknown image format for extension {suffix!r}")
+    buffer = io.BytesIO()
+    _save(image_for_format(image, fmt), buffer, fmt, Path("stdout"), save_options)
+    return buffer.getvalue()
 
 
 def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image | None = None,

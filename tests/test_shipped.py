@@ -166,3 +166,62 @@ def test_eval_writes_results_csv_and_plot(kodak, tmp_path):
     blocked = aectl("eval", "--data", data, "--baselines", "jpeg", "-o", tmp_path / "taken" / "eval", check=False)
     assert blocked.returncode == 1 and blocked.stderr.strip().splitlines() == [
         f"error: cannot write into {tmp_path / 'taken' / 'eval'}: {tmp_path / 'taken'} is a file, not a folder"]
+
+
+def _piped(*args, data: bytes = b"", stdout=subprocess.PIPE):
+    return subprocess.run([aectl_exe(), *map(str, args)], input=data, stdout=stdout, stderr=subprocess.PIPE)
+
+
+def test_standard_input_and_output_as_unix_tools_read_them(kodak, tmp_path):
+    """`-` as the input read standard input and `-o -` wrote a folder named "-" (compress: "-: no such file";
+    `-o -` made ./-/kodim01.aec). Now they are pipes, as in gzip: the same bytes as through files, the report on
+    stderr, binary data refused to a terminal, and one-line errors for what a pipe cannot do."""
+    import pty
+
+    photo = kodak / "kodim01.png"
+    aectl("compress", photo, "-o", tmp_path / "file.aec")
+    aectl("decompress", tmp_path / "file.aec", "-o", tmp_path / "file.png")
+    aec = (tmp_path / "file.aec").read_bytes()
+
+    piped = _piped("compress", "-", "-o", "-", data=photo.read_bytes())
+    assert piped.returncode == 0 and piped.stdout == aec
+    assert piped.stderr.decode().startswith("stdin -> stdout (768x512, ")
+    assert _piped("compress", "-", data=photo.read_bytes()).stdout == aec  # no -o: standard output
+    assert _piped("compress", photo, "-o", "-").stdout == aec
+    assert _piped("compress", "-", "-o", tmp_path / "in.aec", data=photo.read_bytes()).returncode == 0
+    assert (tmp_path / "in.aec").read_bytes() == aec
+
+    image = _piped("decompress", "-", "-o", "-", data=aec)
+    assert image.stdout.startswith(b"\x89PNG") and image.stderr.decode().startswith("stdin -> stdout")
+    (tmp_path / "piped.png").write_bytes(image.stdout)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "piped.png")), np.asarray(Image.open(tmp_path / "file.png")))
+    webp = _piped("decompress", tmp_path / "file.aec", "-o", "-", "--format", "webp")
+    assert webp.returncode == 0 and webp.stdout[8:12] == b"WEBP"
+
+    refusals = [
+        (("compress", "-", photo), photo.read_bytes(), "error: - (standard input) must be the only input"),
+        (("compress", kodak, "-o", "-"), b"", "error: -o - (standard output) takes one input file, not a folder"),
+        (("compress", photo, "-o", "-", "--json"), b"", "error: --json prints on standard output, which -o - "),
+        (("compress", "-", "-o", tmp_path / "x.png"), photo.read_bytes(), "error: -o x.png: compress writes"),
+        (("compress", "-", "-o", tmp_path), photo.read_bytes(), f"error: -o {tmp_path}: reading standard input"),
+        (("compress", "-", "-o", tmp_path / "in.aec"), photo.read_bytes(), "error: stdin: "),  # exists: --force
+        (("compress", "-"), b"", "error: stdin: standard input is empty"),
+        (("compress", "-"), aec, "error: stdin: already an .aec file"),
+        (("compress", "-"), b"not an image", "error: stdin: cannot read image"),
+        (("decompress", "-"), photo.read_bytes(), "error: stdin: not an .aec file"),
+        (("compress", "-", "--engine", "ray"), photo.read_bytes(), "error: --engine ray reads and writes files"),
+    ]
+    for args, data, message in refusals:
+        refused = _piped(*args, data=data)
+        err = refused.stderr.decode().replace(f"{tmp_path}/", "")
+        assert refused.returncode == 1 and err.startswith(message) \
+            and err.count("\n") == 1 and not refused.stdout, (args, err)
+    assert not (tmp_path / "-").exists() and not (tmp_path / "x.png").exists()
+
+    leader, follower = pty.openpty()  # a terminal on standard output gets no binary data
+    try:
+        to_terminal = _piped("compress", photo, "-o", "-", stdout=follower)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert to_terminal.returncode == 1 and to_terminal.stderr.decode().startswith("error: refusing to write binary")
