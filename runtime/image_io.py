@@ -158,7 +158,7 @@ def _as_srgb(img: Image.Image) -> Image.Image:
 @functools.lru_cache(maxsize=8)
 def _srgb_transform(icc: bytes, mode: str):
     """A littlecms transform from the profile to sRGB, built once per profile (a batch of one phone's photos
-    shares it); None for sRGB profiles themselves, profiles that cannot be read, and a profile whose colour
+    shares it, from any thread); None for sRGB profiles themselves, profiles that cannot be read, and a profile whose colour
     space is not the image's, as browsers treat them, and when Pillow was built without littlecms."""
     try:
         from PIL import ImageCms
@@ -168,7 +168,9 @@ def _srgb_transform(icc: bytes, mode: str):
         source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         if "srgb" in ImageCms.getProfileDescription(source).lower():
             return None  # already sRGB (v2, v4 or a camera's copy): nothing to convert
-        return ImageCms.buildTransform(source, _srgb_profile(), mode, "RGBA" if mode == "RGBA" else "RGB")
+        # NOCACHE: littlecms's one-pixel cache is written by every call, and codecs run in several threads.
+        return ImageCms.buildTransform(source, _srgb_profile(), mode, "RGBA" if mode == "RGBA" else "RGB",
+                                       flags=ImageCms.Flags.NOCACHE)
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
         return None
 

@@ -3,7 +3,7 @@
 Learned codecs have no rate control knob inside one model, so we encode with quality levels until the best one
 that fits is known: one that fits with the next level up not fitting (file size grows with quality; it does on
 every kodak-dev image for the shipped models). Which level to try next is guessed from the bundles' mean bpp on
-kodak-dev (the manifest's `evaluation`), scaled by how this image compared at the nearest level tried: an image's
+kodak-dev (the manifest's `evaluation`), scaled by how this image compared at the latest level tried: an image's
 bpp over the mean stays within ~10% across levels there, so two encodes usually settle it where trying from the
 highest down took up to seven (an interpolation search over the levels).
 """
@@ -84,9 +84,9 @@ class QualityLadder:
 
     def _next_try(self, open_levels: list[int], rates: dict[int, float], target_bpp: float | None) -> int:
         """Index into `open_levels` of the level to try next: the highest predicted to fit, or the lowest when
-        none is. Predictions scale each level's kodak-dev mean by this image's rate over it at the nearest level
-        tried (the latest); without a manifest figure (or a pixel count) the highest open level is tried, as a plain
-        highest-first search would."""
+        none is. Predictions scale each level's kodak-dev mean by this image's rate over it at the latest level
+        tried (a neighbour of the open levels); without a manifest figure (or a pixel count) the highest open level
+        is tried, as a plain highest-first search would."""
         if target_bpp is None or any(self._mean_bpp[q] is None for q in open_levels):
             return len(open_levels) - 1
         latest = next(reversed(rates), None)  # a neighbour of the open levels
