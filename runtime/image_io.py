@@ -113,6 +113,10 @@ def to_pixels(img: Image.Image) -> Pixels:
     if mode in _GRAY_16 or mode == "F":
         values = np.asarray(img, dtype=np.float64)
         gray, is16 = _gray_levels(values, mode)
+        if img.info.get("icc_profile"):  # coded at 8 bits anyway: its 8-bit levels go through the profile
+            levels = Image.fromarray(gray)
+            levels.info["icc_profile"] = img.info["icc_profile"]
+            gray = np.asarray(_as_srgb(levels))
         transparent = img.info.get("transparency")
         if transparent is not None and mode != "F":  # PNG tRNS on 16-bit gray: Pillow has no 16-bit gray + alpha
             alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
@@ -158,21 +162,37 @@ def _as_srgb(img: Image.Image) -> Image.Image:
 @functools.lru_cache(maxsize=8)
 def _srgb_transform(icc: bytes, mode: str):
     """A littlecms transform from the profile to sRGB, built once per profile (a batch of one phone's photos
-    shares it, from any thread); None for sRGB profiles themselves, profiles that cannot be read, and a profile whose colour
-    space is not the image's, as browsers treat them, and when Pillow was built without littlecms."""
+    shares it, from any thread); None where it would change nothing (sRGB profiles, whatever their name), for
+    profiles that cannot be read or whose colour space is not the image's (as browsers treat them), and when
+    Pillow was built without littlecms."""
     try:
         from PIL import ImageCms
     except ImportError:
         return None
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if "srgb" in ImageCms.getProfileDescription(source).lower():
-            return None  # already sRGB (v2, v4 or a camera's copy): nothing to convert
         # NOCACHE: littlecms's one-pixel cache is written by every call, and codecs run in several threads.
-        return ImageCms.buildTransform(source, _srgb_profile(), mode, "RGBA" if mode == "RGBA" else "RGB",
-                                       flags=ImageCms.Flags.NOCACHE)
+        transform = ImageCms.buildTransform(source, _srgb_profile(), mode, "RGBA" if mode == "RGBA" else "RGB",
+                                            flags=ImageCms.Flags.NOCACHE)
+        probe = _probe_colours(mode)
+        if np.abs(np.asarray(transform.apply(probe), dtype=np.int16)[..., :3]
+                  - np.asarray(probe.convert("RGB"), dtype=np.int16)).max() <= 1:
+            return None  # an sRGB profile (v2, v4, a camera's copy): the values stay exactly as they are
+        return transform
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
         return None
+
+
+def _probe_colours(mode: str) -> Image.Image:
+    """Colours that tell an sRGB profile from any other by what it does to them, not by its name ("Linear
+    sRGB" is not sRGB): a 6-step cube of RGB (or gray ramp, or CMYK corners) values."""
+    steps = np.linspace(0, 255, 6).round().astype(np.uint8)
+    if mode == "L":
+        return Image.fromarray(steps[None, :])
+    cube = np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), axis=-1).reshape(1, -1, 3)
+    if mode == "CMYK":
+        return Image.fromarray(cube, "RGB").convert("CMYK")
+    return Image.fromarray(cube, "RGB").convert(mode)
 
 
 @functools.lru_cache(maxsize=1)

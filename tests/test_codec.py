@@ -637,6 +637,13 @@ def test_icc_tagged_images_are_coded_in_srgb(kodak, tmp_path):
     opened = Image.open(tmp_path / "print.jpg")
     assert np.array_equal(to_pixels(opened).rgb, _through(opened, cmyk_profile(corners), "RGB"))
 
+    sixteen = Image.fromarray(np.asarray(gray, dtype=np.uint16) * 257)  # 16-bit gray went around the profile
+    sixteen.info["icc_profile"] = gray_profile()
+    assert np.array_equal(to_pixels(sixteen).rgb[..., 0], _through(gray, gray_profile(), "RGB")[..., 1])
+    named = crop.copy()  # a name is no proof: "Linear sRGB" profiles were taken for sRGB and left alone
+    named.info["icc_profile"] = rgb_profile("Linear sRGB (gamma 1.0)", gamma=1.0)
+    assert np.array_equal(to_pixels(named).rgb, _through(crop, named.info["icc_profile"], "RGB"))
+
     untagged = to_pixels(crop).rgb  # sRGB-tagged and broken profiles leave the values as they are
     for profile in (ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes(), b"not a profile"):
         crop.info["icc_profile"] = profile

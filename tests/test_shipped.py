@@ -108,6 +108,7 @@ def test_rate_control_finds_the_best_fit_in_few_encodes(kodak):
             data, chosen = ladder.compress_within(source, max_bytes=budget)
             assert chosen == fitting[-1] and len(data) == sizes[chosen], (budget, chosen, fitting)
         assert len(ladder.loaded) <= 3, (budget, ladder.loaded)
+    assert QualityLadder(LEVELS, provider="cpu").compress_within(source, max_bytes=10**400)[1] == qualities[-1]
 
 
 def test_a_files_own_bpp_is_a_budget_it_fits_and_budgets_are_checked(kodak, tmp_path):
