@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from pathlib import Path
 
 import typer
 
 from aectl.cli.json_out import json_text
-from aectl.runtime import files
+from aectl.runtime import container, files
 from aectl.runtime.errors import AectlError
 
 
@@ -48,6 +49,14 @@ def _names_one_file(inputs, out) -> bool:
     return out is not None and len(inputs) == 1 and not inputs[0].is_dir() and not out.is_dir()
 
 
+def stream_paths(inputs: list[str], out: str | None) -> tuple[list[Path], Path | None]:
+    """Command-line words as paths, the bare word - as the standard stream (files.STDIO), so that ./- still
+    names a file called "-" (pathlib reads both as Path("-"))."""
+    def path(word: str) -> Path:
+        return files.STDIO if word == "-" else Path(word)
+    return [path(w) for w in inputs], None if out is None else path(out)
+
+
 def _stdio_jobs(inputs, out, new_suffix: str, json_out: bool) -> list[files.Job] | None:
     """The one job of a pipe, for input - (standard input) or -o - (standard output), as gzip reads them; None
     when neither is used. Reading stdin without -o writes stdout."""
@@ -66,19 +75,25 @@ def _stdio_jobs(inputs, out, new_suffix: str, json_out: bool) -> list[files.Job]
     if files.is_stdio(target):
         if json_out:
             raise AectlError("--json prints on standard output, which -o - uses for the file: drop one")
+        if sys.stdout is None:
+            raise AectlError("standard output is closed: give -o FILE")
         if sys.stdout.isatty():
             raise AectlError("refusing to write binary data to a terminal: redirect standard output, or give -o FILE")
     return [files.Job(inputs[0], target)]
 
 
-def _read_stdin() -> bytes:
-    """All of standard input; a terminal is refused rather than waited on."""
-    if sys.stdin is None or sys.stdin.isatty():
+def _read_stdin(check_head) -> bytes:
+    """All of standard input; a terminal is refused rather than waited on, and `check_head` sees the first
+    bytes before the rest is read (a wrong kind of stream fails at once, not after all of it is in memory)."""
+    if sys.stdin is None:
+        raise AectlError("standard input is closed: pipe or redirect a file into it")
+    if sys.stdin.isatty():
         raise AectlError("standard input is a terminal: pipe or redirect a file into it")
-    data = sys.stdin.buffer.read()
-    if not data:
+    head = sys.stdin.buffer.read(len(container.MAGIC))
+    if not head:
         raise AectlError("standard input is empty")
-    return data
+    check_head(head)
+    return head + sys.stdin.buffer.read()
 
 
 def _pillow_format(suffix: str) -> str | None:
@@ -232,13 +247,12 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
 def _stdin_image(max_pixels: int):
     import io
 
-    from aectl.runtime.container import MAGIC
     from aectl.runtime.image_io import open_image
 
-    data = _read_stdin()
-    if data[:len(MAGIC)] == MAGIC:
-        raise AectlError("already an .aec file (decompress it first)")
-    return open_image(io.BytesIO(data), max_pixels, name="stdin")
+    def not_aec(head: bytes) -> None:
+        if head == container.MAGIC:
+            raise AectlError("already an .aec file (decompress it first)")
+    return open_image(io.BytesIO(_read_stdin(not_aec)), max_pixels, name="stdin")
 
 
 def decompress_files(inputs, out, model, provider, image_format, force, json_out, threads, max_pixels,
@@ -265,7 +279,7 @@ def decompress_files(inputs, out, model, provider, image_format, force, json_out
 
     def work(job):
         try:
-            data = _read_stdin() if files.is_stdio(job.source) else job.source.read_bytes()
+            data = _read_stdin(container.check_magic) if files.is_stdio(job.source) else job.source.read_bytes()
         except OSError as exc:
             raise AectlError(exc.strerror) from None
         header = parse(data, max_pixels)[0]

@@ -168,15 +168,16 @@ def info(
 
 @app.command()
 def compress(
-    inputs: list[Path] = typer.Argument(..., help="image files or directories (recursive); - reads standard input"),
+    inputs: list[str] = typer.Argument(..., help="image files or directories (recursive); - reads standard input"),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="bundle directory; default: a shipped model"),
     quality: Optional[int] = typer.Option(None, "--quality", "-q", help="shipped model quality (see `aectl models`); "
                                           "default: 4"),
     max_bytes: Optional[int] = typer.Option(None, help="use the best shipped quality whose file fits in this many bytes"),
     max_bpp: Optional[float] = typer.Option(None, help="use the best shipped quality whose file fits in this many "
                                             "bits per pixel"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (or .aec file for one input; - "
-                                       "for standard output); default: next to each input (standard output for -)"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="<path>",
+                                      help="output directory (or .aec file for one input; - for standard output); "
+                                           "default: next to each input (standard output for -)"),
     provider: str = typer.Option("auto", help="onnxruntime provider: auto (CUDA if it works, else CPU), cpu, cuda or tensorrt"),
     force: bool = typer.Option(False, help="overwrite existing outputs"),
     json_out: bool = typer.Option(False, "--json", help="print per-file results as JSON"),
@@ -190,8 +191,9 @@ def compress(
                                                  "aectl releases (docs/aec-format.md)"),
 ) -> None:
     """Compress images into .aec files."""
-    from aectl.cli.batch import compress_files
+    from aectl.cli.batch import compress_files, stream_paths
 
+    inputs, out = stream_paths(inputs, out)
     raise typer.Exit(compress_files(inputs, model, out, provider, force, json_out, threads, max_pixels, fail_fast,
                                     engine, workers, quality=quality, max_bytes=max_bytes, max_bpp=max_bpp,
                                     format_version=format_version))
@@ -199,10 +201,11 @@ def compress(
 
 @app.command()
 def decompress(
-    inputs: list[Path] = typer.Argument(..., help=".aec files or directories (recursive); - reads standard input"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (or image file for one input; - "
-                                       "for standard output, as --format, default png); default: next to each "
-                                       "input (standard output for -)"),
+    inputs: list[str] = typer.Argument(..., help=".aec files or directories (recursive); - reads standard input"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="<path>",
+                                      help="output directory (or image file for one input; - for standard output, "
+                                           "as --format, default png); default: next to each input (standard output "
+                                           "for -)"),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="bundle; default: found by the file's model id"),
     provider: str = typer.Option("auto", help="onnxruntime provider: auto (CUDA if it works, else CPU), cpu, cuda or tensorrt"),
     image_format: Optional[str] = typer.Option(None, "--format", help="output image format (file suffix): png, bmp, "
@@ -218,8 +221,9 @@ def decompress(
                                                        "larger"),
 ) -> None:
     """Decompress .aec files back to images."""
-    from aectl.cli.batch import decompress_files
+    from aectl.cli.batch import decompress_files, stream_paths
 
+    inputs, out = stream_paths(inputs, out)
     raise typer.Exit(decompress_files(inputs, out, model, provider, image_format, force, json_out, threads,
                                       max_pixels, fail_fast, png_compression))
 

@@ -2,7 +2,6 @@
 result so one bad file is reported and skipped while the rest completes."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -14,7 +13,9 @@ from aectl.runtime.errors import AectlError, option
 from aectl.runtime.image_io import atomic_write
 
 AEC_SUFFIX = ".aec"
-STDIO = Path("-")  # an input "-" is standard input, -o - standard output: one file through a pipe, as in gzip
+# An input "-" is standard input, -o - standard output: one file through a pipe, as in gzip. Told apart by
+# identity: Path("./-"), a file called "-", compares equal to it.
+STDIO = Path("-")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".gif",
                   ".tga"}
 
@@ -44,7 +45,7 @@ class Result:
 
 
 def is_stdio(path) -> bool:
-    return path is not None and os.fspath(path) == "-"
+    return path is STDIO
 
 
 def label(path: Path, stream: str) -> str:

@@ -219,6 +219,15 @@ def test_standard_input_and_output_as_unix_tools_read_them(kodak, tmp_path):
             and err.count("\n") == 1 and not refused.stdout, (args, err)
     assert not (tmp_path / "-").exists() and not (tmp_path / "x.png").exists()
 
+    closed = subprocess.run(["sh", "-c", f"exec {aectl_exe()} compress {photo} -o - >&-"], capture_output=True,
+                            text=True)  # it said "internal error: AttributeError"
+    assert closed.returncode == 1 and closed.stderr == "error: standard output is closed: give -o FILE\n"
+    named = tmp_path / "named"  # ./- is a file called "-", as in gzip; only the bare word is a stream
+    (named / "-").mkdir(parents=True)
+    (named / "-" / "a.png").write_bytes(photo.read_bytes())
+    subprocess.run([aectl_exe(), "compress", "./-", "-o", "./-"], cwd=named, check=True, capture_output=True)
+    assert (named / "-" / "a.aec").read_bytes() == aec
+
     leader, follower = pty.openpty()  # a terminal on standard output gets no binary data
     try:
         to_terminal = _piped("compress", photo, "-o", "-", stdout=follower)
