@@ -90,3 +90,5 @@ def test_codecs_share_one_cpu_arena(kodak, tmp_path):
     codec = Codec(SHIPPED[0], provider="cpu")
     assert [config_entry(codec.network, role, "session.use_env_allocators") for role in ("encoder", "decoder")] \
         == ["1", "1"]
+    own = Network(load_bundle(SHIPPED[0]), "cpu", 2, Tuning(shared_arena=False))  # freed with its sessions
+    assert config_entry(own, "decoder", "session.use_env_allocators") is None
