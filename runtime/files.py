@@ -16,8 +16,10 @@ AEC_SUFFIX = ".aec"
 # An input "-" is standard input, -o - standard output: one file through a pipe, as in gzip. Told apart by
 # identity: Path("./-"), a file called "-", compares equal to it.
 STDIO = Path("-")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".gif",
-                  ".tga"}
+# What a folder walk picks up (a file named on the command line is read whatever its suffix): the photo formats
+# Pillow reads, AVIF, JPEG 2000 and QOI among them (a folder of .avif or .jfif photos was "no image files").
+IMAGE_SUFFIXES = {".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".tif", ".tiff", ".webp", ".avif",
+                  ".jp2", ".j2k", ".qoi", ".ppm", ".pgm", ".pbm", ".pnm", ".gif", ".tga"}
 
 
 @dataclass

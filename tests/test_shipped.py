@@ -3,6 +3,7 @@ in their manifest on a kodak-dev image; `aectl models`, `-q`, `--max-bytes`/`--m
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,3 +236,18 @@ def test_standard_input_and_output_as_unix_tools_read_them(kodak, tmp_path):
         os.close(follower)
         os.close(leader)
     assert to_terminal.returncode == 1 and to_terminal.stderr.decode().startswith("error: refusing to write binary")
+
+
+def test_folder_walks_find_every_photo_format_pillow_reads(kodak, tmp_path):
+    """A folder of .avif, .jfif, JPEG 2000 or QOI photos was "no image files found": the walk knew twelve
+    suffixes. Each is now coded, the same pixels as the PNG it was saved from where the format is lossless."""
+    photo = Image.open(kodak / "kodim03.png").convert("RGB").crop((0, 0, 96, 64))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for suffix, fmt in ((".avif", "AVIF"), (".jfif", "JPEG"), (".jpe", "JPEG"), (".jp2", "JPEG2000"),
+                        (".qoi", "QOI"), (".pnm", "PPM"), (".apng", "PNG")):
+        photo.save(folder / f"a{suffix[1:]}{suffix}", format=fmt)
+    report = json.loads(aectl("compress", folder, "-o", tmp_path / "out", "--json").stdout)
+    assert report["ok"] == 7 and report["failed"] == 0
+    coded = {Path(f["source"]).suffix: Path(f["target"]).read_bytes() for f in report["files"]}
+    assert coded[".qoi"] == coded[".pnm"] == coded[".apng"]  # lossless: the same pixels, the same file
