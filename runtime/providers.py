@@ -62,7 +62,7 @@ class Tuning:
         (ORT_ENABLE_ALL bakes in machine-specific layouts such as NCHWc), so "all" here is done per machine.
     mem_arena: onnxruntime's CPU memory arena. On: without it every large intermediate is mmap'ed, page-faulted
         and returned on every run (benchmarks/README.md: the arena made the networks 1.3-1.5x faster here).
-        One arena serves every session of the process (shared_cpu_arena), not one per session: a session keeps
+        One arena serves every session of the process (shared_arena), not one per session: a session keeps
         its largest buffers between runs, so each codec loaded held its own ~630 MB after a 1024 x 1024 image.
         The arena keeps the largest buffers of every input shape it has seen, so runs larger than
         SHRINK_ABOVE_PIXELS (big batches through Network; the codec's CPU runs stay under it) hand their memory
