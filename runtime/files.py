@@ -17,9 +17,10 @@ AEC_SUFFIX = ".aec"
 # identity: Path("./-"), a file called "-", compares equal to it.
 STDIO = Path("-")
 # What a folder walk picks up (a file named on the command line is read whatever its suffix): the photo formats
-# Pillow reads, AVIF, JPEG 2000 and QOI among them (a folder of .avif or .jfif photos was "no image files").
+# Pillow reads, AVIF, JPEG 2000 and QOI among them (a folder of .avif or .jfif photos was "no image files"), and
+# HEIC/HEIF through pillow-heif (`aectl[heif]`; without it, each such file says how to install it).
 IMAGE_SUFFIXES = {".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".tif", ".tiff", ".webp", ".avif",
-                  ".jp2", ".j2k", ".qoi", ".ppm", ".pgm", ".pbm", ".pnm", ".gif", ".tga"}
+                  ".heic", ".heif", ".jp2", ".j2k", ".qoi", ".ppm", ".pgm", ".pbm", ".pnm", ".gif", ".tga"}
 
 
 @dataclass

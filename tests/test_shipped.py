@@ -3,6 +3,7 @@ in their manifest on a kodak-dev image; `aectl models`, `-q`, `--max-bytes`/`--m
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +252,25 @@ def test_folder_walks_find_every_photo_format_pillow_reads(kodak, tmp_path):
     assert report["ok"] == 7 and report["failed"] == 0
     coded = {Path(f["source"]).suffix: Path(f["target"]).read_bytes() for f in report["files"]}
     assert coded[".qoi"] == coded[".pnm"] == coded[".apng"]  # lossless: the same pixels, the same file
+
+
+def test_heic_photos_are_read_through_pillow_heif(kodak, tmp_path):
+    """Phones save HEIC, which Pillow reads only with pillow-heif's opener registered (aectl[heif], in `make
+    test`'s install); without it, a .heic file says how to get it instead of "cannot identify image file"."""
+    pytest.importorskip("pillow_heif")
+    from aectl.runtime.image_io import heif_support
+
+    assert heif_support()
+    photo = Image.open(kodak / "kodim03.png").convert("RGB").crop((0, 0, 96, 64))
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    photo.save(folder / "IMG_0001.HEIC", format="HEIF", quality=90)
+    report = json.loads(aectl("compress", folder, "-o", tmp_path / "out", "--json").stdout)
+    assert report["ok"] == 1 and report["files"][0]["width"] == 96
+    decoded = np.asarray(Image.open(folder / "IMG_0001.HEIC").convert("RGB"))
+    assert (tmp_path / "out" / "IMG_0001.aec").read_bytes() == Codec(shipped_bundle(), provider="cpu").compress(decoded)
+    script = ("import sys; sys.modules['pillow_heif'] = None\n"  # as if it were not installed
+              "from aectl.runtime.image_io import read_rgb\n"
+              f"read_rgb({str(folder / 'IMG_0001.HEIC')!r}, 1 << 20)\n")
+    missing = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert missing.returncode != 0 and "reading HEIC/HEIF needs pillow-heif: pip install 'aectl[heif]'" in missing.stderr
