@@ -201,14 +201,12 @@ def _srgb_transform(icc: bytes, mode: str):
 
 def _probe_colours(mode: str) -> Image.Image:
     """Colours that tell an sRGB profile from any other by what it does to them, not by its name ("Linear
-    sRGB" is not sRGB): a 6-step cube of RGB (or gray ramp, or CMYK corners) values."""
+    sRGB" is not sRGB): a 6-step cube of RGB values, in the image's mode (a gray ramp for L)."""
     steps = np.linspace(0, 255, 6).round().astype(np.uint8)
     if mode == "L":
         return Image.fromarray(steps[None, :])
     cube = np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), axis=-1).reshape(1, -1, 3)
-    if mode == "CMYK":
-        return Image.fromarray(cube, "RGB").convert("CMYK")
-    return Image.fromarray(cube, "RGB").convert(mode)
+    return Image.fromarray(cube).convert(mode)
 
 
 @functools.lru_cache(maxsize=1)
