@@ -155,7 +155,7 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
                    engine="local", workers=None, quality=None, max_bytes=None, max_bpp=None,
                    format_version=None) -> int:
     from aectl.runtime.codec import Codec
-    from aectl.runtime.registry import shipped_bundle, shipped_qualities
+    from aectl.runtime.registry import manifest_quality, shipped_bundle, shipped_qualities
     from aectl.runtime.providers import PROVIDER_NAMES, require_provider
 
     if model is not None and quality is not None:
@@ -214,10 +214,8 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     if budget:
         from aectl.runtime.rate_control import QualityLadder
 
-        architecture = codec.bundle.manifest.get("architecture")  # descriptive: may be missing or malformed
-        own_level = architecture.get("quality") if isinstance(architecture, dict) else None
-        own_level = own_level if type(own_level) is int else 0
-        levels = {own_level: model} if chosen_by_user else shipped_qualities()
+        own_level = manifest_quality(codec.bundle.manifest)
+        levels = {own_level or 0: model} if chosen_by_user else shipped_qualities()
         ladder = QualityLadder(levels, provider=provider, threads=threads, max_pixels=max_pixels,
                                format_version=format_version)
     else:

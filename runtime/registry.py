@@ -100,14 +100,19 @@ def shipped_bundles() -> list[Path]:
 DEFAULT_QUALITY = 4  # what `aectl compress` uses without -m or -q
 
 
+def manifest_quality(manifest) -> int | None:
+    """A manifest's `architecture.quality`; None where it is missing or malformed (the section is descriptive)."""
+    architecture = manifest.get("architecture") if isinstance(manifest, dict) else None
+    quality = architecture.get("quality") if isinstance(architecture, dict) else None
+    return quality if type(quality) is int else None
+
+
 def shipped_qualities() -> dict[int, Path]:
     """Shipped bundles by their quality level (the `architecture.quality` in each manifest)."""
     found = {}
     for path in shipped_bundles():
-        manifest = _manifest(path)
-        architecture = manifest.get("architecture") if isinstance(manifest, dict) else None
-        quality = architecture.get("quality") if isinstance(architecture, dict) else None
-        if isinstance(quality, int):
+        quality = manifest_quality(_manifest(path))
+        if quality is not None:
             found[quality] = path
     return dict(sorted(found.items()))
 
