@@ -14,7 +14,7 @@ from PIL import Image
 
 from aectl.runtime.errors import AectlError
 from aectl.runtime.files import IMAGE_SUFFIXES
-from aectl.runtime.image_io import heif_support, to_pixels
+from aectl.runtime.image_io import heif_support, is_heif, to_pixels
 
 
 def find_images(root: Path) -> list[Path]:
@@ -25,7 +25,8 @@ def find_images(root: Path) -> list[Path]:
 def load_rgb(path: Path, min_side: int) -> np.ndarray:
     """HWC uint8 RGB as the codec reads it (EXIF orientation applied, colour in sRGB, 16-bit gray scaled),
     upscaled if a side is shorter than min_side."""
-    heif_support()
+    if is_heif(path):
+        heif_support()
     try:
         with Image.open(path) as img:
             img = Image.fromarray(to_pixels(img).rgb)
