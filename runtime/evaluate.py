@@ -21,7 +21,8 @@ from aectl.runtime.container import DEFAULT_MAX_PIXELS
 from aectl.runtime.errors import AectlError, option
 from aectl.runtime.files import IMAGE_SUFFIXES
 from aectl.runtime.image_io import read_rgb
-from aectl.runtime.metrics import bpp, ms_ssim, ms_ssim_db, pillow_encode, psnr
+from aectl.runtime.metrics import MS_SSIM_MIN_SIDE, bpp, ms_ssim, ms_ssim_db, pillow_encode, psnr
+from aectl.runtime.registry import manifest_quality
 
 BASELINE_SETTINGS = {
     "jpeg": (5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90),
@@ -73,7 +74,7 @@ def open_codec(bundle: Path, provider: str = "cpu", threads: int | None = None):
 
 
 def measure_bundle(bundle: Path, codec, images) -> list[Measured]:
-    quality = codec.bundle.manifest.get("architecture", {}).get("quality")
+    quality = manifest_quality(codec.bundle.manifest)
     setting = f"q{quality}" if quality is not None else bundle.name
     rows = []
     for name, image in images:
@@ -147,6 +148,10 @@ def evaluate(bundles: list[Path], data: Path, baselines: list[str], provider: st
         raise AectlError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINE_SETTINGS)}")
     codecs = [open_codec(bundle, provider, threads) for bundle in bundles]  # a bad bundle fails before any work
     images = load_images(data)
+    for name, image in images:  # named before any codec runs, not as a bare ValueError after the first model
+        if min(image.shape[:2]) < MS_SSIM_MIN_SIDE:
+            raise AectlError(f"{option('data', str(data))}: {name} is {image.shape[1]}x{image.shape[0]}; "
+                             f"MS-SSIM needs at least {MS_SSIM_MIN_SIDE} pixels a side")
     rows: list[Measured] = []
     for bundle, codec in zip(bundles, codecs):
         progress(f"model {bundle}")

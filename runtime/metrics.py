@@ -49,6 +49,7 @@ def baseline_at_bpp(image: np.ndarray, codec: str, target_bpp: float) -> dict:
 
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+MS_SSIM_MIN_SIDE = 11 * 2 ** (len(MS_SSIM_WEIGHTS) - 1)  # the 11x11 window at the coarsest of five scales
 
 
 def _gaussian_valid(x: np.ndarray, size: int = 11, sigma: float = 1.5) -> np.ndarray:
@@ -78,8 +79,9 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     papers report it. Images need at least 11 * 2**4 = 176 pixels on their shorter side."""
     x = np.asarray(a, dtype=np.float64).transpose(2, 0, 1)
     y = np.asarray(b, dtype=np.float64).transpose(2, 0, 1)
-    if min(x.shape[1:]) < 11 * 2 ** (len(MS_SSIM_WEIGHTS) - 1):
-        raise ValueError(f"MS-SSIM needs images of at least 176 pixels a side, got {x.shape[2]}x{x.shape[1]}")
+    if min(x.shape[1:]) < MS_SSIM_MIN_SIDE:
+        raise ValueError(f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIDE} pixels a side, "
+                         f"got {x.shape[2]}x{x.shape[1]}")
     values = []
     for level in range(len(MS_SSIM_WEIGHTS)):
         ssim, cs = _ssim_terms(x, y)

@@ -80,3 +80,41 @@ def test_eval_refuses_a_bad_bundle_before_measuring_any(kodak, tmp_path):
     with pytest.raises(AectlError):
         evaluate([shipped_bundle(1), bad], kodak, [], progress=started.append)
     assert started == []
+
+
+def test_eval_names_a_point_by_its_bundle_where_the_manifest_has_no_quality(kodak, tmp_path):
+    """`architecture` is descriptive: where it is not a section with an int quality, eval's point is named after
+    the bundle folder (a list there ended eval in an internal AttributeError)."""
+    import json
+    import shutil
+
+    from aectl.runtime.evaluate import measure_bundle, open_codec
+    from aectl.runtime.registry import shipped_bundle
+
+    image = np.asarray(Image.open(kodak / "kodim07.png").convert("RGB").crop((0, 0, 192, 176)))  # MS-SSIM's least
+    for architecture in (["q1"], {"quality": "1"}, {"quality": 1}):
+        bundle = tmp_path / "custom"
+        shutil.rmtree(bundle, ignore_errors=True)
+        shutil.copytree(shipped_bundle(1), bundle)
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest["architecture"] = architecture
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        (row,) = measure_bundle(bundle, open_codec(bundle), [("kodim07", image)])
+        assert row.setting == ("q1" if architecture == {"quality": 1} else "custom")
+
+
+def test_eval_refuses_an_image_too_small_for_ms_ssim_by_name_before_measuring(kodak, tmp_path):
+    """MS-SSIM needs 176 pixels a side; a smaller image in --data is named before any codec runs (it failed
+    after the first model was measured, without saying which image)."""
+    from aectl.runtime.errors import AectlError
+    from aectl.runtime.evaluate import evaluate
+    from aectl.runtime.registry import shipped_bundle
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.open(kodak / "kodim07.png").save(data / "a.png")
+    Image.open(kodak / "kodim07.png").crop((0, 0, 300, 175)).save(data / "b.png")
+    started = []
+    with pytest.raises(AectlError, match=r"b\.png is 300x175.*176"):
+        evaluate([shipped_bundle(1)], data, ["jpeg"], progress=started.append)
+    assert started == []
