@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 
 from aectl.cli.json_out import json_text
@@ -12,6 +13,7 @@ from aectl.runtime.image_io import atomic_write
 
 CURVE_FIELDS = ("codec", "setting", "images", "bpp", "psnr", "ms_ssim", "ms_ssim_db")
 OUTPUTS = ("results.json", "per_image.csv", "curves.csv", "rd.png")
+DEFAULT_RIGHT_BPP = 1.6  # where learned-codec papers' Kodak plots end
 
 
 def _csv(rows: list[dict], fields) -> bytes:
@@ -20,6 +22,20 @@ def _csv(rows: list[dict], fields) -> bytes:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue().encode()
+
+
+def plot_view(result: dict, metric: str) -> tuple[float, float | None, float | None]:
+    """(right edge in bpp, lowest and highest value to show) of one panel: every model point is in view, up to
+    at least 1.6 bpp, and the quality axis fits the finite points of that range, so a baseline's 3 bpp points
+    neither stretch it nor hide a model's."""
+    model_rates = [p["bpp"] for c, points in result["curves"].items() if c in result["models"] for p in points]
+    right = max([DEFAULT_RIGHT_BPP] + [1.08 * r for r in model_rates])
+    shown = [p[metric] for points in result["curves"].values() for p in points
+             if p["bpp"] <= right and p[metric] is not None and math.isfinite(p[metric])]
+    if not shown:
+        return right, None, None
+    pad = max(0.5, 0.05 * (max(shown) - min(shown)))
+    return right, min(shown) - pad, max(shown) + pad
 
 
 def rd_plot(result: dict, title: str = "") -> bytes:
@@ -38,10 +54,14 @@ def rd_plot(result: dict, title: str = "") -> bytes:
                     label=codec, linewidth=2 if ours else 1)
         ax.set_xlabel("bits per pixel")
         ax.set_ylabel(label)
-        ax.set_xlim(0, 1.6)
+        right, low, high = plot_view(result, metric)
+        ax.set_xlim(0, right)
+        if low is not None:
+            ax.set_ylim(low, high)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(title or f"{result['data']} ({result['images']} images)")
+    count = result["images"]
+    fig.suptitle(title or f"{result['data']} ({count} image{'' if count == 1 else 's'})")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -118,3 +118,21 @@ def test_eval_refuses_an_image_too_small_for_ms_ssim_by_name_before_measuring(ko
     with pytest.raises(AectlError, match=r"b\.png is 300x175.*176"):
         evaluate([shipped_bundle(1)], data, ["jpeg"], progress=started.append)
     assert started == []
+
+
+def test_the_rd_plot_shows_every_model_point():
+    """The panels kept 0-1.6 bpp whatever was measured, so a model coding at 2.5 bpp was off the plot, and the
+    quality axis stretched to JPEG's 3 bpp points that were not shown."""
+    from aectl.cli.rd_report import plot_view, rd_plot
+
+    jpeg = [{"bpp": b, "psnr": 24.0 + 4 * b, "ms_ssim_db": 8.0 + 4 * b} for b in (0.2, 0.8, 1.4, 3.1, 6.0)]
+    high = [{"bpp": b, "psnr": 30.0 + 3 * b, "ms_ssim_db": 14.0 + 3 * b} for b in (1.2, 2.5)]
+    result = {"data": "d", "images": 1, "models": ["high"], "curves": {"high": high, "jpeg": jpeg}}
+    right, low, top = plot_view(result, "psnr")
+    assert 2.5 < right < 3.1
+    assert low < 24.8 and 37.5 < top < 36.4 + 4  # JPEG's 3.1 and 6 bpp points are out of view
+    assert plot_view({**result, "models": [], "curves": {"jpeg": jpeg}}, "psnr")[0] == 1.6
+    lossless = {**result, "curves": {"high": high, "jpeg": jpeg[:2] + [{"bpp": 1.0, "psnr": math.inf,
+                                                                         "ms_ssim_db": math.inf}]}}
+    assert math.isfinite(plot_view(lossless, "ms_ssim_db")[2])
+    assert rd_plot(result)[:8] == b"\x89PNG\r\n\x1a\n"
