@@ -38,14 +38,21 @@ def plot_view(result: dict, metric: str) -> tuple[float, float | None, float | N
     return right, min(shown) - pad, max(shown) + pad
 
 
-def rd_plot(result: dict, title: str = "") -> bytes:
-    """Rate-distortion curves as a PNG: our models as solid lines with markers, baselines dashed."""
+def pyplot():
+    """matplotlib's pyplot on its file backend; eval asks for it before measuring, so a missing extra is said
+    before minutes of work rather than after."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise AectlError("the RD plot needs matplotlib: pip install 'aectl[eval]'") from None
+    return plt
+
+
+def rd_plot(result: dict, title: str = "") -> bytes:
+    """Rate-distortion curves as a PNG: our models as solid lines with markers, baselines dashed."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, metric, label in ((axes[0], "psnr", "PSNR (dB, RGB)"), (axes[1], "ms_ssim_db", "MS-SSIM (dB)")):
         for codec, points in result["curves"].items():

@@ -212,11 +212,12 @@ def show_models(json_out: bool = False) -> None:
 
 def show_eval(bundles, data: Path, baselines: list[str], out: Path, provider: str, threads, force: bool,
               json_out: bool) -> None:
-    from aectl.cli.rd_report import OUTPUTS, summary, write_report
+    from aectl.cli.rd_report import OUTPUTS, pyplot, summary, write_report
     from aectl.runtime.evaluate import evaluate
     from aectl.runtime.registry import shipped_qualities
 
-    check_writable_folder(out)  # refuse before minutes of measuring, not after
+    pyplot()  # refuse before minutes of measuring, not after
+    check_writable_folder(out)
     if not force:
         existing = [out / name for name in OUTPUTS if (out / name).exists()]
         if existing:

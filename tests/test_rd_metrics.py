@@ -136,3 +136,19 @@ def test_the_rd_plot_shows_every_model_point():
                                                                          "ms_ssim_db": math.inf}]}}
     assert math.isfinite(plot_view(lossless, "ms_ssim_db")[2])
     assert rd_plot(result)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_without_matplotlib_says_so_before_reading_any_image(tmp_path):
+    """The RD plot needs the `eval` extra; without matplotlib eval said so only after measuring everything."""
+    import subprocess
+    import sys
+
+    blocker = ("import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] == 'matplotlib':\n            raise ImportError('blocked: ' + name)\n"
+               "sys.meta_path.insert(0, Block())\n")
+    run = ("sys.argv = ['aectl', 'eval', '--data', %r, '--baselines', 'jpeg', '-o', %r]\n"
+           "from aectl.cli.main import main\nmain()\n") % (str(tmp_path / "no-such-folder"), str(tmp_path / "out"))
+    proc = subprocess.run([sys.executable, "-c", blocker + run], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: the RD plot needs matplotlib: pip install 'aectl[eval]'"
+    assert not (tmp_path / "out").exists()
