@@ -308,3 +308,5 @@ def show_bench(result: dict) -> None:
                 console.print(f"{engine} {bkey}: " + ", ".join(
                     f"{role} {r['macs_per_s'] / 1e9:.1f} GMAC/s" + _share_of_peak(r, precision.get(role, "fp32"))
                     for role, r in row.items()))
+    if "error" in (result.get("macs") or {}):
+        console.print(f"MAC rates: skipped, {result['macs']['error']}", soft_wrap=True, highlight=False)

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -309,3 +310,24 @@ def _orientation(value: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = value
     return exif.tobytes()
+
+
+def test_bench_says_why_it_has_no_mac_rates_without_onnx(trained, two_images):
+    """Without onnx (the `bench` extra) the MAC rates were left out of the tables without a word."""
+    _, bundle = trained["factorized"]
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'onnx':
+            raise ImportError('blocked for this test: ' + name)
+sys.meta_path.insert(0, Block())
+from aectl.perf.bench import BenchConfig, run_bench
+from aectl.cli.show import show_bench
+show_bench(run_bench(BenchConfig({str(bundle)!r}, {str(two_images)!r}, repeats=1, batch_sizes=(1,), baselines=(),
+                                 limit=1, peak=False, torch=False)))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert ("MAC rates: skipped, counting MACs needs the onnx package: pip install 'aectl[bench]'"
+            in proc.stdout.splitlines())
