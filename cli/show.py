@@ -241,9 +241,10 @@ def show_eval(bundles, data: Path, baselines: list[str], out: Path, provider: st
         print_whole(table)
     for model, against in result["comparisons"].items():
         for baseline, c in against.items():
-            fmt = lambda v: "n/a" if v is None else f"{v:+.1f}%"  # noqa: E731
-            console.print(f"{model} vs {baseline}: BD-rate {fmt(c['bd_rate_psnr'])} (PSNR), "
-                          f"{fmt(c['bd_rate_ms_ssim'])} (MS-SSIM)")
+            console.print(f"{model} vs {baseline}: BD-rate " + ", ".join(
+                f"{c[key]:+.1f}% ({metric})" if c[key] is not None else f"n/a ({metric}: {c[key + '_why']})"
+                for key, metric in (("bd_rate_psnr", "PSNR"), ("bd_rate_ms_ssim", "MS-SSIM"))),
+                soft_wrap=True, highlight=False)
     console.print("wrote " + ", ".join(str(p) for p in written))
 
 

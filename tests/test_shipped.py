@@ -171,6 +171,18 @@ def test_eval_writes_results_csv_and_plot(kodak, tmp_path):
         f"error: cannot write into {tmp_path / 'taken' / 'eval'}: {tmp_path / 'taken'} is a file, not a folder"]
 
 
+def test_eval_says_why_a_bd_rate_is_missing(kodak, tmp_path):
+    """A curve of one model point has no BD-rate; the console said only "n/a" (the reason was in results.json)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "kodim03.png").symlink_to(kodak / "kodim03.png")
+    from aectl.runtime.registry import shipped_bundle
+
+    shown = aectl("eval", "-m", shipped_bundle(1), "--data", data, "--baselines", "jpeg", "-o", tmp_path / "e").stdout
+    why = "each curve needs at least four (rate, quality) points"
+    assert f"factorized vs jpeg: BD-rate n/a (PSNR: {why}), n/a (MS-SSIM: {why})" in shown.splitlines()
+
+
 def _piped(*args, data: bytes = b"", stdout=subprocess.PIPE):
     return subprocess.run([aectl_exe(), *map(str, args)], input=data, stdout=stdout, stderr=subprocess.PIPE)
 
