@@ -180,7 +180,9 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
         require_provider(provider)
     if model is None:
         model = shipped_bundle(quality)
-    codec = Codec(model, provider=provider, threads=threads, max_pixels=max_pixels, format_version=format_version)
+    # With Ray the driver only checks the bundle and the files, on the CPU: the workers run the asked provider.
+    codec = Codec(model, provider="cpu" if engine == "ray" else provider, threads=threads, max_pixels=max_pixels,
+                  format_version=format_version)
     if not codec.bundle.has_encoder:
         raise AectlError(f"bundle {model} is decoder-only (no encoder.onnx) and cannot compress; "
                          "use the full bundle it was stripped from")

@@ -16,7 +16,7 @@ import numpy as np
 
 from aectl.runtime.bundle import Bundle
 from aectl.runtime.errors import AectlError
-from aectl.runtime.providers import (DEFAULT_TUNING, GPU_DEVICE_ID, Tuning, check_provider_name, check_threads,
+from aectl.runtime.providers import (DEFAULT_TUNING, GPU_DEVICE_ID, Tuning, check_threads, require_provider,
                                      create_session, import_ort, run_options, session_device)
 
 INT32_LIMIT = 2**31 - 1
@@ -66,7 +66,7 @@ class Network:
     def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None,
                  tuning: Tuning = DEFAULT_TUNING):
         check_threads(threads)  # now, not at the first session: bad values fail before any work
-        check_provider_name(provider)
+        require_provider(provider)  # "cuda" where CUDA does not run fails here, not at the first image
         self.bundle = bundle
         self.provider = provider
         self.threads = threads

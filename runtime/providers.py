@@ -296,11 +296,16 @@ def check_provider_name(name: str) -> None:
         raise AectlError(f"unknown provider {name!r}; choose one of {', '.join(PROVIDER_NAMES)}")
 
 
+_STARTED: set[str] = set()  # GPU providers that started a session in this process
+
+
 def require_provider(name: str) -> None:
-    """Fail once, before a batch starts, when the asked provider cannot run here (instead of once per file)."""
+    """Fail where a codec is made, and once before a batch starts, when the asked provider cannot run here
+    (instead of at the first image, once per file). A provider that started once is not tried again."""
     check_provider_name(name)
-    if name not in ("auto", "cpu"):
+    if name not in ("auto", "cpu") and name not in _STARTED:
         create_session(_identity_model(), name, engine_cache=False)  # raises the provider's one-line error
+        _STARTED.add(name)
 
 
 def usable_providers() -> dict[str, str]:

@@ -360,6 +360,18 @@ def test_arrays_of_every_pillow_mode_compress_as_their_images(trained, kodak):
         codec.compress(np.zeros((8, 8, 5), np.uint8))
 
 
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
+def test_an_unusable_gpu_provider_fails_when_the_codec_is_made(trained, provider):
+    """README says the codec errors if the asked provider is not usable; it was made without complaint and
+    failed at the first compress (sessions start lazily, per network)."""
+    from aectl.runtime.providers import probe
+
+    if probe(provider)[0]:
+        pytest.skip(f"{provider} works here; covered by tests/test_cuda.py")
+    with pytest.raises(AectlError, match="provider"):
+        Codec(trained["factorized"][1], provider=provider)
+
+
 def test_api_arguments_are_checked_when_the_codec_is_made_and_path_likes_are_paths(trained, kodak, tmp_path):
     """Found by a review of the Python API, each failed before: an unknown provider name and threads=2.0
     passed the constructor and failed at the first compress (the latter as a pybind11 TypeError);
