@@ -116,8 +116,10 @@ def verify(
 
     report = verify_bundle(bundle, source, provider=provider, images=images)
     if report["cases"]:
+        cases = len(report["cases"])
         typer.echo(f"ok: {bundle} matches {source} on {report['provider']}: {report['checked']} max "
-                   f"|torch - onnxruntime| = {report['max_abs_diff']:.2e} <= {report['tolerance']:.0e} over {len(report['cases'])} cases")
+                   f"|torch - onnxruntime| = {report['max_abs_diff']:.2e} <= {report['tolerance']:.0e} over {cases} "
+                   f"case{'' if cases == 1 else 's'}")
     if "decoder" in report:
         dec = report["decoder"]
         typer.echo(f"ok: {dec['precision']} decoder within its tolerance on {dec['provider']}: "

@@ -64,8 +64,10 @@ def verify_bundle(bundle_dir: str | Path, source: str | Path, provider: str = "c
     within the fp32 tolerance or, for an fp16 / int8 decoder, that precision's tolerance on real photos
     (`images`, default: the run's training data) as at export."""
     from aectl.export.onnx_export import entropy_tables, variant_images
+    from aectl.runtime.providers import resolve
     from aectl.train.loop import build_from_checkpoint, load_checkpoint
 
+    provider = resolve(provider)  # every check on one provider, and the report names it ("auto" did)
     bundle = load_bundle(bundle_dir)
     ckpt = load_checkpoint(Path(source))
     model, preset = build_from_checkpoint(ckpt)

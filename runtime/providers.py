@@ -308,6 +308,15 @@ def require_provider(name: str) -> None:
         _STARTED.add(name)
 
 
+def resolve(name: str) -> str:
+    """The provider a session asked for `name` runs on: "auto" is CUDA where it really runs, else the CPU (as
+    create_session decides), so reports name what was run."""
+    check_provider_name(name)
+    if name != "auto":
+        return name
+    return "cuda" if probe("cuda")[0] else "cpu"
+
+
 def usable_providers() -> dict[str, str]:
     """For `aectl doctor`: which providers really create a working session here, by trying each."""
     return {name: probe(name)[1] for name in ("cpu", "cuda", "tensorrt")}

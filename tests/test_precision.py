@@ -291,3 +291,10 @@ def test_verify_runs_every_check_on_the_asked_provider(trained, variants, photos
         good = subprocess.run(args + ["--provider", "cpu"], capture_output=True, text=True, timeout=600)
         assert good.returncode == 0, good.stderr
         assert all(" on cpu" in line for line in good.stdout.strip().splitlines()), good.stdout
+    # "auto" is reported as the provider it ran on ("ok: ... on auto" named none).
+    from aectl.runtime.providers import probe
+
+    auto = subprocess.run([aectl_exe(), "verify", str(fp32), str(run), "--provider", "auto"], capture_output=True,
+                          text=True, timeout=600)
+    ran = "cuda" if probe("cuda")[0] else "cpu"
+    assert auto.returncode == 0 and all(f" on {ran}:" in line for line in auto.stdout.strip().splitlines()), auto
