@@ -74,7 +74,9 @@ def _stdio_jobs(inputs, out, new_suffix: str, json_out: bool) -> list[files.Job]
                          "standard output)")
     if files.is_stdio(target):
         if json_out:
-            raise AectlError("--json prints on standard output, which -o - uses for the file: drop one")
+            raise AectlError("--json prints on standard output, which -o - uses for the file: drop one"
+                             if files.is_stdio(out) else "--json prints on standard output, where the file goes "
+                             "when standard input is read without -o: give -o FILE")
         if sys.stdout is None:
             raise AectlError("standard output is closed: give -o FILE")
         if sys.stdout.isatty():
@@ -161,8 +163,10 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     if model is not None and quality is not None:
         raise AectlError("give -m BUNDLE or -q QUALITY, not both")
     budget = max_bytes is not None or max_bpp is not None
-    if budget and (quality is not None or engine != "local"):
-        raise AectlError("--max-bytes/--max-bpp choose the quality themselves: drop -q, and use --engine local")
+    if budget and quality is not None:
+        raise AectlError("--max-bytes/--max-bpp choose the quality themselves: drop -q")
+    if budget and engine != "local":
+        raise AectlError(f"--max-bytes/--max-bpp run on --engine local only, not {engine}")
     if budget:
         from aectl.runtime.rate_control import check_budget
 

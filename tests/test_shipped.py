@@ -225,6 +225,14 @@ def test_standard_input_and_output_as_unix_tools_read_them(kodak, tmp_path):
         (("compress", "-"), b"not an image", "error: stdin: cannot read image"),
         (("decompress", "-"), photo.read_bytes(), "error: stdin: not an .aec file"),
         (("compress", "-", "--engine", "ray"), photo.read_bytes(), "error: --engine ray reads and writes files"),
+        # No -o was given: the message blamed "-o -".
+        (("compress", "-", "--json"), photo.read_bytes(), "error: --json prints on standard output, where the file "
+                                                           "goes when standard input is read without -o: give -o FILE"),
+        # The local engine was told to use the local engine.
+        (("compress", photo, "--max-bpp", 1, "-q", 2), b"", "error: --max-bytes/--max-bpp choose the quality "
+                                                           "themselves: drop -q\n"),
+        (("compress", photo, "--max-bpp", 1, "--engine", "ray"), b"", "error: --max-bytes/--max-bpp run on --engine "
+                                                                     "local only, not ray\n"),
     ]
     for args, data, message in refusals:
         refused = _piped(*args, data=data)
