@@ -19,8 +19,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Learned image compression: train in PyTorch, export to ONNX, compress with onnxruntime.")
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib import metadata
+
+        typer.echo(f"aectl {metadata.version('aectl')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="print aectl's version and exit")) -> None:
     """Learned image compression: train in PyTorch, export to ONNX, compress with onnxruntime."""
 
 

@@ -122,6 +122,14 @@ def test_info_on_a_missing_path_says_so(tmp_path):
     assert proc.returncode == 1 and proc.stderr.strip() == f"error: {tmp_path / 'nope.aec'}: no such file or directory"
 
 
+def test_version_prints_the_installed_version():
+    """`aectl --version`, as pip, gzip and onnxruntime's tools answer it (it was "No such option")."""
+    from importlib import metadata
+
+    proc = aectl("--version")
+    assert proc.stdout == f"aectl {metadata.version('aectl')}\n" and proc.stderr == ""
+
+
 def test_doctor_lists_working_cpu_provider():
     proc = aectl("doctor")
     assert "onnxruntime" in proc.stdout
