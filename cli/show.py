@@ -60,6 +60,8 @@ def show_bundle(path: Path, json_out: bool = False) -> None:
         ("parity", lambda: _parity(m)),
         ("training", lambda: f"{train['steps']} steps{_stage(train)}, seed {train['seed']}, data {train['data']}"),
         ("command", lambda: str(train["command"])),
+        *([("resumed with", lambda: "; ".join(map(str, train["resumed_with"])))]
+          if isinstance(train, dict) and train.get("resumed_with") else []),
         ("final metrics", lambda: ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                             for k, v in (train.get("metrics") or {}).items())),
     ]

@@ -358,7 +358,8 @@ def build_manifest(ckpt: dict, preset: Preset, model, tables: dict, model_id: st
         "exporter": f"torch {torch.__version__} (dynamo)",
         "tolerance": preset.tolerance,
         "entropy": tables,
-        "training": {"command": run.get("command"), "data": ckpt["config"].get("data"), "seed": ckpt["config"].get("seed"),
+        "training": {"command": run.get("command"), "resumed_with": run.get("resumed_with", []),
+                     "data": ckpt["config"].get("data"), "seed": ckpt["config"].get("seed"),
                      "steps": ckpt.get("step"), "batch_size": run.get("batch_size"), "lr": run.get("lr"),
                      "crop": ckpt["config"].get("crop") or preset.crop, "validation": run.get("val"), "metrics": history[-1]},
     }

@@ -60,6 +60,24 @@ def test_resume_takes_the_runs_own_options(photos, tmp_path, monkeypatch):
     assert training_data(b["config"]) == str(photos.resolve())  # export's calibration default, from anywhere
 
 
+def test_a_resumed_run_keeps_the_command_that_started_it(photos, tmp_path, monkeypatch):
+    """The manifest's training command was the last one run: after a resume, `aectl train --out RUN --resume`,
+    which reproduces nothing. It now keeps the first command and lists the resumes after it."""
+    import sys
+
+    quiet = dict(progress=False, log=lambda *_: None)
+    first = ["aectl", "train", "--preset", "seed-conv", "--out", "r", "--steps", "6", "--stop-at", "3"]
+    monkeypatch.setattr(sys, "argv", first)
+    train(_cfg(photos, tmp_path / "r", steps=6, stop_at=3), **quiet)
+    assert load_checkpoint(tmp_path / "r")["run"]["resumed_with"] == []
+    for stop in (4, 6):
+        monkeypatch.setattr(sys, "argv", ["aectl", "train", "--out", "r", "--resume", "--stop-at", str(stop)])
+        train(TrainConfig(out=str(tmp_path / "r"), resume=True, stop_at=stop, threads=2), **quiet)
+    run = load_checkpoint(tmp_path / "r")["run"]
+    assert run["command"] == " ".join(first)
+    assert run["resumed_with"] == [f"aectl train --out r --resume --stop-at {s}" for s in (4, 6)]
+
+
 def test_resume_refuses_other_run_options_but_takes_a_new_schedule(photos, tmp_path):
     run = tmp_path / "run"
     train(_cfg(photos, run, steps=2), progress=False, log=lambda *_: None)

@@ -316,7 +316,12 @@ def train(cfg: TrainConfig, progress: bool = True, log=print,
 
     if ddp.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    run_info = {"command": "aectl " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "",
+    command = "aectl " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
+    before = resumed.get("run", {}) if resumed else {}
+    # A resumed run keeps the command that started it (`train --out RUN --resume` alone reproduces nothing) and
+    # lists the resumes after it.
+    run_info = {"command": before.get("command") or command,
+                "resumed_with": before.get("resumed_with", []) + [command] if resumed else [],
                 "config": _config_dict(cfg), "preset": preset.to_dict(), "batch_size": batch_size, "lr": lr,
                 "total_steps": total, "steps_per_epoch": steps_per_epoch, "train_images": len(train_imgs),
                 "val": val_names, "device": str(device), "world_size": ddp.world}
