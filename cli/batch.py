@@ -84,7 +84,7 @@ def _stdio_jobs(inputs, out, new_suffix: str, json_out: bool) -> list[files.Job]
     return [files.Job(inputs[0], target)]
 
 
-def _read_stdin(check_head) -> bytes:
+def read_stdin(check_head) -> bytes:
     """All of standard input; a terminal is refused rather than waited on, and `check_head` sees the first
     bytes before the rest is read (a wrong kind of stream fails at once, not after all of it is in memory)."""
     if sys.stdin is None:
@@ -256,7 +256,7 @@ def _stdin_image(max_pixels: int):
     def not_aec(head: bytes) -> None:
         if head == container.MAGIC:
             raise AectlError("already an .aec file (decompress it first)")
-    return open_image(io.BytesIO(_read_stdin(not_aec)), max_pixels, name="stdin")
+    return open_image(io.BytesIO(read_stdin(not_aec)), max_pixels, name="stdin")
 
 
 def decompress_files(inputs, out, model, provider, image_format, force, json_out, threads, max_pixels,
@@ -283,7 +283,7 @@ def decompress_files(inputs, out, model, provider, image_format, force, json_out
 
     def work(job):
         try:
-            data = _read_stdin(container.check_magic) if files.is_stdio(job.source) else job.source.read_bytes()
+            data = read_stdin(container.check_magic) if files.is_stdio(job.source) else job.source.read_bytes()
         except OSError as exc:
             raise AectlError(exc.strerror) from None
         header = parse(data, max_pixels)[0]

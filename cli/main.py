@@ -166,12 +166,22 @@ def bundle_strip(
 
 @app.command()
 def info(
-    target: Path = typer.Argument(..., help="a bundle directory or an .aec file"),
+    target: str = typer.Argument(..., help="a bundle directory or an .aec file (- reads standard input)"),
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Print what a bundle's manifest or an .aec file's header holds."""
     from aectl.cli.show import show_aec, show_bundle
 
+    if target == "-":  # as compress and decompress read it; ./- is a file named "-"
+        from aectl.cli.batch import read_stdin
+        from aectl.runtime.container import check_magic
+
+        try:
+            data = read_stdin(check_magic)
+        except AectlError as exc:
+            raise AectlError(f"stdin: {exc}") from None
+        return show_aec(Path("stdin"), json_out, data)
+    target = Path(target)
     if not target.exists():
         raise AectlError(f"{target}: no such file or directory")
     show_aec(target, json_out) if target.is_file() else show_bundle(target, json_out)

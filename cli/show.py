@@ -106,15 +106,21 @@ def show_doctor() -> None:
     console.print(table)
 
 
-def show_aec(path: Path, json_out: bool = False) -> None:
-    from aectl.runtime.container import MAX_SIDE, describe
+def show_aec(path: Path, json_out: bool = False, data: bytes | None = None) -> None:
+    """An .aec file's header; `data`: the file's bytes where they came from standard input (path "stdin")."""
+    from aectl.runtime.container import MAX_SIDE, describe, parse
     from aectl.runtime.files import read_header
 
     # Only the header is shown and nothing is allocated from its sizes: no pixel limit (one suggested
     # --max-pixels, which info does not have, for a file over the decoders' default).
-    header = read_header(path, max_pixels=MAX_SIDE * MAX_SIDE)
-    fields = describe(header) | {"file_bytes": path.stat().st_size,
-                                 "bpp": 8 * path.stat().st_size / (header.width * header.height)}
+    if data is None:
+        header, size = read_header(path, max_pixels=MAX_SIDE * MAX_SIDE), path.stat().st_size
+    else:
+        try:
+            header, size = parse(data, MAX_SIDE * MAX_SIDE)[0], len(data)
+        except AectlError as exc:
+            raise AectlError(f"{path}: {exc}") from None
+    fields = describe(header) | {"file_bytes": size, "bpp": 8 * size / (header.width * header.height)}
     if json_out:
         print(json_text(fields))
         return

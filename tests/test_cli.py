@@ -117,6 +117,25 @@ def test_impossible_option_values_are_refused_before_any_work(tmp_path, kodak, o
     assert not (tmp_path / "out").exists()
 
 
+def test_info_reads_standard_input_as_compress_and_decompress_do(tmp_path):
+    """`aectl info -` said "-: no such file or directory" where compress and decompress read standard input."""
+    import numpy as np
+
+    from aectl.runtime import Codec
+    from aectl.runtime.registry import shipped_bundle
+
+    aec = tmp_path / "a.aec"
+    aec.write_bytes(Codec(shipped_bundle(1), provider="cpu").compress(np.full((40, 56, 3), 90, np.uint8)))
+    run = lambda data, *args: subprocess.run([aectl_exe(), "info", *args], input=data,  # noqa: E731
+                                             capture_output=True)
+    piped = run(aec.read_bytes(), "-", "--json")
+    assert piped.returncode == 0 and json.loads(piped.stdout) == json.loads(aectl("info", aec, "--json").stdout)
+    for data, message in ((b"\x89PNG\r\n\x1a\n", "not an .aec file"), (b"", "standard input is empty"),
+                          (aec.read_bytes()[:30], "truncated .aec file")):
+        refused = run(data, "-")
+        assert refused.returncode == 1 and refused.stderr.decode().startswith(f"error: stdin: {message}"), refused
+
+
 def test_info_on_a_missing_path_says_so(tmp_path):
     proc = aectl("info", tmp_path / "nope.aec", check=False)
     assert proc.returncode == 1 and proc.stderr.strip() == f"error: {tmp_path / 'nope.aec'}: no such file or directory"
