@@ -57,10 +57,16 @@ def label(path: Path, stream: str) -> str:
 
 
 def write_stdout(data: bytes) -> None:
-    """A whole output at once to standard output (made in memory first, so a failure writes nothing)."""
+    """A whole output at once to standard output (made in memory first, so a failure writes nothing). Under
+    PYTHONUNBUFFERED, stdout's buffer is a raw FileIO whose write() may take only part of the data (a pipe's 64 KB,
+    a file-size limit): it is called until all is written, so a reader that left or a full disk is an error, not
+    a cut-off file reported as written."""
+    out = sys.stdout.buffer
+    rest = memoryview(data)
     try:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        while rest:
+            rest = rest[out.write(rest) or 0:]
+        out.flush()
     except BrokenPipeError:  # the reader left (`| head`): its choice, not this file's failure
         raise
     except OSError as exc:

@@ -259,6 +259,35 @@ def test_standard_input_and_output_as_unix_tools_read_them(kodak, tmp_path):
     assert to_terminal.returncode == 1 and to_terminal.stderr.decode().startswith("error: refusing to write binary")
 
 
+def test_standard_output_takes_the_whole_file_or_fails(kodak, tmp_path):
+    """Under PYTHONUNBUFFERED (as in many containers), stdout is a raw FileIO whose write() may take part of the
+    data: a file-size limit cut `-o -` at 4096 bytes and a reader that left after 10 bytes went unnoticed, exit 0
+    and a success line. Now the rest is written or the run fails: one line, exit 1."""
+    import resource
+    import signal
+
+    aec = tmp_path / "kodim01.aec"
+    aectl("compress", kodak / "kodim01.png", "-o", aec)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    with open(tmp_path / "cut.png", "wb") as sink:
+        cut = subprocess.run([aectl_exe(), "decompress", aec, "-o", "-"], stdout=sink, stderr=subprocess.PIPE,
+                             text=True, env=env, preexec_fn=limit)
+    assert cut.returncode == 1 and cut.stderr == f"error: {aec}: cannot write to standard output: File too large\n"
+
+    for unbuffered in (env, os.environ):  # the PNG is ~600 KB, well past a pipe's 64 KB
+        reader = subprocess.Popen([aectl_exe(), "decompress", aec, "-o", "-"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, env=unbuffered)
+        assert reader.stdout.read(10).startswith(b"\x89PNG")
+        reader.stdout.close()
+        stderr = reader.stderr.read().decode()
+        assert reader.wait(timeout=120) == 1 and "stdout (" not in stderr and "Traceback" not in stderr, stderr
+
+
 def test_folder_walks_find_every_photo_format_pillow_reads(kodak, tmp_path):
     """A folder of .avif, .jfif, JPEG 2000 or QOI photos was "no image files found": the walk knew twelve
     suffixes. Each is now coded, the same pixels as the PNG it was saved from where the format is lossless."""
