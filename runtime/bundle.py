@@ -11,8 +11,8 @@ import hashlib
 import json
 import math
 import re
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,12 +257,17 @@ def bundle_folder(out: str | Path, force: bool, source: str | Path):
     tmp = old = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        while True:  # named before it is made (tempfile.mkdtemp names it after: an interrupt between leaked it)
+            tmp = out.parent / f".{out.name}.{secrets.token_hex(8)}"
+            try:
+                tmp.mkdir(mode=0o700)
+                break
+            except FileExistsError:  # another writer's folder: not ours to remove
+                tmp = None
         yield tmp
         tmp.chmod(0o755)
         if _present(out):
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            old.rmdir()
+            old = out.parent / f".{out.name}.old.{secrets.token_hex(8)}"  # a name only: the rename makes it
             out.rename(old)
         tmp.rename(out)
     except OSError as exc:

@@ -331,6 +331,31 @@ def test_strip_writes_subfolders_and_replaces_a_symlink_whole(trained, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "src", "target"], "no temporary folder left"
 
 
+def test_interrupt_right_after_a_temporary_bundle_folder_exists_leaves_nothing(trained, tmp_path, monkeypatch):
+    """`bundle strip` and `export` fill a temporary folder beside the bundle. tempfile.mkdtemp names it only after
+    making it, so a Ctrl-C or SIGTERM in between left `.target.xxxx/` (and `.target.old.xxxx/` for the old
+    bundle's) behind; the names are now chosen first, as atomic_write chooses its file's."""
+    from aectl.runtime.bundle import strip_bundle
+
+    source = trained["seed-conv"][1]
+    target = strip_bundle(source, tmp_path / "target").path
+    kept = _tree_digest(target)
+    real_mkdir = os.mkdir
+
+    def mkdir_then_interrupt(path, *args, **kwargs):
+        real_mkdir(path, *args, **kwargs)
+        if Path(path).name.startswith("."):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "mkdir", mkdir_then_interrupt)
+    for out in (tmp_path / "new", target):  # a new bundle, and --force over one
+        with pytest.raises(KeyboardInterrupt):
+            strip_bundle(source, out, force=True)
+    monkeypatch.undo()
+    assert _tree_digest(target) == kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"], "no temporary folder left"
+
+
 # -- files on disk ----------------------------------------------------------------------------------------------
 def _tree_digest(folder):
     return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
