@@ -40,19 +40,24 @@ def test_stop_at_pauses_without_changing_the_schedule(photos, tmp_path):
 
 
 def test_resume_takes_the_runs_own_options(photos, tmp_path, monkeypatch):
-    """`train --out RUN --resume` alone continues the run as started (batch 4, seed 3, its data), even from
-    another working directory; without the stored options it would train with batch 32 and seed 0."""
+    """`train --out RUN --resume` alone continues the run as started (batch 4, seed 3, its data, 1 thread), even
+    from another working directory; without the stored options it would train with batch 32 and seed 0, and it
+    did train on torch's default thread count, which splits float sums otherwise (weights 1.5e-7 apart)."""
     quiet = dict(progress=False, log=lambda *_: None)
     monkeypatch.chdir(tmp_path)
     relative = os.path.relpath(photos, tmp_path)  # as a user types it: the manifest quotes it so
-    train(_cfg(photos, tmp_path / "straight", steps=6, data=relative), **quiet)
-    train(_cfg(photos, tmp_path / "split", steps=6, stop_at=3, data=relative), **quiet)
+    train(_cfg(photos, tmp_path / "straight", steps=6, data=relative, threads=1), **quiet)
+    train(_cfg(photos, tmp_path / "split", steps=6, stop_at=3, data=relative, threads=1), **quiet)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    train(TrainConfig(out=str(tmp_path / "split"), resume=True, threads=2), **quiet)
+    train(TrainConfig(out=str(tmp_path / "split"), resume=True), **quiet)
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
     assert a["step"] == b["step"] == 6 and b["config"]["batch_size"] == 4 and b["config"]["seed"] == 3
+    assert b["config"]["threads"] == 1
+    notes = []
+    resolve_run(TrainConfig(out=str(tmp_path / "split"), resume=True, threads=2, steps=8), log=notes.append)
+    assert "note: training now runs on 2 threads (the run used 1)" in "\n".join(notes)
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert b["config"]["data"] == relative

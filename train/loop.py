@@ -200,6 +200,12 @@ def resolve_run(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict | None]:
     if cfg.lr is not None and cfg.lr != resumed.get("run", {}).get("lr", old.get("lr")):
         log(f"note: the learning rate is now {cfg.lr:g}")
     merged["fit_steps"] = old.get("fit_steps", FIT_STEPS) if cfg.fit_steps is None else cfg.fit_steps
+    # torch's thread count changes how float sums are split, so the run keeps its own to continue exactly.
+    merged["threads"] = old.get("threads") if cfg.threads is None else cfg.threads
+    if cfg.threads is not None and cfg.threads != old.get("threads"):
+        used = old.get("threads") or "torch's default"
+        log(f"note: training now runs on {cfg.threads} threads (the run used {used}); the weights will differ in "
+            "their last bits from an uninterrupted run's")
     cfg = replace(cfg, **merged)
     _check_options(cfg)
     if cfg.stop_at is not None and cfg.stop_at <= resumed["step"]:
