@@ -56,24 +56,24 @@ def find_bundle(model_id: str) -> Bundle:
     """The first search folder holding the model decides. Inside it the least lossy decoder wins (fp32, then
     fp16, then int8: the variants share the model id, since the bitstream is the same), so folder names never
     pick a lossier decoder; a variant decodes when no better one is in its folder, or when passed with -m.
-    A match that does not load, or lacks its decoder file, gives way to the next one; when none loads, the
-    first one's error is raised."""
+    A match that does not load, or whose decoder file is missing or fails its hash (a copy cut short), gives way
+    to the next one, in its folder or a later one; when none loads, the first one's error is raised."""
+    errors = []
     for root in search_paths():
         matches = []
         for path in bundles_in(root):
             manifest = _manifest(path)
             if isinstance(manifest, dict) and manifest.get("model_id") == model_id:
                 matches.append((_loss_rank(_decoder_precision(manifest)), path))
-        errors = []
         for _, path in sorted(matches):
             try:
                 bundle = load_bundle(path)
-                bundle.file(bundle.decoder_role, verify=False)
+                bundle.file(bundle.decoder_role)
                 return bundle
             except AectlError as exc:
                 errors.append(exc)
-        if errors:
-            raise errors[0]
+    if errors:
+        raise errors[0]
     searched = ", ".join(str(p) for p in search_paths())
     raise AectlError(f"no bundle with model id {model_id} found (searched {searched}); "
                      f"{'pass it with -m BUNDLE' if on_command_line() else 'give its bundle folder'}")

@@ -228,7 +228,9 @@ def test_bundle_search_passes_over_temporary_broken_and_unreadable_folders(train
     """find_bundle (decompress without -m) took the first folder holding the model id: a `.NAME.xxxx` folder
     that a killed export leaves behind ("decoder.onnx is missing"), a half-copied bundle, or, with a manifest
     nested too deeply for json, an internal RecursionError. An unreadable search folder ended the search with
-    "<file>.aec: Permission denied". Each is passed over now, and the good bundle after it is found."""
+    "<file>.aec: Permission denied". Each is passed over now, and the good bundle after it is found. So are a
+    copy cut short (its decoder.onnx failed its hash: `does not match its sha256`, and nothing decoded) and, in
+    an earlier search folder, a half-copied one (the first folder holding the model decided, broken or not)."""
     from aectl.runtime import load_bundle
     from aectl.runtime.registry import find_bundle
 
@@ -241,16 +243,20 @@ def test_bundle_search_passes_over_temporary_broken_and_unreadable_folders(train
     (root / ".b.k2j3x9" / "decoder.onnx").unlink()
     deep, _ = _copy_bundle(good, root / "a-deep")
     (deep / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    cut, _ = _copy_bundle(good, root / "a-cut")
+    os.truncate(cut / "decoder.onnx", (cut / "decoder.onnx").stat().st_size // 2)
     _copy_bundle(good, root / "b")
+    earlier, _ = _copy_bundle(good, tmp_path / "earlier" / "q")
+    (earlier / "decoder.onnx").unlink()
     blocked = tmp_path / "blocked"
     blocked.mkdir()
     monkeypatch.setattr("pathlib.Path.iterdir", _refuse_in(blocked, Path.iterdir))
-    monkeypatch.setenv("AECTL_BUNDLES", os.pathsep.join([str(blocked), str(root)]))
+    monkeypatch.setenv("AECTL_BUNDLES", os.pathsep.join([str(blocked), str(earlier.parent), str(root)]))
     assert find_bundle(model_id).path == root / "b"
     with pytest.raises(AectlError, match="nested too deeply"):
         load_bundle(deep)
-    shutil.rmtree(root / "b")  # only the half-copied one left: its own error, not "no bundle found"
-    with pytest.raises(AectlError, match="a-half: decoder.onnx is missing"):
+    shutil.rmtree(root / "b")  # only broken ones left: the first one's own error, not "no bundle found"
+    with pytest.raises(AectlError, match="q: decoder.onnx is missing"):
         find_bundle(model_id)
 
 
