@@ -162,6 +162,9 @@ def check_job(job: Job, force: bool, check_source: Callable[[Path], None] | None
         return
     if not is_stdio(job.source) and job.target.resolve() == job.source.resolve():
         raise AectlError("output would overwrite the input")
+    if job.target.is_dir():  # --force would not replace it ("Is a directory"): said before, not after, asking
+        raise AectlError(f"{job.target} is a folder; {option('force', True)} replaces files only: move it, or "
+                         "write elsewhere")
     if job.target.exists() and not force:
         raise AectlError(f"{job.target} exists; pass {option('force', True)} to overwrite")
 

@@ -427,13 +427,29 @@ def test_full_disk_fails_cleanly(trained, tmp_path):
 
 
 def test_same_input_and_output_is_refused(trained, tmp_path):
+    """An .aec file named x.png, decompressed onto itself with --force (the test ran `-o a.aec --format aec`,
+    which `--format aec: Pillow cannot write that format` refused before the same-path check was reached)."""
     _, bundle = trained["seed-conv"]
-    aec = tmp_path / "a.aec"
+    aec = tmp_path / "x.png"
     aec.write_bytes(Codec(bundle, provider="cpu").compress(KODAK / "kodim01.png"))
     before = aec.read_bytes()
-    proc = subprocess.run([aectl_exe(), "decompress", aec, "-m", bundle, "-o", aec, "--format", "aec", "--force"],
-                          capture_output=True, text=True)
-    assert proc.returncode != 0 and aec.read_bytes() == before
+    proc = _aectl("decompress", aec, "-m", bundle, "-o", aec, "--force")
+    assert proc.returncode == 1 and proc.stderr == f"error: {aec}: output would overwrite the input\n", proc.stderr
+    assert aec.read_bytes() == before
+
+
+def test_an_output_name_taken_by_a_folder_is_said_before_force_is_asked_for(trained, tmp_path):
+    """out/a.aec a folder: compress said `exists; pass --force to overwrite`, and with --force failed on
+    `Is a directory`."""
+    _, bundle = trained["seed-conv"]
+    photo = tmp_path / "a.png"
+    Image.open(KODAK / "kodim01.png").crop((0, 0, 64, 64)).save(photo)
+    (tmp_path / "out" / "a.aec").mkdir(parents=True)
+    for force in ([], ["--force"]):
+        proc = _aectl("compress", photo, "-m", bundle, "-o", tmp_path / "out", *force)
+        assert proc.returncode == 1 and proc.stderr == f"error: {photo}: {tmp_path}/out/a.aec is a folder; --force " \
+            "replaces files only: move it, or write elsewhere\n", proc.stderr
+    assert (tmp_path / "out" / "a.aec").is_dir()
 
 
 def _aectl(*args):
