@@ -85,7 +85,8 @@ def parse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Header, by
     if len(data) < expected:
         raise AectlError(f"truncated .aec file ({len(data)} of {expected} bytes)")
     if len(data) > expected:
-        raise AectlError(f"corrupted .aec file ({len(data) - expected} unexpected bytes after the end)")
+        extra = len(data) - expected
+        raise AectlError(f"corrupted .aec file ({extra} unexpected byte{'s' if extra > 1 else ''} after the end)")
     (crc,) = struct.unpack_from("<I", data, expected - CRC_SIZE)
     if zlib.crc32(memoryview(data)[:expected - CRC_SIZE]) != crc:
         raise AectlError("corrupted .aec file (checksum mismatch)")
