@@ -104,6 +104,12 @@ def _pillow_format(suffix: str) -> str | None:
     return Image.registered_extensions().get(suffix.lower())
 
 
+def _image_suffix(suffix: str) -> bool:
+    """Whether -o's suffix names an image file: one Pillow knows, or a photo format read through a plugin (HEIC
+    without pillow-heif loaded: `-o out.heic` was a folder out.heic/ holding a PNG)."""
+    return _pillow_format(suffix) is not None or suffix.lower() in files.IMAGE_SUFFIXES
+
+
 def _writable_format(suffix: str, named_by: str) -> str:
     """Pillow's format for an output suffix, or one line on why it cannot be written."""
     from PIL import Image
@@ -120,7 +126,7 @@ def _output_suffix(inputs, out, image_format: str | None) -> str:
     """The suffix decompress writes: for one input and -o naming an image file (out.jpg), that file in its
     suffix's format (it was a folder out.jpg/ holding a PNG), and --format, if given too, must agree with it;
     otherwise --format, by default PNG."""
-    one_file = _names_one_file(inputs, out) and _pillow_format(out.suffix) is not None
+    one_file = _names_one_file(inputs, out) and _image_suffix(out.suffix)
     if image_format is None:
         if not one_file:
             return ".png"
@@ -174,7 +180,7 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     if workers is not None and (engine != "ray" or workers < 1):
         raise AectlError("--workers takes a positive count, with --engine ray")
     chosen_by_user = model is not None
-    if _names_one_file(inputs, out) and _pillow_format(out.suffix) is not None:  # before any bundle is loaded
+    if _names_one_file(inputs, out) and _image_suffix(out.suffix):  # before any bundle is loaded
         raise AectlError(f"-o {out}: compress writes .aec files; name the output {out.stem}{files.AEC_SUFFIX} "
                          "or a folder")
     if engine == "ray":  # the workers may have a GPU the driver lacks: check only the name here

@@ -311,7 +311,7 @@ def test_output_names_and_inputs_of_the_wrong_kind_are_told_apart(kodak, tmp_pat
     """`decompress x.aec -o out.jpg` writes the JPEG out.jpg (it made a folder out.jpg/ holding x.png), and a
     --format that disagrees with -o is refused; an image given to decompress, or an .aec file given to
     compress, is named for what it is (both said "output would overwrite the input"); compress refuses an image
-    name as its output (it made a folder out.jpg/ holding x.aec)."""
+    name as its output (it made a folder out.jpg/ holding x.aec), HEIC's too."""
     from PIL import Image
 
     photo = tmp_path / "x.png"
@@ -328,6 +328,10 @@ def test_output_names_and_inputs_of_the_wrong_kind_are_told_apart(kodak, tmp_pat
          f"-o {tmp_path / 'out.webp'} names a WEBP file but --format is png: drop --format, or make them agree"),
         (("decompress", aec, "-o", tmp_path / "out.psd"),
          f"-o {tmp_path / 'out.psd'}: Pillow reads that format but cannot write it"),
+        # A photo format Pillow reads through a plugin only: it was a folder out.heic/ holding x.png, exit 0.
+        (("decompress", aec, "-o", tmp_path / "out.heic"), f"-o {tmp_path / 'out.heic'}: Pillow cannot write that format"),
+        (("compress", photo, "-o", tmp_path / "y.heic"),
+         f"-o {tmp_path / 'y.heic'}: compress writes .aec files; name the output y.aec or a folder"),
         (("decompress", photo), f"{photo}: not an .aec file (bad magic bytes)"),
         (("info", photo), f"{photo}: not an .aec file (bad magic bytes)"),
         (("compress", aec), f"{aec}: already an .aec file (decompress it first)"),
