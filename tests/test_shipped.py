@@ -288,6 +288,29 @@ def test_standard_output_takes_the_whole_file_or_fails(kodak, tmp_path):
         assert reader.wait(timeout=120) == 1 and "stdout (" not in stderr and "Traceback" not in stderr, stderr
 
 
+def _stdin_peak_mb(data: bytes) -> float:
+    """`aectl compress -` on `data`, in a process that reports its own peak resident memory (VmHWM) at exit."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print(next(l.split()[1] for l in open('/proc/self/status')"
+            " if l.startswith('VmHWM')), file=sys.stderr))\n"
+            "sys.argv = ['aectl', 'compress', '-']\n"
+            "from aectl.cli.main import main\n"
+            "main()\n")
+    proc = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True)
+    lines = proc.stderr.decode().splitlines()
+    assert proc.returncode == 1 and lines[0].startswith("error: stdin: cannot read image"), lines
+    return int(lines[-1]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_standard_input_is_held_once(tmp_path):
+    """`compress -` holds the stream in memory once: `head + read()` held it twice (1 GB of zeros piped in
+    peaked at 2.0 GB, now 1.07 GB), before Pillow could say it is not an image."""
+    size_mb = 256
+    grown = _stdin_peak_mb(bytes(size_mb << 20)) - _stdin_peak_mb(b"x")
+    assert grown < 1.4 * size_mb, f"{size_mb} MB on stdin raised the peak by {grown:.0f} MB"
+
+
 def test_folder_walks_find_every_photo_format_pillow_reads(kodak, tmp_path):
     """A folder of .avif, .jfif, JPEG 2000 or QOI photos was "no image files found": the walk knew twelve
     suffixes. Each is now coded, the same pixels as the PNG it was saved from where the format is lossless."""
