@@ -292,9 +292,8 @@ def check_output_folder(out: Path, force: bool, source: Path) -> None:
         return
     if not out.is_dir():  # said "pass --force", which then refused it as a file
         raise AectlError(f"{out} is a file, not a bundle folder; remove it or choose another output")
-    if not force:
-        raise AectlError(f"{out} already exists; pass {option('force', True)} to replace it")
-    target, src = out.resolve(), source.resolve()
+    target, src = out.resolve(), source.resolve()  # what --force would still refuse is said first
+    # (a folder of other files was told to "pass --force", which then refused it)
     if target == src or target in src.parents:
         raise AectlError(f"{out} holds the input {source}; write the bundle somewhere else")
     if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
@@ -306,6 +305,8 @@ def check_output_folder(out: Path, force: bool, source: Path) -> None:
     if others:  # notes, .aec files, a nested bundle: --force deleted them with the bundle
         raise AectlError(f"{out} holds {others[0]}{f' and {len(others) - 1} more' if len(others) > 1 else ''} "
                          f"besides the bundle; {option('force')} replaces only a bundle's own files: move them first")
+    if not force:
+        raise AectlError(f"{out} already exists; pass {option('force', True)} to replace it")
 
 
 def _bundle_file_names(folder: Path) -> set[str]:

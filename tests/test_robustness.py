@@ -525,6 +525,8 @@ def test_bundle_force_never_replaces_the_source_or_other_files(trained, tmp_path
     assert _tree_digest(edge) == kept
     plain = _aectl("bundle", "strip", source, "-o", other / "photo.png")  # without --force: no "pass --force"
     assert plain.returncode == 1 and "is a file, not a bundle folder" in plain.stderr, plain.stderr
+    plain = _aectl("bundle", "strip", source, "-o", other)  # it said "pass --force", which then refused it
+    assert plain.returncode == 1 and "not a bundle" in plain.stderr and "pass --force" not in plain.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edge", "other", "parent"], "no temporary folder left"
 
 
