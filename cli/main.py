@@ -48,7 +48,7 @@ def train(
     preset: Optional[str] = typer.Option(None, help="seed-conv, seed-dense or factorized (a resumed run: its own)"),
     data: Optional[str] = typer.Option(None, help="folder of images (recursive), or 'stl10' with --data-root "
                                        "(a resumed run: its own)"),
-    out: Path = typer.Option(..., help="run directory for checkpoints and logs"),
+    out: str = typer.Option(..., help="run directory for checkpoints and logs"),
     steps: Optional[int] = typer.Option(None, help="total optimisation steps"),
     epochs: Optional[int] = typer.Option(None, help="total epochs (an epoch covers the training pixels once)"),
     batch_size: Optional[int] = typer.Option(None, help="default: the preset's"),
@@ -57,6 +57,7 @@ def train(
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
     resume: bool = typer.Option(False, help="continue the run in --out exactly where it stopped, with the options "
                                 "it was started with"),
+    force: bool = typer.Option(False, help="start a new run in --out, replacing the run files already there"),
     quality: Optional[int] = typer.Option(None, "--quality", "-q", help="factorized: 1..8 (lambda, N/M table)"),
     channels: Optional[str] = typer.Option(None, help="factorized: N,M channel counts, overriding the quality's"),
     crop: Optional[int] = typer.Option(None, help="training crop side; default: the preset's"),
@@ -74,11 +75,11 @@ def train(
     """Train a preset on real images; checkpoints go to --out."""
     from aectl.train.loop import TrainConfig, resolve_run, train as run_training
 
-    cfg = TrainConfig(preset=preset, data=data, out=str(out), quality=quality, channels=_channels(channels),
+    cfg = TrainConfig(preset=preset, data=data, out=out, quality=quality, channels=_channels(channels),
                       steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                       resume=resume, data_root=str(data_root) if data_root else None, threads=threads, crop=crop,
                       fit_steps=fit_steps, init_from=str(init_from) if init_from else None,
-                      checkpoint_every=checkpoint_every, stop_at=stop_at)
+                      checkpoint_every=checkpoint_every, stop_at=stop_at, force=force)
     def log(msg: str) -> None:
         typer.echo(msg, err=True)
 

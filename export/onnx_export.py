@@ -27,7 +27,7 @@ from aectl.runtime.bundle import (FORMAT, FORMAT_VERSION, MANIFEST, MAX_CLASSES,
                                   sha256_file)
 from aectl.runtime.errors import AectlError
 from aectl.train.entropy import TAIL_MASS
-from aectl.train.loop import build_from_checkpoint, load_checkpoint, training_data
+from aectl.train.loop import build_from_checkpoint, entropy_fitted, load_checkpoint, training_data
 from aectl.train.zoo import Preset
 
 TRACE_BATCH = 2
@@ -165,8 +165,8 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
         raise AectlError("--calibration picks the photos of an fp16/int8 export or of --entropy-classes; "
                          "this export uses neither")
     ckpt = load_checkpoint(Path(source))
-    model, preset = build_from_checkpoint(ckpt)
-    if not preset.rate_distortion and not any(h.get("fitted") for h in ckpt.get("history", [])):
+    model, preset = build_from_checkpoint(ckpt, source)
+    if not preset.rate_distortion and not entropy_fitted(ckpt):
         # a seed preset's density is fitted after its last step: before it, the tables code ~8x larger files
         raise AectlError(f"{source}: the run stopped (step {ckpt.get('step')}) before its entropy model was fitted "
                          "at the end of training; finish it first: aectl train --out RUN --resume")

@@ -70,7 +70,7 @@ def verify_bundle(bundle_dir: str | Path, source: str | Path, provider: str = "c
     provider = resolve(provider)  # every check on one provider, and the report names it ("auto" did)
     bundle = load_bundle(bundle_dir)
     ckpt = load_checkpoint(Path(source))
-    model, preset = build_from_checkpoint(ckpt)
+    model, preset = build_from_checkpoint(ckpt, source)
     learned = {k: v for k, v in bundle.entropy.items() if k != "classes"}  # classes are fitted, not learned
     if entropy_tables(model) != learned:
         raise AectlError(f"{bundle_dir} was not exported from {source} (entropy tables differ)")

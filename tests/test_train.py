@@ -183,3 +183,184 @@ def test_init_from_a_bundle_takes_its_weights_and_refits_the_density(trained, ph
     with pytest.raises(AectlError, match="architecture differs"):
         train(TrainConfig(out=str(tmp_path / "wider"), steps=1, init_from=str(bundle), **{**opts, "channels": (32, 48)}),
               progress=False, log=lambda *_: None)
+
+
+@pytest.fixture
+def few_photos(photos, tmp_path):
+    """Six small crops of the training photos: runs that test a run folder's handling need no more."""
+    from PIL import Image
+
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for path in sorted(p for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:6]:
+        with Image.open(path) as img:
+            img.convert("RGB").crop((0, 0, 160, 128)).save(folder / f"{path.stem}.png")
+    return folder
+
+
+def test_checkpoints_load_without_running_code_and_foreign_files_are_named(few_photos, tmp_path):
+    """torch.load(weights_only=False) ran whatever a .pt names (a crafted file made a file here before it was
+    refused as corrupt); a plain state dict ended in `KeyError: 'config'`; weights that do not fit the recorded
+    options in a 500-character RuntimeError."""
+    import pickle
+    from fractions import Fraction
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(Payload(), protocol=2))
+    torch.save({"config": {"preset": "seed-conv"}, "model": {}, "x": Payload()}, tmp_path / "evil-zip.pt")
+    torch.save({"config": {"preset": "seed-conv"}, "model": {}, "x": Fraction(1, 3)}, tmp_path / "object.pt")
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "state_dict.pth")
+    assert not marker.exists()
+    for name, message in [("evil.pt", "holds Python objects besides weights and numbers"),
+                          ("evil-zip.pt", "holds Python objects besides weights and numbers"),
+                          ("object.pt", "holds Python objects besides weights and numbers"),
+                          ("state_dict.pth", "is not an aectl checkpoint")]:
+        with pytest.raises(AectlError, match=message):
+            load_checkpoint(tmp_path / name)
+    assert not marker.exists(), "loading a checkpoint ran the code it names"
+    run = tmp_path / "run"
+    train(_cfg(few_photos, run, steps=2), progress=False, log=lambda *_: None)
+    (tmp_path / "cut.pt").write_bytes((run / CHECKPOINT).read_bytes()[:5000])
+    with pytest.raises(AectlError, match="cut.pt: not a complete torch checkpoint"):
+        load_checkpoint(tmp_path / "cut.pt")
+    ckpt = load_checkpoint(run)
+    ckpt["config"]["preset"] = "seed-dense"
+    with pytest.raises(AectlError, match="its weights do not fit the seed-dense model"):
+        build_from_checkpoint(ckpt, "mixed.pt")
+
+
+def test_option_values_are_refused_before_the_photos_load(few_photos, tmp_path):
+    """--lr 0 and --crop 0 trained silently at the preset's values; --crop -16, --lr -1 and --seed -1 failed
+    in numpy's or torch's words after the photos loaded; --checkpoint-every nan never saved."""
+    for change, message in [({"lr": 0.0}, "--lr 0: give a positive"), ({"lr": -1.0}, "--lr -1"),
+                            ({"lr": float("inf")}, "--lr inf"), ({"lr": float("nan")}, "--lr nan"),
+                            ({"crop": 0}, "--crop must be positive"), ({"crop": -16}, "--crop must be positive"),
+                            ({"seed": -1}, "--seed -1"), ({"checkpoint_every": float("nan")}, "--checkpoint-every"),
+                            ({"init_from": str(tmp_path / "nowhere")}, "--init-from .*: no such checkpoint"),
+                            ({"out": ""}, '--out "": give a folder'), ({"data": ""}, '--data "": give a folder'),
+                            ({"force": True, "resume": True}, "--force starts a new run")]:
+        with pytest.raises(AectlError, match=message):
+            resolve_run(_cfg(few_photos, change.pop("out", tmp_path / "r"), steps=2, **change), log=lambda *_: None)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_run_folder_is_replaced_only_with_force(few_photos, tmp_path):
+    """A new run wrote into a folder holding another run's run.json and log.jsonl (a run killed before its
+    first checkpoint, or the user's files) and appended to its log. Now it is refused; --force starts anew,
+    removing them (a checkpoint too); --resume there restarts the run with a fresh log."""
+    quiet = dict(progress=False, log=lambda *_: None)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text('{"step": 1, "val_psnr": 99}\n')
+    with pytest.raises(AectlError, match="holds log.jsonl of an earlier run; pass --force"):
+        train(_cfg(few_photos, run, steps=2), **quiet)
+    assert (run / "log.jsonl").read_text() == '{"step": 1, "val_psnr": 99}\n'
+    train(_cfg(few_photos, run, epochs=1, resume=True), **quiet)  # nothing to resume: a new run, its own log
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [load_checkpoint(run)["step"]]
+    with pytest.raises(AectlError, match="already holds a checkpoint; pass --resume to continue it, --force"):
+        train(_cfg(few_photos, run, steps=2), **quiet)
+    train(_cfg(few_photos, run, steps=2, force=True), **quiet)
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert load_checkpoint(run)["step"] == 2 and steps == [2]
+
+
+def test_a_finished_run_is_left_as_it_is_and_short_epochs_are_refused(few_photos, tmp_path):
+    """Resuming a finished seed run refitted its entropy model, logged a second fit and rewrote the checkpoint;
+    --epochs ending before the step reached was taken, and the run was marked finished there."""
+    run = tmp_path / "run"
+    train(_cfg(few_photos, run, steps=60, stop_at=55), progress=False, log=lambda *_: None)
+    with pytest.raises(AectlError, match="--epochs 1 ends at step 50; the run in .* is already at step 55"):
+        train(_cfg(few_photos, run, epochs=1, resume=True), progress=False, log=lambda *_: None)
+    train(TrainConfig(out=str(run), resume=True), progress=False, log=lambda *_: None)
+    finished = (run / CHECKPOINT).read_bytes(), (run / "run.json").read_text()
+    notes = []
+    final = train(TrainConfig(out=str(run), resume=True), progress=False, log=notes.append)
+    assert notes == [f"the run in {run} is finished (step 60); nothing to do (more --steps or --epochs train on)"]
+    assert ((run / CHECKPOINT).read_bytes(), (run / "run.json").read_text()) == finished and final["fitted"]
+
+
+def test_a_cut_off_log_line_does_not_block_resume(few_photos, tmp_path):
+    """A kill while a validation line was appended left half a JSON line, and --resume then failed with
+    "Unterminated string" (a line `[1]`: internal AttributeError)."""
+    run = tmp_path / "run"
+    train(_cfg(few_photos, run, steps=120, stop_at=60), progress=False, log=lambda *_: None)
+    with open(run / "log.jsonl", "a") as fh:
+        fh.write('[1]\n{"step": 70, "epoch": 1.4, "val_lo')
+    train(TrainConfig(out=str(run), resume=True), progress=False, log=lambda *_: None)
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [50, 100, 120]
+
+
+def test_a_second_train_on_a_training_run_is_refused(few_photos, tmp_path):
+    """Two `train` processes on one run folder both trained, interleaving their log lines and checkpoints."""
+    from aectl.train.loop import _run_folder
+
+    run = tmp_path / "run"
+    train(_cfg(few_photos, run, steps=4, stop_at=2), progress=False, log=lambda *_: None)
+    with _run_folder(run, main=True):  # what a running `train` holds
+        with pytest.raises(AectlError, match="is being trained by another process"):
+            train(TrainConfig(out=str(run), resume=True), progress=False, log=lambda *_: None)
+    train(TrainConfig(out=str(run), resume=True), progress=False, log=lambda *_: None)
+    assert load_checkpoint(run)["step"] == 4
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_temporary_file(few_photos, tmp_path):
+    """Under a file-size limit, saving a checkpoint ended in `internal error: RuntimeError: [enforce fail at
+    inline_container.cc...]` and left last.pt.tmp behind."""
+    import resource
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000)); "
+            "sys.argv = ['aectl'] + sys.argv[1:]; from aectl.cli.main import main; main()")
+    proc = subprocess.run([sys.executable, "-c", code, "train", "--preset", "seed-conv", "--data", str(few_photos),
+                           "--out", str(run), "--steps", "2", "--threads", "1", "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert resource.getrlimit(resource.RLIMIT_FSIZE)[0] != 60_000
+    assert proc.returncode == 1 and proc.stderr.splitlines()[-1] == f"error: cannot write {run / CHECKPOINT}: " \
+        "File too large", proc.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["log.jsonl", "run.json"], "no temporary file left"
+
+
+def test_training_photos_are_read_as_the_codec_reads_them(few_photos, tmp_path):
+    """An animated GIF trained on its first frame, which the codec refuses; with exactly two photos, a note
+    said the one photo was also the validation image, while the second was held out."""
+    from PIL import Image
+
+    from aectl.train.data import load_rgb
+
+    frames = [Image.new("RGB", (64, 64), colour) for colour in ("red", "blue")]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(AectlError, match="anim.gif: GIF image of 2 frames"):
+        load_rgb(tmp_path / "anim.gif", 64)
+    two = tmp_path / "two"
+    two.mkdir()
+    for path in sorted(few_photos.iterdir())[:2]:
+        (two / path.name).write_bytes(path.read_bytes())
+    notes = []
+    train(_cfg(two, tmp_path / "r2", steps=1), progress=False, log=notes.append)
+    assert not any("holds one image" in n for n in notes)
+    (two / sorted(two.iterdir())[0].name).unlink()
+    notes = []
+    train(_cfg(two, tmp_path / "r1", steps=1), progress=False, log=notes.append)
+    assert any("holds one image" in n for n in notes)
+
+
+def test_resume_notes_photos_that_changed(few_photos, tmp_path):
+    """Photos added to the folder since the run started changed its batches and validation image without a word,
+    while README says --resume continues exactly."""
+    run = tmp_path / "run"
+    train(_cfg(few_photos, run, steps=4, stop_at=2), progress=False, log=lambda *_: None)
+    notes = []
+    train(TrainConfig(out=str(run), resume=True, steps=5, stop_at=3), progress=False, log=notes.append)
+    assert not any("other photos" in n for n in notes)
+    (few_photos / "extra.png").write_bytes(next(few_photos.iterdir()).read_bytes())
+    train(TrainConfig(out=str(run), resume=True), progress=False, log=notes.append)
+    assert any(f"{few_photos} holds other photos than when the run started" in n for n in notes)

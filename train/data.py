@@ -14,7 +14,8 @@ from PIL import Image
 
 from aectl.runtime.errors import AectlError
 from aectl.runtime.files import IMAGE_SUFFIXES
-from aectl.runtime.image_io import heif_support, is_heif, to_pixels
+from aectl.runtime.container import DEFAULT_MAX_PIXELS
+from aectl.runtime.image_io import open_image, to_pixels
 
 
 def find_images(root: Path) -> list[Path]:
@@ -23,17 +24,14 @@ def find_images(root: Path) -> list[Path]:
 
 
 def load_rgb(path: Path, min_side: int) -> np.ndarray:
-    """HWC uint8 RGB as the codec reads it (EXIF orientation applied, colour in sRGB, 16-bit gray scaled),
-    upscaled if a side is shorter than min_side."""
-    if is_heif(path):
-        heif_support()
-    try:
-        with Image.open(path) as img:
+    """HWC uint8 RGB as the codec reads it (the codec's opener: one frame only, within its pixel limit; EXIF
+    orientation applied, colour in sRGB, 16-bit gray scaled), upscaled if a side is shorter than min_side.
+    (An animated GIF trained on its first frame, which the codec refuses.)"""
+    with open_image(path, DEFAULT_MAX_PIXELS) as img:
+        try:
             img = Image.fromarray(to_pixels(img).rgb)
-    except AectlError as exc:  # a mode or range the codec refuses, said in its own words
-        raise AectlError(f"{path}: {exc}") from None
-    except Exception as exc:  # Pillow raises many types for unreadable files
-        raise AectlError(f"cannot read image {path}: {exc}") from None
+        except AectlError as exc:  # a mode or range the codec refuses, said in its own words
+            raise AectlError(f"{path}: {exc}") from None
     if min(img.size) < min_side:
         scale = min_side / min(img.size)
         img = img.resize((max(min_side, round(img.width * scale)), max(min_side, round(img.height * scale))),
@@ -50,7 +48,8 @@ class CropSampler:
         self.rng = np.random.default_rng(seed)
 
     @property
-    def steps_per_epoch_pixels(self) -> int:
+    def total_pixels(self) -> int:
+        """The pixels of all training images: an epoch draws that many in crops."""
         return sum(img.shape[0] * img.shape[1] for img in self.images)
 
     def batch(self, size: int) -> np.ndarray:
@@ -102,8 +101,17 @@ def load_folder(root: Path, crop: int) -> tuple[list[np.ndarray], list[np.ndarra
         raise AectlError(f"--data {root}: no image files found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     train_paths, val_paths = split_holdout(paths)
     train = [load_rgb(p, crop) for p in train_paths]
-    val = [load_rgb(p, crop) for p in val_paths]
+    val = train if val_paths is train_paths else [load_rgb(p, crop) for p in val_paths]  # one image: both
     return train, val, [str(p) for p in val_paths]
+
+
+def folder_digest(root: Path) -> str:
+    """What a folder of training images holds, by relative name and size: a resumed run compares it with the
+    one it started from (photos added or removed change the batches and the validation image)."""
+    import hashlib
+
+    listing = "\n".join(f"{p.relative_to(root).as_posix()} {p.stat().st_size}" for p in find_images(root))
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def load_stl10(root: Path | None, crop: int) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:

@@ -12,13 +12,17 @@ was started.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
+import pickle
 import shlex
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,12 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from aectl.runtime.errors import AectlError, received_signals
+from aectl.runtime.image_io import atomic_write
 from aectl.runtime.providers import check_threads
-from aectl.train.data import CropSampler, center_crops, load_folder, load_stl10
+from aectl.train.data import CropSampler, center_crops, folder_digest, load_folder, load_stl10
 from aectl.train.distributed import Distributed
 from aectl.train.zoo import Preset, get_preset
 
 CHECKPOINT = "last.pt"
+RUN_FILES = (CHECKPOINT, "run.json", "log.jsonl")  # what a run writes into its folder
 MIN_EPOCH_STEPS = 50
 
 
@@ -66,6 +72,7 @@ class TrainConfig:
     fit_steps: int | None = None     # entropy-model fitting steps (FIT_STEPS): seed presets after training,
                                      # bundle init before
     stop_at: int | None = None       # pause here with a checkpoint; the schedule still follows steps/epochs
+    force: bool = False              # start a new run over the run files already in `out`
 
 
 def pick_device(name: str) -> torch.device:
@@ -87,28 +94,49 @@ def psnr(mse: float) -> float:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Serialised in memory, then written through the runtime's atomic writer: a full disk or a file-size limit
+    says `cannot write last.pt: File too large` and leaves no temporary file (torch.save to a fixed .tmp name
+    left one behind, behind an `inline_container.cc` internal error)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getbuffer(), force=True)
 
 
 def load_checkpoint(path: Path) -> dict:
-    """A checkpoint file, or a run directory's latest one."""
+    """A checkpoint file, or a run directory's latest one. Loaded with torch's `weights_only` unpickler: a
+    checkpoint holds tensors, dicts, lists and numbers only, and the full unpickler runs whatever code a file
+    names (a crafted .pt ran a shell command before it was refused as corrupt)."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
     if not path.is_file():
         raise AectlError(f"no checkpoint at {path} (train first: aectl train ... --out RUN_DIR)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise AectlError(f"cannot read checkpoint {path}: {exc}") from None
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": a plain pickle, refused just below
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as exc:
+        raise AectlError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+    except Exception as exc:  # torch's own message tells the reader to turn the check off
+        if isinstance(exc, pickle.UnpicklingError) and "GLOBAL" in str(exc):  # a class or function it names
+            raise AectlError(f"cannot read checkpoint {path}: it holds Python objects besides weights and numbers, "
+                             "which only a trusted file may load (aectl's own checkpoints never do)") from None
+        raise AectlError(f"cannot read checkpoint {path}: not a complete torch checkpoint (cut short, or another "
+                         "kind of file)") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
+            or not isinstance(ckpt.get("config"), dict) or "preset" not in ckpt["config"]:
+        raise AectlError(f"{path} is not an aectl checkpoint (a torch file without aectl's config and model "
+                         "weights; aectl train writes them)")
+    return ckpt
 
 
-def build_from_checkpoint(ckpt: dict) -> tuple[torch.nn.Module, Preset]:
+def build_from_checkpoint(ckpt: dict, path="the checkpoint") -> tuple[torch.nn.Module, Preset]:
     preset = preset_of(ckpt["config"])
     model = preset.build()
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError:
+        raise AectlError(f"{path}: its weights do not fit the {preset.name} model its options describe") from None
     model.eval()
     return model, preset
 
@@ -153,19 +181,30 @@ def resolve_run(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict | None]:
     the run options must match (compared as the values they stand for: `data` and `data/` are one folder, an
     omitted --batch-size is the preset's), while a new schedule is taken with a note. Photos moved since the run
     was made are followed with --data NEW, also with a note."""
+    if not cfg.out or cfg.data == "":  # "" is the working directory to Path
+        raise AectlError(f"--{'out' if not cfg.out else 'data'} \"\": give a folder")
+    if cfg.force and cfg.resume:
+        raise AectlError("--force starts a new run over the one in --out and --resume continues it: give one")
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
-    if not ckpt_path.exists():
-        if cfg.resume:
+    if not ckpt_path.exists() or cfg.force:
+        earlier = [name for name in RUN_FILES[1:] if (out / name).exists()]
+        if cfg.resume:  # killed before its first checkpoint: it starts again, its log with it
             log(f"note: nothing to resume in {out}; starting a new run")
+        elif earlier and not cfg.force:  # the new run's log was appended to the old one's
+            raise AectlError(f"{out} holds {' and '.join(earlier)} of an earlier run; pass --force to start a new "
+                             "run there, or pick another --out")
         if cfg.preset is None or cfg.data is None:
             raise AectlError("a new run needs --preset and --data")
+        if cfg.init_from and not Path(cfg.init_from).exists():  # it was said after the photos were loaded
+            raise AectlError(f"--init-from {cfg.init_from}: no such checkpoint or bundle")
         cfg = replace(cfg, seed=cfg.seed or 0, fit_steps=FIT_STEPS if cfg.fit_steps is None else cfg.fit_steps,
                       data_path=_absolute(cfg.data))
         _check_options(cfg)
         return cfg, None
     if not cfg.resume:
-        raise AectlError(f"{out} already holds a checkpoint; pass --resume to continue it, or pick another --out")
+        raise AectlError(f"{out} already holds a checkpoint; pass --resume to continue it, --force to start a new "
+                         "run over it, or pick another --out")
     resumed = load_checkpoint(ckpt_path)
     old = resumed["config"]
     merged = {key: old.get(key) if getattr(cfg, key) is None else getattr(cfg, key) for key in RUN_OPTIONS}
@@ -216,7 +255,9 @@ def resolve_run(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict | None]:
 def _check_options(cfg: TrainConfig) -> None:
     """Refuse impossible options in one line before any data is loaded."""
     preset = get_preset(cfg.preset, cfg.quality, cfg.channels)
-    if cfg.crop:
+    if cfg.crop is not None:  # 0 was the preset's crop and -16 a multiple of 16 (numpy then failed)
+        if cfg.crop < 1:
+            raise AectlError("--crop must be positive")
         if preset.fixed_size and cfg.crop != preset.fixed_size:
             raise AectlError(f"--crop: {preset.name} only takes {preset.fixed_size}x{preset.fixed_size} inputs")
         if cfg.crop % preset.stride:
@@ -226,6 +267,13 @@ def _check_options(cfg: TrainConfig) -> None:
             raise AectlError(f"--{name.replace('_', '-')} must be positive")
     if cfg.steps is not None and cfg.epochs is not None:
         raise AectlError("give --steps or --epochs, not both")
+    # --lr 0 trained at the preset's rate; -1 and inf failed in torch's words once the photos were loaded
+    if cfg.lr is not None and not 0 < cfg.lr < math.inf:
+        raise AectlError(f"--lr {cfg.lr:g}: give a positive learning rate")
+    if cfg.seed is not None and not 0 <= cfg.seed < 2**63:
+        raise AectlError(f"--seed {cfg.seed}: give a whole number from 0 to 2**63 - 1")
+    if not cfg.checkpoint_every >= 0:  # nan compared false and never saved
+        raise AectlError(f"--checkpoint-every {cfg.checkpoint_every:g}: give seconds, 0 or more")
     if cfg.steps is not None and cfg.stop_at is not None and cfg.stop_at > cfg.steps:
         raise AectlError(f"--stop-at {cfg.stop_at} is past the run's last step ({cfg.steps})")
     if cfg.data_root and cfg.data != "stl10":  # it was ignored without a word
@@ -257,13 +305,18 @@ def train(cfg: TrainConfig, progress: bool = True, log=print,
     """Run (or resume) training; returns the final metrics. Checkpoints land in cfg.out.
     resolved: what resolve_run(cfg) returned, when the caller has already checked the options."""
     cfg, resumed = resolved or resolve_run(cfg, log)
+    with _run_folder(Path(cfg.out), main=int(os.environ.get("RANK", "0")) == 0):  # torchrun's rank, as ddp's
+        return _train(cfg, resumed, progress, log)
+
+
+def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log) -> dict:
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     preset = get_preset(cfg.preset, cfg.quality, cfg.channels)
-    if cfg.crop:
+    if cfg.crop is not None:
         preset.crop = cfg.crop
     batch_size = cfg.batch_size or preset.batch_size
-    lr = cfg.lr or preset.lr
+    lr = preset.lr if cfg.lr is None else cfg.lr
     device = pick_device(cfg.device)
     ddp = Distributed(device)
     device = ddp.device(device)
@@ -271,22 +324,34 @@ def train(cfg: TrainConfig, progress: bool = True, log=print,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
+    data_digest = None
     if cfg.data == "stl10":
         train_imgs, val_imgs, val_names = load_stl10(Path(cfg.data_root) if cfg.data_root else None, preset.crop)
     else:
         # As given where it still names the folder from here (validation names stay as the user wrote them).
         here = cfg.data if cfg.data_path in (None, _absolute(cfg.data)) else cfg.data_path
         train_imgs, val_imgs, val_names = load_folder(Path(here), preset.crop)
-        if len(train_imgs) == 1:  # split_holdout cannot hold one image out: validation figures are training ones
+        data_digest = folder_digest(Path(here))
+        recorded = resumed.get("run", {}).get("data_digest") if resumed else None
+        if recorded not in (None, data_digest):  # "continues exactly" held only for the photos it started with
+            log(f"note: {here} holds other photos than when the run started; training goes on with them, so it "
+                "no longer continues exactly as it would have")
+        if val_imgs is train_imgs:  # split_holdout cannot hold one image out: validation figures are training ones
             log("note: --data holds one image, so it is also the validation image; validation figures measure "
                 "training fit, not generalisation")
     sampler = CropSampler(train_imgs, preset.crop, cfg.seed)
     val = torch.from_numpy(center_crops(val_imgs, preset.crop))
     # An epoch covers the training pixels once (in random crops); at least MIN_EPOCH_STEPS for tiny datasets.
-    steps_per_epoch = max(MIN_EPOCH_STEPS, round(sampler.steps_per_epoch_pixels / (preset.crop**2 * batch_size)))
+    steps_per_epoch = max(MIN_EPOCH_STEPS, round(sampler.total_pixels / (preset.crop**2 * batch_size)))
     total = cfg.steps if cfg.steps is not None else (cfg.epochs or 1) * steps_per_epoch
     if cfg.stop_at is not None and cfg.stop_at > total:
         raise AectlError(f"--stop-at {cfg.stop_at} is past the run's last step ({total})")
+    if resumed and total < resumed["step"]:  # --epochs fewer than done: it marked the run finished as it was
+        raise AectlError(f"--epochs {cfg.epochs} ends at step {total}; the run in {out} is already at step "
+                         f"{resumed['step']}; give more epochs to go on training")
+    if resumed and resumed["step"] == total and (preset.rate_distortion or entropy_fitted(resumed)):
+        log(f"the run in {out} is finished (step {total}); nothing to do (more --steps or --epochs train on)")
+        return resumed["history"][-1] if resumed["history"] else {}  # it refitted, logged and saved again
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = preset.build().to(device)
@@ -308,7 +373,11 @@ def train(cfg: TrainConfig, progress: bool = True, log=print,
             log(f"initialised from {cfg.init_from} (step {source.get('step')})")
     if resumed:
         state = resumed.get("resume", resumed)  # checkpoints before 0.1 kept the training state top-level
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise AectlError(f"{ckpt_path}: its weights do not fit the {preset.name} model its options "
+                             "describe") from None
         optimizer.load_state_dict(resumed["optimizer"])
         aux_optimizer.load_state_dict(resumed["aux_optimizer"])
         sampler.set_state(state["sampler"])
@@ -322,6 +391,9 @@ def train(cfg: TrainConfig, progress: bool = True, log=print,
 
     if ddp.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        if not resumed:  # --force, or a run that died before its first checkpoint: nothing of it is kept
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
     command = "aectl " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
     before = resumed.get("run", {}) if resumed else {}
     # A resumed run keeps the command that started it (`train --out RUN --resume` alone reproduces nothing) and
@@ -330,9 +402,9 @@ def train(cfg: TrainConfig, progress: bool = True, log=print,
                 "resumed_with": before.get("resumed_with", []) + [command] if resumed else [],
                 "config": _config_dict(cfg), "preset": preset.to_dict(), "batch_size": batch_size, "lr": lr,
                 "total_steps": total, "steps_per_epoch": steps_per_epoch, "train_images": len(train_imgs),
-                "val": val_names, "device": str(device), "world_size": ddp.world}
+                "val": val_names, "data_digest": data_digest, "device": str(device), "world_size": ddp.world}
     if ddp.is_main:
-        (out / "run.json").write_text(json.dumps(run_info, indent=2))
+        atomic_write(out / "run.json", json.dumps(run_info, indent=2).encode(), force=True)
 
     def save(resume_state: dict | None = None):
         """resume_state: the training state to continue from, when `model` holds post-training fits."""
@@ -373,8 +445,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print,
                 if ddp.is_main and (step % steps_per_epoch == 0 or step == total):
                     metrics = {"step": step, "epoch": step / steps_per_epoch, **evaluate(model, preset, val, device)}
                     history.append(metrics)
-                    with open(out / "log.jsonl", "a") as fh:
-                        fh.write(json.dumps(metrics) + "\n")
+                    _append_log(out / "log.jsonl", metrics)
                     bar.note(f"step {step} val: PSNR {metrics['val_psnr']:.2f} dB, est. {metrics['val_bpp']:.3f} bpp, "
                              f"loss {metrics['val_loss']:.4g}")
                 if time.monotonic() - last_save > cfg.checkpoint_every or step == end:
@@ -484,6 +555,11 @@ def fit_density(model, sampler: CropSampler, device, steps: int, batch_size: int
     eb.eval()
 
 
+def entropy_fitted(ckpt: dict) -> bool:
+    """Whether a seed preset's entropy model was fitted after its last step (the end of its run)."""
+    return any(h.get("fitted") for h in ckpt.get("history", []))
+
+
 def _architecture_differs(source) -> AectlError:
     return AectlError(f"--init-from {source}: its architecture differs from this run's")
 
@@ -531,11 +607,54 @@ class _graceful_stop:
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def _run_folder(out: Path, main: bool):
+    """The run folder, made if needed and locked while the run trains, so that a second `train` on it (a resume
+    while the run still trains) stops in one line instead of interleaving logs and checkpoints (POSIX flock;
+    elsewhere no lock). A folder made here and left empty (the photos failed to load) is removed again."""
+    if not main:  # rank 0 holds the lock for all
+        yield
+        return
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            import fcntl
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:
+            pass
+        except BlockingIOError:
+            raise AectlError(f"{out} is being trained by another process; wait for it to finish or stop it") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+        if made and not any(out.iterdir()):
+            out.rmdir()
+
+
+def _append_log(path: Path, metrics: dict) -> None:
+    try:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(metrics) + "\n")
+    except OSError as exc:  # "[Errno 27] File too large" named no file
+        raise AectlError(f"cannot write {path}: {exc.strerror}") from None
+
+
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop validation lines written after the checkpoint we resume from (a run killed between saves)."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(line + "\n" for line in lines))
+    """Drop validation lines written after the checkpoint we resume from (a run killed between saves), and any
+    line that is not a validation record (a kill during the append cut one short; it blocked --resume)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    atomic_write(path, "".join(line + "\n" for line in kept).encode(), force=True)
 
 
 def _config_dict(cfg: TrainConfig) -> dict:
