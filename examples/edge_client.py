@@ -8,41 +8,78 @@ It needs only `pip install aectl[cpu]` (no torch, no encoder) and a decoder bund
 
 The decoder session is created once at start-up and reused for every request, so a broken bundle or an
 unusable provider stops the service there, in one line. Bad input gets HTTP 400 with a one-line reason, a
-fault of the service 500; either way the service keeps running. A client that sends less than it announced
-is dropped after `TIMEOUT_S`.
+fault of the service 500; either way the service keeps running. A client has `--timeout` seconds (60) to send
+its whole request (a trickle of one byte a minute held a thread forever); at most `--max-decodes` files decode at once,
+each within `--max-pixels`, so that a few small files declaring huge images cannot take all the memory
+(three 67 Mpx decodes at once peaked at 3.5 GB).
 """
 from __future__ import annotations
 
 import argparse
 import io
+import os
+import re
+import socket
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from aectl.runtime import AectlError, Decoder
 from aectl.runtime.image_io import PNG_COMPRESSION
 
 MAX_BODY = 64 << 20  # refuse uploads above 64 MiB
-TIMEOUT_S = 60  # per socket read or write: a stalled client held its thread forever
+TIMEOUT_S = 60  # default --timeout: for a client's whole request, and per socket write of the answer
+MAX_PIXELS = 1 << 25  # 33.5 Mpx (8192 x 4096): an edge client's photos; raise it with --max-pixels
+MAX_DECODES = 2  # decodes at once; other requests wait for a slot (up to TIMEOUT_S, then 503)
 
 
-def make_handler(decoder: Decoder):
+def make_handler(decoder: Decoder, slots: threading.Semaphore, timeout_s: float = TIMEOUT_S):
     class Handler(BaseHTTPRequestHandler):
-        timeout = TIMEOUT_S
+        timeout = timeout_s
+        protocol_version = "HTTP/1.1"  # answers `Expect: 100-continue` (curl waited 1 s for it on every file
+        # over 1 MiB); each connection still carries one request (every reply closes it)
+
+        def setup(self) -> None:
+            super().setup()
+            # A deadline for the whole request, not only per read: shutting the socket ends a blocked read.
+            self._deadline = threading.Timer(timeout_s, self._drop)
+            self._deadline.daemon = True
+            self._deadline.start()
+
+        def _drop(self) -> None:
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+        def finish(self) -> None:
+            self._deadline.cancel()
+            super().finish()
 
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             if self.path != "/decode":
-                return self._reply(404, b"use POST /decode\n", "text/plain")
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:  # "Content-Length: abc" dropped the connection with a traceback on stderr
-                length = -1
+                return self._reply(404, b"error: no such path; use POST /decode\n", "text/plain")
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():  # read as an empty body
+                return self._reply(411, b"error: send Content-Length; chunked uploads are not read\n", "text/plain")
+            # Digits, in one header or several that agree (int() took "+1" and "1_000"; the first of two
+            # conflicting headers won).
+            values = {value.strip() for value in self.headers.get_all("Content-Length") or []}
+            text = values.pop() if len(values) == 1 else ""
+            length = int(text) if re.fullmatch(r"\d{1,12}", text) else -1
             if not 0 < length <= MAX_BODY:
-                return self._reply(400, b"error: body must be the bytes of one .aec file\n", "text/plain")
+                return self._reply(400, b"error: body must be the bytes of one .aec file (at most 64 MiB), with "
+                                   b"one Content-Length\n", "text/plain")
             try:
                 body = self.rfile.read(length)
             except OSError:  # timed out or reset: nobody is left to answer
+                body = b""
+            if len(body) < length:  # the deadline passed, or the client left
                 self.close_connection = True
                 return
+            self._deadline.cancel()  # the request is in; decoding may take its time
+            if not slots.acquire(timeout=timeout_s):
+                return self._reply(503, b"error: busy decoding other files; retry later\n", "text/plain",
+                                   {"Retry-After": "5"})
             try:
                 image = decoder.decompress(body)
                 png = io.BytesIO()
@@ -54,6 +91,8 @@ def make_handler(decoder: Decoder):
             except Exception as exc:  # the service's fault, not the client's: said so, and kept serving
                 print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
                 return self._reply(500, f"error: internal error: {type(exc).__name__}\n".encode(), "text/plain")
+            finally:
+                slots.release()
             self._reply(200, png.getvalue(), "image/png")
 
         def _not_allowed(self) -> None:
@@ -63,7 +102,7 @@ def make_handler(decoder: Decoder):
             self._reply(405, f"error: {self.command} is not allowed; use POST /decode\n".encode(), "text/plain",
                         {"Allow": "POST"})
 
-        do_GET = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # noqa: N815
+        do_GET = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed  # noqa: N815
 
         def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
             """http.server's own refusals (an unknown method, a malformed request line) as one line of text,
@@ -73,10 +112,12 @@ def make_handler(decoder: Decoder):
                         .encode(), "text/plain")
 
         def _reply(self, status: int, body: bytes, kind: str, headers: dict | None = None) -> None:
+            self.close_connection = True  # one request per connection
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)
                 self.end_headers()
@@ -91,27 +132,43 @@ def make_handler(decoder: Decoder):
     return Handler
 
 
+class Server(ThreadingHTTPServer):
+    request_queue_size = 128  # socketserver's 5 reset some of 20 clients arriving at once
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Decode .aec bytes to PNG over HTTP.")
     parser.add_argument("--bundle", required=True, help="decoder (or full) bundle directory")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     parser.add_argument("--provider", default="cpu")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse files of larger images")
+    parser.add_argument("--max-decodes", type=int, default=MAX_DECODES, help="files decoded at once")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds a client has to send its request")
     args = parser.parse_args(argv)
+    if args.max_decodes < 1:
+        sys.exit("error: --max-decodes must be 1 or more")
+    if not 0 < args.timeout <= 86400:
+        sys.exit("error: --timeout must be more than 0 and at most 86400 seconds")
     try:
-        decoder = Decoder(args.bundle, provider=args.provider)
+        decoder = Decoder(args.bundle, provider=args.provider, max_pixels=args.max_pixels)
         decoder.network.session("decoder")  # now: a broken bundle fails here, not at every request
     except AectlError as exc:
         sys.exit(f"error: {exc}")
     try:
-        server = ThreadingHTTPServer((args.host, args.port), make_handler(decoder))
+        server = Server((args.host, args.port), make_handler(decoder, threading.Semaphore(args.max_decodes),
+                                                            args.timeout))
     except (OSError, OverflowError) as exc:  # port taken or out of range, unknown host
         sys.exit(f"error: cannot listen on {args.host}:{args.port}: {getattr(exc, 'strerror', None) or exc}")
     print(f"listening on http://{args.host}:{server.server_address[1]}/decode", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        pass
+        # Handler threads may be inside an onnxruntime run: shutting the interpreter down under them aborted
+        # the process ("terminate called without an active exception", SIGABRT). Leave at once instead.
+        server.server_close()
+        sys.stdout.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

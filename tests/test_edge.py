@@ -71,8 +71,11 @@ def test_edge_environment_has_no_torch_and_decodes_identically(edge_files, tmp_p
 def test_edge_service_returns_png(edge_files):
     root, stripped, files, expected = edge_files
     python = EDGE_PYTHON or sys.executable
+    # One decode at a time: the early-leaving client's answer is written (and fails) before the next request's
+    # decode ends, so the check on stderr below sees it (with two slots it could be cut off by the terminate).
     server = subprocess.Popen([python, str(ROOT / "examples" / "edge_client.py"), "--bundle", str(stripped),
-                               "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               "--port", "0", "--max-decodes", "1"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
     try:
         url = server.stdout.readline().split()[-1]
         body = files[0].read_bytes()
@@ -87,8 +90,8 @@ def test_edge_service_returns_png(edge_files):
         host, port = url.split("/")[2].split(":")
         with socket.create_connection((host, int(port)), timeout=60) as raw:  # a header urllib would not send
             raw.sendall(b"POST /decode HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
-            assert raw.recv(1 << 16).startswith(b"HTTP/1.0 400 ")  # the connection was dropped
-        with pytest.raises(urllib.error.HTTPError) as err:  # http.server's own refusal: 501 and a page of HTML
+            assert raw.recv(1 << 16).startswith(b"HTTP/1.1 400 ")  # it dropped the connection with a traceback
+        with pytest.raises(urllib.error.HTTPError) as err:  # it was http.server's 501 and a page of HTML
             urllib.request.urlopen(url, timeout=60)
         assert (err.value.code, err.value.headers["Allow"], err.value.headers["Content-Type"]) == \
             (405, "POST", "text/plain")
@@ -101,6 +104,74 @@ def test_edge_service_returns_png(edge_files):
         server.terminate()
         _, stderr = server.communicate(timeout=30)
     assert stderr == "", "no traceback, for a client that left before its answer either"
+
+
+def _raw_request(address, head: bytes, body: bytes = b"") -> bytes:
+    with socket.create_connection(address, timeout=60) as raw:
+        raw.sendall(head + body)
+        answer = b""
+        while chunk := raw.recv(1 << 16):
+            answer += chunk
+    return answer
+
+
+def test_edge_service_bounds_what_a_client_can_take(edge_files, trained, kodak):
+    """A client trickling one byte at a time held a thread forever (the 60 s were per read); three small files
+    declaring 67 Mpx images decoded at once (3.5 GB); 20 clients at once were partly reset (a listen queue of
+    5); a chunked upload was "not one .aec file"; Content-Length "+36532" and two conflicting headers were
+    taken; curl waited 1 s for `100 Continue` on files over 1 MiB; TRACE was 501, not 405."""
+    import concurrent.futures
+
+    _, stripped, files, _ = edge_files
+    server = subprocess.Popen([EDGE_PYTHON or sys.executable, str(ROOT / "examples" / "edge_client.py"), "--bundle",
+                               str(stripped), "--port", "0", "--timeout", "2", "--max-pixels", "300000"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = server.stdout.readline().split()[-1]
+        host, port = url.split("/")[2].split(":")
+        address = (host, int(port))
+        small = files[0].read_bytes()  # kodim01, 393,216 pixels: over this service's limit
+        refused = _raw_request(address, b"POST /decode HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(small), small)
+        assert refused.startswith(b"HTTP/1.1 400 ") and b"393216 pixels exceeds the limit of 300000" in refused
+        with socket.create_connection(address, timeout=60) as raw:  # a byte every 0.2 s, of 1000 announced
+            raw.sendall(b"POST /decode HTTP/1.1\r\nContent-Length: 1000\r\n\r\n")
+            sent = 0
+            with pytest.raises(OSError):  # the service shuts the connection once its 2 s are up
+                for sent in range(1000):
+                    raw.sendall(b"x")
+                    raw.settimeout(0.2)
+                    try:
+                        if raw.recv(1) == b"":
+                            raise ConnectionResetError("dropped")
+                    except socket.timeout:
+                        pass
+            assert sent < 999
+        for head, status, text in [
+                (b"POST /decode HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 411, b"chunked"),
+                (b"POST /decode HTTP/1.1\r\nContent-Length: +5\r\n\r\nAEC1x", 400, b"one Content-Length"),
+                (b"POST /decode HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 4\r\n\r\nAEC1x", 400,
+                 b"one Content-Length"),
+                (b"TRACE /decode HTTP/1.1\r\n\r\n", 405, b"TRACE is not allowed"),
+                (b"POST /other HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", 404, b"error: no such path")]:
+            answer = _raw_request(address, head)
+            assert answer.startswith(b"HTTP/1.1 %d " % status) and text in answer, answer
+        waiting = _raw_request(address, b"POST /decode HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+                               b"AEC1")
+        assert waiting.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 400 "), waiting
+        _, bundle = trained["factorized"]
+        pixels = np.asarray(Image.open(kodak / "kodim01.png").convert("RGB"))[:256, :384]
+        within = Codec(bundle, provider="cpu").compress(pixels)  # 98,304 pixels: within the limit
+
+        def decode(_):
+            with urllib.request.urlopen(urllib.request.Request(url, data=within), timeout=120) as resp:
+                return resp.status, resp.read()
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:  # 20 clients at once, two decodes at a time
+            answers = list(pool.map(decode, range(20)))
+        assert {status for status, _ in answers} == {200} and len({png for _, png in answers}) == 1
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=30)
+    assert stderr == ""
 
 
 def test_edge_service_refuses_to_start_on_a_broken_bundle_or_a_taken_port(edge_files, tmp_path):
