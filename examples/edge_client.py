@@ -9,7 +9,8 @@ It needs only `pip install aectl[cpu]` (no torch, no encoder) and a decoder bund
 The decoder session is created once at start-up and reused for every request, so a broken bundle or an
 unusable provider stops the service there, in one line. Bad input gets HTTP 400 with a one-line reason, a
 fault of the service 500; either way the service keeps running. A client has `--timeout` seconds (60) to send
-its whole request (a trickle of one byte a minute held a thread forever); at most `--max-decodes` files decode at once,
+its headers, and as long again for its body plus a second per 64 KiB received (a trickle of one byte a minute
+held a thread forever); at most `--max-decodes` files decode at once,
 each within `--max-pixels`, so that a few small files declaring huge images cannot take all the memory
 (three 67 Mpx decodes at once peaked at 3.5 GB).
 """
@@ -22,13 +23,15 @@ import re
 import socket
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from aectl.runtime import AectlError, Decoder
 from aectl.runtime.image_io import PNG_COMPRESSION
 
 MAX_BODY = 64 << 20  # refuse uploads above 64 MiB
-TIMEOUT_S = 60  # default --timeout: for a client's whole request, and per socket write of the answer
+TIMEOUT_S = 60  # default --timeout: for a client's request line and headers, and per socket write of the answer
+MIN_RATE = 64 << 10  # bytes/s: each chunk of the body read extends the deadline by its size at this rate
 MAX_PIXELS = 1 << 25  # 33.5 Mpx (8192 x 4096): an edge client's photos; raise it with --max-pixels
 MAX_DECODES = 2  # decodes at once; other requests wait for a slot (up to TIMEOUT_S, then 503)
 
@@ -41,7 +44,8 @@ def make_handler(decoder: Decoder, slots: threading.Semaphore, timeout_s: float 
 
         def setup(self) -> None:
             super().setup()
-            # A deadline for the whole request, not only per read: shutting the socket ends a blocked read.
+            # A deadline for the request line and headers, not only per read: shutting the socket ends a
+            # blocked read. The body has its own (_read_body).
             self._deadline = threading.Timer(timeout_s, self._drop)
             self._deadline.daemon = True
             self._deadline.start()
@@ -56,7 +60,31 @@ def make_handler(decoder: Decoder, slots: threading.Semaphore, timeout_s: float 
             self._deadline.cancel()
             super().finish()
 
+        def _read_body(self, length: int) -> bytes | None:
+            """The body, or None when the client is too slow: `timeout_s`, plus a second for every MIN_RATE
+            bytes received (as Apache's mod_reqtimeout does): a trickle of a byte a minute is dropped, a
+            steady 64 MiB upload at 1 Mbit/s is not (a fixed 60 s cut off every body over 7.5 MB at that rate)."""
+            deadline, chunks, left = time.monotonic() + timeout_s, [], length
+            try:
+                while left:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    self.connection.settimeout(remaining)
+                    chunk = self.rfile.read1(min(left, 1 << 20))
+                    if not chunk:  # the client left
+                        return None
+                    chunks.append(chunk)
+                    left -= len(chunk)
+                    deadline += len(chunk) / MIN_RATE
+            except OSError:  # timed out or reset
+                return None
+            finally:
+                self.connection.settimeout(timeout_s)
+            return b"".join(chunks)
+
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            self._deadline.cancel()  # the headers are in
             if self.path != "/decode":
                 return self._reply(404, b"error: no such path; use POST /decode\n", "text/plain")
             if "chunked" in self.headers.get("Transfer-Encoding", "").lower():  # read as an empty body
@@ -69,14 +97,9 @@ def make_handler(decoder: Decoder, slots: threading.Semaphore, timeout_s: float 
             if not 0 < length <= MAX_BODY:
                 return self._reply(400, b"error: body must be the bytes of one .aec file (at most 64 MiB), with "
                                    b"one Content-Length\n", "text/plain")
-            try:
-                body = self.rfile.read(length)
-            except OSError:  # timed out or reset: nobody is left to answer
-                body = b""
-            if len(body) < length:  # the deadline passed, or the client left
-                self.close_connection = True
-                return
-            self._deadline.cancel()  # the request is in; decoding may take its time
+            body = self._read_body(length)
+            if body is None:  # too slow, or gone: said if anyone is still listening
+                return self._reply(408, b"error: the request body came too slowly\n", "text/plain")
             if not slots.acquire(timeout=timeout_s):
                 return self._reply(503, b"error: busy decoding other files; retry later\n", "text/plain",
                                    {"Retry-After": "5"})
@@ -148,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.max_decodes < 1:
         sys.exit("error: --max-decodes must be 1 or more")
+    if args.max_pixels < 1:
+        sys.exit("error: --max-pixels must be 1 or more")
     if not 0 < args.timeout <= 86400:
         sys.exit("error: --timeout must be more than 0 and at most 86400 seconds")
     try:

@@ -293,7 +293,7 @@ def run_bench(cfg: BenchConfig, log=lambda msg: None) -> dict:
             if net is None:
                 entry["engines"]["torch"] = {"skipped": reason}
             else:
-                engines["torch"] = Codec(bundle, provider=provider, threads=cfg.threads, network=net)
+                engines["torch"] = Codec(bundle, network=net)  # on the network's device and threads
                 probe = _probe_input(originals[0], bundle)
                 entry["torch_vs_onnxruntime_max_diff"] = net.max_difference(codec.network, probe)
         per_engine: dict = {name: {} for name in engines}

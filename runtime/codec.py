@@ -23,14 +23,14 @@ from PIL import Image
 
 from aectl.runtime import container, entropy_coder, image_io, tiling
 from aectl.runtime.bundle import Bundle, load_bundle
-from aectl.runtime.errors import AectlError, on_command_line, option
+from aectl.runtime.errors import AectlError, is_whole_number, on_command_line, option
 from aectl.runtime.network import Network
 from aectl.runtime.profile import Stages, stage
 
 
 def check_max_pixels(max_pixels: int | None) -> None:
     """None (no limit but the format's) or a positive count: 0 or -5 refused every file, one by one."""
-    if max_pixels is not None and (type(max_pixels) is not int or max_pixels < 1):
+    if max_pixels is not None and (not is_whole_number(max_pixels) or max_pixels < 1):
         raise AectlError(f"{option('max_pixels', max_pixels)}: give a positive pixel count")
 
 
@@ -38,7 +38,40 @@ def pixel_limit(max_pixels: int | None) -> int:
     """The pixel count a codec reads up to: None means no limit but the format's own (Pillow's
     MAX_IMAGE_PIXELS = None reads the same way)."""
     check_max_pixels(max_pixels)
-    return container.MAX_SIDE * container.MAX_SIDE if max_pixels is None else max_pixels
+    return container.MAX_SIDE * container.MAX_SIDE if max_pixels is None else int(max_pixels)
+
+
+def _check_network(network: Network, bundle: Bundle, provider: str, threads: int | None) -> None:
+    """A network given to a codec is the codec's model on the codec's provider: another model's graphs coded
+    files stamped with this model's id (17.6 dB instead of 29.5), and `provider`/`threads` were ignored."""
+    if network.bundle.model_id != bundle.model_id:
+        raise AectlError(f"network= runs model {network.bundle.model_id}, not this bundle's {bundle.model_id}")
+    if (provider != "auto" and provider != network.provider) or (threads is not None and threads != network.threads):
+        raise AectlError(f"provider={provider!r}, threads={threads!r}: a given network= runs on its own "
+                         f"({network.provider!r}, {network.threads!r}); set them on the Network")
+
+
+def _as_list(items, single: tuple, message: str) -> list:
+    """A batch as a list; one item (which iterates as rows, characters or bytes), None or a number refused."""
+    if isinstance(items, single) or items is None:
+        raise AectlError(message)
+    try:
+        return list(items)
+    except TypeError:
+        raise AectlError(message) from None
+
+
+def _each(read, items: list, kind: str) -> list:
+    """`read` of every item; in a batch of several, an error names the item (which file of 12 was bad?)."""
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(read(item))
+        except AectlError as exc:
+            if len(items) == 1:
+                raise
+            raise AectlError(f"{kind} {i} of the batch: {exc}") from None
+    return out
 
 
 class Decoder:
@@ -48,14 +81,20 @@ class Decoder:
     def __init__(self, bundle: str | Path | Bundle, provider: str = "auto", threads: int | None = None,
                  max_pixels: int | None = container.DEFAULT_MAX_PIXELS, batch_size: int | None = 8,
                  network: Network | None = None):
+        if not isinstance(bundle, (str, os.PathLike, Bundle)):  # None or 3 was a TypeError from pathlib
+            raise AectlError(f"bundle={bundle!r}: give a bundle folder's path")
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         # `network` lets another implementation of the same two graphs (aectl.train.torch_ref, for the
-        # benchmark) run inside the unchanged pipeline.
+        # benchmark) run inside the unchanged pipeline, or sessions tuned otherwise (Tuning) serve it.
+        if network is not None:
+            _check_network(network, self.bundle, provider, threads)
         self.network = network if network is not None else Network(self.bundle, provider, threads)
         self.stages: Stages | None = None  # set to a profile.Stages() to account time per stage
         self.coder = entropy_coder.EntropyCoder(self.bundle.entropy)
         self.max_pixels = pixel_limit(max_pixels)
-        self.batch_size = 8 if batch_size is None else max(1, batch_size)
+        if batch_size is not None and (not is_whole_number(batch_size) or batch_size < 1):  # 0 was taken as 1
+            raise AectlError(f"{option('batch_size', batch_size)}: give a whole number, 1 or more")
+        self.batch_size = 8 if batch_size is None else int(batch_size)
         rule = self.bundle.input_rule
         self.stride, self.fixed_size = rule["stride"], rule["fixed_size"]
 
@@ -71,10 +110,10 @@ class Decoder:
         return self.decompress_batch([data])[0]
 
     def decompress_batch(self, blobs: list[bytes]) -> list[Image.Image]:
-        if isinstance(blobs, (bytes, bytearray, memoryview)):  # would iterate its bytes
-            raise AectlError("decompress_batch takes a list of .aec files' bytes; use decompress for one")
+        blobs = _as_list(blobs, (bytes, bytearray, memoryview, str, os.PathLike),  # iterated bytes, characters
+                         "decompress_batch takes a list of .aec files' bytes; use decompress for one")
         with stage(self.stages, "container"):
-            parsed = [self._parse(data) for data in blobs]
+            parsed = _each(self._parse, blobs, "file")
         with stage(self.stages, "entropy"):
             # Each file's entropy decoder, and its format version (how its blocks are coded).
             streams = [(entropy_coder.new_decoder(payload, h.version, [self._block_symbols(t) for t in tiles]),
@@ -217,12 +256,12 @@ class Codec(Decoder):
                  network: Network | None = None, format_version: int | None = None):
         format_version = container.VERSION if format_version is None else format_version
         versions = ", ".join(map(str, container.READABLE_VERSIONS))
-        if type(format_version) is not int:  # "4" was refused naming 4 among the versions, 4.0 failed in struct
+        if not is_whole_number(format_version):  # "4" was refused naming 4 among the versions, 4.0 failed in struct
             raise AectlError(f"{option('format_version', format_version)}: give an int, one of {versions}")
         if format_version not in container.READABLE_VERSIONS:
             raise AectlError(f"{option('format_version', format_version)}: this aectl writes versions {versions}")
         super().__init__(bundle, provider, threads, max_pixels, batch_size, network)
-        self.format_version = format_version
+        self.format_version = int(format_version)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """Images (N, 3, H, W) float32 in [0, 1] -> continuous latents."""
@@ -235,13 +274,14 @@ class Codec(Decoder):
         return self.compress_batch([image])[0]
 
     def compress_batch(self, images: list) -> list[bytes]:
-        if isinstance(images, (np.ndarray, Image.Image, str, os.PathLike, bytes, bytearray, memoryview)):
-            # one image, not a list: it would iterate rows, characters or bytes
-            raise AectlError("compress_batch takes a list of images; use compress for one")
+        stacked = isinstance(images, np.ndarray) and images.ndim == 4
+        images = _as_list(images, (np.ndarray, Image.Image, str, os.PathLike, bytes, bytearray, memoryview),
+                          "compress_batch takes a list of images; " + ("for an NxHxWxC array, pass list(array)"
+                                                                       if stacked else "use compress for one"))
         if not self.bundle.has_encoder:
             raise AectlError(f"bundle {self.bundle.path} is decoder-only and cannot encode or compress")
         with stage(self.stages, "io"):
-            pixels = [self._pixels(img) for img in images]
+            pixels = _each(self._pixels, images, "image")
         encoders = [entropy_coder.new_encoder(self.format_version) for _ in pixels]
         tile_sizes = [tiling.choose_tile_size(*px.rgb.shape[:2], self.stride, self.fixed_size) for px in pixels]
         plans = [tiling.plan(*px.rgb.shape[:2], th, tw, self.stride, self.fixed_size)
@@ -275,7 +315,8 @@ class Codec(Decoder):
         if h == 0 or w == 0:
             raise AectlError(f"{w}x{h}: an image needs at least one pixel")
         if h * w > self.max_pixels:
-            raise AectlError(f"{w}x{h} exceeds the limit of {self.max_pixels} pixels")
+            raise AectlError(f"{w}x{h} exceeds the limit of {self.max_pixels} pixels (raise "
+                             f"{option('max_pixels')} if you trust this image)")
         if max(h, w) > container.MAX_SIDE:  # the file could not be read back (docs/aec-format.md)
             raise AectlError(f"{w}x{h}: a side exceeds the .aec limit of {container.MAX_SIDE} pixels")
         return px

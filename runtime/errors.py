@@ -1,6 +1,7 @@
 """The one exception type users see: the CLI prints it as a single `error: ...` line."""
 import contextlib
 import contextvars
+import numbers
 import os
 from pathlib import Path
 
@@ -40,6 +41,12 @@ def option(name: str, value=_UNSET) -> str:
         return name if value is _UNSET else f"{name}={value!r}"
     flag = _SHORT_FLAGS.get(name, "--" + name.replace("_", "-"))
     return flag if value is _UNSET or value is True else f"{flag} {value}"
+
+
+def is_whole_number(value) -> bool:
+    """An int or a numpy integer, not a bool: `h * w` of an array's shape is a numpy int and was refused as
+    "give a whole number"; True is an int to Python but no count."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 # Signals that asked this process to stop (SIGINT/SIGTERM), recorded by whoever handled them, so the CLI can

@@ -72,45 +72,52 @@ def heif_support() -> bool:
     return True
 
 
-def open_image(path, max_pixels: int, name: str | None = None) -> Image.Image:
+def open_image(path, max_pixels: int, name: str | None = None, limit_option: bool = True) -> Image.Image:
     """A loaded image file (a path, or a binary file object called `name` in messages) within `max_pixels`, or
     one AectlError. Pillow refuses more than twice its global
     MAX_IMAGE_PIXELS (179 Mpx by default; aectl's own limit is 268 Mpx), when opening and, for TIFF, GIF, WebP
     and MPO, again when loading; only then is the global raised to `max_pixels`, under a lock, for this open
     and load, and restored at once (switching it off around every open, unlocked, let two threads leave it off
-    for the whole process)."""
+    for the whole process). `limit_option`: whether a refusal for size says to raise `max_pixels` (train has
+    no such option)."""
     source, path = path, path if name is None else name
     heif = heif_support() if name is not None or is_heif(path) else None  # a stream has no suffix to go by
     try:
         try:
-            return _open_within(source, path, max_pixels)
+            return _open_within(source, path, max_pixels, limit_option)
         except Image.DecompressionBombError:
             with _PILLOW_LIMIT_LOCK:
                 pillow_limit = Image.MAX_IMAGE_PIXELS
                 Image.MAX_IMAGE_PIXELS = max(pillow_limit or 0, max_pixels)  # ours below then decides
                 try:
-                    return _open_within(source, path, max_pixels)
+                    return _open_within(source, path, max_pixels, limit_option)
                 except Image.DecompressionBombError:  # past twice the raised limit: past ours too
-                    raise AectlError(f"{path}: the image exceeds the limit of {max_pixels} pixels (raise "
-                                     f"{option('max_pixels')} if you trust this file)") from None
+                    raise AectlError(f"{path}: the image exceeds the limit of {max_pixels} pixels"
+                                     f"{_raise_limit(limit_option)}") from None
                 finally:
                     Image.MAX_IMAGE_PIXELS = pillow_limit
     except AectlError:
         raise
     except FileNotFoundError:
-        raise AectlError(f"{path}: no such file") from None
+        raise AectlError(f"{path or repr(path)}: no such file") from None  # "" said ": no such file"
     except Exception as exc:  # Pillow raises many exception types for unreadable files
         if heif is False and is_heif(path):
             raise AectlError(f"{path}: reading HEIC/HEIF needs pillow-heif: pip install 'aectl[heif]'") from None
         detail = str(exc).replace(f"'{path}'", "").replace(str(path), "").replace(repr(source), "").strip()
+        detail = detail.rstrip(":").strip()  # "[Errno 21] Is a directory:" once the path is taken out
         raise AectlError(f"{path}: cannot read image ({detail or type(exc).__name__})") from None
 
 
-def _open_within(source, path: str | Path, max_pixels: int) -> Image.Image:
+def _raise_limit(limit_option: bool) -> str:
+    """The hint after a refusal for size, where the caller has a limit to raise (`train` has none)."""
+    return f" (raise {option('max_pixels')} if you trust this file)" if limit_option else ""
+
+
+def _open_within(source, path: str | Path, max_pixels: int, limit_option: bool) -> Image.Image:
     img = Image.open(source)
     if img.width * img.height > max_pixels:
-        raise AectlError(f"{path}: {img.width}x{img.height} exceeds the limit of {max_pixels} pixels "
-                         f"(raise {option('max_pixels')} if you trust this file)")
+        raise AectlError(f"{path}: {img.width}x{img.height} exceeds the limit of {max_pixels} pixels"
+                         f"{_raise_limit(limit_option)}")
     frames = getattr(img, "n_frames", 1)
     if frames > 1 and img.format != "MPO":  # an MPO (phone JPEG) is a picture plus its preview or depth map
         raise AectlError(f"{path}: {img.format} image of {frames} frames (animated or multi-page); aectl codes "
@@ -248,6 +255,7 @@ def read_rgb(path: str | Path, max_pixels: int) -> np.ndarray:
 def array_to_pixels(array: np.ndarray) -> Pixels:
     """A uint8 numpy array as Pillow's fromarray reads it: HxW or HxWx1 gray, HxWx2 gray + alpha, HxWx3 RGB,
     HxWx4 RGBA (what np.asarray gives of an L, LA, RGB or RGBA image) -> Pixels."""
+    array = np.asarray(array)  # an np.matrix cannot be 3-D: numpy aborted the process in repeat()
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and not 1 <= array.shape[2] <= 4):
         raise AectlError(f"expected an HxW, or HxWxC with C from 1 to 4, uint8 array; got {array.dtype} "
                          f"{array.shape}")

@@ -72,6 +72,7 @@ class Network:
         self.threads = threads
         self.tuning = tuning
         self._sessions: dict = {}
+        self._starting = threading.Lock()  # one session per role, however many threads ask first
         self._local = threading.local()  # role -> _Binding, per thread
         ent = bundle.entropy
         self.step = np.float32(ent["step"])
@@ -82,9 +83,11 @@ class Network:
         if role == "decoder":
             role = self.bundle.decoder_role
         if role not in self._sessions:
-            session = create_session(self.bundle.read(role), self.provider, self.threads, self.tuning)
-            self._check_fits(role, session)
-            self._sessions[role] = session
+            with self._starting:  # 8 threads' first calls made 8 sessions, each kept by its thread's binding
+                if role not in self._sessions:
+                    session = create_session(self.bundle.read(role), self.provider, self.threads, self.tuning)
+                    self._check_fits(role, session)
+                    self._sessions[role] = session
         return self._sessions[role]
 
     def _check_fits(self, role: str, session) -> None:

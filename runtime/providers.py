@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from aectl.runtime.cores import default_threads
-from aectl.runtime.errors import AectlError, option
+from aectl.runtime.errors import AectlError, is_whole_number, option
 from aectl.runtime.tiling import HALO, MAX_TILE
 
 PROVIDER_NAMES = ("auto", "cpu", "cuda", "tensorrt")
@@ -134,7 +134,7 @@ def check_threads(threads: int | None, allow_auto: bool = True) -> None:
     which also pins its worker threads to cores (not where `allow_auto` is false: bench gives torch and the
     matmul peak the same count, and train sets torch's)."""
     limit = 4 * (os.cpu_count() or 1)
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)):
+    if threads is not None and not is_whole_number(threads):
         raise AectlError(f"{option('threads', threads)}: give a whole number (onnxruntime takes no "
                          f"{type(threads).__name__})")
     if threads is not None and not (0 if allow_auto else 1) <= threads <= limit:

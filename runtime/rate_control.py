@@ -10,6 +10,7 @@ interpolation search, 2.1 encodes per image on average on photos where trying fr
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def check_budget(max_bytes: int | None, max_bpp: float | None) -> None:
     if (max_bytes is None) == (max_bpp is None):
         raise AectlError(f"give exactly one of {option('max_bytes')} and {option('max_bpp')}")
     for name, value in (("max_bytes", max_bytes), ("max_bpp", max_bpp)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):  # np ints too
             raise AectlError(f"{option(name, value)}: give a number")  # True was taken as 1 B, "0.5" a TypeError
     if any(v is not None and not 0 < v < math.inf for v in (max_bytes, max_bpp)):  # nan fails both comparisons
         raise AectlError(f"{option('max_bytes')}/{option('max_bpp')} must be positive and finite")

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aectl.runtime.errors import AectlError
+
 MAX_TILE = 1024  # pixels per side of one network run for big images (a multiple of every stride we use)
 HALO = 64  # pixels of context on each side of a tile: the factorized encoder's receptive field reaches ~30 px
 # from a latent's centre, its decoder's ~3 latents (48 px) from a pixel; 4 latents at stride 16
@@ -148,6 +150,8 @@ def paste(out: np.ndarray, decoded: np.ndarray, tile: Tile) -> None:
     hwc = np.empty((tile.height, tile.width, 3), dtype=np.float32)
     np.multiply(crop.transpose(1, 2, 0), np.float32(255), out=hwc)
     np.rint(hwc, out=hwc)
+    if not np.isfinite(hwc).all():  # latents no encoder writes (a file tampered with, its CRC repaired)
+        raise AectlError("corrupted .aec file (its latents decode to undefined pixels)")
     out[tile.top:tile.top + tile.height, tile.left:tile.left + tile.width] = hwc
 
 

@@ -828,3 +828,84 @@ def test_decompress_finds_bundle_by_model_id(trained, kodak, tmp_path, monkeypat
     assert proc.returncode == 0, proc.stderr
     proc = subprocess.run([aectl_exe(), "info", aec, "--json"], capture_output=True, text=True)
     assert json.loads(proc.stdout)["model_id"] == Codec(bundle, provider="cpu").model_id
+
+
+@pytest.fixture
+def kodak_image_small(kodak_image) -> np.ndarray:
+    return kodak_image[:64, :96]
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_api_arguments_are_taken_or_refused_as_a_python_user_passes_them(kodak_image_small):
+    """From a review of the Python API: an np.matrix aborted the process inside numpy; numpy integers (`h * w`
+    of a shape) were refused as "give a whole number"; batch_size 0 was taken as 1 and "8" a TypeError;
+    `network=` ran another model's graphs under this model's id, and took no notice of provider/threads;
+    None, a str or a number as a batch was a TypeError or iterated characters; a bad file in a batch was not
+    named; None as a bundle was pathlib's TypeError."""
+    from aectl.runtime.network import Network
+
+    q4, q1 = ROOT / "models" / "factorized-q4", ROOT / "models" / "factorized-q1"
+    image = kodak_image_small
+    codec = Codec(q4, provider="cpu")
+    gray = np.ascontiguousarray(image[:, :, 0])
+    assert codec.compress(np.asmatrix(gray)) == codec.compress(gray)
+    assert codec.compress(np.asmatrix(image[:, :, 0])) == codec.compress(gray)  # non-contiguous: it aborted
+    as_numpy = Codec(q4, provider="cpu", threads=np.int64(2), max_pixels=np.int64(10**6),
+                     format_version=np.int64(3), batch_size=np.int64(2))
+    assert as_numpy.compress(image) == Codec(q4, provider="cpu", threads=2, format_version=3).compress(image)
+    bundle = load_bundle(q4)
+    for kwargs, message in [({"batch_size": 0}, "batch_size=0: give a whole number, 1 or more"),
+                            ({"batch_size": "8"}, "batch_size='8'"), ({"batch_size": 2.5}, "batch_size=2.5"),
+                            ({"network": Network(load_bundle(q1), provider="cpu")}, "network= runs model .*, not "
+                                                                                     "this bundle's"),
+                            ({"provider": "cpu", "network": Network(bundle)}, "a given network= runs on its own")]:
+        with pytest.raises(AectlError, match=message):
+            Codec(bundle, **kwargs)
+    for bad in (None, 3):
+        with pytest.raises(AectlError, match="give a bundle folder's path"):
+            Codec(bad)
+    good = codec.compress(image)
+    for call, arg in [(codec.compress_batch, None), (codec.decompress_batch, None),
+                      (codec.decompress_batch, "a.aec"), (codec.decompress_batch, 5)]:
+        with pytest.raises(AectlError, match="takes a list"):
+            call(arg)
+    with pytest.raises(AectlError, match=r"pass list\(array\)"):
+        codec.compress_batch(np.stack([image, image]))
+    with pytest.raises(AectlError, match="^file 1 of the batch: not an .aec file"):
+        codec.decompress_batch([good, b"AEC?", good])
+
+
+def test_one_session_per_role_however_many_threads_ask_first(kodak_image_small):
+    """Eight threads' first calls on one codec made eight encoder sessions, each kept by its thread (184 MB
+    against 91); README says the sessions are shared."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import aectl.runtime.network as network_module
+
+    codec = Codec(ROOT / "models" / "factorized-q4", provider="cpu", threads=1)
+    made = []
+    real = network_module.create_session
+
+    def counting(*args, **kwargs):
+        made.append(args[1:])
+        return real(*args, **kwargs)
+    original, network_module.create_session = network_module.create_session, counting
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            blobs = list(pool.map(lambda _: codec.compress(kodak_image_small), range(8)))
+            images = list(pool.map(lambda blob: np.asarray(codec.decompress(blob)), blobs))
+    finally:
+        network_module.create_session = original
+    assert len(made) == 2 and len(set(blobs)) == 1 and all(np.array_equal(images[0], i) for i in images)
+
+
+def test_a_tampered_file_that_decodes_to_undefined_pixels_is_refused():
+    """A version 3 file whose escape-coded symbols were set to ~8e8 and its CRC repaired (found by a helper's
+    fuzzing) decoded to NaN, cast to uint8 with only a RuntimeWarning."""
+    import warnings
+
+    data = (ROOT / "tests" / "data" / "tampered-96x64-q4-v3.aec").read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(AectlError, match="corrupted .aec file .*undefined pixels"):
+            Codec(ROOT / "models" / "factorized-q4", provider="cpu").decompress(data)

@@ -364,3 +364,48 @@ def test_resume_notes_photos_that_changed(few_photos, tmp_path):
     (few_photos / "extra.png").write_bytes(next(few_photos.iterdir()).read_bytes())
     train(TrainConfig(out=str(run), resume=True), progress=False, log=notes.append)
     assert any(f"{few_photos} holds other photos than when the run started" in n for n in notes)
+
+
+def test_a_fit_stopped_after_the_run_was_extended_is_made_on_resume(few_photos, tmp_path, monkeypatch):
+    """A seed run fitted at step 2, extended to 4 and stopped during that fit, was called finished on resume
+    (an earlier fit in its history counted) and exported with an entropy model unfitted to its weights."""
+    import aectl.train.loop as loop
+
+    run = tmp_path / "run"
+    train(_cfg(few_photos, run, steps=2), progress=False, log=lambda *_: None)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(loop, "fit_seed_entropy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(run), resume=True, steps=4), progress=False, log=lambda *_: None)
+    monkeypatch.undo()
+    stopped = load_checkpoint(run)
+    assert stopped["step"] == 4 and not loop.entropy_fitted(stopped)
+    train(TrainConfig(out=str(run), resume=True), progress=False, log=lambda *_: None)
+    fitted = load_checkpoint(run)
+    assert fitted["history"][-1]["fitted"] and fitted["history"][-1]["step"] == 4
+
+
+def test_a_run_that_fails_to_start_leaves_no_folders(tmp_path):
+    """`--out runs/new/a/b` with unreadable photos left runs/new/a behind; a folder already there is kept."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"not a png")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for out in (tmp_path / "new" / "a" / "b", kept):
+        with pytest.raises(AectlError, match="cannot read image"):
+            train(_cfg(bad, out, steps=2), progress=False, log=lambda *_: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "kept"] and not any(kept.iterdir())
+
+
+def test_a_training_photo_too_large_is_refused_without_naming_an_option_train_lacks(tmp_path):
+    """The codec's opener says to raise --max-pixels, which `train` does not have."""
+    from PIL import Image
+
+    from aectl.train.data import load_rgb
+
+    Image.new("1", (20000, 16000)).save(tmp_path / "huge.png")  # 320 Mpx, 40 KB on disk
+    with pytest.raises(AectlError, match=r"huge.png: 20000x16000 exceeds the limit of 268435456 pixels$"):
+        load_rgb(tmp_path / "huge.png", 64)

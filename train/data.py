@@ -27,7 +27,7 @@ def load_rgb(path: Path, min_side: int) -> np.ndarray:
     """HWC uint8 RGB as the codec reads it (the codec's opener: one frame only, within its pixel limit; EXIF
     orientation applied, colour in sRGB, 16-bit gray scaled), upscaled if a side is shorter than min_side.
     (An animated GIF trained on its first frame, which the codec refuses.)"""
-    with open_image(path, DEFAULT_MAX_PIXELS) as img:
+    with open_image(path, DEFAULT_MAX_PIXELS, limit_option=False) as img:  # train has no --max-pixels
         try:
             img = Image.fromarray(to_pixels(img).rgb)
         except AectlError as exc:  # a mode or range the codec refuses, said in its own words

@@ -347,11 +347,15 @@ def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log) -> dict:
     if cfg.stop_at is not None and cfg.stop_at > total:
         raise AectlError(f"--stop-at {cfg.stop_at} is past the run's last step ({total})")
     if resumed and total < resumed["step"]:  # --epochs fewer than done: it marked the run finished as it was
-        raise AectlError(f"--epochs {cfg.epochs} ends at step {total}; the run in {out} is already at step "
-                         f"{resumed['step']}; give more epochs to go on training")
+        schedule = f"--epochs {cfg.epochs}" if cfg.epochs else "its one epoch (fewer photos now)"
+        raise AectlError(f"the schedule ({schedule}) ends at step {total}; the run in {out} is already at step "
+                         f"{resumed['step']}; give more --epochs to go on training")
     if resumed and resumed["step"] == total and (preset.rate_distortion or entropy_fitted(resumed)):
-        log(f"the run in {out} is finished (step {total}); nothing to do (more --steps or --epochs train on)")
-        return resumed["history"][-1] if resumed["history"] else {}  # it refitted, logged and saved again
+        if ddp.is_main:  # it refitted, logged and saved again
+            log(f"the run in {out} is finished (step {total}); nothing to do (more --steps or --epochs train on)")
+        ddp.barrier()
+        ddp.close()
+        return (resumed["history"][-1] if resumed["history"] else {}) if ddp.is_main else {}
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = preset.build().to(device)
@@ -556,8 +560,10 @@ def fit_density(model, sampler: CropSampler, device, steps: int, batch_size: int
 
 
 def entropy_fitted(ckpt: dict) -> bool:
-    """Whether a seed preset's entropy model was fitted after its last step (the end of its run)."""
-    return any(h.get("fitted") for h in ckpt.get("history", []))
+    """Whether a seed preset's entropy model was fitted at the checkpoint's step (the end of its run): a fit at
+    an earlier end, before the run was extended, no longer fits its weights."""
+    last = (ckpt.get("history") or [{}])[-1]
+    return bool(last.get("fitted")) and last.get("step") == ckpt.get("step")
 
 
 def _architecture_differs(source) -> AectlError:
@@ -615,7 +621,7 @@ def _run_folder(out: Path, main: bool):
     if not main:  # rank 0 holds the lock for all
         yield
         return
-    made = not out.exists()
+    made = [folder for folder in (out, *out.parents) if not folder.exists()]  # deepest first
     out.mkdir(parents=True, exist_ok=True)
     fd = os.open(out, os.O_RDONLY)
     try:
@@ -629,8 +635,10 @@ def _run_folder(out: Path, main: bool):
         yield
     finally:
         os.close(fd)  # releases the lock
-        if made and not any(out.iterdir()):
-            out.rmdir()
+        for folder in made:  # a failed run's folders, its parents' too, as if never asked for
+            if any(folder.iterdir()):
+                break
+            folder.rmdir()
 
 
 def _append_log(path: Path, metrics: dict) -> None:
