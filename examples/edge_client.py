@@ -125,7 +125,8 @@ def make_handler(decoder: Decoder, slots: threading.Semaphore, timeout_s: float 
             self._reply(405, f"error: {self.command} is not allowed; use POST /decode\n".encode(), "text/plain",
                         {"Allow": "POST"})
 
-        do_GET = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed  # noqa: N815
+        do_GET = do_HEAD = do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
+        do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed  # noqa: N815
 
         def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
             """http.server's own refusals (an unknown method, a malformed request line) as one line of text,

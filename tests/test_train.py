@@ -275,7 +275,8 @@ def test_a_finished_run_is_left_as_it_is_and_short_epochs_are_refused(few_photos
     --epochs ending before the step reached was taken, and the run was marked finished there."""
     run = tmp_path / "run"
     train(_cfg(few_photos, run, steps=60, stop_at=55), progress=False, log=lambda *_: None)
-    with pytest.raises(AectlError, match="--epochs 1 ends at step 50; the run in .* is already at step 55"):
+    with pytest.raises(AectlError, match=r"the schedule \(--epochs 1\) ends at step 50; the run in .* is already "
+                                         r"at step 55"):
         train(_cfg(few_photos, run, epochs=1, resume=True), progress=False, log=lambda *_: None)
     train(TrainConfig(out=str(run), resume=True), progress=False, log=lambda *_: None)
     finished = (run / CHECKPOINT).read_bytes(), (run / "run.json").read_text()
