@@ -401,6 +401,7 @@ def test_a_run_that_fails_to_start_leaves_no_folders(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "kept"] and not any(kept.iterdir())
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's, before aectl's refusal
 def test_a_training_photo_too_large_is_refused_without_naming_an_option_train_lacks(tmp_path):
     """The codec's opener says to raise --max-pixels, which `train` does not have."""
     from PIL import Image
