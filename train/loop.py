@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from aectl.runtime.errors import AectlError, received_signals
+from aectl.runtime.errors import AectlError, received_signals, write_error
 from aectl.runtime.image_io import atomic_write
 from aectl.runtime.providers import check_threads
 from aectl.train.data import CropSampler, center_crops, folder_digest, load_folder, load_stl10
@@ -133,12 +133,18 @@ def load_checkpoint(path: Path) -> dict:
 def build_from_checkpoint(ckpt: dict, path="the checkpoint") -> tuple[torch.nn.Module, Preset]:
     preset = preset_of(ckpt["config"])
     model = preset.build()
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError:
-        raise AectlError(f"{path}: its weights do not fit the {preset.name} model its options describe") from None
+    load_weights(model, ckpt["model"], path, preset)
     model.eval()
     return model, preset
+
+
+def load_weights(model, weights: dict, path, preset: Preset) -> None:
+    """A checkpoint's weights into the model its options describe, or one line (torch's size-mismatch
+    RuntimeError ran to 500 characters)."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError:
+        raise AectlError(f"{path}: its weights do not fit the {preset.name} model its options describe") from None
 
 
 @torch.no_grad()
@@ -377,11 +383,7 @@ def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log) -> dict:
             log(f"initialised from {cfg.init_from} (step {source.get('step')})")
     if resumed:
         state = resumed.get("resume", resumed)  # checkpoints before 0.1 kept the training state top-level
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError:
-            raise AectlError(f"{ckpt_path}: its weights do not fit the {preset.name} model its options "
-                             "describe") from None
+        load_weights(model, state["model"], ckpt_path, preset)
         optimizer.load_state_dict(resumed["optimizer"])
         aux_optimizer.load_state_dict(resumed["aux_optimizer"])
         sampler.set_state(state["sampler"])
@@ -646,7 +648,7 @@ def _append_log(path: Path, metrics: dict) -> None:
         with open(path, "a") as fh:
             fh.write(json.dumps(metrics) + "\n")
     except OSError as exc:  # "[Errno 27] File too large" named no file
-        raise AectlError(f"cannot write {path}: {exc.strerror}") from None
+        raise write_error(path, exc) from None
 
 
 def _truncate_log(path: Path, step: int) -> None:
