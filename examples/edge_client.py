@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--provider", default="cpu")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse files of larger images")
     parser.add_argument("--max-decodes", type=int, default=MAX_DECODES, help="files decoded at once")
-    parser.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds a client has to send its request")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT_S,
+                        help="seconds a client has for its headers, and for its body plus 1 s per 64 KiB received")
     args = parser.parse_args(argv)
     if args.max_decodes < 1:
         sys.exit("error: --max-decodes must be 1 or more")
