@@ -260,12 +260,11 @@ def bundle_folder(out: str | Path, force: bool, source: str | Path):
         while True:  # named before it is made (tempfile.mkdtemp names it after: an interrupt between leaked it)
             tmp = out.parent / f".{out.name}.{secrets.token_hex(8)}"
             try:
-                tmp.mkdir(mode=0o700)
+                tmp.mkdir()  # 0777 less the umask, as mkdir makes folders (it was made 0755 whatever the umask)
                 break
             except FileExistsError:  # another writer's folder: not ours to remove
                 tmp = None
         yield tmp
-        tmp.chmod(0o755)
         if _present(out):
             old = out.parent / f".{out.name}.old.{secrets.token_hex(8)}"  # a name only: the rename makes it
             out.rename(old)

@@ -23,6 +23,7 @@ that matches the original.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
@@ -343,7 +344,7 @@ def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image
             stem = os.fsdecode(os.fsencode(path.name)[:200])
             tmp = str(path.parent / f".{stem}.{secrets.token_hex(8)}.tmp")
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # less the umask, as open()
                 break
             except FileExistsError:  # another writer's file: not ours to remove
                 tmp = None
@@ -357,7 +358,8 @@ def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image
                 fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        with contextlib.suppress(FileNotFoundError):  # a file replaced keeps its mode, as Pillow's save over it
+            os.chmod(tmp, os.stat(path).st_mode & 0o777)  # would (a fixed 0644 ignored a umask of 077)
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None and os.path.exists(tmp):

@@ -457,6 +457,36 @@ def _aectl(*args):
     return subprocess.run([aectl_exe(), *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
+def test_outputs_follow_the_umask_and_keep_a_replaced_files_mode(trained, tmp_path):
+    """Files and bundle folders got fixed modes (0644, 0755) whatever the umask, so a user's umask 077 made
+    private photos world-readable. They are now created as open() and mkdir() create them, and a file replaced
+    with --force keeps its mode, as Pillow's save over it would."""
+    _, bundle = trained["seed-conv"]
+    photo = tmp_path / "a.png"
+    Image.open(KODAK / "kodim01.png").crop((0, 0, 64, 64)).save(photo)
+
+    def run(*args, umask):
+        proc = subprocess.run([aectl_exe(), *map(str, args)], capture_output=True, text=True, timeout=300,
+                              preexec_fn=lambda: os.umask(umask))
+        assert proc.returncode == 0, proc.stderr
+
+    def mode(path):
+        return path.stat().st_mode & 0o777
+
+    for umask in (0o077, 0o027, 0o002):
+        out = tmp_path / f"u{umask:03o}"
+        run("compress", photo, "-m", bundle, "-o", out / "a.aec", umask=umask)
+        run("decompress", out / "a.aec", "-m", bundle, "-o", out / "b.png", umask=umask)
+        run("bundle", "strip", bundle, "-o", out / "bundle", umask=umask)
+        assert mode(out / "a.aec") == mode(out / "b.png") == 0o666 & ~umask
+        assert mode(out / "bundle") == 0o777 & ~umask
+        assert {mode(f) for f in (out / "bundle").iterdir()} == {0o666 & ~umask}
+    replaced = tmp_path / "u077" / "a.aec"
+    replaced.chmod(0o640)
+    run("compress", photo, "-m", bundle, "-o", replaced, "--force", umask=0o077)
+    assert mode(replaced) == 0o640
+
+
 def test_two_inputs_for_one_output_are_refused_before_any_work(trained, tmp_path):
     _, bundle = trained["seed-conv"]
     src = tmp_path / "mix"
