@@ -43,7 +43,7 @@ def run(main: Callable[[], object]) -> None:
     """Run a script's main: an error (a bundle that is not one, too few photos...) is one line, exit 1."""
     try:
         main()
-    except (AectlError, ValueError) as exc:  # ValueError: as the CLI takes it (an image too small for MS-SSIM...)
+    except (AectlError, ValueError) as exc:  # ValueError: the metrics' own (an image too small for MS-SSIM...)
         sys.exit(f"error: {exc}")
     except KeyboardInterrupt:
         sys.exit(130)

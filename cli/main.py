@@ -373,8 +373,6 @@ def main() -> None:
         sys.exit(1)
     except OSError as exc:  # "[Errno 17] File exists: 'f.txt'" reads better as "f.txt: File exists"
         _die(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
-    except ValueError as exc:
-        _die(str(exc))
     except (KeyboardInterrupt, typer.Abort):
         _stopped()
     except typer.exceptions.TyperException as exc:  # usage errors: bad option, missing argument

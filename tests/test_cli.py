@@ -497,3 +497,16 @@ def test_demo_help_runs_nothing(tmp_path):
                           cwd=tmp_path, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: demo.py"), proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_a_bug_raising_value_error_reads_as_an_internal_error():
+    """The CLI printed every ValueError as a user's `error: ...` line, so numpy's or json's words from a bug read
+    like an answer to the user's input. User errors are AectlError; any other ValueError is named as a bug."""
+    code = ("import sys\nimport aectl.cli.show as show\n"
+            "def broken(*args, **kwargs):\n    raise ValueError('operands could not be broadcast together')\n"
+            "show.show_doctor = broken\nsys.argv = ['aectl', 'doctor']\n"
+            "from aectl.cli.main import main\nmain()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr == ("error: internal error: ValueError: operands could not be broadcast together "
+                           "(set AECTL_DEBUG=1 for the traceback)\n"), proc.stderr

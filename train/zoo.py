@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
+from aectl.runtime.errors import AectlError
 from aectl.train.models import Factorized, SeedConv, SeedDense
 
 # Factorized prior, MSE: lambda per quality as in Balle et al. 2018 / CompressAI's model zoo
@@ -60,7 +61,7 @@ class Preset:
 
 def get_preset(name: str, quality: int | None = None, channels: tuple[int, int] | None = None) -> Preset:
     if name in ("seed-conv", "seed-dense") and (quality is not None or channels is not None):
-        raise ValueError(f"--quality and --channels choose a factorized model; {name} has one fixed size")
+        raise AectlError(f"--quality and --channels choose a factorized model; {name} has one fixed size")
     if name == "seed-conv":
         return Preset(name, "first seed article: conv 3-12-24-48-24 autoencoder, 64x64 crops", crop=64,
                       fixed_size=None, stride=16, batch_size=32, lr=1e-3, tolerance=1e-4, rate_distortion=False)
@@ -71,16 +72,16 @@ def get_preset(name: str, quality: int | None = None, channels: tuple[int, int] 
     if name == "factorized":
         quality = 3 if quality is None else quality
         if quality not in FACTORIZED_QUALITIES:
-            raise ValueError(f"quality must be 1..8, got {quality}")
+            raise AectlError(f"quality must be 1..8, got {quality}")
         lmbda, n, m = FACTORIZED_QUALITIES[quality]
         if channels is not None:
             n, m = channels
             if not (1 <= n <= 4096 and 1 <= m <= 4096):
-                raise ValueError(f"--channels N,M: each must be 1..4096, got {n},{m}")
+                raise AectlError(f"--channels N,M: each must be 1..4096, got {n},{m}")
         return Preset(name, f"factorized prior (Balle et al. 2018), quality {quality}", crop=256,
                       fixed_size=None, stride=16, batch_size=8, lr=1e-4, tolerance=1e-4, rate_distortion=True,
                       params={"quality": quality, "lmbda": lmbda, "n": n, "m": m})
-    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    raise AectlError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
 
 
 PRESETS = ("seed-conv", "seed-dense", "factorized")
