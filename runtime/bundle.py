@@ -265,6 +265,9 @@ def bundle_folder(out: str | Path, force: bool, source: str | Path):
             except FileExistsError:  # another writer's folder: not ours to remove
                 tmp = None
         yield tmp
+        # Checked again: the export took seconds, and a folder made at `out` meanwhile (another export, the user's
+        # notes) was renamed aside and deleted, --force or not.
+        check_output_folder(out, force, Path(source))
         if _present(out):
             old = out.parent / f".{out.name}.old.{secrets.token_hex(8)}"  # a name only: the rename makes it
             out.rename(old)
@@ -288,6 +291,9 @@ def _present(path: Path) -> bool:
 def check_output_folder(out: Path, force: bool, source: Path) -> None:
     """Refuse, before any work, an output that exists (without force) or that --force must not replace."""
     if not out.exists():
+        if out.is_symlink() and not force:  # a dangling one was replaced without --force
+            raise AectlError(f"{out} already exists (a symlink to nothing); pass {option('force', True)} to "
+                             "replace it")
         return
     if not out.is_dir():  # said "pass --force", which then refused it as a file
         raise AectlError(f"{out} is a file, not a bundle folder; remove it or choose another output")

@@ -2,6 +2,7 @@
 result so one bad file is reported and skipped while the rest completes."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -165,7 +166,7 @@ def check_job(job: Job, force: bool, check_source: Callable[[Path], None] | None
     if job.target.is_dir():  # --force would not replace it ("Is a directory"): said before, not after, asking
         raise AectlError(f"{job.target} is a folder; {option('force', True)} replaces files only: move it, or "
                          "write elsewhere")
-    if job.target.exists() and not force:
+    if os.path.lexists(job.target) and not force:  # a dangling symlink was replaced without --force
         raise AectlError(f"{job.target} exists; pass {option('force', True)} to overwrite")
 
 

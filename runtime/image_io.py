@@ -24,10 +24,12 @@ that matches the original.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import io
 import os
 import secrets
+import stat
 import threading
 import zlib
 from dataclasses import dataclass
@@ -326,6 +328,24 @@ def encode_image(image: Image.Image, suffix: str, save_options: dict | None = No
     return buffer.getvalue()
 
 
+def _rename_without_replacing(tmp: str, path: Path) -> None:
+    """Give `tmp` the name `path` unless something took that name since it was checked: two aectl runs writing
+    the same outputs both replaced each other's files without --force. link() fails on a taken name where
+    rename() replaces it; a file system without hard links falls back to a second check and rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise AectlError(f"{path} exists; pass {option('force', True)} to overwrite") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
+            raise
+        if os.path.lexists(path):
+            raise AectlError(f"{path} exists; pass {option('force', True)} to overwrite") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
 def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image | None = None,
                  force: bool = False, save_options: dict | None = None) -> None:
     """Write next to the destination, then rename: an interruption never leaves a partial file. The temporary
@@ -333,7 +353,7 @@ def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image
     only after creating it: a Ctrl-C or SIGTERM raised in between left the file behind), so the cleanup below
     always knows it. `save_options` go to Pillow's `Image.save` with `image` (compress_level for PNG, say)."""
     path = Path(path)
-    if path.exists() and not force:
+    if os.path.lexists(path) and not force:  # a dangling symlink too, as cp refuses to write through one
         raise AectlError(f"{path} exists; pass {option('force', True)} to overwrite")
     tmp = None
     try:
@@ -359,8 +379,13 @@ def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image
             fh.flush()
             os.fsync(fh.fileno())
         with contextlib.suppress(FileNotFoundError):  # a file replaced keeps its mode, as Pillow's save over it
-            os.chmod(tmp, os.stat(path).st_mode & 0o777)  # would (a fixed 0644 ignored a umask of 077)
-        os.replace(tmp, path)
+            replaced = os.lstat(path)                     # would (a fixed 0644 ignored a umask of 077); a symlink
+            if stat.S_ISREG(replaced.st_mode):            # replaced gives no mode of its own
+                os.chmod(tmp, stat.S_IMODE(replaced.st_mode))
+        if force:
+            os.replace(tmp, path)
+        else:
+            _rename_without_replacing(tmp, path)
     except BaseException as exc:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)

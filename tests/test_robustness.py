@@ -457,6 +457,70 @@ def _aectl(*args):
     return subprocess.run([aectl_exe(), *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
+def test_an_output_that_appears_while_writing_is_kept_without_force(tmp_path, monkeypatch):
+    """The output was checked before the work and replaced at the end, so two runs writing the same outputs both
+    replaced each other's files without --force (a helper's test: 3 to 7 of 8 files, each run saying it wrote
+    them). The name is now taken only if it is still free."""
+    from aectl.runtime.image_io import atomic_write
+
+    target = tmp_path / "a.aec"
+    real_fsync = os.fsync
+
+    def another_writer_finishes_first(fd):
+        real_fsync(fd)
+        target.write_bytes(b"the other run's file")
+
+    monkeypatch.setattr(os, "fsync", another_writer_finishes_first)
+    with pytest.raises(AectlError, match="a.aec exists; pass force=True to overwrite"):
+        atomic_write(target, b"this run's file")
+    assert target.read_bytes() == b"the other run's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.aec"], "no temporary file left"
+    atomic_write(target, b"this run's file", force=True)
+    assert target.read_bytes() == b"this run's file"
+
+
+def test_a_bundle_folder_made_during_an_export_is_kept(trained, tmp_path, monkeypatch):
+    """`export` and `bundle strip` checked their output before the work (seconds, for an export) and renamed
+    whatever stood there at the end aside, then deleted it: a folder of the user's notes made meanwhile was lost,
+    --force or not. The output is checked again before the renames."""
+    from aectl.runtime.bundle import Bundle, strip_bundle
+
+    source = trained["seed-conv"][1]
+    out = tmp_path / "out"
+    real_read = Bundle.read
+
+    def user_fills_out_meanwhile(self, role):
+        out.mkdir(exist_ok=True)
+        (out / "NOTES.txt").write_text("mine")
+        return real_read(self, role)
+
+    monkeypatch.setattr(Bundle, "read", user_fills_out_meanwhile)
+    for force, message in ((False, "is not a bundle"), (True, "is not a bundle")):
+        with pytest.raises(AectlError, match=message):
+            strip_bundle(source, out, force=force)
+        assert (out / "NOTES.txt").read_text() == "mine"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "no temporary folder left"
+
+
+def test_a_dangling_symlink_is_not_replaced_without_force(trained, tmp_path):
+    """`-o` naming a symlink to nothing was replaced by the output without --force (exists() follows the link),
+    for compress, decompress and `bundle strip`; cp refuses to write through one too."""
+    _, bundle = trained["seed-conv"]
+    photo = tmp_path / "a.png"
+    Image.open(KODAK / "kodim01.png").crop((0, 0, 64, 64)).save(photo)
+    assert _aectl("compress", photo, "-m", bundle, "-o", tmp_path / "a.aec").returncode == 0
+    cases = [("compress", photo, "-m", bundle, "-o"), ("decompress", tmp_path / "a.aec", "-m", bundle, "-o"),
+             ("bundle", "strip", bundle, "-o")]
+    for case, name in zip(cases, ("x.aec", "x.png", "x")):
+        link = tmp_path / name
+        link.symlink_to(tmp_path / "nowhere" / name)
+        proc = _aectl(*case, link)
+        assert proc.returncode == 1 and "exists" in proc.stderr and "--force" in proc.stderr, proc.stderr
+        assert link.is_symlink()
+        assert _aectl(*case, link, "--force").returncode == 0
+        assert not link.is_symlink() and link.exists()
+
+
 def test_outputs_follow_the_umask_and_keep_a_replaced_files_mode(trained, tmp_path):
     """Files and bundle folders got fixed modes (0644, 0755) whatever the umask, so a user's umask 077 made
     private photos world-readable. They are now created as open() and mkdir() create them, and a file replaced
