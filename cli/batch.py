@@ -9,7 +9,7 @@ import typer
 
 from aectl.cli.json_out import json_text
 from aectl.runtime import container, files
-from aectl.runtime.errors import AectlError
+from aectl.runtime.errors import AectlError, one_line
 
 
 @contextlib.contextmanager
@@ -38,7 +38,7 @@ def _report(results: list[files.Result], json_out: bool) -> int:
     else:
         for r in failed:
             where = "" if r.error.startswith(r.source) else f"{r.source}: "
-            typer.echo(f"error: {where}{r.error}", err=True)
+            typer.echo(f"error: {one_line(where + r.error)}", err=True)  # a file name may hold a newline
         if len(results) > 1:
             typer.echo(f"{len(results) - len(failed)} ok, {len(failed)} failed", err=True)
     return 1 if failed else 0
@@ -163,7 +163,7 @@ def _print_ok(json_out: bool, advance):
             extra = f"q{r.quality}, " if r.quality is not None else ""
             extra += f"{r.bpp:.3f} bpp, " if r.bpp is not None else ""
             extra += f"ratio {_ratio(r.ratio)}:1, " if r.ratio is not None else ""
-            typer.echo(f"{r.source} -> {r.target} ({r.width}x{r.height}, {extra}{r.bytes} B)",
+            typer.echo(one_line(f"{r.source} -> {r.target} ({r.width}x{r.height}, {extra}{r.bytes} B)"),
                        err=r.target == "stdout")  # stdout holds the file itself
     return on_result
 

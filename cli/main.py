@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from aectl.runtime.errors import AectlError, check_writable_folder, command_line, received_signals
+from aectl.runtime.errors import AectlError, check_writable_folder, command_line, one_line, received_signals
 
 THREADS_HELP = ("onnxruntime intra-op threads (default: one per physical core this process may use; 0: "
                 "onnxruntime's own choice, which pins its threads)")
@@ -342,8 +342,7 @@ def doctor() -> None:
 
 def _die(message: str, code: int = 1) -> None:
     """Exactly one line on stderr, however long or multi-line the underlying message is."""
-    line = " ".join(str(message).split())
-    print(f"error: {line[:500] + ' ...' if len(line) > 500 else line}", file=sys.stderr)
+    print(f"error: {one_line(message, limit=500)}", file=sys.stderr)
     sys.exit(code)
 
 

@@ -54,6 +54,14 @@ def is_whole_number(value) -> bool:
 received_signals: list[int] = []
 
 
+def one_line(message, limit: int | None = None) -> str:
+    """A message as one line: newlines (in a library's message, or in a file name) become spaces. Past `limit`
+    characters it loses its middle, not its end, where the reason usually is (a path past PATH_MAX, cut at its
+    end, hid "File name too long")."""
+    line = " ".join(str(message).split())
+    return line if limit is None or len(line) <= limit else f"{line[:limit // 2]} ... {line[-(limit // 2):]}"
+
+
 def write_error(path, exc: OSError) -> AectlError:
     """The one-line error for an OSError while writing `path`: names a file standing where a folder must be,
     otherwise the OS's reason, never the temporary file's name."""

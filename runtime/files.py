@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from aectl.runtime import container
-from aectl.runtime.errors import AectlError, option
+from aectl.runtime.errors import AectlError, option, write_error
 from aectl.runtime.image_io import atomic_write
 
 AEC_SUFFIX = ".aec"
@@ -28,6 +28,7 @@ IMAGE_SUFFIXES = {".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".t
 class Job:
     source: Path
     target: Path
+    error: str | None = None  # known before any work (a folder of the walk that could not be read)
 
 
 @dataclass
@@ -83,11 +84,13 @@ def plan_jobs(inputs: Iterable[Path], out: Path | None, suffixes: set[str], new_
     inputs = list(inputs)
     jobs = []
     for src in inputs:
-        if src.is_dir():
-            for f in sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in suffixes):
+        if _is_dir(src):
+            found, unreadable = _walk(src, suffixes)
+            for f in found:
                 rel = f.relative_to(src)
                 base = (out / src.resolve().name if len(inputs) > 1 else out) if out else src  # '..' has no name
                 jobs.append(Job(f, (base / rel).with_suffix(new_suffix)))
+            jobs += [Job(folder, folder, error=f"cannot read folder: {reason}") for folder, reason in unreadable]
         else:
             if out is not None and len(inputs) == 1 and out.suffix.lower() == new_suffix and not out.is_dir():
                 target = out
@@ -97,12 +100,47 @@ def plan_jobs(inputs: Iterable[Path], out: Path | None, suffixes: set[str], new_
     return _one_job_per_target(jobs)
 
 
+def _is_dir(path: Path) -> bool:
+    """Whether to walk `path`; one that cannot be looked at (its folder not searchable) is taken as a file, and
+    fails as one with its reason, while the batch goes on (the error ended the whole batch)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _walk(folder: Path, suffixes: set[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The files under `folder` with one of `suffixes`, sorted, and the folders that could not be read with
+    why: rglob skipped an unreadable folder without a word (exit 0, its photos never compressed), and a path past
+    PATH_MAX ended the batch. Folder symlinks are not followed, as before; FIFOs and sockets are skipped."""
+    found, unreadable = [], []
+
+    def note(exc: OSError) -> None:
+        unreadable.append((Path(exc.filename) if exc.filename else folder, exc.strerror or str(exc)))
+
+    for root, _, names in os.walk(folder, onerror=note):
+        for name in names:
+            path = Path(root, name)
+            if path.suffix.lower() not in suffixes:
+                continue
+            try:
+                if not path.is_file():
+                    continue
+            except OSError:  # its own reason comes when it is opened, as that file's error
+                pass
+            found.append(path)
+    return sorted(found), sorted(unreadable)
+
+
 def _one_job_per_target(jobs: list[Job]) -> list[Job]:
     """An input named twice runs once. Two inputs that map to one output (photo.jpg and photo.png ->
     photo.aec) would overwrite each other in the same run, --force or not: refused before any work."""
     seen: dict[Path, Path] = {}
     unique = []
     for job in jobs:
+        if job.error:
+            unique.append(job)
+            continue
         key = job.target.resolve()
         if key not in seen:
             seen[key] = job.source
@@ -126,6 +164,8 @@ def run_jobs(jobs: list[Job], work: Callable[[Job], tuple[bytes | None, dict]], 
         start = time.perf_counter()
         names = label(job.source, "stdin"), label(job.target, "stdout")
         try:
+            if job.error:
+                raise AectlError(job.error)
             check_job(job, force, check_source)
             output, info = work(job)
             if write is not None:
@@ -163,7 +203,11 @@ def check_job(job: Job, force: bool, check_source: Callable[[Path], None] | None
         return
     if not is_stdio(job.source) and job.target.resolve() == job.source.resolve():
         raise AectlError("output would overwrite the input")
-    if job.target.is_dir():  # --force would not replace it ("Is a directory"): said before, not after, asking
+    try:
+        target_is_dir = job.target.is_dir()
+    except OSError as exc:  # its folder not searchable: said as the input's "Permission denied"
+        raise write_error(job.target, exc) from None
+    if target_is_dir:  # --force would not replace it ("Is a directory"): said before, not after, asking
         raise AectlError(f"{job.target} is a folder; {option('force', True)} replaces files only: move it, or "
                          "write elsewhere")
     if os.path.lexists(job.target) and not force:  # a dangling symlink was replaced without --force

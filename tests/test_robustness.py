@@ -521,6 +521,77 @@ def test_a_dangling_symlink_is_not_replaced_without_force(trained, tmp_path):
         assert not link.is_symlink() and link.exists()
 
 
+def _as_a_user(*args):
+    """aectl run where file permissions apply: as root, without the capabilities that override them."""
+    command = [aectl_exe(), *map(str, args)]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: permissions cannot be tested")
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def test_folders_that_cannot_be_read_fail_alone_and_say_why(trained, tmp_path):
+    """A helper's findings: a walked subfolder that could not be read was skipped without a word (exit 0, its
+    photos never compressed); an input inside a folder that cannot be searched ended the whole batch; an output
+    folder that cannot be searched was blamed on the input; a path past PATH_MAX ended the batch, its reason cut
+    off the end of the error line."""
+    _, bundle = trained["seed-conv"]
+    photo = Image.open(KODAK / "kodim01.png").crop((0, 0, 32, 32))
+    walked = tmp_path / "walked"
+    (walked / "locked").mkdir(parents=True)
+    photo.save(walked / "a.png")
+    photo.save(walked / "locked" / "b.png")
+    fd = os.open(walked, os.O_RDONLY)  # a folder chain past PATH_MAX (4096), holding one photo
+    for _ in range(22):
+        os.mkdir("d" * 200, dir_fd=fd)
+        fd, parent = os.open("d" * 200, os.O_RDONLY, dir_fd=fd), fd
+        os.close(parent)
+    with os.fdopen(os.open("deep.png", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as fh:
+        photo.save(fh, format="PNG")
+    os.close(fd)
+    shut = tmp_path / "shut"
+    (shut / "in").mkdir(parents=True)
+    photo.save(shut / "in" / "x.png")
+    (tmp_path / "out-shut").mkdir()
+    try:
+        (walked / "locked").chmod(0)
+        shut.chmod(0o600)
+        (tmp_path / "out-shut").chmod(0o600)
+        proc = _as_a_user("compress", walked, "-m", bundle, "-o", tmp_path / "out")
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.splitlines()
+        assert f"error: {walked}/locked: cannot read folder: Permission denied" in lines, proc.stderr
+        assert [line for line in lines if "File name too long" in line and line.startswith(f"error: {walked}/d")]
+        assert lines[-1] == "1 ok, 2 failed" and (tmp_path / "out" / "a.aec").is_file()
+        proc = _as_a_user("compress", walked / "a.png", shut / "in" / "x.png", "-m", bundle, "-o", tmp_path / "o2")
+        assert proc.stderr.splitlines() == [f"error: {shut}/in/x.png: Permission denied", "1 ok, 1 failed"]
+        assert (tmp_path / "o2" / "a.aec").is_file()
+        proc = _as_a_user("compress", walked / "a.png", "-m", bundle, "-o", tmp_path / "out-shut")
+        assert proc.stderr == f"error: {walked}/a.png: cannot write {tmp_path}/out-shut/a.aec: Permission denied\n"
+    finally:
+        for folder in (walked / "locked", shut, tmp_path / "out-shut"):
+            folder.chmod(0o755)
+
+
+def test_a_file_name_with_a_newline_keeps_its_error_on_one_line(trained, tmp_path):
+    _, bundle = trained["seed-conv"]
+    photo = tmp_path / "new\nline.png"
+    Image.open(KODAK / "kodim01.png").crop((0, 0, 32, 32)).save(photo, format="PNG")
+    (tmp_path / "new\nline.aec").write_bytes(b"kept")
+    proc = _aectl("compress", photo, "-m", bundle)
+    assert proc.returncode == 1
+    assert proc.stderr == f"error: {tmp_path}/new line.png: {tmp_path}/new line.aec exists; pass --force to " \
+        "overwrite\n", proc.stderr
+
+
+def test_an_error_line_cut_for_length_keeps_its_end():
+    from aectl.runtime.errors import one_line
+
+    line = one_line("cannot write " + "d/" * 1000 + "a.aec: File name too long", limit=500)
+    assert len(line) <= 505 and line.startswith("cannot write d/d/") and line.endswith("a.aec: File name too long")
+
+
 def test_outputs_follow_the_umask_and_keep_a_replaced_files_mode(trained, tmp_path):
     """Files and bundle folders got fixed modes (0644, 0755) whatever the umask, so a user's umask 077 made
     private photos world-readable. They are now created as open() and mkdir() create them, and a file replaced
