@@ -346,15 +346,18 @@ def _die(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-def _on_sigterm(signum, frame) -> None:
-    """SIGTERM is raised like Ctrl-C, so partial outputs are removed on the way out."""
+def _on_stop_signal(signum, frame) -> None:
+    """SIGTERM and SIGHUP are raised like Ctrl-C, so partial outputs are removed on the way out (a closed terminal
+    or a dropped ssh session left temporary files behind)."""
     received_signals.append(signum)
     raise KeyboardInterrupt
 
 
 def main() -> None:
     """Console entry point: user errors become one `error:` line, never a traceback."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup it stays ignored
+        signal.signal(signal.SIGHUP, _on_stop_signal)
     # Pillow's DecompressionBombWarning: --max-pixels is the guard here, and the warning's two lines broke the
     # one-line-per-problem output. (By message, so that PIL is not imported before a command needs it.)
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
@@ -394,9 +397,12 @@ def _internal_error(exc: Exception) -> None:
 
 
 def _stopped() -> None:
-    if signal.SIGTERM in received_signals:
-        _die("terminated", 143)
-    _die("interrupted", 130)
+    """The shell's exit status for the first signal received: 128 + its number."""
+    first = next((sig for sig in received_signals if sig in STOP_MESSAGES), signal.SIGINT)
+    _die(STOP_MESSAGES[first], 128 + first)
+
+
+STOP_MESSAGES = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 
 
 if __name__ == "__main__":

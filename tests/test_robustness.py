@@ -384,7 +384,8 @@ def many_photos(tmp_path_factory):
 
 
 @pytest.mark.parametrize("sig, code, message", [(signal.SIGTERM, 143, "error: terminated"),
-                                                 (signal.SIGINT, 130, "error: interrupted")])
+                                                 (signal.SIGINT, 130, "error: interrupted"),
+                                                 (signal.SIGHUP, 129, "error: hung up")])
 def test_signal_mid_batch_leaves_no_partial_output(trained, many_photos, tmp_path, sig, code, message):
     _, bundle = trained["factorized"]
     src = many_photos
@@ -409,6 +410,27 @@ def test_signal_mid_batch_leaves_no_partial_output(trained, many_photos, tmp_pat
     for path in written:
         assert decoder.decompress(path.read_bytes()).size == (512, 384)
     assert _tree_digest(src) == before, "inputs untouched"
+
+
+def test_sighup_stays_ignored_under_nohup(trained, many_photos, tmp_path):
+    """SIGHUP now stops a batch as SIGTERM does (a closed terminal left temporary files); a run started under
+    nohup, which ignores it, keeps running."""
+    _, bundle = trained["factorized"]
+    out = tmp_path / "out"
+    proc = subprocess.Popen([aectl_exe(), "compress", many_photos, "-m", bundle, "-o", out, "--provider", "cpu"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("*.aec"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)
+    done = len(list(out.glob("*.aec")))
+    while time.time() < deadline and len(list(out.glob("*.aec"))) < done + 2:
+        time.sleep(0.05)
+    assert proc.poll() is None, "still compressing after SIGHUP"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "error: terminated"
 
 
 def test_full_disk_fails_cleanly(trained, tmp_path):

@@ -597,13 +597,16 @@ def init_from_bundle(model, bundle_dir: Path, sampler: CropSampler, batch_size: 
 
 
 class _graceful_stop:
-    """Route SIGINT/SIGTERM to a callback for the duration (main thread only; elsewhere a no-op)."""
+    """Route SIGINT/SIGTERM/SIGHUP to a callback for the duration (main thread only; elsewhere a no-op). A signal
+    ignored (SIGHUP under nohup) stays ignored."""
 
     def __init__(self, callback):
         self.callback, self.previous = callback, {}
 
     def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) is signal.SIG_IGN:
+                continue
             try:
                 self.previous[sig] = signal.signal(sig, lambda signum, frame: self.callback(signum))
             except ValueError:  # not the main thread
