@@ -298,7 +298,7 @@ def decompress_files(inputs, out, model, provider, image_format, force, json_out
 
     def work(job):
         try:
-            data = read_stdin(container.check_magic) if files.is_stdio(job.source) else job.source.read_bytes()
+            data = read_stdin(container.check_magic) if files.is_stdio(job.source) else files.read_aec(job.source)
         except OSError as exc:
             raise AectlError(exc.strerror) from None
         header = parse(data, max_pixels)[0]

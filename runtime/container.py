@@ -69,24 +69,35 @@ def check_magic(head: bytes) -> None:
         raise AectlError("not an .aec file (bad magic bytes)")
 
 
+def check_size(head: bytes, size: int) -> int:
+    """The size an .aec file declares (bytes), refusing one of another size: from its first HEAD_BYTES and its
+    size alone, so that a file of gigabytes is refused before it is read."""
+    check_magic(head)
+    if size < 5:
+        raise AectlError("truncated .aec file (no version)")
+    if head[4] not in READABLE_VERSIONS:
+        raise AectlError(f".aec format version {head[4]} is not supported (this aectl reads versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))})")
+    if size < HEADER_SIZE + CRC_SIZE:
+        raise AectlError(f"truncated .aec file ({size} bytes, the header alone needs {HEADER_SIZE + CRC_SIZE})")
+    payload_len, alpha_len = _HEADER.unpack_from(head)[-2:]
+    expected = HEADER_SIZE + payload_len + alpha_len + CRC_SIZE
+    if size < expected:
+        raise AectlError(f"truncated .aec file ({size} of {expected} bytes)")
+    if size > expected:
+        extra = size - expected
+        raise AectlError(f"corrupted .aec file ({extra} unexpected byte{'s' if extra > 1 else ''} after the end)")
+    return expected
+
+
+HEAD_BYTES = HEADER_SIZE + CRC_SIZE  # enough for check_size
+
+
 def parse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Header, bytes, bytes]:
     """(header, payload, alpha) of an .aec file, or AectlError naming the first problem found."""
-    check_magic(data)
-    if len(data) < 5:
-        raise AectlError("truncated .aec file (no version)")
-    if data[4] not in READABLE_VERSIONS:
-        raise AectlError(f".aec format version {data[4]} is not supported (this aectl reads versions "
-                         f"{', '.join(map(str, READABLE_VERSIONS))})")
-    if len(data) < HEADER_SIZE + CRC_SIZE:
-        raise AectlError(f"truncated .aec file ({len(data)} bytes, the header alone needs {HEADER_SIZE + CRC_SIZE})")
+    expected = check_size(data[:HEAD_BYTES], len(data))
     (_, version, flags, model_id, width, height, channels, depth, padding, reserved, tile_w, tile_h, lat_c, lat_h,
      lat_w, payload_len, alpha_len) = _HEADER.unpack_from(data)
-    expected = HEADER_SIZE + payload_len + alpha_len + CRC_SIZE
-    if len(data) < expected:
-        raise AectlError(f"truncated .aec file ({len(data)} of {expected} bytes)")
-    if len(data) > expected:
-        extra = len(data) - expected
-        raise AectlError(f"corrupted .aec file ({extra} unexpected byte{'s' if extra > 1 else ''} after the end)")
     (crc,) = struct.unpack_from("<I", data, expected - CRC_SIZE)
     if zlib.crc32(memoryview(data)[:expected - CRC_SIZE]) != crc:
         raise AectlError("corrupted .aec file (checksum mismatch)")

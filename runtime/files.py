@@ -236,11 +236,23 @@ def refuse_aec(path: Path) -> None:
         raise AectlError("already an .aec file (decompress it first)")
 
 
+def read_aec(path: Path) -> bytes:
+    """An .aec file's bytes, refused from its header and size when they disagree, before the rest is read: a file
+    of gigabytes behind a valid header was read whole first (2 GB: 2.15 GB of memory, 4.4 s, to say
+    "unexpected bytes")."""
+    with open(path, "rb") as fh:
+        head = fh.read(container.HEAD_BYTES)
+        container.check_size(head, os.fstat(fh.fileno()).st_size)
+        return head + fh.read()
+
+
 def read_header(path: Path, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> container.Header:
     try:
-        data = path.read_bytes()
+        data = read_aec(path)
     except OSError as exc:
         raise AectlError(f"{path}: {exc.strerror}") from None
+    except AectlError as exc:
+        raise AectlError(f"{path}: {exc}") from None
     try:
         return container.parse(data, max_pixels)[0]
     except AectlError as exc:

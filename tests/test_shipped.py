@@ -311,6 +311,36 @@ def test_standard_input_is_held_once(tmp_path):
     assert grown < 1.4 * size_mb, f"{size_mb} MB on stdin raised the peak by {grown:.0f} MB"
 
 
+def _peak_mb(*args: str) -> tuple[float, str]:
+    """aectl run in a process that reports its own peak resident memory (VmHWM) at exit; (MB, stderr)."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print(next(l.split()[1] for l in open('/proc/self/status')"
+            " if l.startswith('VmHWM')), file=sys.stderr))\n"
+            f"sys.argv = ['aectl', *{list(args)!r}]\n"
+            "from aectl.cli.main import main\n"
+            "main()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    *lines, peak = proc.stderr.splitlines()
+    return int(peak) / 1024, "\n".join(lines)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_a_huge_file_behind_a_valid_header_is_refused_before_it_is_read(kodak, tmp_path):
+    """decompress and info read the whole file before comparing its size with the header's: 2 GB of (sparse)
+    bytes after a valid file took 2.15 GB of memory and 4.4 s to be called corrupted."""
+    Image.open(kodak / "kodim03.png").crop((0, 0, 64, 64)).save(tmp_path / "a.png")
+    aectl("compress", tmp_path / "a.png", "-o", tmp_path / "a.aec")
+    size = (tmp_path / "a.aec").stat().st_size
+    with open(tmp_path / "big.aec", "wb") as fh:
+        fh.write((tmp_path / "a.aec").read_bytes())
+        fh.truncate(size + (512 << 20))
+    for command, out in (("decompress", ["-o", str(tmp_path / "out")]), ("info", [])):
+        small, _ = _peak_mb(command, str(tmp_path / "a.aec"), *out)
+        big, err = _peak_mb(command, str(tmp_path / "big.aec"), *out)
+        assert "corrupted .aec file (536870912 unexpected bytes after the end)" in err, err
+        assert big - small < 64, f"{command}: 512 MB after the file raised the peak by {big - small:.0f} MB"
+
+
 def test_folder_walks_find_every_photo_format_pillow_reads(kodak, tmp_path):
     """A folder of .avif, .jfif, JPEG 2000 or QOI photos was "no image files found": the walk knew twelve
     suffixes. Each is now coded, the same pixels as the PNG it was saved from where the format is lossless."""
