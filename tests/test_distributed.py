@@ -92,3 +92,26 @@ def test_resume_with_a_different_world_size(photos, tmp_path, single_run):
     mixed = _ckpt(run)
     assert mixed["step"] == 8 and mixed["run"]["world_size"] == 1
     assert _val_loss(mixed) == pytest.approx(_val_loss(_ckpt(single_run)), rel=TOLERANCE)
+
+
+def test_a_locked_run_folder_stops_every_rank_in_one_line(photos, tmp_path):
+    """Rank 0 locks the run folder for all ranks. When another `train` held it, rank 0 stopped in one line and the
+    other ranks waited for it in their first collective call, then failed in torch's words (35 s here). Rank 0
+    now tells them, and each stops with the same line."""
+    import fcntl
+
+    run = tmp_path / "run"
+    run.mkdir()
+    fd = os.open(run, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # what a running `train` holds
+    try:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), aectl_exe(), *ARGS, "--data", str(photos), "--out", str(run),
+               "--steps", "4"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    finally:
+        os.close(fd)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0
+    assert lines == [f"error: {run} is being trained by another process; wait for it to finish or stop it"] * 2, \
+        proc.stderr[-3000:]

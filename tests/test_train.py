@@ -300,11 +300,12 @@ def test_a_cut_off_log_line_does_not_block_resume(few_photos, tmp_path):
 
 def test_a_second_train_on_a_training_run_is_refused(few_photos, tmp_path):
     """Two `train` processes on one run folder both trained, interleaving their log lines and checkpoints."""
+    from aectl.train.distributed import Distributed
     from aectl.train.loop import _run_folder
 
     run = tmp_path / "run"
     train(_cfg(few_photos, run, steps=4, stop_at=2), progress=False, log=lambda *_: None)
-    with _run_folder(run, main=True):  # what a running `train` holds
+    with _run_folder(run, Distributed(torch.device("cpu"))):  # what a running `train` holds
         with pytest.raises(AectlError, match="is being trained by another process"):
             train(TrainConfig(out=str(run), resume=True), progress=False, log=lambda *_: None)
     train(TrainConfig(out=str(run), resume=True), progress=False, log=lambda *_: None)

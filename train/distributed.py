@@ -73,6 +73,15 @@ class Distributed:
         dist.all_gather_object(gathered, mine)
         return gathered
 
+    def share(self, value=None):
+        """Rank 0's `value` on every rank: the outcome of a step only rank 0 takes (locking the run folder), so
+        that the other ranks stop with it instead of waiting for it in the next collective call."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

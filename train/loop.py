@@ -311,11 +311,14 @@ def train(cfg: TrainConfig, progress: bool = True, log=print,
     """Run (or resume) training; returns the final metrics. Checkpoints land in cfg.out.
     resolved: what resolve_run(cfg) returned, when the caller has already checked the options."""
     cfg, resumed = resolved or resolve_run(cfg, log)
-    with _run_folder(Path(cfg.out), main=int(os.environ.get("RANK", "0")) == 0):  # torchrun's rank, as ddp's
-        return _train(cfg, resumed, progress, log)
+    device = pick_device(cfg.device)
+    ddp = Distributed(device)  # joined first, so that every rank hears whether rank 0 could lock the run folder
+    with _run_folder(Path(cfg.out), ddp):
+        return _train(cfg, resumed, progress, log, ddp, ddp.device(device))
 
 
-def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log) -> dict:
+def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log, ddp: Distributed,
+           device: torch.device) -> dict:
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     preset = get_preset(cfg.preset, cfg.quality, cfg.channels)
@@ -323,9 +326,6 @@ def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log) -> dict:
         preset.crop = cfg.crop
     batch_size = cfg.batch_size or preset.batch_size
     lr = preset.lr if cfg.lr is None else cfg.lr
-    device = pick_device(cfg.device)
-    ddp = Distributed(device)
-    device = ddp.device(device)
     ddp.check_batch(batch_size)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -619,31 +619,51 @@ class _graceful_stop:
 
 
 @contextlib.contextmanager
-def _run_folder(out: Path, main: bool):
+def _run_folder(out: Path, ddp: Distributed):
     """The run folder, made if needed and locked while the run trains, so that a second `train` on it (a resume
     while the run still trains) stops in one line instead of interleaving logs and checkpoints (POSIX flock;
-    elsewhere no lock). A folder made here and left empty (the photos failed to load) is removed again."""
-    if not main:  # rank 0 holds the lock for all
+    elsewhere no lock). A folder made here and left empty (the photos failed to load) is removed again. Rank 0
+    holds the lock for all ranks and tells them whether it got it (they waited 35 s for it in the next collective
+    call, then failed in torch's words)."""
+    if not ddp.is_main:
+        problem = ddp.share()
+        if problem:
+            raise AectlError(problem)
         yield
         return
     made = [folder for folder in (out, *out.parents) if not folder.exists()]  # deepest first
-    out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out, os.O_RDONLY)
+    fd, problem = None, None
     try:
         try:
-            import fcntl
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:
-            pass
-        except BlockingIOError:
-            raise AectlError(f"{out} is being trained by another process; wait for it to finish or stop it") from None
+            out.mkdir(parents=True, exist_ok=True)
+            fd = os.open(out, os.O_RDONLY)
+            if not _lock(fd):
+                problem = f"{out} is being trained by another process; wait for it to finish or stop it"
+        except OSError as exc:
+            problem = str(write_error(out, exc))
+        problem = ddp.share(problem)
+        if problem:
+            raise AectlError(problem)
         yield
     finally:
-        os.close(fd)  # releases the lock
+        if fd is not None:
+            os.close(fd)  # releases the lock
         for folder in made:  # a failed run's folders, its parents' too, as if never asked for
-            if any(folder.iterdir()):
+            if not folder.is_dir() or any(folder.iterdir()):
                 break
             folder.rmdir()
+
+
+def _lock(fd: int) -> bool:
+    """An exclusive lock on an open folder: False if another process holds one (True where flock is missing)."""
+    try:
+        import fcntl
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:
+        pass
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _append_log(path: Path, metrics: dict) -> None:
