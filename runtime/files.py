@@ -243,17 +243,14 @@ def read_aec(path: Path) -> bytes:
     with open(path, "rb") as fh:
         head = fh.read(container.HEAD_BYTES)
         container.check_size(head, os.fstat(fh.fileno()).st_size)
-        return head + fh.read()
+        fh.seek(0)
+        return fh.read()  # one copy in memory (head + rest made a second)
 
 
 def read_header(path: Path, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> container.Header:
     try:
-        data = read_aec(path)
+        return container.parse(read_aec(path), max_pixels)[0]
     except OSError as exc:
         raise AectlError(f"{path}: {exc.strerror}") from None
-    except AectlError as exc:
-        raise AectlError(f"{path}: {exc}") from None
-    try:
-        return container.parse(data, max_pixels)[0]
     except AectlError as exc:
         raise AectlError(f"{path}: {exc}") from None
