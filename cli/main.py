@@ -1,6 +1,8 @@
 """The `aectl` command line: a thin typer layer over library calls. Errors print one line and exit non-zero."""
 from __future__ import annotations
 
+import codecs
+import io
 import os
 import signal
 import sys
@@ -284,7 +286,7 @@ def bench(
 
     if save is not None and save.is_dir():
         raise AectlError(f"--save {save} is a folder; give a file name")
-    if save is not None and save.exists() and not force:  # checked before minutes of measuring
+    if save is not None and os.path.lexists(save) and not force:  # checked before minutes of measuring
         raise AectlError(f"{save} exists; pass --force to overwrite")
     if save is not None:
         check_writable_folder(save.parent)
@@ -342,7 +344,10 @@ def doctor() -> None:
 
 def _die(message: str, code: int = 1) -> None:
     """Exactly one line on stderr, however long or multi-line the underlying message is."""
-    print(f"error: {one_line(message, limit=500)}", file=sys.stderr)
+    try:
+        print(f"error: {one_line(message, limit=500)}", file=sys.stderr)
+    except OSError:  # stderr is gone (the terminal hung up: EIO): the exit status still says it
+        pass
     sys.exit(code)
 
 
@@ -353,8 +358,25 @@ def _on_stop_signal(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _names_as_given(exc: UnicodeError):
+    """Undecodable bytes of a file name (held as surrogates) are written back as those bytes, as ls writes them;
+    any other character the stream cannot encode becomes an escape. With stdout in strict UTF-8 (most terminals)
+    such a name was an internal error (UnicodeEncodeError), and stopped the batch."""
+    if isinstance(exc, UnicodeEncodeError) and all("\udc80" <= c <= "\udcff" for c in exc.object[exc.start:exc.end]):
+        return codecs.lookup_error("surrogateescape")(exc)
+    return codecs.backslashreplace_errors(exc)
+
+
+def _print_any_name() -> None:
+    codecs.register_error("aectl-names", _names_as_given)
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            stream.reconfigure(errors="aectl-names")
+
+
 def main() -> None:
     """Console entry point: user errors become one `error:` line, never a traceback."""
+    _print_any_name()
     signal.signal(signal.SIGTERM, _on_stop_signal)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup it stays ignored
         signal.signal(signal.SIGHUP, _on_stop_signal)
@@ -374,6 +396,8 @@ def main() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         sys.exit(1)
     except OSError as exc:  # "[Errno 17] File exists: 'f.txt'" reads better as "f.txt: File exists"
+        if received_signals:  # the terminal hung up, and writing to it failed (EIO) on the way out
+            _stopped()
         _die(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
     except (KeyboardInterrupt, typer.Abort):
         _stopped()

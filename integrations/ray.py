@@ -17,6 +17,7 @@ each output atomically as it arrives, so memory stays bounded however many files
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -114,10 +115,12 @@ def compress_jobs(jobs: list[Job], bundle: str | Path, force: bool, workers: int
     ready = []
     for job in jobs:
         try:
+            if job.error:  # a folder of the walk that could not be read
+                raise AectlError(job.error)
             check_job(job, force, refuse_aec)
             ready.append(job)
         except (AectlError, OSError) as exc:
-            yield Result(str(job.source), str(job.target), False, error=str(exc) if isinstance(exc, AectlError)
+            yield Result(str(job.source), None if job.error else str(job.target), False, error=str(exc) if isinstance(exc, AectlError)
                          else exc.strerror or str(exc))
     if not ready:
         return
@@ -159,7 +162,11 @@ def _start_quietly(ray, workers: int | None) -> None:
 
     if not ray.is_initialized():
         previous = signal.getsignal(signal.SIGTERM)
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        try:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        except (ValueError, ConnectionError) as exc:  # RAY_ADDRESS malformed, or a ray:// one without ray[client]
+            where = f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") else "a local Ray"
+            raise AectlError(f"--engine ray cannot start ({where}): {exc}") from None
         if previous is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # its tracebacks too: the error comes back here

@@ -34,7 +34,7 @@ class Job:
 @dataclass
 class Result:
     source: str
-    target: str
+    target: str | None  # None for a folder that could not be read
     ok: bool
     error: str | None = None
     bytes: int | None = None
@@ -162,7 +162,7 @@ def run_jobs(jobs: list[Job], work: Callable[[Job], tuple[bytes | None, dict]], 
     results = []
     for job in jobs:
         start = time.perf_counter()
-        names = label(job.source, "stdin"), label(job.target, "stdout")
+        names = label(job.source, "stdin"), None if job.error else label(job.target, "stdout")  # no output
         try:
             if job.error:
                 raise AectlError(job.error)
@@ -242,7 +242,8 @@ def read_aec(path: Path) -> bytes:
     "unexpected bytes")."""
     with open(path, "rb") as fh:
         head = fh.read(container.HEAD_BYTES)
-        container.check_size(head, os.fstat(fh.fileno()).st_size)
+        if len(head) == container.HEAD_BYTES:  # shorter: a file that is growing; parse judges what is read
+            container.check_size(head, os.fstat(fh.fileno()).st_size)
         fh.seek(0)
         return fh.read()  # one copy in memory (head + rest made a second)
 

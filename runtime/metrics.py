@@ -6,6 +6,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from aectl.runtime.errors import AectlError
+
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB between two uint8 images (RGB, peak 255)."""
@@ -21,14 +23,14 @@ def pillow_encode(image: np.ndarray, codec: str, quality: int) -> bytes:
     """JPEG (4:2:0, optimised Huffman) or WebP (method 6) through Pillow."""
     buf = io.BytesIO()
     img = Image.fromarray(image)
-    if codec == "jpeg":
-        img.save(buf, format="JPEG", quality=quality, subsampling="4:2:0", optimize=True)
-    elif codec == "webp":
-        img.save(buf, format="WEBP", quality=quality, method=6)
-    elif codec == "avif":
-        img.save(buf, format="AVIF", quality=quality, speed=6)
-    else:
+    options = {"jpeg": {"format": "JPEG", "subsampling": "4:2:0", "optimize": True},
+               "webp": {"format": "WEBP", "method": 6}, "avif": {"format": "AVIF", "speed": 6}}
+    if codec not in options:
         raise ValueError(f"unknown baseline {codec!r}")
+    try:
+        img.save(buf, quality=quality, **options[codec])
+    except (ValueError, OSError) as exc:  # WebP's 16383-pixel side limit, say: the image's fault, not a bug
+        raise AectlError(f"{codec} cannot code this {img.width}x{img.height} image ({exc})") from None
     return buf.getvalue()
 
 

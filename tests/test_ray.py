@@ -235,3 +235,16 @@ def test_map_batches_round_trip_in_process(trained, image_dir):
         assert row["error"] == ""
         expected = np.asarray(local.decompress(local.compress(row["path"])))
         assert np.array_equal(row["image"], expected)
+
+
+def test_a_malformed_ray_address_is_one_line(kodak, tmp_path):
+    """ray.init's ValueError for RAY_ADDRESS=garbage read as an internal error once the CLI stopped printing every
+    ValueError as the user's; it is a bad environment, said in one line."""
+    Image.open(kodak / "kodim01.png").crop((0, 0, 32, 32)).save(tmp_path / "a.png")
+    proc = subprocess.run([aectl_exe(), "compress", str(tmp_path / "a.png"), "--engine", "ray", "-o",
+                           str(tmp_path / "a.aec")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RAY_ADDRESS": "garbage"})
+    assert proc.returncode == 1
+    assert proc.stderr == "error: --engine ray cannot start (RAY_ADDRESS=garbage): Invalid address format: garbage\n", \
+        proc.stderr
+    assert not (tmp_path / "a.aec").exists()

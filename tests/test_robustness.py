@@ -586,6 +586,9 @@ def test_folders_that_cannot_be_read_fail_alone_and_say_why(trained, tmp_path):
         assert f"error: {walked}/locked: cannot read folder: Permission denied" in lines, proc.stderr
         assert [line for line in lines if "File name too long" in line and line.startswith(f"error: {walked}/d")]
         assert lines[-1] == "1 ok, 2 failed" and (tmp_path / "out" / "a.aec").is_file()
+        report = json.loads(_as_a_user("compress", walked, "-m", bundle, "-o", tmp_path / "oj", "--json").stdout)
+        assert {"source": f"{walked}/locked", "ok": False, "error": "cannot read folder: Permission denied"} \
+            in report["files"], "a folder that fails has no output to name"
         proc = _as_a_user("compress", walked / "a.png", shut / "in" / "x.png", "-m", bundle, "-o", tmp_path / "o2")
         assert proc.stderr.splitlines() == [f"error: {shut}/in/x.png: Permission denied", "1 ok, 1 failed"]
         assert (tmp_path / "o2" / "a.aec").is_file()
@@ -605,6 +608,37 @@ def test_a_file_name_with_a_newline_keeps_its_error_on_one_line(trained, tmp_pat
     assert proc.returncode == 1
     assert proc.stderr == f"error: {tmp_path}/new line.png: {tmp_path}/new line.aec exists; pass --force to " \
         "overwrite\n", proc.stderr
+    spaced = tmp_path / "my  photo.png"  # a review of the fix: runs of spaces were collapsed too, naming no file
+    Image.open(photo).save(spaced)
+    proc = _aectl("compress", spaced, "-m", bundle)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"{spaced} -> {tmp_path}/my  photo.aec ("), proc.stdout
+
+
+def test_file_names_that_are_not_utf8_print_where_stdout_is_strict(trained, tmp_path):
+    """With stdout in strict UTF-8 (PYTHONIOENCODING=utf-8:strict; the default in many UTF-8 terminals), a file
+    name holding undecodable bytes was an internal error (UnicodeEncodeError) that stopped the batch. Its bytes
+    are now written back as they are, as ls writes them."""
+    _, bundle = trained["seed-conv"]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.open(KODAK / "kodim01.png").crop((0, 0, 32, 32)).save(os.fsdecode(bytes(folder) + b"/x\xff.png"), format="PNG")
+    proc = subprocess.run([aectl_exe(), "compress", str(folder), "-m", str(bundle), "-o", str(tmp_path / "out")],
+                          capture_output=True, timeout=300, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+    assert proc.returncode == 0, proc.stderr
+    assert b"/x\xff.png -> " in proc.stdout and (tmp_path / "out" / os.fsdecode(b"x\xff.aec")).is_file()
+
+
+def test_a_file_growing_while_read_is_judged_by_what_was_read(tmp_path, monkeypatch):
+    """read_aec compares the header's size with the file's before reading on. A file growing meanwhile gave fewer
+    bytes than a header while its size said more: an internal error (struct.error) in 1 of 5 tries."""
+    from aectl.runtime import files
+
+    path = tmp_path / "growing.aec"
+    path.write_bytes(container.MAGIC + bytes([4]) + bytes(5))
+    real_fstat = os.fstat
+    monkeypatch.setattr(os, "fstat", lambda fd: os.stat_result((*real_fstat(fd)[:6], 5000, *real_fstat(fd)[7:])))
+    with pytest.raises(AectlError, match=r"truncated \.aec file \(10 bytes, the header alone needs 60\)"):
+        container.parse(files.read_aec(path))
 
 
 def test_an_error_line_cut_for_length_keeps_its_end():
@@ -612,6 +646,15 @@ def test_an_error_line_cut_for_length_keeps_its_end():
 
     line = one_line("cannot write " + "d/" * 1000 + "a.aec: File name too long", limit=500)
     assert len(line) <= 505 and line.startswith("cannot write d/d/") and line.endswith("a.aec: File name too long")
+
+
+def test_bench_save_onto_a_dangling_symlink_is_refused_before_measuring(tmp_path):
+    """A review of the dangling-symlink fix: `bench --save` checked its file with exists() before measuring, and
+    atomic_write, now refusing the link, failed after all of it, the results lost."""
+    link = tmp_path / "bench.json"
+    link.symlink_to(tmp_path / "nowhere.json")
+    proc = _aectl("bench", "--images", tmp_path / "no-such-folder", "--save", link)
+    assert proc.returncode == 1 and proc.stderr == f"error: {link} exists; pass --force to overwrite\n", proc.stderr
 
 
 def test_outputs_follow_the_umask_and_keep_a_replaced_files_mode(trained, tmp_path):
@@ -768,6 +811,46 @@ def test_sigterm_during_training_then_resume_matches_uninterrupted(photos, tmp_p
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert a["history"] == b["history"], "same validation curve"
+
+
+def test_training_started_with_sigint_ignored_still_stops_on_it(photos, tmp_path):
+    """A script's background job starts with SIGINT ignored. Training routes SIGINT to its save-and-stop (as it
+    did before SIGHUP was added); the SIGHUP change skipped every ignored signal, so `kill -INT` went unheard."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([aectl_exe(), "train", "--preset", "seed-conv", "--data", photos, "--steps", "100000",
+                             "--batch-size", "4", "--threads", "1", "--checkpoint-every", "0.5", "--out", run],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "last.pt").exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "checkpoint saved" in err, err
+
+
+def test_a_stray_world_size_is_one_line_naming_it(photos, tmp_path):
+    """WORLD_SIZE set outside torchrun: torch's ValueError, now an AectlError naming the variable (it read as an
+    internal error once the CLI stopped printing every ValueError as the user's)."""
+    for value, message in (("2", "error: WORLD_SIZE=2 asks for distributed training, but "),
+                           ("x", "error: torchrun's environment is not whole numbers")):
+        proc = subprocess.run([aectl_exe(), "train", "--preset", "seed-conv", "--data", photos, "--steps", "2",
+                               "--out", tmp_path / f"run{value}"], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "WORLD_SIZE": value})
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 1 and len(errors) == 1 and errors[0].startswith(message), proc.stderr
+        assert "Traceback" not in proc.stderr and not (tmp_path / f"run{value}").exists()
+
+
+def test_a_baseline_that_cannot_code_an_image_says_so():
+    """WebP codes sides up to 16383 pixels; Pillow's ValueError read as an internal error in bench and eval."""
+    from aectl.runtime.metrics import pillow_encode
+
+    with pytest.raises(AectlError, match=r"webp cannot code this 16640x16 image \(.*16383"):
+        pillow_encode(np.zeros((16, 16640, 3), np.uint8), "webp", 75)
 
 
 def test_interrupt_right_after_the_temporary_file_exists_leaves_nothing(tmp_path, monkeypatch):

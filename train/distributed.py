@@ -20,15 +20,22 @@ from aectl.runtime.errors import AectlError
 
 class Distributed:
     def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        try:
+            self.world = int(os.environ.get("WORLD_SIZE", "1"))
+            self.rank = int(os.environ.get("RANK", "0"))
+            self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        except ValueError as exc:
+            raise AectlError(f"torchrun's environment is not whole numbers ({exc})") from None
         self.enabled = self.world > 1
         if self.enabled and not dist.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
             if device.type == "cuda":
                 torch.cuda.set_device(self.local_rank)
-            dist.init_process_group(backend)
+            try:
+                dist.init_process_group(backend)
+            except ValueError as exc:  # WORLD_SIZE set without the rest of torchrun's variables (a stray one)
+                raise AectlError(f"WORLD_SIZE={self.world} asks for distributed training, but {exc}; start it "
+                                 "with torchrun, or unset WORLD_SIZE") from None
 
     @property
     def is_main(self) -> bool:

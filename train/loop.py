@@ -597,16 +597,16 @@ def init_from_bundle(model, bundle_dir: Path, sampler: CropSampler, batch_size: 
 
 
 class _graceful_stop:
-    """Route SIGINT/SIGTERM/SIGHUP to a callback for the duration (main thread only; elsewhere a no-op). A signal
-    ignored (SIGHUP under nohup) stays ignored."""
+    """Route SIGINT/SIGTERM/SIGHUP to a callback for the duration (main thread only; elsewhere a no-op). SIGHUP
+    ignored (under nohup) stays ignored."""
 
     def __init__(self, callback):
         self.callback, self.previous = callback, {}
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            if signal.getsignal(sig) is signal.SIG_IGN:
-                continue
+            if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:  # nohup's choice; a script's
+                continue  # background job inherits SIGINT ignored, and Ctrl-C / kill -INT still saves and stops
             try:
                 self.previous[sig] = signal.signal(sig, lambda signum, frame: self.callback(signum))
             except ValueError:  # not the main thread
