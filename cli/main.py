@@ -368,6 +368,7 @@ def _names_as_given(exc: UnicodeError):
 
 
 def _print_any_name() -> None:
+    """stdout and stderr print any file name (see _names_as_given) where they would fail on one."""
     codecs.register_error("aectl-names", _names_as_given)
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
@@ -420,13 +421,13 @@ def _internal_error(exc: Exception) -> None:
     _die(f"internal error: {type(exc).__name__}: {exc} (set AECTL_DEBUG=1 for the traceback)")
 
 
+STOP_MESSAGES = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
+
+
 def _stopped() -> None:
     """The shell's exit status for the first signal received: 128 + its number."""
     first = next((sig for sig in received_signals if sig in STOP_MESSAGES), signal.SIGINT)
     _die(STOP_MESSAGES[first], 128 + first)
-
-
-STOP_MESSAGES = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 
 
 if __name__ == "__main__":

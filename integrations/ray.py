@@ -120,8 +120,8 @@ def compress_jobs(jobs: list[Job], bundle: str | Path, force: bool, workers: int
             check_job(job, force, refuse_aec)
             ready.append(job)
         except (AectlError, OSError) as exc:
-            yield Result(str(job.source), None if job.error else str(job.target), False, error=str(exc) if isinstance(exc, AectlError)
-                         else exc.strerror or str(exc))
+            yield Result(str(job.source), None if job.error else str(job.target), False,
+                         error=str(exc) if isinstance(exc, AectlError) else exc.strerror or str(exc))
     if not ready:
         return
     _start_quietly(ray, workers)

@@ -56,9 +56,9 @@ received_signals: list[int] = []
 
 def one_line(message, limit: int | None = None) -> str:
     """A message as one line: line breaks (in a library's message, or in a file name) become one space, other
-    spaces stay as they are (a name `my  photo.png` is named as it is). Past `limit`
-    characters it loses its middle, not its end, where the reason usually is (a path past PATH_MAX, cut at its
-    end, hid "File name too long")."""
+    spaces stay as they are (a name `my  photo.png` is named as it is). Past `limit` characters it loses its
+    middle, not its end, where the reason usually is (a path past PATH_MAX, cut at its end, hid "File name too
+    long")."""
     line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())  # spaces within stay
     return line if limit is None or len(line) <= limit else f"{line[:limit // 2]} ... {line[-(limit // 2):]}"
 

@@ -621,7 +621,8 @@ def test_file_names_that_are_not_utf8_print_where_stdout_is_strict(trained, tmp_
     _, bundle = trained["seed-conv"]
     folder = tmp_path / "in"
     folder.mkdir()
-    Image.open(KODAK / "kodim01.png").crop((0, 0, 32, 32)).save(os.fsdecode(bytes(folder) + b"/x\xff.png"), format="PNG")
+    name = os.fsdecode(bytes(folder) + b"/x\xff.png")
+    Image.open(KODAK / "kodim01.png").crop((0, 0, 32, 32)).save(name, format="PNG")
     proc = subprocess.run([aectl_exe(), "compress", str(folder), "-m", str(bundle), "-o", str(tmp_path / "out")],
                           capture_output=True, timeout=300, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
     assert proc.returncode == 0, proc.stderr
