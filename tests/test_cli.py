@@ -67,7 +67,7 @@ def test_train_names_what_is_wrong_with_its_options(photos, tmp_path):
     a folder of one image trained and validated on it without a note."""
     (tmp_path / "f.txt").write_text("a file")
     base = ("train", "--preset", "factorized", "-q", "1", "--data", photos, "--steps", "2")
-    for args, message in [(("--out", tmp_path / "f.txt"), f"{tmp_path / 'f.txt'}: File exists"),
+    for args, message in [(("--out", tmp_path / "f.txt"), f"cannot write {tmp_path / 'f.txt'}: File exists"),
                           (("--out", tmp_path / "r", "--data-root", tmp_path),
                            "--data-root is the folder holding stl10_binary/, for --data stl10 only"),
                           (("--out", tmp_path / "r", "--threads", "0"), "--threads 0: give 1..")]:
