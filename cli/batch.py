@@ -46,7 +46,7 @@ def _report(results: list[files.Result], json_out: bool) -> int:
 
 def _names_one_file(inputs, out) -> bool:
     """Whether -o may name the output file itself: one input file, and -o not an existing folder."""
-    return out is not None and len(inputs) == 1 and not inputs[0].is_dir() and not out.is_dir()
+    return out is not None and len(inputs) == 1 and not files.is_folder(inputs[0]) and not files.is_folder(out)
 
 
 def stream_paths(inputs: list[str], out: str | None) -> tuple[list[Path], Path | None]:
@@ -66,10 +66,10 @@ def _stdio_jobs(inputs, out, new_suffix: str, json_out: bool) -> list[files.Job]
     if len(inputs) != 1:
         raise AectlError("- (standard input) must be the only input" if reads else
                          "-o - (standard output) takes one input file")
-    if not reads and inputs[0].is_dir():
+    if not reads and files.is_folder(inputs[0]):
         raise AectlError("-o - (standard output) takes one input file, not a folder")
     target = files.STDIO if out is None else out
-    if reads and not files.is_stdio(target) and (target.is_dir() or target.suffix.lower() != new_suffix):
+    if reads and not files.is_stdio(target) and (files.is_folder(target) or target.suffix.lower() != new_suffix):
         raise AectlError(f"-o {target}: reading standard input, -o names the {new_suffix} file to write (or - for "
                          "standard output)")
     if files.is_stdio(target):

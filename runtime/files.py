@@ -84,7 +84,7 @@ def plan_jobs(inputs: Iterable[Path], out: Path | None, suffixes: set[str], new_
     inputs = list(inputs)
     jobs = []
     for src in inputs:
-        if _is_dir(src):
+        if is_folder(src):
             found, unreadable = _walk(src, suffixes)
             for f in found:
                 rel = f.relative_to(src)
@@ -92,7 +92,7 @@ def plan_jobs(inputs: Iterable[Path], out: Path | None, suffixes: set[str], new_
                 jobs.append(Job(f, (base / rel).with_suffix(new_suffix)))
             jobs += [Job(folder, folder, error=f"cannot read folder: {reason}") for folder, reason in unreadable]
         else:
-            if out is not None and len(inputs) == 1 and out.suffix.lower() == new_suffix and not out.is_dir():
+            if out is not None and len(inputs) == 1 and out.suffix.lower() == new_suffix and not is_folder(out):
                 target = out
             else:
                 target = (out / src.name if out else src).with_suffix(new_suffix)
@@ -100,9 +100,10 @@ def plan_jobs(inputs: Iterable[Path], out: Path | None, suffixes: set[str], new_
     return _one_job_per_target(jobs)
 
 
-def _is_dir(path: Path) -> bool:
-    """Whether to walk `path`; one that cannot be looked at (its folder not searchable) is taken as a file, and
-    fails as one with its reason, while the batch goes on (the error ended the whole batch)."""
+def is_folder(path: Path) -> bool:
+    """Whether `path` is a folder; one that cannot be looked at (its folder not searchable) is taken as a file,
+    and fails as one with its reason when it is read or written, while the batch goes on (the error ended the
+    whole batch, or named an output as if it were an input)."""
     try:
         return path.is_dir()
     except OSError:

@@ -594,6 +594,9 @@ def test_folders_that_cannot_be_read_fail_alone_and_say_why(trained, tmp_path):
         assert (tmp_path / "o2" / "a.aec").is_file()
         proc = _as_a_user("compress", walked / "a.png", "-m", bundle, "-o", tmp_path / "out-shut")
         assert proc.stderr == f"error: {walked}/a.png: cannot write {tmp_path}/out-shut/a.aec: Permission denied\n"
+        named = tmp_path / "out-shut" / "x.aec"  # -o naming the file: it said `out-shut/x.aec: Permission denied`
+        proc = _as_a_user("compress", walked / "a.png", "-m", bundle, "-o", named)
+        assert proc.stderr == f"error: {walked}/a.png: cannot write {named}: Permission denied\n", proc.stderr
     finally:
         for folder in (walked / "locked", shut, tmp_path / "out-shut"):
             folder.chmod(0o755)
