@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import shutil
 import sys
 from pathlib import Path
 
@@ -90,9 +92,6 @@ def read_stdin(check_head) -> bytes:
 
     The stream is gathered in one growing buffer that is handed back without a copy: `head + read()` held
     it twice (1 GB piped in peaked at 2.0 GB)."""
-    import io
-    import shutil
-
     if sys.stdin is None:
         raise AectlError("standard input is closed: pipe or redirect a file into it")
     if sys.stdin.isatty():

@@ -21,6 +21,7 @@ PAD_REPLICATE = 1
 _HEADER = struct.Struct("<4sBB16sIIBBBBIIHHHII")
 HEADER_SIZE = _HEADER.size
 CRC_SIZE = 4
+HEAD_BYTES = HEADER_SIZE + CRC_SIZE  # the smallest file (header and checksum): what check_size reads
 MAX_SIDE = 1 << 20
 DEFAULT_MAX_PIXELS = 1 << 28  # 268 Mpx; like Pillow's decompression-bomb guard, raise it explicitly if needed
 
@@ -78,8 +79,8 @@ def check_size(head: bytes, size: int) -> int:
     if head[4] not in READABLE_VERSIONS:
         raise AectlError(f".aec format version {head[4]} is not supported (this aectl reads versions "
                          f"{', '.join(map(str, READABLE_VERSIONS))})")
-    if size < HEADER_SIZE + CRC_SIZE:
-        raise AectlError(f"truncated .aec file ({size} bytes, the header alone needs {HEADER_SIZE + CRC_SIZE})")
+    if size < HEAD_BYTES:
+        raise AectlError(f"truncated .aec file ({size} bytes, the header alone needs {HEAD_BYTES})")
     payload_len, alpha_len = _HEADER.unpack_from(head)[-2:]
     expected = HEADER_SIZE + payload_len + alpha_len + CRC_SIZE
     if size < expected:
@@ -88,9 +89,6 @@ def check_size(head: bytes, size: int) -> int:
         extra = size - expected
         raise AectlError(f"corrupted .aec file ({extra} unexpected byte{'s' if extra > 1 else ''} after the end)")
     return expected
-
-
-HEAD_BYTES = HEADER_SIZE + CRC_SIZE  # enough for check_size
 
 
 def parse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Header, bytes, bytes]:

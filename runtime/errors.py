@@ -63,6 +63,11 @@ def one_line(message, limit: int | None = None) -> str:
     return line if limit is None or len(line) <= limit else f"{line[:limit // 2]} ... {line[-(limit // 2):]}"
 
 
+def exists_error(path) -> AectlError:
+    """The refusal of an output file that is already there (without force), in one wording everywhere."""
+    return AectlError(f"{path} exists; pass {option('force', True)} to overwrite")
+
+
 def write_error(path, exc: OSError) -> AectlError:
     """The one-line error for an OSError while writing `path`: names a file standing where a folder must be,
     otherwise the OS's reason, never the temporary file's name."""

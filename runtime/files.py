@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from aectl.runtime import container
-from aectl.runtime.errors import AectlError, option, write_error
+from aectl.runtime.errors import AectlError, exists_error, option, write_error
 from aectl.runtime.image_io import atomic_write
 
 AEC_SUFFIX = ".aec"
@@ -212,7 +212,7 @@ def check_job(job: Job, force: bool, check_source: Callable[[Path], None] | None
         raise AectlError(f"{job.target} is a folder; {option('force', True)} replaces files only: move it, or "
                          "write elsewhere")
     if os.path.lexists(job.target) and not force:  # a dangling symlink was replaced without --force
-        raise AectlError(f"{job.target} exists; pass {option('force', True)} to overwrite")
+        raise exists_error(job.target)
 
 
 def compress_info(data: bytes, width: int, height: int, channels: int, bit_depth: int) -> dict:

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from aectl.runtime.errors import AectlError, option, write_error
+from aectl.runtime.errors import AectlError, exists_error, option, write_error
 
 _GRAY_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # zlib level of the PNGs `aectl decompress` writes, as OpenCV's imwrite defaults to: Pillow's own 6 took 92 ms per
@@ -335,12 +335,12 @@ def _rename_without_replacing(tmp: str, path: Path) -> None:
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise AectlError(f"{path} exists; pass {option('force', True)} to overwrite") from None
+        raise exists_error(path) from None
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
             raise
         if os.path.lexists(path):
-            raise AectlError(f"{path} exists; pass {option('force', True)} to overwrite") from None
+            raise exists_error(path) from None
         os.replace(tmp, path)
         return
     os.unlink(tmp)
@@ -354,7 +354,7 @@ def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image
     always knows it. `save_options` go to Pillow's `Image.save` with `image` (compress_level for PNG, say)."""
     path = Path(path)
     if os.path.lexists(path) and not force:  # a dangling symlink too, as cp refuses to write through one
-        raise AectlError(f"{path} exists; pass {option('force', True)} to overwrite")
+        raise exists_error(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,16 +19,19 @@ def bpp(num_bytes: int, width: int, height: int) -> float:
     return 8 * num_bytes / (width * height)
 
 
+# Pillow's save options per baseline, besides the quality.
+BASELINE_OPTIONS = {"jpeg": {"format": "JPEG", "subsampling": "4:2:0", "optimize": True},
+                    "webp": {"format": "WEBP", "method": 6}, "avif": {"format": "AVIF", "speed": 6}}
+
+
 def pillow_encode(image: np.ndarray, codec: str, quality: int) -> bytes:
     """JPEG (4:2:0, optimised Huffman) or WebP (method 6) through Pillow."""
+    if codec not in BASELINE_OPTIONS:
+        raise ValueError(f"unknown baseline {codec!r}")
     buf = io.BytesIO()
     img = Image.fromarray(image)
-    options = {"jpeg": {"format": "JPEG", "subsampling": "4:2:0", "optimize": True},
-               "webp": {"format": "WEBP", "method": 6}, "avif": {"format": "AVIF", "speed": 6}}
-    if codec not in options:
-        raise ValueError(f"unknown baseline {codec!r}")
     try:
-        img.save(buf, quality=quality, **options[codec])
+        img.save(buf, quality=quality, **BASELINE_OPTIONS[codec])
     except (ValueError, OSError) as exc:  # WebP's 16383-pixel side limit, say: the image's fault, not a bug
         raise AectlError(f"{codec} cannot code this {img.width}x{img.height} image ({exc})") from None
     return buf.getvalue()

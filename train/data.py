@@ -6,15 +6,16 @@ A deterministic held-out split (every k-th file) gives the validation crops repo
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from aectl.runtime.container import DEFAULT_MAX_PIXELS
 from aectl.runtime.errors import AectlError
 from aectl.runtime.files import IMAGE_SUFFIXES
-from aectl.runtime.container import DEFAULT_MAX_PIXELS
 from aectl.runtime.image_io import open_image, to_pixels
 
 
@@ -108,8 +109,6 @@ def load_folder(root: Path, crop: int) -> tuple[list[np.ndarray], list[np.ndarra
 def folder_digest(root: Path) -> str:
     """What a folder of training images holds, by relative name and size: a resumed run compares it with the
     one it started from (photos added or removed change the batches and the validation image)."""
-    import hashlib
-
     listing = "\n".join(f"{p.relative_to(root).as_posix()} {p.stat().st_size}" for p in find_images(root))
     return hashlib.sha256(listing.encode()).hexdigest()
 

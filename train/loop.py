@@ -395,11 +395,9 @@ def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log, ddp: Dis
         _truncate_log(out / "log.jsonl", step)
         log(f"resumed {out} at step {step}")
 
-    if ddp.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not resumed:  # --force, or a run that died before its first checkpoint: nothing of it is kept
-            for name in RUN_FILES:
-                (out / name).unlink(missing_ok=True)
+    if ddp.is_main and not resumed:  # --force, or a run that died before its first checkpoint: nothing of it
+        for name in RUN_FILES:       # is kept (the folder itself was made by _run_folder)
+            (out / name).unlink(missing_ok=True)
     command = "aectl " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
     before = resumed.get("run", {}) if resumed else {}
     # A resumed run keeps the command that started it (`train --out RUN --resume` alone reproduces nothing) and
