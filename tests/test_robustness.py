@@ -383,6 +383,13 @@ def many_photos(tmp_path_factory):
     return src
 
 
+def _wait_for_outputs(out, count: int, seconds: float = 120) -> None:
+    """Until `out` holds `count` .aec files (or `seconds` pass): a batch is then under way."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and len(list(out.glob("*.aec"))) < count:
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("sig, code, message", [(signal.SIGTERM, 143, "error: terminated"),
                                                  (signal.SIGINT, 130, "error: interrupted"),
                                                  (signal.SIGHUP, 129, "error: hung up")])
@@ -396,9 +403,7 @@ def test_signal_mid_batch_leaves_no_partial_output(trained, many_photos, tmp_pat
     proc = subprocess.Popen([aectl_exe(), "compress", src, "-m", bundle, "-o", out, "--provider", "cpu"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("*.aec"))) < 2:
-        time.sleep(0.05)
+    _wait_for_outputs(out, 2)
     assert proc.poll() is None, "the batch finished before it could be signalled; give it more images"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
@@ -420,13 +425,9 @@ def test_sighup_stays_ignored_under_nohup(trained, many_photos, tmp_path):
     proc = subprocess.Popen([aectl_exe(), "compress", many_photos, "-m", bundle, "-o", out, "--provider", "cpu"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("*.aec"))) < 2:
-        time.sleep(0.05)
+    _wait_for_outputs(out, 2)
     proc.send_signal(signal.SIGHUP)
-    done = len(list(out.glob("*.aec")))
-    while time.time() < deadline and len(list(out.glob("*.aec"))) < done + 2:
-        time.sleep(0.05)
+    _wait_for_outputs(out, len(list(out.glob("*.aec"))) + 2)
     assert proc.poll() is None, "still compressing after SIGHUP"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
