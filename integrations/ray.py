@@ -19,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import threading
 import time
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -161,6 +163,7 @@ def _start_quietly(ray, workers: int | None) -> None:
     import ray.data  # before its logger is quieted: importing ray.data configures its logging afresh
 
     if not ray.is_initialized():
+        _check_reachable(os.environ.get("RAY_ADDRESS", ""))
         previous = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
@@ -173,6 +176,29 @@ def _start_quietly(ray, workers: int | None) -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """One TCP connect to RAY_ADDRESS's host and port first. Where nothing answers there, Ray 2.60's `ray.init`
+    retries without end ("Failed to get cluster ID from GCS server" every 40 s) and defers SIGTERM meanwhile, as
+    users of other tools have found (openshift-psap/auto-tuning-vllm#90). Addresses without a port (`auto`,
+    `local`) and malformed ones are left to Ray."""
+    host_port = address.removeprefix("ray://")
+    if not host_port or host_port == address and "://" in address:
+        return
+    try:
+        where = urllib.parse.urlsplit("//" + host_port)
+        host, port = where.hostname, where.port
+    except ValueError:
+        return
+    if not host or port is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise AectlError(f"--engine ray cannot reach RAY_ADDRESS={address} ({reason}); start the cluster there, "
+                         "or unset RAY_ADDRESS for a local Ray") from None
 
 
 def _require_provider(provider: str) -> None:

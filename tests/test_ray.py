@@ -248,3 +248,17 @@ def test_a_malformed_ray_address_is_one_line(kodak, tmp_path):
     assert proc.stderr == "error: --engine ray cannot start (RAY_ADDRESS=garbage): Invalid address format: garbage\n", \
         proc.stderr
     assert not (tmp_path / "a.aec").exists()
+
+
+def test_a_ray_address_where_nothing_listens_is_one_line(kodak, tmp_path):
+    """RAY_ADDRESS=127.0.0.1:1 (no cluster there) blocked in ray.init for good, retrying every 40 s, and SIGTERM
+    waited for the retry: the one TCP connect first says so at once."""
+    Image.open(kodak / "kodim01.png").crop((0, 0, 32, 32)).save(tmp_path / "a.png")
+    for address in ("127.0.0.1:1", "ray://127.0.0.1:1"):
+        proc = subprocess.run([aectl_exe(), "compress", str(tmp_path / "a.png"), "--engine", "ray", "-o",
+                               str(tmp_path / "a.aec")], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "RAY_ADDRESS": address})
+        assert proc.returncode == 1
+        assert proc.stderr == (f"error: --engine ray cannot reach RAY_ADDRESS={address} (Connection refused); start "
+                               "the cluster there, or unset RAY_ADDRESS for a local Ray\n"), proc.stderr
+        assert not (tmp_path / "a.aec").exists()

@@ -839,15 +839,24 @@ def test_training_started_with_sigint_ignored_still_stops_on_it(photos, tmp_path
 
 def test_a_stray_world_size_is_one_line_naming_it(photos, tmp_path):
     """WORLD_SIZE set outside torchrun: torch's ValueError, now an AectlError naming the variable (it read as an
-    internal error once the CLI stopped printing every ValueError as the user's)."""
-    for value, message in (("2", "error: WORLD_SIZE=2 asks for distributed training, but "),
-                           ("x", "error: torchrun's environment is not whole numbers")):
+    internal error once the CLI stopped printing every ValueError as the user's). Ranks out of range: RANK past
+    WORLD_SIZE waited forever for ranks that never come, WORLD_SIZE=1 RANK=3 trained and wrote nothing, and
+    WORLD_SIZE=0 was an internal ZeroDivisionError."""
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29499"}
+    for i, (env, message) in enumerate((
+            ({"WORLD_SIZE": "2"}, "error: WORLD_SIZE=2 asks for distributed training, but "),
+            ({"WORLD_SIZE": "x"}, "error: torchrun's environment is not whole numbers"),
+            ({"WORLD_SIZE": "2", "RANK": "5", **rendezvous}, "error: RANK=5 must be from 0 to WORLD_SIZE-1=1;"),
+            ({"WORLD_SIZE": "1", "RANK": "3"}, "error: RANK=3 must be from 0 to WORLD_SIZE-1=0;"),
+            ({"WORLD_SIZE": "0"}, "error: WORLD_SIZE=0 must be at least 1;"),
+            ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "-1", **rendezvous},
+             "error: LOCAL_RANK=-1 must not be negative;"))):
         proc = subprocess.run([aectl_exe(), "train", "--preset", "seed-conv", "--data", photos, "--steps", "2",
-                               "--out", tmp_path / f"run{value}"], capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "WORLD_SIZE": value})
+                               "--out", tmp_path / f"run{i}"], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **env})
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-        assert proc.returncode == 1 and len(errors) == 1 and errors[0].startswith(message), proc.stderr
-        assert "Traceback" not in proc.stderr and not (tmp_path / f"run{value}").exists()
+        assert proc.returncode == 1 and len(errors) == 1 and errors[0].startswith(message), (env, proc.stderr)
+        assert "Traceback" not in proc.stderr and not (tmp_path / f"run{i}").exists()
 
 
 def test_a_baseline_that_cannot_code_an_image_says_so():

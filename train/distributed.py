@@ -26,6 +26,7 @@ class Distributed:
             self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         except ValueError as exc:
             raise AectlError(f"torchrun's environment is not whole numbers ({exc})") from None
+        self._check_ranks()
         self.enabled = self.world > 1
         if self.enabled and not dist.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
@@ -36,6 +37,18 @@ class Distributed:
             except ValueError as exc:  # WORLD_SIZE set without the rest of torchrun's variables (a stray one)
                 raise AectlError(f"WORLD_SIZE={self.world} asks for distributed training, but {exc}; start it "
                                  "with torchrun, or unset WORLD_SIZE") from None
+
+    def _check_ranks(self) -> None:
+        """torchrun never sets these out of range; a stray or hand-made environment might. A RANK past WORLD_SIZE
+        waited for ranks that never come, and WORLD_SIZE=1 with RANK=3 trained without writing anything."""
+        if self.world < 1:
+            raise AectlError(f"WORLD_SIZE={self.world} must be at least 1; start it with torchrun, or unset it")
+        if not 0 <= self.rank < self.world:
+            raise AectlError(f"RANK={self.rank} must be from 0 to WORLD_SIZE-1={self.world - 1}; start it with "
+                             "torchrun, or unset RANK")
+        if self.world > 1 and self.local_rank < 0:  # -1 means "not distributed" to some launchers
+            raise AectlError(f"LOCAL_RANK={self.local_rank} must not be negative; start it with torchrun, or unset "
+                             "LOCAL_RANK")
 
     @property
     def is_main(self) -> bool:
