@@ -11,13 +11,13 @@ import hashlib
 import json
 import math
 import re
-import secrets
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from aectl.runtime.errors import AectlError, option, write_error
+from aectl.runtime.image_io import hidden_sibling
 from aectl.runtime.onnx_guard import check_self_contained
 
 MANIFEST = "manifest.json"
@@ -258,7 +258,7 @@ def bundle_folder(out: str | Path, force: bool, source: str | Path):
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         while True:  # named before it is made (tempfile.mkdtemp names it after: an interrupt between leaked it)
-            tmp = out.parent / f".{out.name}.{secrets.token_hex(8)}"
+            tmp = hidden_sibling(out)
             try:
                 tmp.mkdir()  # 0777 less the umask, as mkdir makes folders (it was made 0755 whatever the umask)
                 break
@@ -269,7 +269,7 @@ def bundle_folder(out: str | Path, force: bool, source: str | Path):
         # notes) was renamed aside and deleted, --force or not.
         check_output_folder(out, force, Path(source))
         if _present(out):
-            old = out.parent / f".{out.name}.old.{secrets.token_hex(8)}"  # a name only: the rename makes it
+            old = hidden_sibling(out, ".old")  # a name only: the rename makes it
             out.rename(old)
         tmp.rename(out)
     except OSError as exc:

@@ -346,6 +346,14 @@ def _rename_without_replacing(tmp: str, path: Path) -> None:
     os.unlink(tmp)
 
 
+def hidden_sibling(path: Path, tag: str = "") -> Path:
+    """A fresh hidden name beside `path` for a temporary file or folder (`.NAME[.tag].RANDOM`). A name of up to
+    255 bytes must leave room for the bytes added here (long names failed "File name too long"): cut in bytes,
+    as the file system counts them (a cut multi-byte character stays valid bytes)."""
+    stem = os.fsdecode(os.fsencode(path.name)[:200])
+    return path.parent / f".{stem}{tag}.{secrets.token_hex(8)}"
+
+
 def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image | None = None,
                  force: bool = False, save_options: dict | None = None) -> None:
     """Write next to the destination, then rename: an interruption never leaves a partial file. The temporary
@@ -359,10 +367,7 @@ def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            # A name of up to 255 bytes must leave room for the 23 added here (long names failed "too long"):
-            # cut in bytes, as the file system counts them (a cut multi-byte character stays valid bytes).
-            stem = os.fsdecode(os.fsencode(path.name)[:200])
-            tmp = str(path.parent / f".{stem}.{secrets.token_hex(8)}.tmp")
+            tmp = f"{hidden_sibling(path)}.tmp"
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # less the umask, as open()
                 break

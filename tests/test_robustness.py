@@ -302,6 +302,19 @@ def test_an_unreadable_model_file_is_named_not_the_input(trained, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.aec", "a.png", "no-decoder", "no-encoder"]
 
 
+def test_a_bundle_folder_named_with_255_bytes_is_written_and_replaced(trained, tmp_path):
+    """A legal 255-byte folder name failed `File name too long` (naming the temporary folder, 18 and 22 bytes
+    longer), for `bundle strip` and `export` alike; the temporary names are cut as atomic_write's are."""
+    from aectl.runtime.bundle import strip_bundle
+
+    for name in ("b" * 255, "é" * 127):  # 254 bytes in UTF-8: the cut may fall inside a character
+        out = tmp_path / name
+        strip_bundle(trained["seed-conv"][1], out)
+        strip_bundle(trained["seed-conv"][1], out, force=True)  # the old bundle renamed aside first
+        assert sorted(p.name for p in out.iterdir()) == ["decoder.onnx", "manifest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["b" * 255, "é" * 127])
+
+
 def test_strip_writes_subfolders_and_replaces_a_symlink_whole(trained, tmp_path, monkeypatch):
     """A manifest may keep its graphs in a subfolder (`decompress` read it; `bundle strip` failed with
     "cannot write OUT: No such file or directory"). --force onto a symlink said "Cannot call rmtree on a
