@@ -102,9 +102,9 @@ def export(
     decoder_only: bool = typer.Option(False, "--decoder-only", help="write an edge bundle: decoder and manifest only"),
     ort: bool = typer.Option(False, "--ort", help="also write decoder.ort (ORT format, for mobile/minimal builds)"),
     precision: str = typer.Option("fp32", help="decoder precision: fp32, fp16 or int8 (the encoder stays fp32)"),
-    calibration: Optional[Path] = typer.Option(None, help="--precision int8/fp16 and --entropy-classes: folder of "
-                                               "real photos to calibrate, check and fit on; default: the run's "
-                                               "training data"),
+    calibration: Optional[str] = typer.Option(None, help="--precision int8/fp16 and --entropy-classes: folder of "
+                                              "real photos to calibrate, check and fit on; default: the run's "
+                                              "training data"),
     entropy_classes: int = typer.Option(0, "--entropy-classes", help="fit this many classified entropy tables "
                                         "(8 for the shipped models; smaller files, same pictures); 0: off"),
 ) -> None:
@@ -120,8 +120,8 @@ def verify(
     bundle: Path = typer.Argument(..., help="bundle directory"),
     source: Path = typer.Argument(..., help="run directory or checkpoint the bundle was exported from"),
     provider: str = typer.Option("cpu", help="onnxruntime provider to check: cpu, cuda, tensorrt or auto"),
-    images: Optional[Path] = typer.Option(None, help="real photos to check an fp16/int8 decoder on (default: the "
-                                          "run's training data, as at export)"),
+    images: Optional[str] = typer.Option(None, help="real photos to check an fp16/int8 decoder on (default: the "
+                                         "run's training data, as at export)"),
 ) -> None:
     """Re-run the torch vs onnxruntime parity check of a bundle on demand."""
     from aectl.export.parity import verify_bundle

@@ -22,7 +22,7 @@ import torch
 from aectl.export.entropy_classes import fit_classes
 from aectl.export.graphs import DecoderGraph, EncoderGraph
 from aectl.export.rewrites import depth_to_space_as_conv_transpose
-from aectl.export.tables import build_tables
+from aectl.export.tables import build_tables, entropy_digest
 from aectl.runtime.bundle import (FORMAT, FORMAT_VERSION, MANIFEST, MAX_CLASSES, bundle_folder, check_output_folder,
                                   sha256_file)
 from aectl.runtime.errors import AectlError
@@ -121,9 +121,12 @@ def _model_id(encoder: onnx.ModelProto, decoder: onnx.ModelProto, tables: dict) 
     return digest.hexdigest()[:32]
 
 
-def _stamp(path: Path, model_id: str) -> None:
+def _stamp(path: Path, model_id: str, tables: dict) -> None:
+    """The model id and the entropy tables' digest in the file's metadata: `aectl verify` holds the manifest to
+    them (an edited model_id or classified table verified "ok", then failed to decode the model's files)."""
     model = onnx.load(str(path))
-    onnx.helper.set_model_props(model, {"aectl.model_id": model_id})
+    props = {"aectl.model_id": model_id, "aectl.entropy_sha256": entropy_digest(tables)}
+    onnx.helper.set_model_props(model, props)
     onnx.save(model, str(path))
 
 
@@ -200,10 +203,10 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
         model_id = _model_id(enc_proto, dec_proto, tables)
         if ort:  # the mobile file keeps the traced DepthToSpace, which NNAPI and CoreML take (ConvTranspose not)
             shutil.copyfile(tmp / "decoder.onnx", tmp / "decoder.traced.onnx")
-            _stamp(tmp / "decoder.traced.onnx", model_id)
+            _stamp(tmp / "decoder.traced.onnx", model_id, tables)
         for name in ("encoder.onnx", "decoder.onnx"):
             _rewrite(tmp / name)
-            _stamp(tmp / name, model_id)
+            _stamp(tmp / name, model_id, tables)
         manifest = build_manifest(ckpt, preset, model, tables, model_id, tmp, enc_proto)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
@@ -213,7 +216,7 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
         for role in manifest["files"]:
             manifest["files"][role]["precision"] = "fp32"
         if precision != "fp32":
-            manifest["files"]["decoder"] = _reduce_decoder(tmp, model, preset, precision, photos, model_id)
+            manifest["files"]["decoder"] = _reduce_decoder(tmp, model, preset, precision, photos, model_id, tables)
             dec = manifest["files"]["decoder"]
             log(f"{precision} decoder: {dec['bytes']} B (fp32 {dec['fp32_bytes']} B); max |torch fp32 - "
                 f"{precision}| = {dec['parity']['max_abs_diff']:.2e}, least PSNR {dec['parity']['min_psnr_db']:.1f} dB")
@@ -259,7 +262,9 @@ def _fit_symbols(model, preset: Preset, ckpt: dict, calibration) -> tuple[list[n
 
 def photo_folder(given: str | Path | None, ckpt: dict, option: str, why: str) -> Path:
     """The folder of real photos passed as `option`, or else the run's training data; errors name which."""
-    if given:
+    if given is not None:
+        if not str(given):  # the CLI passes it as a string: Path("") is ".", which calibrated on the working folder
+            raise AectlError(f'{option} "": give a folder')
         if not Path(given).is_dir():
             raise AectlError(f"{option} {given}: not a folder ({why})")
         return Path(given)
@@ -288,7 +293,8 @@ def variant_images(ckpt: dict, calibration: str | Path | None, option: str = "--
             "calibration_files": [p.name for p in files[0::2][:32]]}
 
 
-def _reduce_decoder(folder: Path, model, preset: Preset, precision: str, images: dict, model_id: str) -> dict:
+def _reduce_decoder(folder: Path, model, preset: Preset, precision: str, images: dict, model_id: str,
+                    tables: dict) -> dict:
     """Replace decoder.onnx by its fp16 or int8 variant, checked against torch; returns its files entry."""
     from aectl.export.parity import check_variant
     from aectl.export.precision import calibration_latents, convert_fp16, quantize_int8
@@ -304,7 +310,7 @@ def _reduce_decoder(folder: Path, model, preset: Preset, precision: str, images:
         info["calibration"] = {"folder": images["folder"], "files": images["calibration_files"]}
     else:
         info = convert_fp16(fp32, target)
-    _stamp(target, model_id)
+    _stamp(target, model_id, tables)
     report = check_variant(target, model, preset, precision, images["check"])
     return {"path": "decoder.onnx", "sha256": sha256_file(target), "bytes": target.stat().st_size,
             "precision": precision, "fp32_bytes": fp32.stat().st_size, "conversion": info,
@@ -325,7 +331,7 @@ def _add_ort_decoder(folder: Path, model, preset: Preset) -> dict:
 
     convert_to_ort(folder / "decoder.traced.onnx", folder / "decoder.ort")
     diff = check_decoder_file(folder / "decoder.ort", model, preset)
-    return {"path": "decoder.ort", "sha256": sha256_file(folder / "decoder.ort"),
+    return {"path": "decoder.ort", "precision": "fp32", "sha256": sha256_file(folder / "decoder.ort"),
             "bytes": (folder / "decoder.ort").stat().st_size, "optimization_level": LEVEL, "max_abs_diff": diff}
 
 

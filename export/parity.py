@@ -76,6 +76,7 @@ def verify_bundle(bundle_dir: str | Path, source: str | Path, provider: str = "c
         raise AectlError(f"{bundle_dir} was not exported from {source} (entropy tables differ)")
     for role in bundle.manifest["files"]:
         bundle.file(role)  # hash check
+        _check_stamps(bundle, role)  # the hash-protected file must belong to this manifest's model and tables
     shapes = parity_shapes(preset)
     if preset.fixed_size is None:
         s = preset.stride
@@ -83,6 +84,13 @@ def verify_bundle(bundle_dir: str | Path, source: str | Path, provider: str = "c
     else:
         shapes = shapes + [(8, preset.fixed_size, preset.fixed_size)]
     precision = bundle.manifest["files"][bundle.decoder_role].get("precision", "fp32")
+    if precision != "fp32" and precision not in preset.variant_tolerances:  # export never makes one
+        raise AectlError(f"{bundle_dir}: the manifest says the decoder is {precision}, a precision this preset is "
+                         f"not exported at (fp32, {', '.join(preset.variant_tolerances)})")
+    actual = graph_precision(bundle.file(bundle.decoder_role))
+    if actual is not None and actual != precision:  # a claim verify repeated as "ok: int8 decoder" unchecked
+        raise AectlError(f"{bundle_dir}: the manifest says the decoder is {precision}, but "
+                         f"{bundle.manifest['files'][bundle.decoder_role]['path']} is an {actual} graph")
     if bundle.has_encoder:
         report = check_parity(bundle_dir, model, preset, shapes=shapes, provider=provider,
                               decoder=precision == "fp32")
@@ -103,6 +111,40 @@ def verify_bundle(bundle_dir: str | Path, source: str | Path, provider: str = "c
         report["decoder_ort"] = {"file": bundle.manifest["files"]["decoder_ort"]["path"], "max_abs_diff": diff,
                                  "tolerance": preset.tolerance}
     return report
+
+
+def graph_precision(path: Path) -> str | None:
+    """What an ONNX decoder really is: int8 (QDQ with 8-bit weights), fp16 (half-precision weights) or fp32;
+    None for a file that is not ONNX (decoder.ort)."""
+    import onnx
+
+    if path.suffix != ".onnx":
+        return None
+    model = onnx.load(str(path), load_external_data=False)
+    types = {t.data_type for t in model.graph.initializer}
+    if types & {onnx.TensorProto.INT8, onnx.TensorProto.UINT8} or \
+            any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        return "int8"
+    return "fp16" if onnx.TensorProto.FLOAT16 in types else "fp32"
+
+
+def _check_stamps(bundle, role: str) -> None:
+    """Export stamps every ONNX file with the model id (and the entropy section's digest); a manifest edited
+    there (model_id, classified tables) verified "ok" and then could not decode its own model's files."""
+    import onnx
+
+    from aectl.export.tables import entropy_digest
+
+    path = bundle.file(role, verify=False)
+    if path.suffix != ".onnx":
+        return
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if props.get("aectl.model_id", bundle.model_id) != bundle.model_id:
+        raise AectlError(f"bundle {bundle.path}: {path.name} belongs to model {props['aectl.model_id']}, but the "
+                         f"manifest says {bundle.model_id} (manifest edited or mixed up)")
+    if props.get("aectl.entropy_sha256", entropy_digest(bundle.entropy)) != entropy_digest(bundle.entropy):
+        raise AectlError(f"bundle {bundle.path}: the manifest's entropy tables are not the ones {path.name} was "
+                         "exported with (manifest edited or mixed up)")
 
 
 def check_decoder_file(path: Path, model, preset: Preset, provider: str = "cpu") -> float:

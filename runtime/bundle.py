@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aectl.runtime.errors import AectlError, option, write_error
-from aectl.runtime.image_io import hidden_sibling
+from aectl.runtime.image_io import hidden_sibling, missing_folders, remove_empty
 from aectl.runtime.onnx_guard import check_self_contained
 
 MANIFEST = "manifest.json"
 FORMAT = "aectl-bundle"
 FORMAT_VERSION = 1
 FILE_ROLES = ("encoder", "decoder", "decoder_ort")
+PRECISIONS = ("fp32", "fp16", "int8")  # of a file's weights (manifest files.ROLE.precision)
 MAX_CLASSES = 64  # classified entropy tables per bundle (export/entropy_classes.py)
 
 
@@ -171,6 +172,7 @@ def validate_manifest(m: dict, where: Path) -> None:
         need(isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("sha256"), str),
              f"files.{role} needs path and sha256")
         check_file_path(entry["path"], lambda what: AectlError(f"{where}: invalid manifest: files.{role}.path {what}"))
+        need(entry.get("precision", "fp32") in PRECISIONS, f"files.{role}.precision must be fp32, fp16 or int8")
     for section in ("input", "latent", "entropy"):
         need(isinstance(m.get(section), dict), f"{section} must be a JSON object")
     inp = m["input"]
@@ -255,6 +257,8 @@ def bundle_folder(out: str | Path, force: bool, source: str | Path):
     out = Path(out)
     check_output_folder(out, force, Path(source))
     tmp = old = None
+    made = missing_folders(out.parent)
+    done = False
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         while True:  # named before it is made (tempfile.mkdtemp names it after: an interrupt between leaked it)
@@ -272,6 +276,7 @@ def bundle_folder(out: str | Path, force: bool, source: str | Path):
             old = hidden_sibling(out, ".old")  # a name only: the rename makes it
             out.rename(old)
         tmp.rename(out)
+        done = True
     except OSError as exc:
         raise write_error(out, exc) from None
     finally:
@@ -282,6 +287,8 @@ def bundle_folder(out: str | Path, force: bool, source: str | Path):
                 leftover.unlink()
             elif leftover is not None and leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
+        if not done:  # a failed or interrupted export into new/a/b left new/ and new/a/ behind
+            remove_empty(made)
 
 
 def _present(path: Path) -> bool:
@@ -306,7 +313,7 @@ def check_output_folder(out: Path, force: bool, source: Path) -> None:
     if not (out / MANIFEST).is_file() and any(out.iterdir()):
         raise AectlError(f"{out} is not a bundle (no {MANIFEST}) and not empty; {option('force')} replaces only "
                          "a bundle")
-    others = sorted(p.name for p in out.iterdir() if p.name not in _bundle_file_names(out))
+    others = _other_files(out)
     if others:  # notes, .aec files, a nested bundle: --force deleted them with the bundle
         raise AectlError(f"{out} holds {others[0]}{f' and {len(others) - 1} more' if len(others) > 1 else ''} "
                          f"besides the bundle; {option('force')} replaces only a bundle's own files: move them first")
@@ -314,11 +321,25 @@ def check_output_folder(out: Path, force: bool, source: Path) -> None:
         raise AectlError(f"{out} already exists; pass {option('force', True)} to replace it")
 
 
-def _bundle_file_names(folder: Path) -> set[str]:
-    """The manifest and the files it lists (any readable manifest: what --force may replace)."""
+def _other_files(folder: Path) -> list[str]:
+    """What --force would delete besides the manifest and the files it lists, at any depth: a listed
+    `sub/decoder.onnx` made all of `sub/` the bundle's, and the user's notes kept in it were deleted."""
     try:
         files = read_json(folder / MANIFEST).get("files", {})
-        listed = {Path(entry["path"]).parts[0] for entry in files.values() if isinstance(entry, dict) and "path" in entry}
+        listed = {Path(entry["path"]) for entry in files.values() if isinstance(entry, dict) and
+                  isinstance(entry.get("path"), str)}
     except (AectlError, AttributeError, TypeError):
         listed = set()
-    return {MANIFEST} | listed
+    keep = {Path(MANIFEST)} | listed
+    parents = {parent for path in listed for parent in path.parents}
+    others: list[Path] = []
+    for path in sorted(folder.rglob("*")):  # symlinked folders are not followed: one is named, not walked
+        rel = path.relative_to(folder)
+        if any(other in rel.parents for other in others):
+            continue  # inside a folder already named
+        if rel in keep and (path.is_file() or path.is_symlink()):
+            continue
+        if rel in parents and path.is_dir() and not path.is_symlink():
+            continue
+        others.append(rel)
+    return [str(p) for p in others]

@@ -354,6 +354,22 @@ def hidden_sibling(path: Path, tag: str = "") -> Path:
     return path.parent / f".{stem}{tag}.{secrets.token_hex(8)}"
 
 
+def missing_folders(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first: what mkdir(parents=True) makes."""
+    path = path.absolute()
+    return [folder for folder in (path, *path.parents) if not folder.exists()]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """A failed write's new folders removed again, deepest first, as if never asked for; the first that holds
+    anything (another writer's files) stops it."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
 def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image | None = None,
                  force: bool = False, save_options: dict | None = None) -> None:
     """Write next to the destination, then rename: an interruption never leaves a partial file. The temporary

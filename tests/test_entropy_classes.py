@@ -110,3 +110,29 @@ def test_dense_models_cannot_take_classes(trained, tmp_path):
     proc = aectl("export", run, "-o", tmp_path / "b", "--entropy-classes", 8, check=False)
     assert proc.returncode != 0 and proc.stderr.count("\n") == 1 and "--entropy-classes" in proc.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_verify_refuses_a_manifest_edited_after_export(classified, tmp_path):
+    """verify said ok for a manifest whose classified tables were swapped (every file then failed to decode as
+    "corrupted payload") or whose model_id was edited (the model's own files then refused): the graphs carry
+    both stamps, and verify holds the manifest to them."""
+    run, _, bundle = classified
+
+    def edited(name, edit):
+        copy = tmp_path / name
+        copy.mkdir()
+        for part in ("encoder.onnx", "decoder.onnx"):
+            (copy / part).write_bytes((bundle / part).read_bytes())
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        edit(manifest)
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        return copy
+
+    cdfs = lambda m: m["entropy"]["classes"]["cdfs"]  # noqa: E731
+    swapped = edited("swapped", lambda m: cdfs(m).insert(0, cdfs(m).pop(1)))
+    with pytest.raises(AectlError, match="the manifest's entropy tables are not the ones encoder.onnx was exported"):
+        verify_bundle(swapped, run)
+    renamed = edited("renamed", lambda m: m.update(model_id="0" * 32))
+    with pytest.raises(AectlError, match=f"encoder.onnx belongs to model {load_bundle(bundle).model_id}, but the "
+                                         f"manifest says {'0' * 32}"):
+        verify_bundle(renamed, run)

@@ -230,7 +230,13 @@ def test_photo_folder_errors_name_the_flag_and_the_folder(trained, variants, tmp
              (("verify", variants["int8"], run, "--images", missing), f"error: --images {missing}: not a folder"),
              (("export", moved, "-o", tmp_path / "b", "--precision", "fp16"),
               f"error: the run's training data {missing} is not a folder here"),
-             (("verify", variants["int8"], moved), f"error: the run's training data {missing} is not a folder here")]
+             (("verify", variants["int8"], moved), f"error: the run's training data {missing} is not a folder here"),
+             # Path("") is ".": they calibrated, fitted and checked on the working folder without a word
+             (("export", run, "-o", tmp_path / "b", "--precision", "int8", "--calibration", ""),
+              'error: --calibration "": give a folder'),
+             (("export", run, "-o", tmp_path / "b", "--entropy-classes", "3", "--calibration", ""),
+              'error: --calibration "": give a folder'),
+             (("verify", variants["int8"], run, "--images", ""), 'error: --images "": give a folder')]
     for args, start in cases:
         proc = subprocess.run([aectl_exe(), *map(str, args)], capture_output=True, text=True, timeout=600)
         assert proc.returncode == 1 and proc.stderr.startswith(start), (args, proc.stderr)
@@ -298,3 +304,36 @@ def test_verify_runs_every_check_on_the_asked_provider(trained, variants, photos
                           text=True, timeout=600)
     ran = "cuda" if probe("cuda")[0] else "cpu"
     assert auto.returncode == 0 and all(f" on {ran}:" in line for line in auto.stdout.strip().splitlines()), auto
+
+
+def test_verify_reads_the_decoders_precision_from_its_graph(trained, variants, tmp_path):
+    """verify repeated the manifest's word: an fp32 decoder marked int8 said "ok: int8 decoder", an int8 graph
+    in an fp16 bundle (hash updated) "ok: fp16 decoder"; an unknown precision was an internal KeyError."""
+    from aectl.export.parity import verify_bundle
+    from aectl.runtime.bundle import sha256_file
+    from aectl.runtime.errors import AectlError
+
+    run, fp32 = trained["factorized"]
+
+    def copy(src, name, edit):
+        bundle = tmp_path / name
+        shutil.copytree(src, bundle)
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        edit(bundle, manifest["files"]["decoder"])
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        return bundle
+
+    def swap_in_int8(bundle, entry):
+        shutil.copyfile(variants["int8"] / "decoder.onnx", bundle / "decoder.onnx")
+        entry.update(sha256=sha256_file(bundle / "decoder.onnx"))
+
+    lie = copy(fp32, "lie", lambda _, entry: entry.update(precision="int8"))
+    with pytest.raises(AectlError, match="the manifest says the decoder is int8, but decoder.onnx is an fp32 graph"):
+        verify_bundle(lie, run)
+    swapped = copy(variants["fp16"], "swapped", swap_in_int8)
+    with pytest.raises(AectlError, match="the manifest says the decoder is fp16, but decoder.onnx is an int8 graph"):
+        verify_bundle(swapped, run)
+    for i, value in enumerate(("bf16", ["int8"])):
+        odd = copy(fp32, f"odd{i}", lambda _, entry: entry.update(precision=value))
+        with pytest.raises(AectlError, match="invalid manifest: files.decoder.precision must be fp32, fp16 or int8"):
+            verify_bundle(odd, run)

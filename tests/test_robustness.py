@@ -302,6 +302,28 @@ def test_an_unreadable_model_file_is_named_not_the_input(trained, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.aec", "a.png", "no-decoder", "no-encoder"]
 
 
+def test_a_failed_bundle_write_leaves_no_new_parent_folders(trained, tmp_path):
+    """An export into new/a/b that failed or was interrupted (a parity failure, Ctrl-C) left new/ and new/a/
+    behind, where a failed `train` removes the folders it made. A folder that was there, or that another
+    writer put a file in meanwhile, is kept."""
+    from aectl.runtime.bundle import bundle_folder
+
+    source = trained["seed-conv"][1]
+    for interrupt in (KeyboardInterrupt, AectlError):
+        with pytest.raises(interrupt):
+            with bundle_folder(tmp_path / "new" / "a" / "b", False, source) as tmp:
+                (tmp / "manifest.json").write_text("{}")
+                raise interrupt("stopped")
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
+    (tmp_path / "there").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        with bundle_folder(tmp_path / "there" / "a" / "b", False, source):
+            (tmp_path / "there" / "a" / "theirs.txt").write_text("another writer's")
+            raise KeyboardInterrupt
+    assert [str(p.relative_to(tmp_path)) for p in sorted(tmp_path.rglob("*"))] == ["there", "there/a",
+                                                                                "there/a/theirs.txt"]
+
+
 def test_a_bundle_folder_named_with_255_bytes_is_written_and_replaced(trained, tmp_path):
     """A legal 255-byte folder name failed `File name too long` (naming the temporary folder, 18 and 22 bytes
     longer), for `bundle strip` and `export` alike; the temporary names are cut as atomic_write's are."""
@@ -771,6 +793,20 @@ def test_bundle_force_never_replaces_the_source_or_other_files(trained, tmp_path
     assert refused.returncode == 1 and refused.stderr == f"error: {edge} holds NOTES.txt and 1 more besides the " \
         "bundle; --force replaces only a bundle's own files: move them first\n", refused.stderr
     assert _tree_digest(edge) == kept
+    nested, manifest = _copy_bundle(source, tmp_path / "nested")  # a bundle keeping its graph in sub/, and the
+    (nested / "sub").mkdir()                                      # user's notes beside it: all of sub/ counted
+    (nested / "decoder.onnx").rename(nested / "sub" / "decoder.onnx")  # as the bundle's, notes deleted
+    manifest["files"]["decoder"]["path"] = "sub/decoder.onnx"
+    _write_manifest(nested, manifest)
+    (nested / "sub" / "MY_NOTES.txt").write_text("keep me")
+    kept = _tree_digest(nested)
+    refused = _aectl("bundle", "strip", source, "-o", nested, "--force")
+    assert refused.returncode == 1 and refused.stderr.startswith(f"error: {nested} holds sub/MY_NOTES.txt besides "
+                                                                 "the bundle;"), refused.stderr
+    assert _tree_digest(nested) == kept
+    (nested / "sub" / "MY_NOTES.txt").unlink()
+    assert _aectl("bundle", "strip", source, "-o", nested, "--force").returncode == 0
+    shutil.rmtree(nested)
     plain = _aectl("bundle", "strip", source, "-o", other / "photo.png")  # without --force: no "pass --force"
     assert plain.returncode == 1 and "is a file, not a bundle folder" in plain.stderr, plain.stderr
     plain = _aectl("bundle", "strip", source, "-o", other)  # it said "pass --force", which then refused it

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from aectl.runtime.errors import AectlError, received_signals, write_error
-from aectl.runtime.image_io import atomic_write
+from aectl.runtime.image_io import atomic_write, missing_folders, remove_empty
 from aectl.runtime.providers import check_threads
 from aectl.train.data import CropSampler, center_crops, folder_digest, load_folder, load_stl10
 from aectl.train.distributed import Distributed
@@ -629,7 +629,7 @@ def _run_folder(out: Path, ddp: Distributed):
             raise AectlError(problem)
         yield
         return
-    made = [folder for folder in (out, *out.parents) if not folder.exists()]  # deepest first
+    made = missing_folders(out)
     fd, problem = None, None
     try:
         try:
@@ -646,10 +646,7 @@ def _run_folder(out: Path, ddp: Distributed):
     finally:
         if fd is not None:
             os.close(fd)  # releases the lock
-        for folder in made:  # a failed run's folders, its parents' too, as if never asked for
-            if not folder.is_dir() or any(folder.iterdir()):
-                break
-            folder.rmdir()
+        remove_empty(made)  # a failed run's folders, its parents' too
 
 
 def _lock(fd: int) -> bool:
