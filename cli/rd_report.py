@@ -4,12 +4,13 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 from pathlib import Path
 
 from aectl.cli.json_out import json_text
-from aectl.runtime.errors import AectlError
+from aectl.runtime.errors import AectlError, exists_error
 from aectl.runtime.evaluate import PER_IMAGE_FIELDS
-from aectl.runtime.image_io import atomic_write
+from aectl.runtime.image_io import atomic_write_files
 
 CURVE_FIELDS = ("codec", "setting", "images", "bpp", "psnr", "ms_ssim", "ms_ssim_db")
 OUTPUTS = ("results.json", "per_image.csv", "curves.csv", "rd.png")
@@ -76,11 +77,21 @@ def rd_plot(result: dict, title: str = "") -> bytes:
     return buf.getvalue()
 
 
+def check_outputs(out: Path, force: bool) -> None:
+    """Refuse, before any measuring, what write_report would refuse: an output name taken by a folder (whatever
+    --force says) and, without --force, any entry at an output name, a dangling symlink included."""
+    for name in OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            raise AectlError(f"{path} is a folder; --force replaces files only")
+        if not force and os.path.lexists(path):
+            raise exists_error(path)
+
+
 def write_report(result: dict, out: Path, force: bool = False) -> list[Path]:
-    if not force:
-        existing = [out / name for name in OUTPUTS if (out / name).exists()]
-        if existing:
-            raise AectlError(f"{existing[0]} exists; pass --force to overwrite")
+    """The four files as one report (atomic_write_files): a full disk never leaves this run's files beside an
+    older run's."""
+    check_outputs(out, force)
     plot = rd_plot(result)  # before writing anything, so a missing matplotlib leaves no partial report
     files = {
         "results.json": json_text(result).encode(),
@@ -88,8 +99,7 @@ def write_report(result: dict, out: Path, force: bool = False) -> list[Path]:
         "curves.csv": _csv([{"codec": c, **p} for c, pts in result["curves"].items() for p in pts], CURVE_FIELDS),
         "rd.png": plot,
     }
-    for name, data in files.items():
-        atomic_write(out / name, data, force=True)
+    atomic_write_files({out / name: data for name, data in files.items()}, force=force)
     return [out / name for name in files]
 
 

@@ -97,8 +97,11 @@ def show_doctor() -> None:
     if "onnxruntime" in dists and "onnxruntime-gpu" in dists:
         table.add_row("warning", "onnxruntime and onnxruntime-gpu are both installed and overwrite each other")
     if dists:
-        for name, verdict in usable_providers().items():
-            table.add_row(f"provider {name}", verdict)
+        try:
+            for name, verdict in usable_providers().items():
+                table.add_row(f"provider {name}", verdict)
+        except AectlError as exc:  # installed but not importable: the reason is what doctor is for
+            table.add_row("onnxruntime import", f"fails: {exc}")
     cpus, threads = usable_cpus(), default_threads()
     table.add_row("cpu threads", f"{threads or 'onnxruntime chooses'} by default (--threads): {len(cpus)} usable "
                                  f"logical CPUs, {physical_cores(cpus) or 'unknown'} physical cores, cgroup quota "
@@ -220,22 +223,25 @@ def show_models(json_out: bool = False) -> None:
 
 def show_eval(bundles, data: Path, baselines: list[str], out: Path, provider: str, threads, force: bool,
               json_out: bool) -> None:
-    from aectl.cli.rd_report import OUTPUTS, pyplot, summary, write_report
+    from rich.text import Text
+
+    from aectl.cli.rd_report import check_outputs, pyplot, summary, write_report
     from aectl.runtime.evaluate import evaluate
     from aectl.runtime.registry import shipped_qualities
 
     pyplot()  # refuse before minutes of measuring, not after
     check_writable_folder(out)
-    if not force:
-        existing = [out / name for name in OUTPUTS if (out / name).exists()]
-        if existing:
-            raise AectlError(f"{existing[0]} exists; pass --force to overwrite")
+    check_outputs(out, force)  # a dangling symlink or a folder at an output name, before measuring
+    if out.resolve() == data.resolve():  # rd.png replaced a photo of that name, or was measured on the next run
+        raise AectlError(f"-o {out} is the --data folder: rd.png would be one of its images; write the results "
+                         "elsewhere")
     bundles = list(bundles or shipped_qualities().values())
     if not bundles:
         raise AectlError("no models given and none ship with this install: pass -m BUNDLE")
     err = Console(stderr=True, markup=False)
     with err.status("measuring") as status:
-        result = evaluate(bundles, data, baselines, provider, threads, progress=lambda what: status.update(what))
+        result = evaluate(bundles, data, baselines, provider, threads,
+                          progress=lambda what: status.update(Text(what)))  # a path is no markup
     written = write_report(result, out, force=force)
     if json_out:
         print(json_text(summary(result)))
@@ -273,7 +279,7 @@ def show_bench(result: dict) -> None:
     console.print(f"bench {result['bundle']['path']} on {imgs['count']} images "
                   f"({', '.join(f'{n} x {s}' for s, n in imgs['sizes'].items())}), {result['config']['threads']} threads, "
                   f"{result['config']['repeats']} repeats (median pass); {m['processor']}, load average "
-                  f"{m['load_average_before'][0] if m['load_average_before'] else '?':.2f}")
+                  f"{format(m['load_average_before'][0], '.2f') if m['load_average_before'] else '?'}")
     if "rate" in result:
         console.print("; ".join([f"aectl: {result['rate']['bpp']:.3f} bpp, {result['rate']['psnr']:.2f} dB"] + [
             f"{name} (Pillow): {b['bpp']:.3f} bpp, {b['psnr']:.2f} dB" for name, b in result.get("baselines", {}).items()]))

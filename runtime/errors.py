@@ -79,6 +79,9 @@ def write_error(path, exc: OSError) -> AectlError:
 
 def check_writable_folder(folder) -> None:
     """Refuse a results folder that cannot be made or written into, before minutes of measuring."""
+    for part in (Path(folder), *Path(folder).parents):  # a symlink to nothing: mkdir fails there, "File exists"
+        if os.path.islink(part) and not part.exists():
+            raise AectlError(f"cannot write into {folder}: {part} is a symlink to a missing folder")
     existing = _nearest_existing(Path(folder))
     if existing is None:
         return

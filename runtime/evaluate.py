@@ -51,7 +51,9 @@ def curve_name(bundle: Path) -> str:
 
 
 def load_images(data: Path) -> list[tuple[str, np.ndarray]]:
-    paths = sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if data.is_dir() else []
+    if not data.is_dir():  # a missing folder or a file said "no images found"
+        raise AectlError(f"{option('data', str(data))}: not a folder")
+    paths = sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise AectlError(f"{option('data', str(data))}: no images found")
     return [(p.name, read_rgb(p, DEFAULT_MAX_PIXELS)) for p in paths]
@@ -73,14 +75,33 @@ def open_codec(bundle: Path, provider: str = "cpu", threads: int | None = None):
     return codec
 
 
-def measure_bundle(bundle: Path, codec, images) -> list[Measured]:
+def model_point(bundle: Path, codec) -> tuple[str, str]:
+    """The (curve, setting) a bundle's rows are averaged under: its folder's name less `-qN`, and its quality."""
     quality = manifest_quality(codec.bundle.manifest)
-    setting = f"q{quality}" if quality is not None else bundle.name
+    return curve_name(bundle), f"q{quality}" if quality is not None else bundle.name
+
+
+def _check_points(bundles: list[Path], codecs: list) -> None:
+    """Two models on one point were averaged into it without a word, and a model in a folder named `jpeg` joined
+    the JPEG curve (`jpeg vs jpeg: BD-rate +0.0%`)."""
+    seen: dict[tuple[str, str], Path] = {}
+    for bundle, codec in zip(bundles, codecs):
+        curve, setting = point = model_point(bundle, codec)
+        if curve in BASELINE_SETTINGS:
+            raise AectlError(f"-m {bundle}: its curve would be named {curve!r}, as a baseline's is (curves are "
+                             "named by folder); rename the folder")
+        if point in seen:
+            raise AectlError(f"-m {seen[point]} and -m {bundle} would both be point {setting} of curve {curve!r} "
+                             "(curves are named by folder); rename one of the folders")
+        seen[point] = bundle
+
+
+def measure_bundle(bundle: Path, codec, images) -> list[Measured]:
+    curve, setting = model_point(bundle, codec)
     rows = []
     for name, image in images:
         blob = codec.compress(image)
-        rows.append(_measure(curve_name(bundle), setting, name, image, blob,
-                             np.asarray(codec.decompress(blob).convert("RGB"))))
+        rows.append(_measure(curve, setting, name, image, blob, np.asarray(codec.decompress(blob).convert("RGB"))))
     return rows
 
 
@@ -146,7 +167,14 @@ def evaluate(bundles: list[Path], data: Path, baselines: list[str], provider: st
     unknown = [b for b in baselines if b not in BASELINE_SETTINGS]
     if unknown:
         raise AectlError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINE_SETTINGS)}")
+    # Each once: `jpeg,jpeg` or one bundle named twice measured every image twice and counted it twice.
+    baselines = list(dict.fromkeys(baselines))
+    unique: dict[Path, Path] = {}
+    for bundle in bundles:
+        unique.setdefault(Path(bundle).resolve(), Path(bundle))
+    bundles = list(unique.values())
     codecs = [open_codec(bundle, provider, threads) for bundle in bundles]  # a bad bundle fails before any work
+    _check_points(bundles, codecs)
     images = load_images(data)
     for name, image in images:  # named before any codec runs, not as a bare ValueError after the first model
         if min(image.shape[:2]) < MS_SSIM_MIN_SIDE:

@@ -34,6 +34,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -251,8 +252,9 @@ def _gray_levels(values: np.ndarray, mode: str) -> tuple[np.ndarray, bool]:
 
 def read_rgb(path: str | Path, max_pixels: int) -> np.ndarray:
     """The upright 8-bit RGB the codec compresses from an image file: what its rate and quality are measured
-    against (Pillow's plain convert("RGB") keeps EXIF rotation out and clips 16-bit values to white)."""
-    return to_pixels(open_image(path, max_pixels)).rgb
+    against (Pillow's plain convert("RGB") keeps EXIF rotation out and clips 16-bit values to white). Its
+    callers, eval and bench, have no --max-pixels, so a refusal for size does not suggest raising it."""
+    return to_pixels(open_image(path, max_pixels, limit_option=False)).rgb
 
 
 def array_to_pixels(array: np.ndarray) -> Pixels:
@@ -372,44 +374,67 @@ def remove_empty(folders: list[Path]) -> None:
 
 def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image | None = None,
                  force: bool = False, save_options: dict | None = None) -> None:
-    """Write next to the destination, then rename: an interruption never leaves a partial file. The temporary
-    file's name is set before the file is created (exclusively, like tempfile.mkstemp, which hands the name over
-    only after creating it: a Ctrl-C or SIGTERM raised in between left the file behind), so the cleanup below
-    always knows it. `save_options` go to Pillow's `Image.save` with `image` (compress_level for PNG, say)."""
+    """Write next to the destination, then rename: an interruption never leaves a partial file. `save_options`
+    go to Pillow's `Image.save` with `image` (compress_level for PNG, say)."""
     path = Path(path)
-    if os.path.lexists(path) and not force:  # a dangling symlink too, as cp refuses to write through one
-        raise exists_error(path)
-    tmp = None
+
+    def write(fh) -> None:
+        if image is None:
+            fh.write(data)
+            return
+        fmt = Image.registered_extensions().get(path.suffix.lower())
+        if fmt is None:
+            raise AectlError(f"{path}: unknown image format for extension {path.suffix!r}")
+        _save(image_for_format(image, fmt), fh, fmt, path, save_options)
+
+    _write_together({path: write}, force)
+
+
+def atomic_write_files(files: dict[Path, bytes], force: bool = False) -> None:
+    """Several files that make one output (eval's report): every one is written complete under a temporary name
+    before any is renamed, so a full disk or an error while writing leaves the older files as they were (it left
+    an older run's rd.png beside this run's results.json)."""
+    _write_together({Path(path): (lambda fh, data=data: fh.write(data)) for path, data in files.items()}, force)
+
+
+def _write_together(writers: dict[Path, Callable], force: bool) -> None:
+    """Each temporary file's name is set before the file is created (exclusively, like tempfile.mkstemp, which
+    hands the name over only after creating it: a Ctrl-C or SIGTERM raised in between left the file behind), so
+    the cleanup below always knows it."""
+    for path in writers:
+        if os.path.lexists(path) and not force:  # a dangling symlink too, as cp refuses to write through one
+            raise exists_error(path)
+    temporaries: list[str] = []
+    staged: list[tuple[str, Path]] = []
+    path = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            tmp = f"{hidden_sibling(path)}.tmp"
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # less the umask, as open()
-                break
-            except FileExistsError:  # another writer's file: not ours to remove
-                tmp = None
-        with os.fdopen(fd, "wb") as fh:
-            if image is not None:
-                fmt = Image.registered_extensions().get(path.suffix.lower())
-                if fmt is None:
-                    raise AectlError(f"{path}: unknown image format for extension {path.suffix!r}")
-                _save(image_for_format(image, fmt), fh, fmt, path, save_options)
+        for path, write in writers.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            while True:
+                temporaries.append(f"{hidden_sibling(path)}.tmp")
+                try:
+                    fd = os.open(temporaries[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # less the umask
+                    break
+                except FileExistsError:  # another writer's file: not ours to remove
+                    temporaries.pop()
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            staged.append((temporaries[-1], path))
+        for tmp, path in staged:
+            with contextlib.suppress(FileNotFoundError):  # a file replaced keeps its mode, as Pillow's save over
+                replaced = os.lstat(path)                     # it would (a fixed 0644 ignored a umask of 077); a
+                if stat.S_ISREG(replaced.st_mode):            # symlink replaced gives no mode of its own
+                    os.chmod(tmp, stat.S_IMODE(replaced.st_mode))
+            if force:
+                os.replace(tmp, path)
             else:
-                fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        with contextlib.suppress(FileNotFoundError):  # a file replaced keeps its mode, as Pillow's save over it
-            replaced = os.lstat(path)                     # would (a fixed 0644 ignored a umask of 077); a symlink
-            if stat.S_ISREG(replaced.st_mode):            # replaced gives no mode of its own
-                os.chmod(tmp, stat.S_IMODE(replaced.st_mode))
-        if force:
-            os.replace(tmp, path)
-        else:
-            _rename_without_replacing(tmp, path)
+                _rename_without_replacing(tmp, path)
     except BaseException as exc:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        for tmp in temporaries:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         if isinstance(exc, OSError):
             raise write_error(path, exc) from None
         raise

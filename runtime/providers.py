@@ -45,7 +45,14 @@ def import_ort():
                       "Uninstall both and install one (aectl[cpu] or aectl[gpu]).", RuntimeWarning, stacklevel=2)
     try:
         import onnxruntime
-    except ImportError:
+    except ImportError as exc:
+        cause = exc  # Ctrl-C or SIGTERM during the import, which pybind11 turns into "initialization failed"
+        while cause is not None and not isinstance(cause, KeyboardInterrupt):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise KeyboardInterrupt from None
+        if dists:  # installed, but its import fails (a missing shared library, a numpy ABI mismatch)
+            raise AectlError(f"{' and '.join(dists)} installed, but `import onnxruntime` fails: {exc}") from None
         raise AectlError("onnxruntime is not installed: pip install 'aectl[cpu]' (or 'aectl[gpu]' for CUDA)") from None
     return onnxruntime
 

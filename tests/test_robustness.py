@@ -886,6 +886,34 @@ def test_training_started_with_sigint_ignored_still_stops_on_it(photos, tmp_path
     assert proc.returncode == 130 and "checkpoint saved" in err, err
 
 
+def test_a_broken_onnxruntime_install_is_named_and_an_interrupted_import_is_an_interrupt(tmp_path, kodak):
+    """An onnxruntime that is installed but fails to import (a missing shared library) was "not installed", and
+    `doctor` printed that line alone, without the versions table it exists for. Ctrl-C or SIGTERM while
+    onnxruntime imports (pybind11 turns it into ImportError "initialization failed") said "not installed",
+    exit 1, in about 1 of 20 runs. Both stand-ins shadow the real package through PYTHONPATH."""
+    broken, interrupted = tmp_path / "broken" / "onnxruntime", tmp_path / "interrupted" / "onnxruntime"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("libonnxruntime.so.1: cannot open shared object file")\n')
+    interrupted.mkdir(parents=True)
+    (interrupted / "__init__.py").write_text('try:\n    raise KeyboardInterrupt\nexcept KeyboardInterrupt as exc:\n'
+                                             '    raise ImportError("initialization failed") from exc\n')
+
+    def run(shadow, *args):
+        return subprocess.run([aectl_exe(), *map(str, args)], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(shadow.parent), "COLUMNS": "300"})
+
+    doctor = run(broken, "doctor")
+    assert doctor.returncode == 0 and "onnxruntime import" in doctor.stdout and "cannot open shared" in \
+        doctor.stdout and "cpu threads" in doctor.stdout, doctor.stdout + doctor.stderr
+    image = kodak / "kodim01.png"
+    compress = run(broken, "compress", image, "-o", tmp_path / "a.aec")
+    assert compress.returncode == 1 and "installed, but `import onnxruntime` fails: libonnxruntime.so.1" in \
+        compress.stderr and compress.stderr.count("\n") == 1, compress.stderr
+    stopped = run(interrupted, "compress", image, "-o", tmp_path / "a.aec")
+    assert stopped.returncode == 130 and stopped.stderr == "error: interrupted\n", stopped.stderr
+    assert not (tmp_path / "a.aec").exists()
+
+
 def test_a_stray_world_size_is_one_line_naming_it(photos, tmp_path):
     """WORLD_SIZE set outside torchrun: torch's ValueError, now an AectlError naming the variable (it read as an
     internal error once the CLI stopped printing every ValueError as the user's). Ranks out of range: RANK past

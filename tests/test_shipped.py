@@ -171,6 +171,83 @@ def test_eval_writes_results_csv_and_plot(kodak, tmp_path):
         f"error: cannot write into {tmp_path / 'taken' / 'eval'}: {tmp_path / 'taken'} is a file, not a folder"]
 
 
+def test_eval_checks_its_outputs_and_models_before_measuring(kodak, tmp_path):
+    """Refused before any measuring, each in one line: a dangling symlink at an output name (replaced without
+    --force), a folder there (said "pass --force", which then failed after measuring), `-o` through a dangling
+    symlink (failed after measuring: "File exists"), `-o` the --data folder (rd.png replaced a photo of that name,
+    or was measured next time), two models on one curve point (averaged into one), a model curve named as a
+    baseline (it joined the JPEG curve: "jpeg vs jpeg: BD-rate +0.0%")."""
+    import shutil
+
+    from aectl.runtime.registry import shipped_bundle
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.open(kodak / "kodim03.png").crop((0, 0, 192, 192)).save(data / "a.png")
+    q1 = shipped_bundle(1)
+    linked, folder = tmp_path / "linked", tmp_path / "folder"
+    linked.mkdir()
+    (linked / "results.json").symlink_to(tmp_path / "nowhere")
+    (folder / "rd.png").mkdir(parents=True)
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing")
+    for twin in ("other/factorized-q1", "jpeg"):
+        shutil.copytree(q1, tmp_path / twin)
+    cases = [((), linked, f"error: {linked / 'results.json'} exists"),
+             ((), folder, f"error: {folder / 'rd.png'} is a folder; --force replaces files only"),
+             (("--force",), folder, f"error: {folder / 'rd.png'} is a folder; --force replaces files only"),
+             ((), tmp_path / "dangling" / "eval", f"error: cannot write into {tmp_path / 'dangling' / 'eval'}: "
+                                                  f"{tmp_path / 'dangling'} is a symlink to a missing folder"),
+             (("--force",), data, f"error: -o {data} is the --data folder"),
+             (("-m", tmp_path / "other/factorized-q1"), tmp_path / "e1", f"error: -m {q1} and -m "
+                                                                         f"{tmp_path / 'other/factorized-q1'} would "
+                                                                         "both be point q1 of curve 'factorized'"),
+             (("-m", tmp_path / "jpeg"), tmp_path / "e2", f"error: -m {tmp_path / 'jpeg'}: its curve would be "
+                                                          "named 'jpeg', as a baseline's is")]
+    for args, out, message in cases:
+        proc = aectl("eval", "-m", q1, *args, "--data", data, "--baselines", "jpeg", "-o", out, check=False)
+        assert proc.returncode == 1 and proc.stderr.startswith(message), (out, proc.stderr)
+        assert proc.stderr.count("\n") == 1, proc.stderr
+    assert (linked / "results.json").is_symlink() and sorted(p.name for p in folder.iterdir()) == ["rd.png"]
+    assert sorted(p.name for p in data.iterdir()) == ["a.png"]
+    assert not (tmp_path / "e1").exists() and not (tmp_path / "e2").exists() and not (tmp_path / "missing").exists()
+    for given in (tmp_path / "none", data / "a.png"):  # said "no images found", as for an empty folder
+        proc = aectl("eval", "-m", q1, "--data", given, "-o", tmp_path / "e3", check=False)
+        assert proc.returncode == 1 and proc.stderr == f"error: --data {given}: not a folder\n", proc.stderr
+
+
+def test_eval_writes_its_report_whole_or_not_at_all(kodak, tmp_path):
+    """A full disk at rd.png left this run's results.json and CSVs beside the older run's plot; now the four
+    files are all written before any is renamed. The model's folder is named with rich markup (`[/]`), which
+    ended eval's progress line in an internal MarkupError."""
+    import resource
+    import shutil
+    import signal
+
+    from aectl.runtime.registry import shipped_bundle
+
+    bundle = tmp_path / "[" / "]q1"
+    shutil.copytree(shipped_bundle(1), bundle)
+    one, two, out = tmp_path / "one", tmp_path / "two", tmp_path / "out"
+    for folder, count in ((one, 1), (two, 2)):
+        folder.mkdir()
+        for i in range(count):
+            Image.open(kodak / f"kodim0{i + 3}.png").crop((0, 0, 192, 192)).save(folder / f"{i}.png")
+    aectl("eval", "-m", bundle, "--data", one, "--baselines", "jpeg", "-o", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["curves.csv", "per_image.csv", "rd.png", "results.json"]
+    limit = (max(len(b) for b in before.values()) + min(len(b) for b in before.values())) // 2
+
+    def full_disk():  # the largest file (the plot) cannot be written, the smallest can
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([aectl_exe(), "eval", "-m", bundle, "--data", two, "--baselines", "jpeg", "-o", out,
+                           "--force"], capture_output=True, text=True, preexec_fn=full_disk)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: cannot write") and "File too large" in \
+        proc.stderr, proc.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "the older report, whole, no temporary file"
+
+
 def test_eval_says_why_a_bd_rate_is_missing(kodak, tmp_path):
     """A curve of one model point has no BD-rate; the console said only "n/a" (the reason was in results.json)."""
     data = tmp_path / "data"
