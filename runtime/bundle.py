@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aectl.runtime.errors import AectlError, option, write_error
-from aectl.runtime.image_io import hidden_sibling, missing_folders, remove_empty
+from aectl.runtime.image_io import hidden_sibling, make_folders, remove_empty
 from aectl.runtime.onnx_guard import check_self_contained
 
 MANIFEST = "manifest.json"
@@ -257,10 +257,10 @@ def bundle_folder(out: str | Path, force: bool, source: str | Path):
     out = Path(out)
     check_output_folder(out, force, Path(source))
     tmp = old = None
-    made = missing_folders(out.parent)
+    made: list[Path] = []
     done = False
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(out.parent, made)
         while True:  # named before it is made (tempfile.mkdtemp names it after: an interrupt between leaked it)
             tmp = hidden_sibling(out)
             try:
@@ -339,7 +339,7 @@ def _other_files(folder: Path) -> list[str]:
             continue  # inside a folder already named
         if rel in keep and (path.is_file() or path.is_symlink()):
             continue
-        if rel in parents and path.is_dir() and not path.is_symlink():
+        if rel in parents and path.is_dir():  # a symlinked one too: replacing the bundle removes the link only
             continue
         others.append(rel)
     return [str(p) for p in others]

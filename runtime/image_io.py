@@ -356,16 +356,31 @@ def hidden_sibling(path: Path, tag: str = "") -> Path:
     return path.parent / f".{stem}{tag}.{secrets.token_hex(8)}"
 
 
-def missing_folders(path: Path) -> list[Path]:
-    """`path` and those of its parents that do not exist yet, deepest first: what mkdir(parents=True) makes."""
-    path = path.absolute()
-    return [folder for folder in (path, *path.parents) if not folder.exists()]
+def make_folders(path: Path, made: list[Path]) -> None:
+    """mkdir -p (as pathlib's: the deepest first, a parent only when it is missing) that appends to `made`, as
+    each is made, the folders this call itself created: never one that existed before (a `..` in the path hid
+    those from an exists() check, and a pre-existing empty folder was removed), nor one another process made
+    meanwhile (mkdir fails with EEXIST here). remove_empty(made) undoes it."""
+    path = Path(path)
+    try:
+        os.mkdir(path)
+    except FileNotFoundError:
+        if path.parent == path:
+            raise
+        make_folders(path.parent, made)
+        make_folders(path, made)
+        return
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return
+    made.append(path)
 
 
 def remove_empty(folders: list[Path]) -> None:
-    """A failed write's new folders removed again, deepest first, as if never asked for; the first that holds
-    anything (another writer's files) stops it."""
-    for folder in folders:
+    """A failed write's new folders (make_folders) removed again, deepest first, as if never asked for; the first
+    that holds anything (another writer's files) stops it."""
+    for folder in reversed(folders):
         try:
             folder.rmdir()
         except OSError:
@@ -393,7 +408,8 @@ def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image
 def atomic_write_files(files: dict[Path, bytes], force: bool = False) -> None:
     """Several files that make one output (eval's report): every one is written complete under a temporary name
     before any is renamed, so a full disk or an error while writing leaves the older files as they were (it left
-    an older run's rd.png beside this run's results.json)."""
+    an older run's rd.png beside this run's results.json). The renames themselves are one by one: a file another
+    writer makes meanwhile, or an interrupt between two renames, can still leave a mix."""
     _write_together({Path(path): (lambda fh, data=data: fh.write(data)) for path, data in files.items()}, force)
 
 

@@ -322,6 +322,11 @@ def test_a_failed_bundle_write_leaves_no_new_parent_folders(trained, tmp_path):
             raise KeyboardInterrupt
     assert [str(p.relative_to(tmp_path)) for p in sorted(tmp_path.rglob("*"))] == ["there", "there/a",
                                                                                 "there/a/theirs.txt"]
+    (tmp_path / "empty").mkdir()  # a review: `new/../empty` made `empty` look missing, and it was removed
+    with pytest.raises(KeyboardInterrupt):
+        with bundle_folder(tmp_path / "new" / ".." / "empty" / "b", False, source):
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "there"]
 
 
 def test_a_bundle_folder_named_with_255_bytes_is_written_and_replaced(trained, tmp_path):
@@ -807,6 +812,16 @@ def test_bundle_force_never_replaces_the_source_or_other_files(trained, tmp_path
     (nested / "sub" / "MY_NOTES.txt").unlink()
     assert _aectl("bundle", "strip", source, "-o", nested, "--force").returncode == 0
     shutil.rmtree(nested)
+    linked, manifest = _copy_bundle(source, tmp_path / "linked")  # sub/ a symlink to a folder elsewhere: the
+    (tmp_path / "store").mkdir()                                    # link is the bundle's (a review of the fix
+    (linked / "decoder.onnx").rename(tmp_path / "store" / "decoder.onnx")  # above refused it)
+    (linked / "sub").symlink_to(tmp_path / "store")
+    manifest["files"]["decoder"]["path"] = "sub/decoder.onnx"
+    _write_manifest(linked, manifest)
+    assert _aectl("bundle", "strip", source, "-o", linked, "--force").returncode == 0
+    assert not (linked / "sub").exists() and (tmp_path / "store" / "decoder.onnx").is_file()
+    shutil.rmtree(linked)
+    shutil.rmtree(tmp_path / "store")
     plain = _aectl("bundle", "strip", source, "-o", other / "photo.png")  # without --force: no "pass --force"
     assert plain.returncode == 1 and "is a file, not a bundle folder" in plain.stderr, plain.stderr
     plain = _aectl("bundle", "strip", source, "-o", other)  # it said "pass --force", which then refused it

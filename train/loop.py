@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from aectl.runtime.errors import AectlError, received_signals, write_error
-from aectl.runtime.image_io import atomic_write, missing_folders, remove_empty
+from aectl.runtime.image_io import atomic_write, make_folders, remove_empty
 from aectl.runtime.providers import check_threads
 from aectl.train.data import CropSampler, center_crops, folder_digest, load_folder, load_stl10
 from aectl.train.distributed import Distributed
@@ -629,13 +629,14 @@ def _run_folder(out: Path, ddp: Distributed):
             raise AectlError(problem)
         yield
         return
-    made = missing_folders(out)
-    fd, problem = None, None
+    made: list[Path] = []
+    fd, problem, locked = None, None, False
     try:
         try:
-            out.mkdir(parents=True, exist_ok=True)
+            make_folders(out, made)
             fd = os.open(out, os.O_RDONLY)
-            if not _lock(fd):
+            locked = _lock(fd)
+            if not locked:
                 problem = f"{out} is being trained by another process; wait for it to finish or stop it"
         except OSError as exc:
             problem = str(write_error(out, exc))
@@ -644,9 +645,10 @@ def _run_folder(out: Path, ddp: Distributed):
             raise AectlError(problem)
         yield
     finally:
+        if locked or fd is None:  # never a folder another process holds the lock of (it made it meanwhile)
+            remove_empty(made)  # a failed run's folders, its parents' too, while the lock is still held
         if fd is not None:
             os.close(fd)  # releases the lock
-        remove_empty(made)  # a failed run's folders, its parents' too
 
 
 def _lock(fd: int) -> bool:
