@@ -345,7 +345,10 @@ def doctor() -> None:
 def _die(message: str, code: int = 1) -> None:
     """Exactly one line on stderr, however long or multi-line the underlying message is."""
     try:
-        print(f"error: {one_line(message, limit=500)}", file=sys.stderr)
+        # One write, so one system call: print() writes the line and its newline apart, and the ranks of a
+        # torchrun, which share one stderr pipe, interleaved two error lines into one (1 run in 4).
+        sys.stderr.write(f"error: {one_line(message, limit=500)}\n")
+        sys.stderr.flush()
     except OSError:  # stderr is gone (the terminal hung up: EIO): the exit status still says it
         pass
     sys.exit(code)
