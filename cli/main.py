@@ -12,7 +12,8 @@ from typing import Optional
 
 import typer
 
-from aectl.runtime.errors import AectlError, check_writable_folder, command_line, one_line, received_signals
+from aectl.runtime.errors import (AectlError, check_writable_folder, command_line, exists_error, one_line,
+                                  received_signals)
 
 THREADS_HELP = ("onnxruntime intra-op threads (default: one per physical core this process may use; 0: "
                 "onnxruntime's own choice, which pins its threads)")
@@ -287,7 +288,7 @@ def bench(
     if save is not None and save.is_dir():
         raise AectlError(f"--save {save} is a folder; give a file name")
     if save is not None and os.path.lexists(save) and not force:  # checked before minutes of measuring
-        raise AectlError(f"{save} exists; pass --force to overwrite")
+        raise exists_error(save)
     if save is not None:
         check_writable_folder(save.parent)
 

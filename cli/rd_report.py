@@ -4,11 +4,10 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 
 from aectl.cli.json_out import json_text
-from aectl.runtime.errors import AectlError, exists_error
+from aectl.runtime.errors import AectlError, check_output_file
 from aectl.runtime.evaluate import PER_IMAGE_FIELDS
 from aectl.runtime.image_io import atomic_write_files
 
@@ -78,14 +77,9 @@ def rd_plot(result: dict, title: str = "") -> bytes:
 
 
 def check_outputs(out: Path, force: bool) -> None:
-    """Refuse, before any measuring, what write_report would refuse: an output name taken by a folder (whatever
-    --force says) and, without --force, any entry at an output name, a dangling symlink included."""
+    """Refuse, before any measuring, what write_report would refuse."""
     for name in OUTPUTS:
-        path = out / name
-        if path.is_dir():
-            raise AectlError(f"{path} is a folder; --force replaces files only")
-        if not force and os.path.lexists(path):
-            raise exists_error(path)
+        check_output_file(out / name, force)
 
 
 def write_report(result: dict, out: Path, force: bool = False) -> list[Path]:

@@ -68,6 +68,20 @@ def exists_error(path) -> AectlError:
     return AectlError(f"{path} exists; pass {option('force', True)} to overwrite")
 
 
+def check_output_file(path: Path, force: bool) -> None:
+    """Refuse an output file's name before any work: taken by a folder (--force would fail on it: "Is a
+    directory"), or, without force, by anything, a dangling symlink included (it was replaced without --force)."""
+    try:
+        is_dir = path.is_dir()
+    except OSError as exc:  # its folder not searchable: said as the input's "Permission denied"
+        raise write_error(path, exc) from None
+    if is_dir:
+        raise AectlError(f"{path} is a folder; {option('force', True)} replaces files only: move it, or write "
+                         "elsewhere")
+    if os.path.lexists(path) and not force:
+        raise exists_error(path)
+
+
 def write_error(path, exc: OSError) -> AectlError:
     """The one-line error for an OSError while writing `path`: names a file standing where a folder must be,
     otherwise the OS's reason, never the temporary file's name."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from aectl.runtime import container
-from aectl.runtime.errors import AectlError, exists_error, option, write_error
+from aectl.runtime.errors import AectlError, check_output_file
 from aectl.runtime.image_io import atomic_write
 
 AEC_SUFFIX = ".aec"
@@ -204,15 +204,7 @@ def check_job(job: Job, force: bool, check_source: Callable[[Path], None] | None
         return
     if not is_stdio(job.source) and job.target.resolve() == job.source.resolve():
         raise AectlError("output would overwrite the input")
-    try:
-        target_is_dir = job.target.is_dir()
-    except OSError as exc:  # its folder not searchable: said as the input's "Permission denied"
-        raise write_error(job.target, exc) from None
-    if target_is_dir:  # --force would not replace it ("Is a directory"): said before, not after, asking
-        raise AectlError(f"{job.target} is a folder; {option('force', True)} replaces files only: move it, or "
-                         "write elsewhere")
-    if os.path.lexists(job.target) and not force:  # a dangling symlink was replaced without --force
-        raise exists_error(job.target)
+    check_output_file(job.target, force)
 
 
 def compress_info(data: bytes, width: int, height: int, channels: int, bit_depth: int) -> dict:
