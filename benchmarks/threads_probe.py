@@ -28,7 +28,7 @@ from aectl.perf.bench import _cpu_name
 from aectl.runtime import Codec
 from aectl.runtime.cores import default_threads
 from aectl.runtime.files import AEC_SUFFIX, plan_jobs, run_jobs
-from aectl.runtime.image_io import PNG_COMPRESSION, atomic_write
+from aectl.runtime.image_io import PNG_COMPRESSION, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"aectl default": None, "onnxruntime default (0)": 0, "1 thread": 1}
@@ -60,7 +60,7 @@ def per_file_loop(codec: Codec, inputs: Path, out: Path) -> dict[str, float]:
     start = time.perf_counter()
     results += run_jobs(plan_jobs([out], out, {AEC_SUFFIX}, ".png"),
                         lambda job: (codec.decompress(job.source.read_bytes()), {}), force=True,
-                        write=lambda job, image: atomic_write(job.target, image=image, force=True,
+                        write=lambda job, image: write_image(job.target, image, force=True,
                                                               save_options=PNG_SAVE))
     times["decompress"] = time.perf_counter() - start
     failed = [r.error for r in results if not r.ok]

@@ -277,7 +277,7 @@ def decompress_files(inputs, out, model, provider, image_format, force, json_out
                      fail_fast=False, png_compression=None) -> int:
     from aectl.runtime.codec import Codec, check_max_pixels
     from aectl.runtime.container import parse
-    from aectl.runtime.image_io import PNG_COMPRESSION, atomic_write, encode_image
+    from aectl.runtime.image_io import PNG_COMPRESSION, encode_image, write_image
     from aectl.runtime.providers import require_provider
     from aectl.runtime.registry import find_bundle
 
@@ -317,7 +317,7 @@ def decompress_files(inputs, out, model, provider, image_format, force, json_out
         if files.is_stdio(job.target):
             files.write_stdout(encode_image(image, suffix, save_options))
         else:
-            atomic_write(job.target, image=image, force=force, save_options=save_options)
+            write_image(job.target, image, force=force, save_options=save_options)
 
     with _progress(len(jobs), "decompress") as advance:
         results = files.run_jobs(jobs, work, force, write=write, on_result=_print_ok(json_out, advance),

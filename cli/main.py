@@ -12,8 +12,8 @@ from typing import Optional
 
 import typer
 
-from aectl.runtime.errors import (AectlError, check_writable_folder, command_line, exists_error, one_line,
-                                  received_signals)
+from aectl.runtime.errors import AectlError, command_line, exists_error, one_line, received_signals
+from aectl.runtime.outputs import check_writable_folder
 
 THREADS_HELP = ("onnxruntime intra-op threads (default: one per physical core this process may use; 0: "
                 "onnxruntime's own choice, which pins its threads)")
@@ -283,7 +283,7 @@ def bench(
     from aectl.cli.json_out import json_text
     from aectl.cli.show import show_bench
     from aectl.perf.bench import BenchConfig, run_bench
-    from aectl.runtime.image_io import atomic_write
+    from aectl.runtime.outputs import atomic_write
 
     if save is not None and save.is_dir():
         raise AectlError(f"--save {save} is a folder; give a file name")

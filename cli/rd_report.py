@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 from aectl.cli.json_out import json_text
-from aectl.runtime.errors import AectlError, check_output_file
+from aectl.runtime.errors import AectlError
 from aectl.runtime.evaluate import PER_IMAGE_FIELDS
-from aectl.runtime.image_io import atomic_write_files
+from aectl.runtime.outputs import atomic_write_files, check_output_file
 
 CURVE_FIELDS = ("codec", "setting", "images", "bpp", "psnr", "ms_ssim", "ms_ssim_db")
 OUTPUTS = ("results.json", "per_image.csv", "curves.csv", "rd.png")

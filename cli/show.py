@@ -13,7 +13,8 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from aectl.cli.json_out import json_text
-from aectl.runtime.errors import AectlError, check_writable_folder
+from aectl.runtime.errors import AectlError
+from aectl.runtime.outputs import check_writable_folder
 
 # No markup: what these views print holds paths and manifest text, and a "[" in a folder's name was read as
 # a style tag (a title lost "[v2]"; "[/]" ended `aectl info` in an internal MarkupError).

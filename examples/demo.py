@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 from aectl.runtime import Codec, load_bundle
-from aectl.runtime.image_io import atomic_write
+from aectl.runtime.image_io import write_image
+from aectl.runtime.outputs import atomic_write
 from aectl.runtime.metrics import baseline_at_bpp, bpp, psnr
 from aectl.runtime.registry import shipped_bundle, shipped_qualities
 
@@ -66,7 +67,7 @@ def main() -> None:
         data = codec.compress(original)
         atomic_write(OUT / "aec" / f"{path.stem}.aec", data, force=True)
         decoded = codec.decompress(data)
-        atomic_write(OUT / "decoded" / path.name, image=decoded, force=True)
+        write_image(OUT / "decoded" / path.name, decoded, force=True)
         h, w = original.shape[:2]
         rate = bpp(len(data), w, h)
         jpeg = baseline_at_bpp(original, "jpeg", rate)

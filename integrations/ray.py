@@ -33,7 +33,7 @@ from aectl.runtime import AectlError, Codec, Decoder
 from aectl.runtime.container import DEFAULT_MAX_PIXELS
 from aectl.runtime.errors import command_line
 from aectl.runtime.files import Job, Result, check_job, compress_info, refuse_aec
-from aectl.runtime.image_io import atomic_write
+from aectl.runtime.outputs import atomic_write
 
 _TRIES = 3  # a worker that dies is restarted, and its batch retried, until it has run this many times
 

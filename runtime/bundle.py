@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from aectl.runtime.errors import AectlError, option, write_error
-from aectl.runtime.image_io import hidden_sibling, make_folders, remove_empty
+from aectl.runtime.errors import AectlError, option
+from aectl.runtime.outputs import hidden_sibling, make_folders, remove_empty, write_error
 from aectl.runtime.onnx_guard import check_self_contained
 
 MANIFEST = "manifest.json"

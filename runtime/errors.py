@@ -2,8 +2,6 @@
 import contextlib
 import contextvars
 import numbers
-import os
-from pathlib import Path
 
 
 class AectlError(Exception):
@@ -66,45 +64,3 @@ def one_line(message, limit: int | None = None) -> str:
 def exists_error(path) -> AectlError:
     """The refusal of an output file that is already there (without force), in one wording everywhere."""
     return AectlError(f"{path} exists; pass {option('force', True)} to overwrite")
-
-
-def check_output_file(path: Path, force: bool) -> None:
-    """Refuse an output file's name before any work: taken by a folder (--force would fail on it: "Is a
-    directory"), or, without force, by anything, a dangling symlink included (it was replaced without --force)."""
-    try:
-        is_dir = path.is_dir()
-    except OSError as exc:  # its folder not searchable: said as the input's "Permission denied"
-        raise write_error(path, exc) from None
-    if is_dir:
-        raise AectlError(f"{path} is a folder; {option('force', True)} replaces files only: move it, or write "
-                         "elsewhere")
-    if os.path.lexists(path) and not force:
-        raise exists_error(path)
-
-
-def write_error(path, exc: OSError) -> AectlError:
-    """The one-line error for an OSError while writing `path`: names a file standing where a folder must be,
-    otherwise the OS's reason, never the temporary file's name."""
-    blocker = _nearest_existing(Path(path).parent)
-    if blocker is not None and not blocker.is_dir():
-        return AectlError(f"cannot write {path}: {blocker} is a file, not a folder")
-    return AectlError(f"cannot write {path}: {exc.strerror or exc}")
-
-
-def check_writable_folder(folder) -> None:
-    """Refuse a results folder that cannot be made or written into, before minutes of measuring."""
-    for part in (Path(folder), *Path(folder).parents):  # a symlink to nothing: mkdir fails there, "File exists"
-        if os.path.islink(part) and not part.exists():
-            raise AectlError(f"cannot write into {folder}: {part} is a symlink to a missing folder")
-    existing = _nearest_existing(Path(folder))
-    if existing is None:
-        return
-    if not existing.is_dir():
-        raise AectlError(f"cannot write into {folder}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise AectlError(f"cannot write into {folder}: {existing} is not writable")
-
-
-def _nearest_existing(path: Path) -> Path | None:
-    """`path` or its closest ancestor that exists: what decides whether a folder can be made there."""
-    return next((p for p in (path, *path.parents) if p.exists()), None)

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from aectl.runtime import container
-from aectl.runtime.errors import AectlError, check_output_file
-from aectl.runtime.image_io import atomic_write
+from aectl.runtime.errors import AectlError
+from aectl.runtime.outputs import atomic_write, check_output_file
 
 AEC_SUFFIX = ".aec"
 # An input "-" is standard input, -o - standard output: one file through a pipe, as in gzip. Told apart by

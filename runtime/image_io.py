@@ -23,23 +23,18 @@ that matches the original.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import functools
 import io
-import os
-import secrets
-import stat
 import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from aectl.runtime.errors import AectlError, exists_error, option, write_error
+from aectl.runtime.errors import AectlError, option
+from aectl.runtime.outputs import atomic_write
 
 _GRAY_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # zlib level of the PNGs `aectl decompress` writes, as OpenCV's imwrite defaults to: Pillow's own 6 took 92 ms per
@@ -330,127 +325,11 @@ def encode_image(image: Image.Image, suffix: str, save_options: dict | None = No
     return buffer.getvalue()
 
 
-def _rename_without_replacing(tmp: str, path: Path) -> None:
-    """Give `tmp` the name `path` unless something took that name since it was checked: two aectl runs writing
-    the same outputs both replaced each other's files without --force. link() fails on a taken name where
-    rename() replaces it; a file system without hard links falls back to a second check and rename."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise exists_error(path) from None
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
-            raise
-        if os.path.lexists(path):
-            raise exists_error(path) from None
-        os.replace(tmp, path)
-        return
-    os.unlink(tmp)
-
-
-def hidden_sibling(path: Path, tag: str = "") -> Path:
-    """A fresh hidden name beside `path` for a temporary file or folder (`.NAME[.tag].RANDOM`). A name of up to
-    255 bytes must leave room for the bytes added here (long names failed "File name too long"): cut in bytes,
-    as the file system counts them (a cut multi-byte character stays valid bytes)."""
-    stem = os.fsdecode(os.fsencode(path.name)[:200])
-    return path.parent / f".{stem}{tag}.{secrets.token_hex(8)}"
-
-
-def make_folders(path: Path, made: list[Path]) -> None:
-    """mkdir -p (as pathlib's: the deepest first, a parent only when it is missing) that appends to `made`, as
-    each is made, the folders this call itself created: never one that existed before (a `..` in the path hid
-    those from an exists() check, and a pre-existing empty folder was removed), nor one another process made
-    meanwhile (mkdir fails with EEXIST here). remove_empty(made) undoes it."""
+def write_image(path: str | Path, image: Image.Image, force: bool = False, save_options: dict | None = None) -> None:
+    """Save `image` in the format its suffix names, atomically (outputs.atomic_write). `save_options` go to
+    Pillow's `Image.save` (compress_level for PNG, say)."""
     path = Path(path)
-    try:
-        os.mkdir(path)
-    except FileNotFoundError:
-        if path.parent == path:
-            raise
-        make_folders(path.parent, made)
-        make_folders(path, made)
-        return
-    except FileExistsError:
-        if not os.path.isdir(path):
-            raise
-        return
-    made.append(path)
-
-
-def remove_empty(folders: list[Path]) -> None:
-    """A failed write's new folders (make_folders) removed again, deepest first, as if never asked for; the first
-    that holds anything (another writer's files) stops it."""
-    for folder in reversed(folders):
-        try:
-            folder.rmdir()
-        except OSError:
-            break
-
-
-def atomic_write(path: str | Path, data: bytes | None = None, image: Image.Image | None = None,
-                 force: bool = False, save_options: dict | None = None) -> None:
-    """Write next to the destination, then rename: an interruption never leaves a partial file. `save_options`
-    go to Pillow's `Image.save` with `image` (compress_level for PNG, say)."""
-    path = Path(path)
-
-    def write(fh) -> None:
-        if image is None:
-            fh.write(data)
-            return
-        fmt = Image.registered_extensions().get(path.suffix.lower())
-        if fmt is None:
-            raise AectlError(f"{path}: unknown image format for extension {path.suffix!r}")
-        _save(image_for_format(image, fmt), fh, fmt, path, save_options)
-
-    _write_together({path: write}, force)
-
-
-def atomic_write_files(files: dict[Path, bytes], force: bool = False) -> None:
-    """Several files that make one output (eval's report): every one is written complete under a temporary name
-    before any is renamed, so a full disk or an error while writing leaves the older files as they were (it left
-    an older run's rd.png beside this run's results.json). The renames themselves are one by one: a file another
-    writer makes meanwhile, or an interrupt between two renames, can still leave a mix."""
-    _write_together({Path(path): (lambda fh, data=data: fh.write(data)) for path, data in files.items()}, force)
-
-
-def _write_together(writers: dict[Path, Callable], force: bool) -> None:
-    """Each temporary file's name is set before the file is created (exclusively, like tempfile.mkstemp, which
-    hands the name over only after creating it: a Ctrl-C or SIGTERM raised in between left the file behind), so
-    the cleanup below always knows it."""
-    for path in writers:
-        if os.path.lexists(path) and not force:  # a dangling symlink too, as cp refuses to write through one
-            raise exists_error(path)
-    temporaries: list[str] = []
-    staged: list[tuple[str, Path]] = []
-    path = None
-    try:
-        for path, write in writers.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            while True:
-                temporaries.append(f"{hidden_sibling(path)}.tmp")
-                try:
-                    fd = os.open(temporaries[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # less the umask
-                    break
-                except FileExistsError:  # another writer's file: not ours to remove
-                    temporaries.pop()
-            with os.fdopen(fd, "wb") as fh:
-                write(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            staged.append((temporaries[-1], path))
-        for tmp, path in staged:
-            with contextlib.suppress(FileNotFoundError):  # a file replaced keeps its mode, as Pillow's save over
-                replaced = os.lstat(path)                     # it would (a fixed 0644 ignored a umask of 077); a
-                if stat.S_ISREG(replaced.st_mode):            # symlink replaced gives no mode of its own
-                    os.chmod(tmp, stat.S_IMODE(replaced.st_mode))
-            if force:
-                os.replace(tmp, path)
-            else:
-                _rename_without_replacing(tmp, path)
-    except BaseException as exc:
-        for tmp in temporaries:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise write_error(path, exc) from None
-        raise
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise AectlError(f"{path}: unknown image format for extension {path.suffix!r}")
+    atomic_write(path, lambda fh: _save(image_for_format(image, fmt), fh, fmt, path, save_options), force=force)

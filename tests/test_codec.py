@@ -430,7 +430,7 @@ def test_api_arguments_are_checked_when_the_codec_is_made_and_path_likes_are_pat
 def test_api_errors_name_python_arguments_and_the_cli_its_flags(trained, kodak, tmp_path):
     """A library caller was told `--threads 100000: give 1..`, to raise --max-pixels, to pass -m or --force,
     and `-q 9`: options it does not have. Now it reads its own parameters; the command line keeps its flags."""
-    from aectl.runtime.image_io import atomic_write
+    from aectl.runtime.outputs import atomic_write
     from aectl.runtime.rate_control import check_budget
     from aectl.runtime.registry import shipped_bundle
 

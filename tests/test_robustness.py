@@ -524,7 +524,7 @@ def test_an_output_that_appears_while_writing_is_kept_without_force(tmp_path, mo
     """The output was checked before the work and replaced at the end, so two runs writing the same outputs both
     replaced each other's files without --force (a helper's test: 3 to 7 of 8 files, each run saying it wrote
     them). The name is now taken only if it is still free."""
-    from aectl.runtime.image_io import atomic_write
+    from aectl.runtime.outputs import atomic_write
 
     target = tmp_path / "a.aec"
     real_fsync = os.fsync
@@ -962,7 +962,7 @@ def test_a_baseline_that_cannot_code_an_image_says_so():
 def test_interrupt_right_after_the_temporary_file_exists_leaves_nothing(tmp_path, monkeypatch):
     """A Ctrl-C or SIGTERM (raised as KeyboardInterrupt) landing just after the temporary file is created, before
     any byte is written, still removes it: the window behind a rare leftover .tmp in the mid-batch signal test."""
-    from aectl.runtime.image_io import atomic_write
+    from aectl.runtime.outputs import atomic_write
 
     real_open = os.open
 

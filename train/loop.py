@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from aectl.runtime.errors import AectlError, received_signals, write_error
-from aectl.runtime.image_io import atomic_write, make_folders, remove_empty
+from aectl.runtime.errors import AectlError, received_signals
+from aectl.runtime.outputs import atomic_write, make_folders, remove_empty, write_error
 from aectl.runtime.providers import check_threads
 from aectl.train.data import CropSampler, center_crops, folder_digest, load_folder, load_stl10
 from aectl.train.distributed import Distributed
