@@ -113,6 +113,40 @@ def test_rate_control_finds_the_best_fit_in_few_encodes(kodak):
     assert QualityLadder(LEVELS, provider="cpu").compress_within(source, max_bytes=10**400)[1] == qualities[-1]
 
 
+def test_rate_control_on_flat_images_whose_size_does_not_grow_with_quality(tmp_path):
+    """A solid colour's file can be smaller at a higher level (the header and side information outweigh its few
+    symbols): the search, which assumed sizes grow, kept q1 where q4 fitted, or refused a budget q3 met (a
+    helper's review: 43 of 280 budgets on 20 solid colours). Every budget at or below each level's size must
+    give what trying every level gives."""
+    from aectl.runtime import AectlError
+    from aectl.runtime.rate_control import QualityLadder
+
+    ladder = QualityLadder(LEVELS, provider="cpu")
+    checked = 0
+    for colour in ((124, 29, 251), (0, 128, 255)):
+        flat = np.full((128, 128, 3), colour, np.uint8)
+        sizes = {q: len(ladder.codec(q).compress(flat)) for q in LEVELS}
+        qualities = sorted(sizes)
+        assert any(sizes[b] < sizes[a] for a, b in zip(qualities, qualities[1:])), (colour, sizes)  # the case
+        for budget in sorted({size + d for size in sizes.values() for d in (-1, 0)}):
+            fitting = [q for q in qualities if sizes[q] <= budget]
+            if not fitting:
+                with pytest.raises(AectlError, match=f"needs {min(sizes.values())} B"):
+                    ladder.compress_within(flat, max_bytes=budget)
+                continue
+            data, chosen = ladder.compress_within(flat, max_bytes=budget)
+            assert chosen == fitting[-1] and len(data) == sizes[chosen] <= budget, (colour, budget, sizes, chosen)
+            checked += 1
+    assert checked >= 20
+    photo = tmp_path / "flat.png"  # the command line, on a budget the old search refused ("q1 needs 324 B")
+    Image.fromarray(np.full((128, 128, 3), (124, 29, 251), np.uint8)).save(photo)
+    sizes = {q: len(ladder.codec(q).compress(photo)) for q in LEVELS}
+    qualities = sorted(sizes)
+    budget = sizes[next(b for a, b in zip(qualities, qualities[1:]) if sizes[b] < sizes[a])]  # the first drop
+    proc = aectl("compress", photo, "--max-bytes", budget, "-o", tmp_path / "f.aec", "--json")
+    assert json.loads(proc.stdout)["files"][0]["quality"] == max(q for q in sizes if sizes[q] <= budget)
+
+
 def test_a_files_own_bpp_is_a_budget_it_fits_and_budgets_are_checked(kodak, tmp_path):
     """--max-bpp was turned into bytes by rounding down, so the bpp a file reports could refuse that file (17x33:
     1.3689839572192513 bpp made a budget of 95 B for a 96 B file). A library caller's max_pixels=None failed on
