@@ -84,3 +84,62 @@ def test_build_refuses_an_existing_out_before_training(tmp_path):
     with pytest.raises(AectlError, match="exists; pass --force"):
         build(4, tmp_path / "runs", out, data=str(tmp_path / "no photos here"))
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_recipe_recorded_is_the_one_build_ran(tmp_path):
+    """build recorded the default --runs, --data and --out whatever it was given (`make models RUNS=...`)."""
+    from aectl.train.recipes import record_recipe
+
+    bundle = tmp_path / "my q3"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps({"training": {}}))
+    record_recipe(bundle, 3, tmp_path / "my runs", "/data/my photos")
+    recorded = json.loads((bundle / "manifest.json").read_text())["training"]["recipe"]
+    assert recorded == recipe(3, tmp_path / "my runs", "/data/my photos", bundle)
+    assert shlex.split(recorded[0])[shlex.split(recorded[0]).index("--out") + 1] == str(tmp_path / "my runs" / "q4-base")
+    assert shlex.split(recorded[-1])[shlex.split(recorded[-1]).index("--out") + 1] == str(bundle)
+    assert all("--data /data/my photos" not in c and "/data/my photos" in shlex.split(c) for c in recorded
+               if "--data" in c or "--calibration" in c)
+
+
+@pytest.mark.parametrize("how", ["terminal Ctrl-C", "SIGTERM to build"])
+def test_a_stopped_stage_saves_its_checkpoint_and_leaves_nothing_running(how, photos, tmp_path):
+    """subprocess.run killed the stage's `aectl train` 0.25 s after a Ctrl-C, before it could save (the work since
+    its last checkpoint was lost); SIGTERM stopped the build and left its training running on its own."""
+    import contextlib
+    import os
+    import signal
+    import time
+
+    from PIL import Image
+
+    data = tmp_path / "photos"
+    data.mkdir()
+    for path in sorted(photos.iterdir())[:3]:
+        with Image.open(path) as img:
+            img.convert("RGB").crop((0, 0, 256, 192)).save(data / f"{path.stem}.png")
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "aectl.train.recipes", "stage", "q4-base", "--runs", str(runs),
+                             "--data", str(data)], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (runs / "q4-base" / "run.json").exists():  # training has started
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.2)
+        time.sleep(2)
+        expected = signal.SIGINT if how == "terminal Ctrl-C" else signal.SIGTERM
+        if how == "terminal Ctrl-C":  # the terminal signals the whole foreground group
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+        time.sleep(0.5)
+        with pytest.raises(ProcessLookupError):  # nothing of the build still running
+            os.killpg(proc.pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + expected, stderr
+    assert f"stopped by signal {int(expected)} at step" in stderr and "checkpoint saved" in stderr, stderr
+    assert stderr.splitlines()[-1] == "error: stopped; run the same command again to resume", stderr
+    assert (runs / "q4-base" / "last.pt").is_file()

@@ -328,7 +328,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_temporary
     assert resource.getrlimit(resource.RLIMIT_FSIZE)[0] != 60_000
     assert proc.returncode == 1 and proc.stderr.splitlines()[-1] == f"error: cannot write {run / CHECKPOINT}: " \
         "File too large", proc.stderr
-    assert sorted(p.name for p in run.iterdir()) == ["log.jsonl", "run.json"], "no temporary file left"
+    assert not run.exists(), "no temporary file left (nor the run files of a run without a checkpoint)"
 
 
 def test_training_photos_are_read_as_the_codec_reads_them(few_photos, tmp_path):
@@ -412,3 +412,66 @@ def test_a_training_photo_too_large_is_refused_without_naming_an_option_train_la
     Image.new("1", (20000, 16000)).save(tmp_path / "huge.png")  # 320 Mpx, 40 KB on disk
     with pytest.raises(AectlError, match=r"huge.png: 20000x16000 exceeds the limit of 268435456 pixels$"):
         load_rgb(tmp_path / "huge.png", 64)
+
+
+def test_impossible_batches_and_crops_are_refused_before_anything_is_written(few_photos, tmp_path):
+    """Each failed at the first step with an internal error (torch's BatchNorm ValueError, numpy's "high <= 0"),
+    after run.json was written, and that run.json then blocked the retry ("pass --force")."""
+    cases = [(dict(preset="seed-dense", batch_size=1), "--batch-size 1: seed-dense needs at least 2"),
+             (dict(preset="factorized", channels=(8, 8), data="stl10", data_root=str(tmp_path)),
+              "--data stl10: its images are 96x96, smaller than factorized's 256x256 crops; give --crop 96"),
+             (dict(preset="seed-conv", crop=128, data="stl10", data_root=str(tmp_path)), "give --crop 96 or less")]
+    for change, message in cases:
+        with pytest.raises(AectlError, match=message):
+            resolve_run(_cfg(few_photos, tmp_path / "r", steps=2, **change), log=lambda *_: None)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_no_run_files(few_photos, tmp_path, monkeypatch):
+    """Its run.json blocked the retry with "holds run.json of an earlier run; pass --force"."""
+    import aectl.train.loop as loop
+
+    def broken_step(*args, **kwargs):
+        raise RuntimeError("a failure at the first step")
+
+    monkeypatch.setattr(loop, "loss_terms", broken_step)
+    with pytest.raises(RuntimeError, match="first step"):
+        train(_cfg(few_photos, tmp_path / "r", steps=2), progress=False, log=lambda *_: None)
+    assert not (tmp_path / "r").exists()
+    monkeypatch.undo()
+    train(_cfg(few_photos, tmp_path / "r", steps=2), progress=False, log=lambda *_: None)  # the retry just runs
+    assert (tmp_path / "r" / CHECKPOINT).is_file()
+
+
+def test_a_thin_image_is_not_upscaled_past_the_pixel_limit(tmp_path):
+    """A 1x100000 strip was upscaled to 256x25600000 for factorized's crops: 23 GB, then a MemoryError."""
+    from PIL import Image
+
+    from aectl.train.data import load_rgb
+
+    Image.new("RGB", (100000, 1), (90, 120, 200)).save(tmp_path / "strip.png")
+    with pytest.raises(AectlError, match=r"strip.png: 100000x1 would be upscaled to 25600000x256 for 256x256 "
+                                         r"crops, past the 268435456 pixel limit"):
+        load_rgb(tmp_path / "strip.png", 256)
+    assert load_rgb(tmp_path / "strip.png", 2).shape == (2, 200000, 3)  # within the limit: upscaled as before
+
+
+def test_a_paused_run_has_no_final_figures_and_stl10_roots_are_kept_absolute(few_photos, tmp_path, monkeypatch):
+    """A pause printed the last validation as "final validation"; a relative --data-root was resolved again from
+    wherever --resume ran ("STL10 not found under stlroot")."""
+    assert train(_cfg(few_photos, tmp_path / "p", steps=4, stop_at=2), progress=False, log=lambda *_: None) == {}
+    monkeypatch.chdir(tmp_path)
+    cfg, _ = resolve_run(TrainConfig(preset="seed-conv", data="stl10", data_root="stlroot", out=str(tmp_path / "s"),
+                                     steps=2), log=lambda *_: None)
+    assert cfg.data_root == str(tmp_path / "stlroot")
+
+
+def test_a_seed_dense_bundle_is_refused_as_a_starting_point_before_the_photos_load(few_photos, tmp_path):
+    """Export folds its BatchNorm into the dense layers; --init-from failed after the photos loaded with
+    "weights not found in the ONNX files"."""
+    bundle = tmp_path / "dense-bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps({"preset": "seed-dense"}))
+    with pytest.raises(AectlError, match="a seed-dense bundle holds its BatchNorm folded .* start from the run"):
+        resolve_run(_cfg(few_photos, tmp_path / "r", preset="seed-dense", steps=2, init_from=str(bundle)),
+                    log=lambda *_: None)

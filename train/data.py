@@ -19,6 +19,9 @@ from aectl.runtime.files import IMAGE_SUFFIXES
 from aectl.runtime.image_io import open_image, to_pixels
 
 
+STL10_SIDE = 96  # STL10's images are 96x96: no crop larger than that fits in them
+
+
 def find_images(root: Path) -> list[Path]:
     """All image files under root, recursively, in a stable order."""
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -35,8 +38,12 @@ def load_rgb(path: Path, min_side: int) -> np.ndarray:
             raise AectlError(f"{path}: {exc}") from None
     if min(img.size) < min_side:
         scale = min_side / min(img.size)
-        img = img.resize((max(min_side, round(img.width * scale)), max(min_side, round(img.height * scale))),
-                         Image.Resampling.BICUBIC)
+        size = max(min_side, round(img.width * scale)), max(min_side, round(img.height * scale))
+        if size[0] * size[1] > DEFAULT_MAX_PIXELS:  # a 1x100000 strip became 256x25600000: 23 GB, then MemoryError
+            raise AectlError(f"{path}: {img.width}x{img.height} would be upscaled to {size[0]}x{size[1]} for "
+                             f"{min_side}x{min_side} crops, past the {DEFAULT_MAX_PIXELS} pixel limit; crop or "
+                             "remove this image")
+        img = img.resize(size, Image.Resampling.BICUBIC)
     return np.asarray(img, dtype=np.uint8)
 
 

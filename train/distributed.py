@@ -57,10 +57,14 @@ class Distributed:
     def device(self, device: torch.device) -> torch.device:
         return torch.device("cuda", self.local_rank) if self.enabled and device.type == "cuda" else device
 
-    def check_batch(self, batch_size: int) -> None:
+    def check_batch(self, batch_size: int, min_batch: int = 1) -> None:
+        """The global batch splits evenly, and each process gets at least `min_batch` crops (Preset.min_batch)."""
         if batch_size % self.world:
             raise AectlError(f"--batch-size {batch_size} (the global batch) must be divisible by the "
                              f"{self.world} processes")
+        if batch_size // self.world < min_batch:
+            raise AectlError(f"--batch-size {batch_size}: each of the {self.world} processes needs at least "
+                             f"{min_batch} crops a step (BatchNorm's batch statistics)")
 
     def wrap(self, model: torch.nn.Module, rate_distortion: bool) -> torch.nn.Module:
         """DDP over the parameters the training loss reaches. The entropy model's quantiles have their own loss,

@@ -2,8 +2,8 @@
 
 Rate-distortion presets minimise  bpp + lambda * 255^2 * MSE  with uniform noise for rounding (Balle et al.
 2017) plus the entropy bottleneck's quantile loss on its own optimiser. The seed presets train on MSE alone, as
-their articles do; afterwards a quantisation step and a factorized density are fitted to their latents
-(fit_seed_entropy) so that they get a real bitstream too.
+their articles do (no rate term), though through the same noisy latents; afterwards a quantisation step and a
+factorized density are fitted to their latents (fit_seed_entropy) so that they get a real bitstream too.
 
 A run directory holds `run.json` (what was asked), `last.pt` (written atomically; everything needed to resume
 exactly: weights, optimiser states, step, RNG states, the options) and `log.jsonl` (one line per validation).
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from aectl.runtime.errors import AectlError, received_signals
 from aectl.runtime.outputs import atomic_write, make_folders, remove_empty, write_error
 from aectl.runtime.providers import check_threads
-from aectl.train.data import CropSampler, center_crops, folder_digest, load_folder, load_stl10
+from aectl.train.data import STL10_SIDE, CropSampler, center_crops, folder_digest, load_folder, load_stl10
 from aectl.train.distributed import Distributed
 from aectl.train.zoo import Preset, get_preset
 
@@ -205,7 +205,9 @@ def resolve_run(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict | None]:
         if cfg.init_from and not Path(cfg.init_from).exists():  # it was said after the photos were loaded
             raise AectlError(f"--init-from {cfg.init_from}: no such checkpoint or bundle")
         cfg = replace(cfg, seed=cfg.seed or 0, fit_steps=FIT_STEPS if cfg.fit_steps is None else cfg.fit_steps,
-                      data_path=_absolute(cfg.data))
+                      data_path=_absolute(cfg.data),  # both absolute: resumed from elsewhere, they still name it
+                      data_root=str(Path(cfg.data_root).resolve()) if cfg.data_root else None)
+        _check_init_bundle(cfg.init_from)
         _check_options(cfg)
         return cfg, None
     if not cfg.resume:
@@ -258,6 +260,21 @@ def resolve_run(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict | None]:
     return cfg, resumed
 
 
+def _check_init_bundle(init_from: str | None) -> None:
+    """A seed-dense bundle cannot be trained on: export folds its BatchNorm into the dense layers, so the
+    layers' own weights are not in it (it failed after the photos were loaded, "weights not found")."""
+    manifest = Path(init_from) / "manifest.json" if init_from else None
+    if manifest is None or not manifest.is_file():
+        return
+    from aectl.runtime.bundle import read_json
+
+    recorded = read_json(manifest)
+    if isinstance(recorded, dict) and recorded.get("preset") == "seed-dense":
+        raise AectlError(f"--init-from {init_from}: a seed-dense bundle holds its BatchNorm folded into the dense "
+                         "layers, so their training weights are not in it; start from the run's folder or its "
+                         "checkpoint instead")
+
+
 def _check_options(cfg: TrainConfig) -> None:
     """Refuse impossible options in one line before any data is loaded."""
     preset = get_preset(cfg.preset, cfg.quality, cfg.channels)
@@ -284,6 +301,15 @@ def _check_options(cfg: TrainConfig) -> None:
         raise AectlError(f"--stop-at {cfg.stop_at} is past the run's last step ({cfg.steps})")
     if cfg.data_root and cfg.data != "stl10":  # it was ignored without a word
         raise AectlError("--data-root is the folder holding stl10_binary/, for --data stl10 only")
+    batch_size = cfg.batch_size or preset.batch_size
+    if batch_size < preset.min_batch:  # torch's ValueError at the first step, after run.json was written
+        raise AectlError(f"--batch-size {batch_size}: {preset.name} needs at least {preset.min_batch} crops a step "
+                         "(its BatchNorm takes its statistics from the batch)")
+    crop = cfg.crop or preset.crop
+    if cfg.data == "stl10" and crop > STL10_SIDE:  # numpy's "high <= 0" at the first batch
+        raise AectlError(f"--data stl10: its images are {STL10_SIDE}x{STL10_SIDE}, smaller than {preset.name}'s "
+                         f"{crop}x{crop} crops; give --crop {STL10_SIDE // preset.stride * preset.stride} or less, or "
+                         "a folder of larger images")
     check_threads(cfg.threads, allow_auto=False)  # torch's thread count: 0 is not onnxruntime's "own choice" here
 
 
@@ -314,7 +340,13 @@ def train(cfg: TrainConfig, progress: bool = True, log=print,
     device = pick_device(cfg.device)
     ddp = Distributed(device)  # joined first, so that every rank hears whether rank 0 could lock the run folder
     with _run_folder(Path(cfg.out), ddp):
-        return _train(cfg, resumed, progress, log, ddp, ddp.device(device))
+        try:
+            return _train(cfg, resumed, progress, log, ddp, ddp.device(device))
+        except BaseException:
+            if ddp.is_main and not resumed and not (Path(cfg.out) / CHECKPOINT).exists():
+                for name in RUN_FILES:  # a new run that failed before its first checkpoint leaves nothing: its
+                    (Path(cfg.out) / name).unlink(missing_ok=True)  # run.json blocked the retry ("pass --force")
+            raise
 
 
 def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log, ddp: Distributed,
@@ -326,7 +358,7 @@ def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log, ddp: Dis
         preset.crop = cfg.crop
     batch_size = cfg.batch_size or preset.batch_size
     lr = preset.lr if cfg.lr is None else cfg.lr
-    ddp.check_batch(batch_size)
+    ddp.check_batch(batch_size, preset.min_batch)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
@@ -477,7 +509,7 @@ def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log, ddp: Dis
         ddp.barrier()
         ddp.close()
         log(f"paused at step {step} of {total} (--stop-at); continue with --resume")
-        return (history[-1] if history else {}) if ddp.is_main else {}
+        return {}  # no final figures yet (the last validation's were printed as "final")
 
     # Every rank hashes its weights; rank 0 records them, so a run can show its replicas never drifted.
     run_info["rank_weight_digests"] = ddp.weight_digests(model)

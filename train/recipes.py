@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from pathlib import Path
 import typer
 
 from aectl.runtime.errors import AectlError
+from aectl.runtime.outputs import atomic_write
 
 DATA = "../shared/data/photos"
 ENTROPY_CLASSES = 8  # classified entropy tables fitted at export on the training photos (export/entropy_classes.py)
@@ -141,13 +143,16 @@ def shipped_stage(quality: int) -> str:
     return SHIPPED[quality]
 
 
-def recipe(quality: int, runs: Path = Path("runs"), data: str = DATA) -> list[str]:
+def recipe(quality: int, runs: Path = Path("runs"), data: str = DATA, bundle: Path | None = None) -> list[str]:
+    """The commands that make a shipped quality from scratch, ending in the export into `bundle` (by default
+    where it ships, models/factorized-qN)."""
     out = []
     for stage in lineage(shipped_stage(quality)):
         if stage.via_bundle:
             out.append(export_command(runs, stage))
         out += commands(stage, runs, data)
-    return out + [ship_command(shipped_snapshot(runs, quality), Path(f"models/factorized-q{quality}"), data)]
+    bundle = Path(f"models/factorized-q{quality}") if bundle is None else bundle
+    return out + [ship_command(shipped_snapshot(runs, quality), bundle, data)]
 
 
 def shipped_snapshot(runs: Path, quality: int) -> Path:
@@ -173,11 +178,43 @@ def _q(path) -> str:
     return shlex.quote(str(path))
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopped(Exception):
+    """A stage's command was stopped by a signal (Ctrl-C, SIGTERM, SIGHUP); carries the exit status."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.status = 128 + signum
+
+
 def _run(cmd: str) -> None:
+    """Run one stage's command and wait for it. Ctrl-C, SIGTERM and SIGHUP are passed on to it and waited for,
+    so `aectl train` saves its checkpoint and the next build resumes there: subprocess.run killed it 0.25 s after
+    a Ctrl-C (before its step ended, so the work since its last checkpoint was lost), and SIGTERM left it
+    training on its own, holding its run folder's lock."""
     typer.echo(f"$ {cmd}", err=True)
     args = shlex.split(cmd)
     args[0] = str(Path(sys.executable).parent / "aectl")
-    if subprocess.run(args).returncode != 0:
+    received: list[int] = []
+
+    def pass_on(signum, frame) -> None:
+        received.append(signum)
+        if child.poll() is None:
+            child.send_signal(signum)  # twice for a terminal's Ctrl-C, which reached it too: train stops once
+
+    child = subprocess.Popen(args)
+    handled = [s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]  # nohup's SIGHUP stays ignored
+    previous = {s: signal.signal(s, pass_on) for s in handled}
+    try:
+        status = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received or -status in STOP_SIGNALS or status - 128 in STOP_SIGNALS:  # aectl exits 128 + the signal
+        raise Stopped(received[0] if received else -status if status < 0 else status - 128)
+    if status != 0:
         raise AectlError(f"stage failed: {cmd}")
 
 
@@ -198,7 +235,9 @@ def train_stage(name: str, runs: Path, data: str = DATA) -> None:
         for pause, cmd in zip(stage.pauses(), commands(stage, runs, data)):
             if not snapshot(runs, stage.name, pause).exists():
                 _run(cmd)
-                shutil.copy2(runs / stage.name / "last.pt", snapshot(runs, stage.name, pause))
+                with open(runs / stage.name / "last.pt", "rb") as last:  # whole or not at all, as it is skipped
+                    atomic_write(snapshot(runs, stage.name, pause), lambda fh: shutil.copyfileobj(last, fh),
+                                 force=True)                                # once it exists
 
 
 def build(quality: int, runs: Path, out: Path, data: str = DATA, force: bool = False) -> Path:
@@ -207,15 +246,16 @@ def build(quality: int, runs: Path, out: Path, data: str = DATA, force: bool = F
         raise AectlError(f"--out {out} exists; pass --force to replace it")
     train_stage(shipped_stage(quality), runs, data)
     _run(ship_command(shipped_snapshot(runs, quality), out, data) + (" --force" if force else ""))
-    record_recipe(out, quality)
+    record_recipe(out, quality, runs, data)
     return out
 
 
-def record_recipe(bundle: Path, quality: int) -> None:
-    """Write the from-scratch commands into the manifest (not part of the model id or the file hashes)."""
+def record_recipe(bundle: Path, quality: int, runs: Path = Path("runs/models"), data: str = DATA) -> None:
+    """Write the from-scratch commands into the manifest (not part of the model id or the file hashes): the ones
+    this build ran, with its --runs, --data and --out (it recorded the defaults whatever they were)."""
     manifest_path = bundle / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["training"]["recipe"] = recipe(quality, Path("runs/models"), DATA)
+    manifest["training"]["recipe"] = recipe(quality, runs, data, bundle)
     tmp = manifest_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
     tmp.replace(manifest_path)
@@ -243,11 +283,24 @@ def build_command(quality: int, runs: Path = typer.Option(Path("runs/models")),
     build(quality, runs, out, data, force)
 
 
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # between stages too: no half-copied snapshot left
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _raise_interrupt)
     try:
         sys.exit(app(standalone_mode=False))
     except AectlError as exc:
         sys.exit(f"error: {exc}")
+    except Stopped as stop:  # the stage said where it stopped; the same command resumes from there
+        print("error: stopped; run the same command again to resume", file=sys.stderr)
+        sys.exit(stop.status)
+    except (KeyboardInterrupt, typer.Abort):  # typer turns a Ctrl-C into Abort
+        print("error: interrupted; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
     except typer.exceptions.TyperException as exc:  # usage errors: one line, as aectl's own commands give them
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         if message:  # none when the help was printed (no arguments)

@@ -48,6 +48,12 @@ class Preset:
         "int8": {"max_abs_diff": 0.25, "min_psnr_db": 32.0},
     })
 
+    @property
+    def min_batch(self) -> int:
+        """Crops per process a training step needs: seed-dense's BatchNorm takes its statistics from the batch,
+        and one crop has none (torch: "Expected more than 1 value per channel when training")."""
+        return 2 if self.name == "seed-dense" else 1
+
     def build(self) -> nn.Module:
         if self.name == "seed-conv":
             return SeedConv()
