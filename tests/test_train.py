@@ -180,9 +180,19 @@ def test_init_from_a_bundle_takes_its_weights_and_refits_the_density(trained, ph
     barely = train(TrainConfig(out=str(tmp_path / "one-fit-step"), steps=1, lr=1e-12, init_from=str(bundle),
                                **{**opts, "fit_steps": 1}), progress=False, log=lambda *_: None)
     assert final["val_bpp"] < 0.5 * barely["val_bpp"], (final["val_bpp"], barely["val_bpp"])
-    with pytest.raises(AectlError, match="architecture differs"):
-        train(TrainConfig(out=str(tmp_path / "wider"), steps=1, init_from=str(bundle), **{**opts, "channels": (32, 48)}),
-              progress=False, log=lambda *_: None)
+    for source in (bundle, source_run):  # named before the photos load, both architectures said
+        with pytest.raises(AectlError, match="architecture differs from this run's: it is factorized --channels "
+                                             "16,24, this run factorized --channels 32,48$"):
+            resolve_run(TrainConfig(out=str(tmp_path / "wider"), steps=1, init_from=str(source),
+                                    **{**opts, "channels": (32, 48)}), log=lambda *_: None)
+    with pytest.raises(AectlError, match="it is factorized --channels 16,24, this run seed-conv$"):
+        resolve_run(TrainConfig(out=str(tmp_path / "seed"), steps=1, init_from=str(bundle), preset="seed-conv",
+                                data=str(photos)), log=lambda *_: None)
+    notes = []
+    resolve_run(TrainConfig(out=str(tmp_path / "plain"), steps=1, **opts), log=notes.append)
+    assert notes == ["note: --fit-steps does nothing here: a factorized run trains its density with the model (it "
+                     "refits one only for --init-from BUNDLE)"]
+    assert not (tmp_path / "wider").exists() and not (tmp_path / "plain").exists()
 
 
 @pytest.fixture

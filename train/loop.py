@@ -204,11 +204,15 @@ def resolve_run(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict | None]:
             raise AectlError("a new run needs --preset and --data")
         if cfg.init_from and not Path(cfg.init_from).exists():  # it was said after the photos were loaded
             raise AectlError(f"--init-from {cfg.init_from}: no such checkpoint or bundle")
+        if cfg.fit_steps is not None and cfg.preset == "factorized" and \
+                not (cfg.init_from and (Path(cfg.init_from) / "manifest.json").is_file()):  # ignored without a word
+            log("note: --fit-steps does nothing here: a factorized run trains its density with the model (it "
+                "refits one only for --init-from BUNDLE)")
         cfg = replace(cfg, seed=cfg.seed or 0, fit_steps=FIT_STEPS if cfg.fit_steps is None else cfg.fit_steps,
                       data_path=_absolute(cfg.data),  # both absolute: resumed from elsewhere, they still name it
                       data_root=str(Path(cfg.data_root).resolve()) if cfg.data_root else None)
-        _check_init_bundle(cfg.init_from)
         _check_options(cfg)
+        _check_init_source(cfg)
         return cfg, None
     if not cfg.resume:
         raise AectlError(f"{out} already holds a checkpoint; pass --resume to continue it, --force to start a new "
@@ -260,19 +264,44 @@ def resolve_run(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict | None]:
     return cfg, resumed
 
 
-def _check_init_bundle(init_from: str | None) -> None:
-    """A seed-dense bundle cannot be trained on: export folds its BatchNorm into the dense layers, so the
-    layers' own weights are not in it (it failed after the photos were loaded, "weights not found")."""
-    manifest = Path(init_from) / "manifest.json" if init_from else None
-    if manifest is None or not manifest.is_file():
+def _check_init_source(cfg: TrainConfig) -> None:
+    """What --init-from names must hold this run's architecture, said before the photos load (it was said after
+    them, as "its architecture differs", naming neither). A seed-dense bundle cannot be trained on: export folds
+    its BatchNorm into the dense layers, so their own weights are not in it ("weights not found")."""
+    if not cfg.init_from:
         return
-    from aectl.runtime.bundle import read_json
+    source = Path(cfg.init_from)
+    if (source / "manifest.json").is_file():
+        from aectl.runtime.bundle import read_json
 
-    recorded = read_json(manifest)
-    if isinstance(recorded, dict) and recorded.get("preset") == "seed-dense":
-        raise AectlError(f"--init-from {init_from}: a seed-dense bundle holds its BatchNorm folded into the dense "
-                         "layers, so their training weights are not in it; start from the run's folder or its "
-                         "checkpoint instead")
+        recorded = read_json(source / "manifest.json")
+        recorded = recorded if isinstance(recorded, dict) else {}
+        if recorded.get("preset") == "seed-dense":
+            raise AectlError(f"--init-from {source}: a seed-dense bundle holds its BatchNorm folded into the dense "
+                             "layers, so their training weights are not in it; start from the run's folder or its "
+                             "checkpoint instead")
+        arch = recorded.get("architecture") if isinstance(recorded.get("architecture"), dict) else {}
+        theirs = _architecture(recorded.get("preset"), (arch.get("n"), arch.get("m")))
+    else:
+        config = load_checkpoint(source).get("config") or {}
+        theirs = _architecture(config["preset"], _channels_of(preset_of(config))) if config.get("preset") else None
+    ours = _architecture(cfg.preset, _channels_of(get_preset(cfg.preset, cfg.quality, cfg.channels)))
+    if theirs and theirs != ours:
+        raise AectlError(f"--init-from {source}: its architecture differs from this run's: it is {theirs}, this run "
+                         f"{ours}")
+
+
+def _channels_of(preset: Preset) -> tuple[int, int] | None:
+    return (preset.params["n"], preset.params["m"]) if "n" in preset.params else None
+
+
+def _architecture(preset: str | None, channels) -> str | None:
+    """A model's architecture as the options that choose it: `seed-conv`, `factorized --channels 64,128`."""
+    if preset is None:
+        return None  # not recorded: left to the weights' own check
+    if preset == "factorized" and channels and None not in channels:
+        return f"factorized --channels {channels[0]},{channels[1]}"
+    return preset
 
 
 def _check_options(cfg: TrainConfig) -> None:
