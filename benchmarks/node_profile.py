@@ -89,10 +89,10 @@ def main() -> None:
     parser.add_argument("--json", type=bench_script.output_file)
     args = parser.parse_args()
 
+    codec = Codec(args.bundle, provider="cpu", threads=args.threads)  # a bad bundle is named first, as elsewhere
     images = sorted(args.images.glob("*.png"))[:args.count]
     if not images or args.runs < 1:
         parser.error(f"need PNG images in {args.images} and --runs >= 1")
-    codec = Codec(args.bundle, provider="cpu", threads=args.threads)
     inputs = latents(codec, images)
     result = {"bundle": os.path.relpath(args.bundle, ROOT), "images": len(inputs), "threads": args.threads,
               "runs": args.runs, "decoders": {}}
