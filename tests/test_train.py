@@ -485,3 +485,22 @@ def test_a_seed_dense_bundle_is_refused_as_a_starting_point_before_the_photos_lo
     with pytest.raises(AectlError, match="a seed-dense bundle holds its BatchNorm folded .* start from the run"):
         resolve_run(_cfg(few_photos, tmp_path / "r", preset="seed-dense", steps=2, init_from=str(bundle)),
                     log=lambda *_: None)
+
+
+def test_every_unusable_training_photo_is_named_at_once(few_photos, tmp_path):
+    """A run stopped at the first bad file, so a folder with three took three attempts to clean up."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(few_photos, data)
+    for name in ("a-broken.png", "b-empty.jpg", "c-text.png", "d-broken.png"):
+        (data / name).write_bytes(b"" if "empty" in name else b"not an image")
+    with pytest.raises(AectlError, match=r"--data .*data: 4 files cannot be used: .*a-broken.png: cannot read "
+                                         r"image.*; .*b-empty.jpg: .*; .*c-text.png: .*; and 1 more$"):
+        train(_cfg(data, tmp_path / "r", steps=2), progress=False, log=lambda *_: None)
+    for name in ("b-empty.jpg", "c-text.png", "d-broken.png"):
+        (data / name).unlink()
+    with pytest.raises(AectlError, match=r"^\S*a-broken.png: cannot read image"):  # one: in its own words
+        train(_cfg(data, tmp_path / "r", steps=2), progress=False, log=lambda *_: None)
+    assert not (tmp_path / "r").exists()
+

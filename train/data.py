@@ -108,8 +108,19 @@ def load_folder(root: Path, crop: int) -> tuple[list[np.ndarray], list[np.ndarra
     if not paths:
         raise AectlError(f"--data {root}: no image files found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     train_paths, val_paths = split_holdout(paths)
-    train = [load_rgb(p, crop) for p in train_paths]
-    val = train if val_paths is train_paths else [load_rgb(p, crop) for p in val_paths]  # one image: both
+    loaded, unusable = {}, []
+    for path in dict.fromkeys(train_paths + val_paths):  # every file that cannot be used is named at once
+        try:
+            loaded[path] = load_rgb(path, crop)
+        except AectlError as exc:
+            unusable.append(str(exc))
+    if len(unusable) == 1:
+        raise AectlError(unusable[0])
+    if unusable:  # one run per bad file found them one by one
+        more = f"; and {len(unusable) - 3} more" if len(unusable) > 3 else ""
+        raise AectlError(f"--data {root}: {len(unusable)} files cannot be used: {'; '.join(unusable[:3])}{more}")
+    train = [loaded[p] for p in train_paths]
+    val = train if val_paths is train_paths else [loaded[p] for p in val_paths]  # one image: both
     return train, val, [str(p) for p in val_paths]
 
 
