@@ -431,6 +431,8 @@ STOP_MESSAGES = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", sig
 def _stopped() -> None:
     """The shell's exit status for the first signal received: 128 + its number."""
     first = next((sig for sig in received_signals if sig in STOP_MESSAGES), signal.SIGINT)
+    for sig in STOP_MESSAGES:  # a second Ctrl-C (or the one recipes passes on) while exiting: no traceback
+        signal.signal(sig, signal.SIG_IGN)
     _die(STOP_MESSAGES[first], 128 + first)
 
 

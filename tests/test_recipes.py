@@ -102,7 +102,7 @@ def test_the_recipe_recorded_is_the_one_build_ran(tmp_path):
                if "--data" in c or "--calibration" in c)
 
 
-@pytest.mark.parametrize("how", ["terminal Ctrl-C", "SIGTERM to build"])
+@pytest.mark.parametrize("how", ["terminal Ctrl-C", "SIGTERM to build", "SIGINT to a background build"])
 def test_a_stopped_stage_saves_its_checkpoint_and_leaves_nothing_running(how, photos, tmp_path):
     """subprocess.run killed the stage's `aectl train` 0.25 s after a Ctrl-C, before it could save (the work since
     its last checkpoint was lost); SIGTERM stopped the build and left its training running on its own."""
@@ -119,19 +119,21 @@ def test_a_stopped_stage_saves_its_checkpoint_and_leaves_nothing_running(how, ph
         with Image.open(path) as img:
             img.convert("RGB").crop((0, 0, 256, 192)).save(data / f"{path.stem}.png")
     runs = tmp_path / "runs"
+    background = how == "SIGINT to a background build"  # a script's `cmd &` starts it with SIGINT ignored
     proc = subprocess.Popen([sys.executable, "-m", "aectl.train.recipes", "stage", "q4-base", "--runs", str(runs),
-                             "--data", str(data)], stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             "--data", str(data)], stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None)
     try:
         deadline = time.monotonic() + 120
         while not (runs / "q4-base" / "run.json").exists():  # training has started
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
             time.sleep(0.2)
         time.sleep(2)
-        expected = signal.SIGINT if how == "terminal Ctrl-C" else signal.SIGTERM
+        expected = signal.SIGTERM if how == "SIGTERM to build" else signal.SIGINT
         if how == "terminal Ctrl-C":  # the terminal signals the whole foreground group
             os.killpg(proc.pid, signal.SIGINT)
         else:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(expected)
         _, stderr = proc.communicate(timeout=120)
         time.sleep(0.5)
         with pytest.raises(ProcessLookupError):  # nothing of the build still running
@@ -143,3 +145,38 @@ def test_a_stopped_stage_saves_its_checkpoint_and_leaves_nothing_running(how, ph
     assert f"stopped by signal {int(expected)} at step" in stderr and "checkpoint saved" in stderr, stderr
     assert stderr.splitlines()[-1] == "error: stopped; run the same command again to resume", stderr
     assert (runs / "q4-base" / "last.pt").is_file()
+
+
+def test_a_stage_stopped_at_its_pause_resumes(photos, tmp_path, monkeypatch):
+    """A stop landing at a pause (the run saved at that step, its snapshot not yet copied) left the stage
+    unresumable: the same command ran `--stop-at N --resume` on a run already at N, which train refuses."""
+    from PIL import Image
+
+    import aectl.train.recipes as recipes
+
+    data = tmp_path / "photos"
+    data.mkdir()
+    for path in sorted(photos.iterdir())[:3]:
+        with Image.open(path) as img:
+            img.convert("RGB").crop((0, 0, 96, 64)).save(data / f"{path.stem}.png")
+    monkeypatch.setattr(recipes, "COMMON", "--preset factorized --channels 8,8 --crop 32 --batch-size 2 "
+                                           "--threads 1 --seed 0 --no-progress")
+    monkeypatch.setattr(recipes, "STAGES", {"tiny": recipes.Stage("tiny", 4, 1e-3, 4, snapshots=(2,))})
+    runs = tmp_path / "runs"
+    recipes._run(recipes.commands(recipes.STAGES["tiny"], runs, str(data))[0])  # paused at 2, as a stop there
+    assert not (runs / "tiny@2.pt").exists()
+    recipes.train_stage("tiny", runs, str(data))
+    assert recipes._at_step(runs / "tiny", 4)
+    assert (runs / "tiny@2.pt").is_file() and (runs / "tiny@4.pt").is_file()
+
+
+def test_an_interrupt_between_stages_is_one_line_with_the_signals_status():
+    """typer returns 130 for a KeyboardInterrupt instead of raising it, so the build exited 130 with nothing said,
+    SIGTERM (143) included."""
+    code = ("import signal, sys\nimport aectl.train.recipes as recipes\n"
+            "def stopped_here(*args, **kwargs):\n    signal.raise_signal(signal.SIGTERM)\n"
+            "recipes.recipe = stopped_here\nsys.argv = ['recipes', 'show', '3']\nrecipes.main()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143 and proc.stderr == "error: stopped; run the same command again to resume\n", \
+        (proc.returncode, proc.stderr)
+

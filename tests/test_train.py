@@ -485,6 +485,11 @@ def test_a_seed_dense_bundle_is_refused_as_a_starting_point_before_the_photos_lo
     with pytest.raises(AectlError, match="a seed-dense bundle holds its BatchNorm folded .* start from the run"):
         resolve_run(_cfg(few_photos, tmp_path / "r", preset="seed-dense", steps=2, init_from=str(bundle)),
                     log=lambda *_: None)
+    # A manifest that does not record its channels is left to the weights' own check (it was refused as
+    # "it is factorized, this run factorized --channels 8,8", the review of that check found).
+    (bundle / "manifest.json").write_text(json.dumps({"preset": "factorized", "architecture": {}}))
+    resolve_run(_cfg(few_photos, tmp_path / "r", preset="factorized", channels=(8, 8), steps=2, init_from=str(bundle)),
+                log=lambda *_: None)
 
 
 def test_every_unusable_training_photo_is_named_at_once(few_photos, tmp_path):

@@ -297,11 +297,10 @@ def _channels_of(preset: Preset) -> tuple[int, int] | None:
 
 def _architecture(preset: str | None, channels) -> str | None:
     """A model's architecture as the options that choose it: `seed-conv`, `factorized --channels 64,128`."""
-    if preset is None:
-        return None  # not recorded: left to the weights' own check
-    if preset == "factorized" and channels and None not in channels:
-        return f"factorized --channels {channels[0]},{channels[1]}"
-    return preset
+    if preset == "factorized":
+        known = channels and None not in channels
+        return f"factorized --channels {channels[0]},{channels[1]}" if known else None
+    return preset  # None where not recorded: left, as unknown channels are, to the weights' own check
 
 
 def _check_options(cfg: TrainConfig) -> None:

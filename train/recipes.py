@@ -27,7 +27,7 @@ from pathlib import Path
 
 import typer
 
-from aectl.runtime.errors import AectlError
+from aectl.runtime.errors import AectlError, received_signals
 from aectl.runtime.outputs import atomic_write
 
 DATA = "../shared/data/photos"
@@ -198,16 +198,24 @@ def _run(cmd: str) -> None:
     args = shlex.split(cmd)
     args[0] = str(Path(sys.executable).parent / "aectl")
     received: list[int] = []
+    child: subprocess.Popen | None = None
 
     def pass_on(signum, frame) -> None:
         received.append(signum)
-        if child.poll() is None:
+        if child is not None and child.poll() is None:
             child.send_signal(signum)  # twice for a terminal's Ctrl-C, which reached it too: train stops once
 
-    child = subprocess.Popen(args)
-    handled = [s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]  # nohup's SIGHUP stays ignored
+    # Installed before the child starts, so a signal during its start is passed on too (it orphaned it). An
+    # inherited ignored SIGINT (a script's background job) is taken back, as `aectl train` does; nohup's SIGHUP
+    # stays ignored.
+    handled = [s for s in STOP_SIGNALS if s != signal.SIGHUP or signal.getsignal(s) is not signal.SIG_IGN]
     previous = {s: signal.signal(s, pass_on) for s in handled}
     try:
+        if received:
+            raise Stopped(received[0])
+        child = subprocess.Popen(args)
+        if received:  # it arrived while the child started
+            child.send_signal(received[0])
         status = child.wait()
     finally:
         for sig, handler in previous.items():
@@ -216,6 +224,18 @@ def _run(cmd: str) -> None:
         raise Stopped(received[0] if received else -status if status < 0 else status - 128)
     if status != 0:
         raise AectlError(f"stage failed: {cmd}")
+
+
+def _at_step(run: Path, step: int) -> bool:
+    """Whether a run's checkpoint stands at `step` (a stage paused there, or stopped at the pause itself)."""
+    from aectl.train.loop import load_checkpoint
+
+    return (run / "last.pt").is_file() and load_checkpoint(run / "last.pt").get("step") == step
+
+
+def _keep_snapshot(runs: Path, stage: Stage, pause: int) -> None:
+    with open(runs / stage.name / "last.pt", "rb") as last:  # whole or not at all, as it is skipped once it exists
+        atomic_write(snapshot(runs, stage.name, pause), lambda fh: shutil.copyfileobj(last, fh), force=True)
 
 
 def pending(name: str, runs: Path) -> list[Stage]:
@@ -233,11 +253,18 @@ def train_stage(name: str, runs: Path, data: str = DATA) -> None:
         if stage.via_bundle and not source_bundle(runs, stage.init_from).exists():
             _run(export_command(runs, stage))
         for pause, cmd in zip(stage.pauses(), commands(stage, runs, data)):
-            if not snapshot(runs, stage.name, pause).exists():
-                _run(cmd)
-                with open(runs / stage.name / "last.pt", "rb") as last:  # whole or not at all, as it is skipped
-                    atomic_write(snapshot(runs, stage.name, pause), lambda fh: shutil.copyfileobj(last, fh),
-                                 force=True)                                # once it exists
+            if snapshot(runs, stage.name, pause).exists():
+                continue
+            # A stop at the pause itself (or between the run and the copy) left the run there without its
+            # snapshot, and `--stop-at` on a run already at that step is refused: the copy is what was missing.
+            if not _at_step(runs / stage.name, pause):
+                try:
+                    _run(cmd)
+                except Stopped:
+                    if _at_step(runs / stage.name, pause):
+                        _keep_snapshot(runs, stage, pause)
+                    raise
+            _keep_snapshot(runs, stage, pause)
 
 
 def build(quality: int, runs: Path, out: Path, data: str = DATA, force: bool = False) -> Path:
@@ -284,25 +311,37 @@ def build_command(quality: int, runs: Path = typer.Option(Path("runs/models")),
 
 
 def _raise_interrupt(signum, frame) -> None:
+    received_signals.append(signum)
     raise KeyboardInterrupt
 
 
-if __name__ == "__main__":
+def _stopped(signum: int) -> None:
+    print("error: stopped; run the same command again to resume", file=sys.stderr)
+    sys.exit(128 + signum)
+
+
+def main() -> None:
+    """`python -m aectl.train.recipes`: errors and stops in one line, as aectl's own commands give them."""
     signal.signal(signal.SIGTERM, _raise_interrupt)  # between stages too: no half-copied snapshot left
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         signal.signal(signal.SIGHUP, _raise_interrupt)
     try:
-        sys.exit(app(standalone_mode=False))
+        code = app(standalone_mode=False)
     except AectlError as exc:
         sys.exit(f"error: {exc}")
     except Stopped as stop:  # the stage said where it stopped; the same command resumes from there
-        print("error: stopped; run the same command again to resume", file=sys.stderr)
-        sys.exit(stop.status)
-    except (KeyboardInterrupt, typer.Abort):  # typer turns a Ctrl-C into Abort
-        print("error: interrupted; run the same command again to resume", file=sys.stderr)
-        sys.exit(130)
+        _stopped(stop.status - 128)
+    except (KeyboardInterrupt, typer.Abort):
+        _stopped(received_signals[0] if received_signals else signal.SIGINT)
     except typer.exceptions.TyperException as exc:  # usage errors: one line, as aectl's own commands give them
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         if message:  # none when the help was printed (no arguments)
             print(f"error: {message}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))
+    if code == 130 or received_signals:  # typer returns 130 for a KeyboardInterrupt instead of raising it
+        _stopped(received_signals[0] if received_signals else signal.SIGINT)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
