@@ -182,11 +182,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Stopped(Exception):
-    """A stage's command was stopped by a signal (Ctrl-C, SIGTERM, SIGHUP); carries the exit status."""
+    """A stage's command was stopped by a signal (Ctrl-C, SIGTERM, SIGHUP); carries the signal's number."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
-        self.status = 128 + signum
+        self.signum = signum
 
 
 def _run(cmd: str) -> None:
@@ -315,9 +315,10 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _stopped(signum: int) -> None:
+def _stopped(signum: int | None = None) -> None:
+    """One line, and the shell's status for the signal (the stage's, else the first this process got)."""
     print("error: stopped; run the same command again to resume", file=sys.stderr)
-    sys.exit(128 + signum)
+    sys.exit(128 + (signum or (received_signals[0] if received_signals else signal.SIGINT)))
 
 
 def main() -> None:
@@ -330,16 +331,16 @@ def main() -> None:
     except AectlError as exc:
         sys.exit(f"error: {exc}")
     except Stopped as stop:  # the stage said where it stopped; the same command resumes from there
-        _stopped(stop.status - 128)
+        _stopped(stop.signum)
     except (KeyboardInterrupt, typer.Abort):
-        _stopped(received_signals[0] if received_signals else signal.SIGINT)
+        _stopped()
     except typer.exceptions.TyperException as exc:  # usage errors: one line, as aectl's own commands give them
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         if message:  # none when the help was printed (no arguments)
             print(f"error: {message}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))
     if code == 130 or received_signals:  # typer returns 130 for a KeyboardInterrupt instead of raising it
-        _stopped(received_signals[0] if received_signals else signal.SIGINT)
+        _stopped()
     sys.exit(code)
 
 
