@@ -258,7 +258,6 @@ def bundle_folder(out: str | Path, force: bool, source: str | Path):
     check_output_folder(out, force, Path(source))
     tmp = old = None
     made: list[Path] = []
-    done = False
     try:
         make_folders(out.parent, made)
         while True:  # named before it is made (tempfile.mkdtemp names it after: an interrupt between leaked it)
@@ -276,7 +275,6 @@ def bundle_folder(out: str | Path, force: bool, source: str | Path):
             old = hidden_sibling(out, ".old")  # a name only: the rename makes it
             out.rename(old)
         tmp.rename(out)
-        done = True
     except OSError as exc:
         raise write_error(out, exc) from None
     finally:
@@ -287,8 +285,7 @@ def bundle_folder(out: str | Path, force: bool, source: str | Path):
                 leftover.unlink()
             elif leftover is not None and leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
-        if not done:  # a failed or interrupted export into new/a/b left new/ and new/a/ behind
-            remove_empty(made)
+        remove_empty(made)  # a failed export into new/a/b left new/ and new/a/ (a finished one holds `out`)
 
 
 def _present(path: Path) -> bool:
