@@ -76,7 +76,8 @@ def train(
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Train a preset on real images; checkpoints go to --out."""
-    from aectl.train.loop import TrainConfig, resolve_run, train as run_training
+    from aectl.train.loop import train as run_training
+    from aectl.train.run_options import TrainConfig, resolve_run
 
     cfg = TrainConfig(preset=preset, data=data, out=out, quality=quality, channels=_channels(channels),
                       steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,

@@ -27,7 +27,7 @@ from aectl.runtime.bundle import (FORMAT, FORMAT_VERSION, MANIFEST, MAX_CLASSES,
                                   sha256_file)
 from aectl.runtime.errors import AectlError
 from aectl.train.entropy import TAIL_MASS
-from aectl.train.loop import build_from_checkpoint, entropy_fitted, load_checkpoint, training_data
+from aectl.train.checkpoint import build_from_checkpoint, entropy_fitted, load_checkpoint, training_data
 from aectl.train.zoo import Preset
 
 TRACE_BATCH = 2

@@ -65,7 +65,7 @@ def verify_bundle(bundle_dir: str | Path, source: str | Path, provider: str = "c
     (`images`, default: the run's training data) as at export."""
     from aectl.export.onnx_export import entropy_tables, variant_images
     from aectl.runtime.providers import resolve
-    from aectl.train.loop import build_from_checkpoint, load_checkpoint
+    from aectl.train.checkpoint import build_from_checkpoint, load_checkpoint
 
     provider = resolve(provider)  # every check on one provider, and the report names it ("auto" did)
     bundle = load_bundle(bundle_dir)

@@ -15,7 +15,7 @@ from aectl.runtime import Codec, container, load_bundle, tiling
 from aectl.runtime.entropy_coder import (STREAM_SYMBOLS, ChannelTables, EntropyCoder, finish, new_decoder, new_encoder,
                                         stream_spans, trim)
 from aectl.runtime.errors import AectlError
-from aectl.train.loop import build_from_checkpoint, load_checkpoint
+from aectl.train.checkpoint import build_from_checkpoint, load_checkpoint
 from conftest import ROOT, aectl_exe
 
 

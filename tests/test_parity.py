@@ -6,7 +6,7 @@ import torch
 from aectl.export.parity import check_parity
 from aectl.runtime.network import Network
 from aectl.runtime.bundle import load_bundle
-from aectl.train.loop import build_from_checkpoint, load_checkpoint
+from aectl.train.checkpoint import build_from_checkpoint, load_checkpoint
 
 
 def _model(run):

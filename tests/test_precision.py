@@ -189,7 +189,7 @@ def test_variant_parity_check_can_fail(trained, variants, photos):
     from aectl.export.parity import check_variant
     from aectl.runtime.errors import AectlError
     from aectl.train.data import find_images, load_rgb
-    from aectl.train.loop import build_from_checkpoint, load_checkpoint
+    from aectl.train.checkpoint import build_from_checkpoint, load_checkpoint
 
     run, _ = trained["factorized"]
     model, preset = build_from_checkpoint(load_checkpoint(run))
@@ -217,7 +217,7 @@ def test_photo_folder_errors_name_the_flag_and_the_folder(trained, variants, tmp
     --calibration, verify's --images), and a run whose training data has moved says so."""
     import torch
 
-    from aectl.train.loop import CHECKPOINT
+    from aectl.train.checkpoint import CHECKPOINT
 
     run, _ = trained["factorized"]
     missing, moved = tmp_path / "none", tmp_path / "moved-run"

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from aectl.runtime.errors import AectlError
-from aectl.train.loop import (CHECKPOINT, TrainConfig, build_from_checkpoint, load_checkpoint, resolve_run, train,
-                              training_data)
+from aectl.train.checkpoint import CHECKPOINT, build_from_checkpoint, entropy_fitted, load_checkpoint, training_data
+from aectl.train.loop import train
+from aectl.train.run_options import TrainConfig, resolve_run
 
 
 def _cfg(photos, out, **kw):
@@ -311,11 +312,11 @@ def test_a_cut_off_log_line_does_not_block_resume(few_photos, tmp_path):
 def test_a_second_train_on_a_training_run_is_refused(few_photos, tmp_path):
     """Two `train` processes on one run folder both trained, interleaving their log lines and checkpoints."""
     from aectl.train.distributed import Distributed
-    from aectl.train.loop import _run_folder
+    from aectl.train.run_folder import run_folder
 
     run = tmp_path / "run"
     train(_cfg(few_photos, run, steps=4, stop_at=2), progress=False, log=lambda *_: None)
-    with _run_folder(run, Distributed(torch.device("cpu"))):  # what a running `train` holds
+    with run_folder(run, Distributed(torch.device("cpu"))):  # what a running `train` holds
         with pytest.raises(AectlError, match="is being trained by another process"):
             train(TrainConfig(out=str(run), resume=True), progress=False, log=lambda *_: None)
     train(TrainConfig(out=str(run), resume=True), progress=False, log=lambda *_: None)
@@ -393,7 +394,7 @@ def test_a_fit_stopped_after_the_run_was_extended_is_made_on_resume(few_photos, 
         train(TrainConfig(out=str(run), resume=True, steps=4), progress=False, log=lambda *_: None)
     monkeypatch.undo()
     stopped = load_checkpoint(run)
-    assert stopped["step"] == 4 and not loop.entropy_fitted(stopped)
+    assert stopped["step"] == 4 and not entropy_fitted(stopped)
     train(TrainConfig(out=str(run), resume=True), progress=False, log=lambda *_: None)
     fitted = load_checkpoint(run)
     assert fitted["history"][-1]["fitted"] and fitted["history"][-1]["step"] == 4

@@ -228,7 +228,7 @@ def _run(cmd: str) -> None:
 
 def _at_step(run: Path, step: int) -> bool:
     """Whether a run's checkpoint stands at `step` (a stage paused there, or stopped at the pause itself)."""
-    from aectl.train.loop import load_checkpoint
+    from aectl.train.checkpoint import load_checkpoint
 
     return (run / "last.pt").is_file() and load_checkpoint(run / "last.pt").get("step") == step
 
