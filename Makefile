@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 EDGE_VENV ?= .venv-edge
 EDGE_STAMP := $(EDGE_VENV)/.installed
-SOURCES := $(shell git ls-files '*.py' 2>/dev/null) pyproject.toml constraints.txt
+# The shipped bundles are package data: a retrained model rebuilds the edge environment too.
+SOURCES := $(shell git ls-files '*.py' 'models' 2>/dev/null) pyproject.toml constraints.txt
 
 .PHONY: install edge demo test fuzz models eval clean
 
@@ -23,8 +24,9 @@ install: $(STAMP)
 
 # The edge environment: a plain (non-editable) install of the base package with the cpu extra only.
 # It must hold no torch and no onnx; the tests decode files from the full install with it.
+# build/ goes too: pip builds in the tree and reuses build/lib, so a module deleted since would still ship.
 $(EDGE_STAMP): $(SOURCES)
-	rm -rf $(EDGE_VENV)
+	rm -rf $(EDGE_VENV) build
 	$(PYTHON) -m venv $(EDGE_VENV)
 	$(EDGE_VENV)/bin/python -m pip install --quiet -c constraints.txt ".[cpu]"
 	@if $(EDGE_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^(torch|onnx) '; then \

@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from aectl.runtime.errors import AectlError, command_line, exists_error, one_line, received_signals
+from aectl.runtime.errors import AectlError, command_line, exists_error, missing_extra, one_line, received_signals
 from aectl.runtime.outputs import check_writable_folder
 
 THREADS_HELP = ("onnxruntime intra-op threads (default: one per physical core this process may use; 0: "
@@ -395,7 +395,8 @@ def main() -> None:
     except AectlError as exc:
         _die(str(exc))
     except ModuleNotFoundError as exc:  # train, export, verify need torch; the runtime does not
-        if exc.name not in ("torch", "onnx", "onnxscript"):
+        message = missing_extra(exc)
+        if message is None:
             _internal_error(exc)
         _die(f"this command needs {exc.name}, which is not installed: pip install 'aectl[train]'")
     except BrokenPipeError:  # the reader of stdout left (`aectl compress x.png -o - | head -c 8`): quietly

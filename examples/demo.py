@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aectl.runtime import Codec, load_bundle
+from aectl.runtime.errors import AectlError
 from aectl.runtime.image_io import write_image
 from aectl.runtime.outputs import atomic_write
 from aectl.runtime.metrics import baseline_at_bpp, bpp, psnr
@@ -49,6 +50,11 @@ def trained_here(console: Console) -> Path:
 
 
 def main() -> None:
+    from aectl.cli.rd_report import pyplot
+
+    pyplot()  # the RD plot's matplotlib, asked for first: its absence was a traceback after the whole demo ran
+    if OUT.exists() and not OUT.is_dir():
+        raise AectlError(f"{OUT} is a file; give a folder for the demo's outputs")
     console = Console()
     levels = shipped_qualities()
     bundle = shipped_bundle(None) if levels else trained_here(console)
@@ -100,4 +106,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="The whole aectl pipeline on real images (what `make demo` runs).")
     parser.add_argument("out", nargs="?", type=Path, default=OUT, help=f"output folder (default: {OUT})")
     OUT = parser.parse_args().out
-    main()
+    try:
+        main()
+    except AectlError as exc:  # one line, as aectl's commands say it
+        sys.exit(f"error: {exc}")
+    except OSError as exc:  # a folder that cannot be written
+        sys.exit(f"error: {exc.filename}: {exc.strerror}" if exc.filename else f"error: {exc}")

@@ -24,6 +24,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from aectl.runtime import AectlError, Decoder
@@ -61,9 +62,10 @@ def make_handler(decoder: Decoder, slots: threading.Semaphore, timeout_s: float 
             super().finish()
 
         def _read_body(self, length: int) -> bytes | None:
-            """The body, or None when the client is too slow: `timeout_s`, plus a second for every MIN_RATE
-            bytes received (as Apache's mod_reqtimeout does): a trickle of a byte a minute is dropped, a
-            steady 64 MiB upload at 1 Mbit/s is not (a fixed 60 s cut off every body over 7.5 MB at that rate)."""
+            """The body (shorter than `length` where the client ended its upload early), or None when the client
+            is too slow: `timeout_s`, plus a second for every MIN_RATE bytes received (as Apache's
+            mod_reqtimeout does): a trickle of a byte a minute is dropped, a steady 64 MiB upload at 1 Mbit/s is
+            not (a fixed 60 s cut off every body over 7.5 MB at that rate)."""
             deadline, chunks, left = time.monotonic() + timeout_s, [], length
             try:
                 while left:
@@ -72,8 +74,8 @@ def make_handler(decoder: Decoder, slots: threading.Semaphore, timeout_s: float 
                         return None
                     self.connection.settimeout(remaining)
                     chunk = self.rfile.read1(min(left, 1 << 20))
-                    if not chunk:  # the client left
-                        return None
+                    if not chunk:  # the client ended its upload (or left): the 400 below says how short it is
+                        break
                     chunks.append(chunk)
                     left -= len(chunk)
                     deadline += len(chunk) / MIN_RATE
@@ -85,7 +87,7 @@ def make_handler(decoder: Decoder, slots: threading.Semaphore, timeout_s: float 
 
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             self._deadline.cancel()  # the headers are in
-            if self.path != "/decode":
+            if urllib.parse.urlsplit(self.path).path != "/decode":  # a query string was "no such path"
                 return self._reply(404, b"error: no such path; use POST /decode\n", "text/plain")
             if "chunked" in self.headers.get("Transfer-Encoding", "").lower():  # read as an empty body
                 return self._reply(411, b"error: send Content-Length; chunked uploads are not read\n", "text/plain")
@@ -100,6 +102,9 @@ def make_handler(decoder: Decoder, slots: threading.Semaphore, timeout_s: float 
             body = self._read_body(length)
             if body is None:  # too slow, or gone: said if anyone is still listening
                 return self._reply(408, b"error: the request body came too slowly\n", "text/plain")
+            if len(body) < length:  # it was "came too slowly", at once
+                return self._reply(400, f"error: the body ended after {len(body)} of the {length} bytes its "
+                                   "Content-Length announced\n".encode(), "text/plain")
             if not slots.acquire(timeout=timeout_s):
                 return self._reply(503, b"error: busy decoding other files; retry later\n", "text/plain",
                                    {"Retry-After": "5"})
@@ -130,8 +135,11 @@ def make_handler(decoder: Decoder, slots: threading.Semaphore, timeout_s: float 
 
         def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
             """http.server's own refusals (an unknown method, a malformed request line) as one line of text,
-            not a page of HTML."""
+            not a page of HTML. A request line that failed to parse leaves the version at HTTP/0.9, for which
+            http.server writes no status line: the answer was the bare text."""
             self.close_connection = True
+            if self.request_version == "HTTP/0.9":
+                self.request_version = "HTTP/1.0"
             self._reply(code, f"error: {message or self.responses.get(code, ('',))[0]}; use POST /decode\n"
                         .encode(), "text/plain")
 

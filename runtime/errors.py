@@ -64,3 +64,14 @@ def one_line(message, limit: int | None = None) -> str:
 def exists_error(path) -> AectlError:
     """The refusal of an output file that is already there (without force), in one wording everywhere."""
     return AectlError(f"{path} exists; pass {option('force', True)} to overwrite")
+
+
+TRAIN_MODULES = ("torch", "onnx", "onnxscript")  # what the [train] extra installs; the runtime needs none of them
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The one line for a command that needs the [train] extra where it is not installed (aectl's commands and
+    the recipes say it alike), or None for any other missing module: a bug, not the install."""
+    if exc.name not in TRAIN_MODULES:
+        return None
+    return f"this command needs {exc.name}, which is not installed: pip install 'aectl[train]'"

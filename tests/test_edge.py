@@ -69,6 +69,21 @@ def test_edge_environment_has_no_torch_and_decodes_identically(edge_files, tmp_p
     assert proc.returncode == 0, proc.stderr
 
 
+@needs_edge
+def test_what_needs_torch_or_matplotlib_says_so_in_one_line_on_the_edge(tmp_path):
+    """Without matplotlib the demo ran for 33 s, then ended in a traceback with a partial folder; `python -m
+    aectl.train.recipes` without torch was a 40-line traceback (a review's findings)."""
+    demo = subprocess.run([EDGE_PYTHON, ROOT / "examples" / "demo.py", tmp_path / "demo"], capture_output=True,
+                          text=True, timeout=120)
+    assert demo.returncode == 1 and demo.stderr == "error: the RD plot needs matplotlib: pip install " \
+                                                   "'aectl[eval]'\n", demo.stderr
+    recipes = subprocess.run([EDGE_PYTHON, "-m", "aectl.train.recipes", "stage", "q4-long", "--runs",
+                              tmp_path / "runs"], capture_output=True, text=True, timeout=120)
+    assert recipes.returncode == 1 and recipes.stderr == "error: this command needs torch, which is not installed: " \
+                                                         "pip install 'aectl[train]'\n", recipes.stderr
+    assert not list(tmp_path.iterdir())
+
+
 def test_edge_service_returns_png(edge_files):
     root, stripped, files, expected = edge_files
     python = EDGE_PYTHON or sys.executable
@@ -165,9 +180,19 @@ def test_edge_service_bounds_what_a_client_can_take(edge_files, trained, kodak):
                 (b"POST /decode HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 4\r\n\r\nAEC1x", 400,
                  b"one Content-Length"),
                 (b"TRACE /decode HTTP/1.1\r\n\r\n", 405, b"TRACE is not allowed"),
-                (b"POST /other HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", 404, b"error: no such path")]:
+                (b"POST /other HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", 404, b"error: no such path"),
+                # A query string was "no such path"; this body is decoded, and refused as a file.
+                (b"POST /decode?x=1 HTTP/1.1\r\nContent-Length: 4\r\n\r\nAEC1", 400, b"not an .aec file")]:
             answer = _raw_request(address, head)
             assert answer.startswith(b"HTTP/1.1 %d " % status) and text in answer, answer
+        # A malformed version got the bare text, without a status line.
+        answer = _raw_request(address, b"POST /decode HTTP/9.9\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 505 ") and b"error: Invalid HTTP version" in answer, answer
+        with socket.create_connection(address, timeout=60) as raw:  # an upload ended early was "too slowly"
+            raw.sendall(b"POST /decode HTTP/1.1\r\nContent-Length: 1000\r\n\r\nAEC")
+            raw.shutdown(socket.SHUT_WR)
+            answer = raw.recv(1 << 16)
+        assert answer.startswith(b"HTTP/1.1 400 ") and b"the body ended after 3 of the 1000 bytes" in answer, answer
         waiting = _raw_request(address, b"POST /decode HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
                                b"AEC1")
         assert waiting.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 400 "), waiting

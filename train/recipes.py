@@ -27,7 +27,7 @@ from pathlib import Path
 
 import typer
 
-from aectl.runtime.errors import AectlError, received_signals
+from aectl.runtime.errors import AectlError, missing_extra, received_signals
 from aectl.runtime.outputs import atomic_write
 
 DATA = "../shared/data/photos"
@@ -330,6 +330,11 @@ def main() -> None:
         code = app(standalone_mode=False)
     except AectlError as exc:
         sys.exit(f"error: {exc}")
+    except ModuleNotFoundError as exc:  # an install without the [train] extra: a 40-line traceback
+        message = missing_extra(exc)
+        if message is None:
+            raise
+        sys.exit(f"error: {message}")
     except Stopped as stop:  # the stage said where it stopped; the same command resumes from there
         _stopped(stop.signum)
     except (KeyboardInterrupt, typer.Abort):
