@@ -56,6 +56,10 @@ def stream_paths(inputs: list[str], out: str | None) -> tuple[list[Path], Path |
     names a file called "-" (pathlib reads both as Path("-"))."""
     def path(word: str) -> Path:
         return files.STDIO if word == "-" else Path(word)
+    if "" in inputs:  # pathlib reads "" as ".": the working folder was walked
+        raise AectlError('"": give a file or a folder (. for this one)')
+    if out == "":  # and written into
+        raise AectlError('-o "": give a file or a folder (. for this one)')
     return [path(w) for w in inputs], None if out is None else path(out)
 
 
@@ -120,13 +124,14 @@ def _image_suffix(suffix: str) -> bool:
 
 def _writable_format(suffix: str, named_by: str) -> str:
     """Pillow's format for an output suffix, or one line on why it cannot be written."""
-    from PIL import Image
+    from aectl.runtime.image_io import writer_refusal
 
     fmt = _pillow_format(suffix)
     if fmt is None:
         raise AectlError(f"{named_by}: Pillow cannot write that format")
-    if fmt not in Image.SAVE:  # PSD, XPM...: readable only
-        raise AectlError(f"{named_by}: Pillow reads that format but cannot write it")
+    refusal = writer_refusal(fmt)
+    if refusal:
+        raise AectlError(f"{named_by}: {refusal}")
     return fmt
 
 
@@ -210,6 +215,9 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     jobs = jobs or files.plan_jobs(inputs, out, files.IMAGE_SUFFIXES, files.AEC_SUFFIX)
     if not jobs:
         raise AectlError("no image files found in the given inputs")
+    # Every file's report names the quality that made it, where the bundle has one (only a budget's choice was
+    # named: `compress --json` with the default model did not say which quality it used).
+    own_quality = manifest_quality(codec.bundle.manifest)
     if engine == "ray":
         from aectl.integrations.ray import compress_jobs
 
@@ -222,6 +230,8 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
             for result in compress_jobs(jobs, model, force, workers=workers, provider=provider,
                                         format_version=format_version, max_pixels=max_pixels,
                                         threads=1 if threads is None else threads):
+                if result.ok:
+                    result.quality = own_quality
                 results.append(result)
                 on_result(result)
                 if fail_fast and not result.ok:
@@ -234,8 +244,7 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     if budget:
         from aectl.runtime.rate_control import QualityLadder
 
-        own_level = manifest_quality(codec.bundle.manifest)
-        levels = {own_level or 0: model} if chosen_by_user else shipped_qualities()
+        levels = {own_quality or 0: model} if chosen_by_user else shipped_qualities()
         ladder = QualityLadder(levels, provider=provider, threads=threads, max_pixels=max_pixels,
                                format_version=format_version)
     else:
@@ -245,16 +254,15 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
         from aectl.runtime.container import parse
 
         source = _stdin_image(codec.max_pixels) if files.is_stdio(job.source) else job.source
-        chosen = None
+        quality = own_quality
         if ladder:
             data, chosen = ladder.compress_within(source, max_bytes=max_bytes, max_bpp=max_bpp)
+            quality = chosen or None  # 0: a bundle of the user's without a quality (its ladder's one rung)
         else:
             data = codec.compress(source)
         header = parse(data, max_pixels)[0]
         info = files.compress_info(data, header.width, header.height, header.channels, header.bit_depth)
-        if chosen:
-            info["quality"] = chosen
-        return data, info
+        return data, info | {"quality": quality}
 
     with _progress(len(jobs), "compress") as advance:
         results = files.run_jobs(jobs, work, force, on_result=_print_ok(json_out, advance), fail_fast=fail_fast,
@@ -278,11 +286,12 @@ def decompress_files(inputs, out, model, provider, image_format, force, json_out
     from aectl.runtime.codec import Codec, check_max_pixels
     from aectl.runtime.container import parse
     from aectl.runtime.image_io import PNG_COMPRESSION, encode_image, write_image
-    from aectl.runtime.providers import require_provider
+    from aectl.runtime.providers import check_threads, require_provider
     from aectl.runtime.registry import find_bundle
 
     require_provider(provider)
     check_max_pixels(max_pixels)
+    check_threads(threads)  # without -m each file's model is opened as it comes: it was said once per file
     png_compression = PNG_COMPRESSION if png_compression is None else png_compression
     if not 0 <= png_compression <= 9:
         raise AectlError(f"--png-compression {png_compression}: give a zlib level from 0 to 9")

@@ -186,10 +186,16 @@ def info(
         except AectlError as exc:
             raise AectlError(f"stdin: {exc}") from None
         return show_aec(Path("stdin"), json_out, data)
+    if target == "":  # pathlib reads it as ".": the working folder was taken for a bundle
+        raise AectlError('"": give a bundle folder or an .aec file')
     target = Path(target)
     if not target.exists():
         raise AectlError(f"{target}: no such file or directory")
-    show_aec(target, json_out) if target.is_file() else show_bundle(target, json_out)
+    if target.is_dir():
+        return show_bundle(target, json_out)
+    if not target.is_file():  # a FIFO or a device was "not a bundle directory"
+        raise AectlError(f"{target}: not a regular file")
+    show_aec(target, json_out)
 
 
 @app.command()
@@ -398,7 +404,7 @@ def main() -> None:
         message = missing_extra(exc)
         if message is None:
             _internal_error(exc)
-        _die(f"this command needs {exc.name}, which is not installed: pip install 'aectl[train]'")
+        _die(message)
     except BrokenPipeError:  # the reader of stdout left (`aectl compress x.png -o - | head -c 8`): quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         sys.exit(1)

@@ -125,15 +125,34 @@ def show_aec(path: Path, json_out: bool = False, data: bytes | None = None) -> N
         except AectlError as exc:
             raise AectlError(f"{path}: {exc}") from None
     fields = describe(header) | {"file_bytes": size, "bpp": 8 * size / (header.width * header.height)}
+    fields |= _decoded_by(header.model_id)
     if json_out:
         print(json_text(fields))
         return
+    if fields["bundle"] is None:
+        fields["bundle"] = fields.pop("bundle_error", "none in the search path (decompress needs -m BUNDLE)")
+    if fields["quality"] is None:
+        del fields["quality"]
     table = Table(title=f".aec file {path}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     for key, value in fields.items():
         table.add_row(key.replace("_", " "), f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+def _decoded_by(model_id: str) -> dict:
+    """The bundle decompress would take for a file without -m (registry.find_bundle), and its quality: info gave
+    the model id alone, which does not say which shipped quality made a file, or whether this machine decodes it."""
+    from aectl.runtime.registry import NoBundle, find_bundle, manifest_quality
+
+    try:
+        bundle = find_bundle(model_id)
+    except NoBundle:
+        return {"bundle": None, "quality": None}
+    except AectlError as exc:  # a match that does not load (a decoder cut short): why, as decompress says it
+        return {"bundle": None, "quality": None, "bundle_error": str(exc)}
+    return {"bundle": str(bundle.path), "quality": manifest_quality(bundle.manifest)}
 
 
 def _stage(train: dict) -> str:

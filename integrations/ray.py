@@ -60,7 +60,7 @@ class CompressBatch:
             start = time.perf_counter()
             try:
                 data = self.codec.compress(item if isinstance(item, np.ndarray) else str(item))
-                header = _header(data)
+                header = _header(data, self.codec.max_pixels)
                 blobs.append(data)
                 sizes.append((header.width, header.height, header.channels, header.bit_depth))
                 errors.append("")
@@ -78,7 +78,8 @@ class CompressBatch:
 
 
 class DecompressBatch:
-    """map_batches callable: {"aec": [bytes, ...]} -> adds "image" (HxWxC uint8 arrays) and "error"."""
+    """map_batches callable: {"aec": [bytes, ...]} -> adds "image" (each file's pixels as Pillow gives them:
+    HxWx3 or HxWx4 uint8, HxW or HxWx2 for gray, HxW uint16 for 16-bit gray) and "error"."""
 
     def __init__(self, bundle: str, provider: str = "cpu", threads: int | None = 1):
         self.decoder = Decoder(bundle, provider=provider, threads=threads)
@@ -98,10 +99,12 @@ class DecompressBatch:
         return out
 
 
-def _header(data: bytes):
+def _header(data: bytes, max_pixels: int):
+    """The header of a file this worker just wrote, read under the limit it was written under (the format's
+    default limit refused images between it and a raised --max-pixels, after they were coded)."""
     from aectl.runtime.container import parse
 
-    return parse(data)[0]
+    return parse(data, max_pixels)[0]
 
 
 def compress_jobs(jobs: list[Job], bundle: str | Path, force: bool, workers: int | None = None,

@@ -66,6 +66,8 @@ def pack(header: Header, payload: bytes, alpha: bytes = b"") -> bytes:
 
 def check_magic(head: bytes) -> None:
     """Refuse data that does not start like an .aec file (the first 4 bytes are enough)."""
+    if not head:
+        raise AectlError("empty file, not an .aec file")
     if head[:len(MAGIC)] != MAGIC:
         raise AectlError("not an .aec file (bad magic bytes)")
 

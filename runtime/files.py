@@ -42,7 +42,7 @@ class Result:
     height: int | None = None
     bpp: float | None = None
     ratio: float | None = None
-    quality: int | None = None      # the shipped quality --max-bytes/--max-bpp chose
+    quality: int | None = None      # the bundle's quality (architecture.quality), or the one a budget chose
     seconds: float | None = None
 
     def to_dict(self) -> dict:
@@ -103,7 +103,10 @@ def plan_jobs(inputs: Iterable[Path], out: Path | None, suffixes: set[str], new_
 def is_folder(path: Path) -> bool:
     """Whether `path` is a folder; one that cannot be looked at (its folder not searchable) is taken as a file,
     and fails as one with its reason when it is read or written, while the batch goes on (the error ended the
-    whole batch, or named an output as if it were an input)."""
+    whole batch, or named an output as if it were an input). The standard stream `-` is never one, whatever
+    the working folder holds (a folder named "-" there made `decompress - -o s.jpg` refuse its -o)."""
+    if is_stdio(path):
+        return False
     try:
         return path.is_dir()
     except OSError:

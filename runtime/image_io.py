@@ -282,6 +282,15 @@ def from_pixels(rgb: np.ndarray, alpha: np.ndarray | None, channels: int, bit_de
 
 
 SIXTEEN_BIT_FORMATS = ("PNG", "TIFF")  # Pillow writers that keep 16-bit grayscale
+# Pillow writers that keep an 8-bit alpha plane (RGBA, and LA where the format takes it; PDF as a JPEG 2000 image
+# with its mask). aectl codes alpha losslessly, so the other writers refuse an image with alpha: JPEG did already,
+# while BMP and PPM wrote it as RGB without a word. GIF holds on/off transparency only: an RGBA image whose alpha
+# is all 0 or 255 (a transparent GIF's, coded and decoded) is written, any other alpha and LA at all (Pillow drops
+# it) are refused.
+ALPHA_FORMATS = ("PNG", "TIFF", "WEBP", "AVIF", "JPEG2000", "TGA", "SGI", "QOI", "DDS", "IM", "ICO", "PDF")
+# Pillow writers that resample the image to fixed icon sizes: a 320x200 image came back 1024x1024 from ICNS.
+RESAMPLING_FORMATS = ("ICNS",)
+ICO_MAX_SIDE = 256  # ICO's own limit; Pillow shrank larger images to its default icon sizes (320x200 to 128x80)
 
 
 def image_for_format(image: Image.Image, fmt: str) -> Image.Image:
@@ -292,7 +301,43 @@ def image_for_format(image: Image.Image, fmt: str) -> Image.Image:
     return image
 
 
+def writer_refusal(fmt: str) -> str | None:
+    """Why Pillow cannot write `fmt` at all here, or None: it reads PSD only, BUFR/GRIB/HDF5/WMF need a save
+    handler Pillow does not ship, MSP/XBM/PALM take 1-bit images only, and ICNS resamples. Asked of Pillow itself
+    (a 1x1 RGB and gray image), so that a format is refused before any work instead of failing once per file."""
+    if fmt not in Image.SAVE:
+        return "Pillow reads that format but cannot write it"
+    if fmt in RESAMPLING_FORMATS:
+        return f"{fmt} holds icons of fixed square sizes, so Pillow would resample the image"
+    reason = ""
+    for mode in ("RGB", "L"):
+        try:
+            Image.new(mode, (1, 1)).save(io.BytesIO(), format=fmt)
+            return None
+        except Exception as exc:  # OSError, ValueError, KeyError: Pillow's words differ per writer
+            reason = str(exc)
+    return f"Pillow cannot write RGB or gray images as {fmt} ({reason})"
+
+
+def _on_off_gif(image: Image.Image, fmt: str) -> bool:
+    """Whether GIF holds this image's alpha as it is: RGBA with every alpha value 0 or 255."""
+    if fmt != "GIF" or image.mode != "RGBA":
+        return False
+    alpha = np.asarray(image.getchannel("A"))
+    return bool(((alpha == 0) | (alpha == 255)).all())
+
+
 def _save(image: Image.Image, fh, fmt: str, path: Path, options: dict | None) -> None:
+    """Pillow's save, refusing in one line what it would write as a different image (alpha dropped, resized)."""
+    if image.mode in ("RGBA", "LA") and fmt not in ALPHA_FORMATS and not _on_off_gif(image, fmt):
+        raise AectlError(f"{path}: {fmt} cannot hold this image's alpha channel; write PNG, TIFF or WebP")
+    if fmt in RESAMPLING_FORMATS:
+        raise AectlError(f"{path}: {writer_refusal(fmt)}")
+    if fmt == "ICO":
+        if max(image.size) > ICO_MAX_SIDE:
+            raise AectlError(f"{path}: ICO holds images up to {ICO_MAX_SIDE}x{ICO_MAX_SIDE}, this one is "
+                             f"{image.width}x{image.height}")
+        options = {"sizes": [image.size], **(options or {})}
     try:
         image.save(fh, format=fmt, **(options or {}))
     except (ValueError, KeyError, TypeError) as exc:  # Pillow's "unsupported mode" and kin: this file fails

@@ -128,6 +128,9 @@ def atomic_write_files(files: dict[Path, bytes], force: bool = False) -> None:
     _write_together({Path(path): (lambda fh, data=data: fh.write(data)) for path, data in files.items()}, force)
 
 
+_FOLDER_TRIES = 3  # how often a write makes its folder again after another writer's failure removed it
+
+
 def _write_together(writers: dict[Path, Callable], force: bool) -> None:
     """Each temporary file's name is set before the file is created (exclusively, like tempfile.mkstemp, which
     hands the name over only after creating it: a Ctrl-C or SIGTERM raised in between left the file behind), so
@@ -137,10 +140,12 @@ def _write_together(writers: dict[Path, Callable], force: bool) -> None:
             raise exists_error(path)
     temporaries: list[str] = []
     staged: list[tuple[str, Path]] = []
+    made: list[Path] = []  # folders made for the files, removed again if the write fails
     path = None
     try:
         for path, write in writers.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_folders(path.parent, made)
+            folder_tries = 1
             while True:
                 temporaries.append(f"{hidden_sibling(path)}.tmp")
                 try:
@@ -148,6 +153,12 @@ def _write_together(writers: dict[Path, Callable], force: bool) -> None:
                     break
                 except FileExistsError:  # another writer's file: not ours to remove
                     temporaries.pop()
+                except FileNotFoundError:  # the folder was removed meanwhile by another write that made it and
+                    temporaries.pop()      # failed (remove_empty below): made again
+                    if folder_tries == _FOLDER_TRIES:
+                        raise
+                    folder_tries += 1
+                    make_folders(path.parent, made)
             with os.fdopen(fd, "wb") as fh:
                 write(fh)
                 fh.flush()
@@ -166,6 +177,7 @@ def _write_together(writers: dict[Path, Callable], force: bool) -> None:
         for tmp in temporaries:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        remove_empty(made)  # `-o new/a/b` whose first file failed left new/a/b/ behind, empty
         if isinstance(exc, OSError):
             raise write_error(path, exc) from None
         raise

@@ -77,8 +77,9 @@ class QualityLadder:
         files: dict[int, tuple[bytes, float]] = {}  # the file of each level tried, and its bpp
 
         def try_level(quality: int) -> tuple[bool, float]:
-            data = self.codec(quality).compress(image)
-            header = container.parse(data)[0]
+            codec = self.codec(quality)
+            data = codec.compress(image)
+            header = container.parse(data, codec.max_pixels)[0]  # under its own limit, not the default's
             rate = 8 * len(data) / (header.width * header.height)  # as reported: a file fits its own bpp
             files[quality] = data, rate
             return (len(data) <= max_bytes) if max_bpp is None else (rate <= max_bpp), rate

@@ -17,6 +17,10 @@ from aectl.runtime.errors import AectlError, on_command_line, option
 SHIPPED = Path(__file__).resolve().parent.parent / "models"
 
 
+class NoBundle(AectlError):
+    """No bundle in the search path holds the model (as against one that does, but fails to load)."""
+
+
 def user_bundle_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "aectl" / "bundles"
@@ -24,7 +28,11 @@ def user_bundle_dir() -> Path:
 
 def search_paths() -> list[Path]:
     extra = [Path(p) for p in os.environ.get("AECTL_BUNDLES", "").split(os.pathsep) if p]
-    return extra + [user_bundle_dir(), SHIPPED]
+    try:
+        user = [user_bundle_dir()]
+    except RuntimeError:  # no home folder (HOME unset, a uid without a passwd entry): an internal error before
+        user = []
+    return extra + user + [SHIPPED]
 
 
 def bundles_in(root: Path) -> list[Path]:
@@ -75,7 +83,7 @@ def find_bundle(model_id: str) -> Bundle:
     if errors:
         raise errors[0]
     searched = ", ".join(str(p) for p in search_paths())
-    raise AectlError(f"no bundle with model id {model_id} found (searched {searched}); "
+    raise NoBundle(f"no bundle with model id {model_id} found (searched {searched}); "
                      f"{'pass it with -m BUNDLE' if on_command_line() else 'give its bundle folder'}")
 
 

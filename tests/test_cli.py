@@ -249,6 +249,84 @@ def test_decompress_fits_16_bit_gray_to_8_bit_formats_and_fails_per_file_where_p
                                                          "write it\n" and not (tmp_path / "psd").exists()
 
 
+def test_decompress_refuses_outputs_that_would_change_the_image(kodak, tmp_path):
+    """A review's findings, each exit 0 before: ICO shrank a 320x200 image to 128x80 and ICNS stretched it to
+    1024x1024; PPM, BMP and GIF dropped the lossless alpha plane (JPEG refused it); BUFR, HDF5 and MSP failed
+    once per file, and a failed write left its new folders behind; --threads without -m blamed every file."""
+    import numpy as np
+    from PIL import Image
+
+    photo = Image.open(kodak / "kodim07.png").convert("RGB").crop((0, 0, 320, 200))
+    photo.save(tmp_path / "rgb.png")
+    ramp = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (48, 1))
+    Image.fromarray(np.dstack([np.asarray(photo)[:48, :64], ramp])).save(tmp_path / "rgba.png")
+    on_off = np.where(ramp < 128, 0, 255).astype(np.uint8)  # a transparent GIF's alpha: GIF holds it
+    Image.fromarray(np.dstack([np.asarray(photo)[:48, :64], on_off])).save(tmp_path / "logo.gif")
+    aectl("compress", tmp_path / "rgb.png", tmp_path / "rgba.png", tmp_path / "logo.gif", "-q", "1")
+    rgb, rgba = tmp_path / "rgb.aec", tmp_path / "rgba.aec"
+    aectl("decompress", tmp_path / "logo.aec", "-o", tmp_path / "back.gif")
+    with Image.open(tmp_path / "back.gif") as back:
+        assert np.array_equal(np.asarray(back.convert("RGBA"))[..., 3], on_off)
+    aectl("decompress", rgba, "-o", tmp_path / "small.ico")
+    with Image.open(tmp_path / "small.ico") as icon:
+        assert icon.size == (64, 48) and icon.mode == "RGBA"
+        assert np.array_equal(np.asarray(icon)[..., 3], ramp)
+    aectl("decompress", rgb, "-o", tmp_path / "opaque.ppm")  # no alpha to lose: written
+    aectl("decompress", rgba, "-o", tmp_path / "mask.pdf")  # PDF keeps it (JPEG 2000 with its mask)
+    for source, name, message in [
+        (rgb, "big.ico", "ICO holds images up to 256x256, this one is 320x200"),
+        *[(rgba, f"alpha.{suffix}", f"{fmt} cannot hold this image's alpha channel; write PNG, TIFF or WebP")
+          for suffix, fmt in (("ppm", "PPM"), ("bmp", "BMP"), ("gif", "GIF"), ("jpg", "JPEG"))]]:
+        proc = aectl("decompress", source, "-o", tmp_path / name, check=False)
+        assert proc.returncode == 1 and proc.stderr == f"error: {source}: {tmp_path / name}: {message}\n", proc.stderr
+    for args, message in [
+        (("-o", tmp_path / "x.icns"), f"-o {tmp_path / 'x.icns'}: ICNS holds icons of fixed square sizes, so Pillow "
+                                      "would resample the image"),
+        (("-o", tmp_path / "x.h5"), f"-o {tmp_path / 'x.h5'}: Pillow cannot write RGB or gray images as HDF5 (HDF5 "
+                                    "save handler not installed)"),
+        (("-o", tmp_path / "new", "--format", "bufr"), "--format bufr: Pillow cannot write RGB or gray images as "
+                                                       "BUFR (BUFR save handler not installed)"),
+        (("-o", tmp_path / "new", "--format", "msp"), "--format msp: Pillow cannot write RGB or gray images as MSP "
+                                                      "(cannot write mode L as MSP)")]:
+        proc = aectl("decompress", rgb, *args, check=False)
+        assert proc.returncode == 1 and proc.stderr == f"error: {message}\n", proc.stderr
+    failed = aectl("decompress", rgba, "-o", tmp_path / "new" / "a" / "b", "--format", "bmp", check=False)
+    assert failed.returncode == 1 and "cannot hold this image's alpha" in failed.stderr
+    threads = aectl("decompress", rgb, rgba, "-o", tmp_path / "new", "--threads", "100000", check=False)
+    assert threads.returncode == 1 and threads.stderr.startswith("error: --threads 100000: give 1..") and \
+        len(threads.stderr.splitlines()) == 1, threads.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back.gif", "logo.aec", "logo.gif", "mask.pdf", "opaque.ppm",
+                                                          "rgb.aec", "rgb.png", "rgba.aec", "rgba.png", "small.ico"]
+
+
+def test_names_that_are_not_files_are_told_as_such(kodak, tmp_path):
+    """`info` on a FIFO said "not a bundle directory"; a folder named "-" in the working folder made
+    `decompress - -o s.jpg` refuse its -o; "" walked the working folder (pathlib reads it as "."); an empty
+    file was "bad magic bytes"."""
+    import os
+
+    from PIL import Image
+
+    Image.open(kodak / "kodim07.png").convert("RGB").crop((0, 0, 64, 48)).save(tmp_path / "x.png")
+    aectl("compress", tmp_path / "x.png")
+    os.mkfifo(tmp_path / "pipe.aec")
+    (tmp_path / "empty.aec").write_bytes(b"")
+    (tmp_path / "-").mkdir()
+    piped = subprocess.run([aectl_exe(), "decompress", "-", "-o", "s.jpg"], cwd=tmp_path, capture_output=True,
+                           input=(tmp_path / "x.aec").read_bytes(), timeout=120)
+    assert piped.returncode == 0 and (tmp_path / "s.jpg").is_file(), piped.stderr
+    for args, message in [(("info", tmp_path / "pipe.aec"), f"{tmp_path / 'pipe.aec'}: not a regular file"),
+                          (("info", tmp_path / "empty.aec"), f"{tmp_path / 'empty.aec'}: empty file, not an .aec file"),
+                          (("decompress", ""), '"": give a file or a folder (. for this one)'),
+                          (("info", ""), '"": give a bundle folder or an .aec file'),
+                          (("compress", tmp_path / "x.png", "-o", ""),
+                           '-o "": give a file or a folder (. for this one)')]:
+        proc = subprocess.run([aectl_exe(), *map(str, args)], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 1 and proc.stderr == f"error: {message}\n", (args, proc.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["-", "empty.aec", "pipe.aec", "s.jpg", "x.aec", "x.png"]
+
+
 def test_odd_inputs_round_trip_or_fail_in_one_line(kodak, tmp_path):
     """One-colour transparency (PNG tRNS on RGB) comes back as alpha (it came back opaque, magenta where it
     was transparent); a 240-character name compresses (the temporary name was too long for the file system);
@@ -377,7 +455,7 @@ def test_frames_float_levels_and_tiny_ratios(tmp_path):
     gray = np.asarray(Image.open(tmp_path / "unit.png"), dtype=float)
     assert gray.ndim == 2 and np.abs(gray - ramp * 255).mean() < 8, np.abs(gray - ramp * 255).mean()
     proc = aectl("compress", tmp_path / "dot.png")
-    assert re.search(r"\(1x1, [\d.]+ bpp, ratio 0\.0[1-9]\d?:1, \d+ B\)", proc.stdout), proc.stdout
+    assert re.search(r"\(1x1, q4, [\d.]+ bpp, ratio 0\.0[1-9]\d?:1, \d+ B\)", proc.stdout), proc.stdout
 
 
 def test_info_shows_a_header_past_the_decoding_pixel_limit(tmp_path):
@@ -497,6 +575,16 @@ def test_demo_help_runs_nothing(tmp_path):
                           cwd=tmp_path, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: demo.py"), proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_the_demo_refuses_what_it_cannot_finish_before_any_work(tmp_path):
+    """An OUT that is a file ended the demo in a NotADirectoryError traceback (a review's finding; without
+    matplotlib, test_edge's case, it ran for 33 s, then a traceback, leaving a partial folder)."""
+    (tmp_path / "taken").write_text("x")
+    proc = subprocess.run([sys.executable, ROOT / "examples" / "demo.py", tmp_path / "taken"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr == f"error: {tmp_path / 'taken'} is a file; give a folder for the " \
+                                                   "demo's outputs\n", proc.stderr
 
 
 def test_a_bug_raising_value_error_reads_as_an_internal_error():

@@ -38,6 +38,8 @@ def test_cli_engine_ray_matches_local_path(trained, image_dir, tmp_path):
     # all but the core worker's warning that restarts are on (ray-project/ray#53727), which no option hides.
     lines = [line for line in proc.stderr.splitlines() if "core_worker.cc" not in line]
     assert lines[1:] == ["4 ok, 1 failed"], proc.stderr
+    quality = json.loads((bundle / "manifest.json").read_text())["architecture"]["quality"]
+    assert proc.stdout.count(f" q{quality}, ") == 4, proc.stdout  # the bundle's quality, as the local engine says
     local = Codec(bundle, provider="cpu", threads=1)
     sources = [p for p in image_dir.rglob("*.png") if p.name != "broken.png"]
     for src in sources:
@@ -235,6 +237,21 @@ def test_map_batches_round_trip_in_process(trained, image_dir):
         assert row["error"] == ""
         expected = np.asarray(local.decompress(local.compress(row["path"])))
         assert np.array_equal(row["image"], expected)
+
+
+def test_a_worker_reads_back_its_file_under_the_raised_pixel_limit(kodak, tmp_path, monkeypatch):
+    """A worker read back the header of each file it wrote under the format's default limit (2^28 pixels), so an
+    image between that and a raised --max-pixels was coded, then refused. Coding a 2^28-pixel image is out of
+    reach here, so the default stands at 1,000 pixels for the test: a 64x48 image under --max-pixels 10^6."""
+    from aectl.integrations.ray import CompressBatch
+    from aectl.runtime import container
+    from aectl.runtime.registry import shipped_bundle
+
+    Image.open(kodak / "kodim07.png").convert("RGB").crop((0, 0, 64, 48)).save(tmp_path / "x.png")
+    monkeypatch.setattr(container.parse, "__defaults__", (1000,))
+    rows = CompressBatch(str(shipped_bundle(1)), threads=1, max_pixels=10**6)({"path": np.array([str(tmp_path /
+                                                                                                  "x.png")], object)})
+    assert list(rows["error"]) == [""] and tuple(rows["size"][0])[:2] == (64, 48)
 
 
 def test_a_malformed_ray_address_is_one_line(kodak, tmp_path):

@@ -542,6 +542,27 @@ def test_an_output_that_appears_while_writing_is_kept_without_force(tmp_path, mo
     assert target.read_bytes() == b"this run's file"
 
 
+def test_a_folder_removed_by_another_writers_failure_is_made_again(tmp_path, monkeypatch):
+    """A failed write removes the folders it made; another writer that found the folder made (and so made none)
+    and was about to open its temporary file there failed with "No such file or directory" (a review's race,
+    forced here at the same point: the folder is removed just before the open)."""
+    from aectl.runtime import outputs
+
+    target = tmp_path / "new" / "a" / "b" / "x.aec"
+    real_sibling = outputs.hidden_sibling
+    removed = []
+
+    def the_other_writer_cleans_up(path):
+        if not removed:
+            removed.append(path.parent)
+            outputs.remove_empty([tmp_path / "new", tmp_path / "new" / "a", path.parent])
+        return real_sibling(path)
+
+    monkeypatch.setattr(outputs, "hidden_sibling", the_other_writer_cleans_up)
+    outputs.atomic_write(target, b"payload")
+    assert removed == [target.parent] and target.read_bytes() == b"payload"
+
+
 def test_a_bundle_folder_made_during_an_export_is_kept(trained, tmp_path, monkeypatch):
     """`export` and `bundle strip` checked their output before the work (seconds, for an export) and renamed
     whatever stood there at the end aside, then deleted it: a folder of the user's notes made meanwhile was lost,

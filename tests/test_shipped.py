@@ -2,6 +2,7 @@
 in their manifest on a kodak-dev image; `aectl models`, `-q`, `--max-bytes`/`--max-bpp` and `aectl eval` on them."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -487,3 +488,60 @@ def test_heic_photos_are_read_through_pillow_heif(kodak, tmp_path):
               f"read_rgb({str(folder / 'IMG_0001.HEIC')!r}, 1 << 20)\n")
     missing = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert missing.returncode != 0 and "reading HEIC/HEIF needs pillow-heif: pip install 'aectl[heif]'" in missing.stderr
+
+
+def test_compress_and_info_name_the_quality_that_made_a_file(kodak, trained, tmp_path):
+    """`compress --json` named a quality only when a budget chose it, and `info` gave the model id alone: which
+    shipped quality made a file, and which bundle here decodes it, were not said."""
+    Image.open(kodak / "kodim07.png").convert("RGB").crop((0, 0, 96, 64)).save(tmp_path / "x.png")
+    for args, quality in (((), DEFAULT_QUALITY), (("-q", "2"), 2)):
+        report = json.loads(aectl("compress", tmp_path / "x.png", *args, "--json", "--force").stdout)
+        assert report["files"][0]["quality"] == quality, report
+        info = json.loads(aectl("info", tmp_path / "x.aec", "--json").stdout)
+        assert (Path(info["bundle"]), info["quality"]) == (LEVELS[quality].resolve(), quality), info
+    assert "q2, " in aectl("compress", tmp_path / "x.png", "-q", "2", "--force").stdout
+    own = trained["factorized"][1]  # a bundle outside the search path
+    aectl("compress", tmp_path / "x.png", "-m", own, "-o", tmp_path / "own.aec")
+    env = {k: v for k, v in os.environ.items() if k != "AECTL_BUNDLES"}
+    info = subprocess.run([aectl_exe(), "info", tmp_path / "own.aec", "--json"], capture_output=True, text=True,
+                          env=env, check=True)
+    assert (json.loads(info.stdout)["bundle"], json.loads(info.stdout)["quality"]) == (None, None)
+    table = subprocess.run([aectl_exe(), "info", tmp_path / "own.aec"], capture_output=True, text=True, env=env,
+                           check=True)
+    assert "none in the search path (decompress needs -m BUNDLE)" in " ".join(table.stdout.split())
+    shutil.copytree(own, tmp_path / "found" / "own")  # found, but its decoder cut short: said why, as decompress
+    with open(tmp_path / "found" / "own" / "decoder.onnx", "r+b") as fh:
+        fh.truncate(1000)
+    env["AECTL_BUNDLES"] = str(tmp_path / "found")
+    info = subprocess.run([aectl_exe(), "info", tmp_path / "own.aec", "--json"], capture_output=True, text=True,
+                          env=env, check=True)
+    assert json.loads(info.stdout)["bundle"] is None and "decoder.onnx" in json.loads(info.stdout)["bundle_error"]
+
+
+def test_the_search_path_does_without_a_home_folder(monkeypatch):
+    """With no home folder to be found (HOME unset, a uid without a passwd entry) the search ended in an internal
+    RuntimeError, for decompress without -m and for info; it now skips the user's bundle folder."""
+    from aectl.runtime import registry
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setenv("AECTL_BUNDLES", "/nowhere")
+    monkeypatch.setattr(Path, "home", no_home)
+    assert registry.search_paths() == [Path("/nowhere"), registry.SHIPPED]
+    assert registry.find_bundle(registry.load_bundle(LEVELS[1]).model_id).path == LEVELS[1]
+
+
+def test_a_budget_reads_its_files_back_under_the_raised_pixel_limit(kodak, monkeypatch):
+    """Rate control read back each file it tried under the format's default limit (2^28 pixels), so an image
+    between that and a raised max_pixels was coded, then refused: the twin of the Ray workers' read-back. The
+    default stands at 1,000 pixels here for a 2^28-pixel image, out of reach on this machine."""
+    from aectl.runtime import container
+    from aectl.runtime.rate_control import QualityLadder
+
+    image = np.asarray(Image.open(kodak / "kodim07.png").convert("RGB"))[:48, :64]
+    monkeypatch.setattr(container.parse, "__defaults__", (1000,))
+    data, quality = QualityLadder(LEVELS, provider="cpu", threads=1, max_pixels=10**6).compress_within(
+        image, max_bytes=10**6)
+    assert quality == max(LEVELS) and container.parse(data, 10**6)[0].width == 64
