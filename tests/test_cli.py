@@ -1,5 +1,6 @@
 """The real console script: train -> export -> verify -> info on real photos, and one-line errors."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -10,7 +11,9 @@ from conftest import ROOT, aectl_exe
 
 
 def aectl(*args, check=True, timeout=600):
-    proc = subprocess.run([aectl_exe(), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    # A wide console for rich's tables, whatever COLUMNS the suite was started with: tests match their cells.
+    proc = subprocess.run([aectl_exe(), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200"})
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc

@@ -105,9 +105,11 @@ def test_a_locked_run_folder_stops_every_rank_in_one_line(photos, tmp_path):
     fd = os.open(run, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)  # what a running `train` holds
     try:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), aectl_exe(), *ARGS, "--data", str(photos), "--out", str(run),
-               "--steps", "4"]
+        # torchrun checks its ranks every 0.1 s and terminates the others once one has failed: rank 1, slow to
+        # print after the broadcast on a loaded machine, would say "terminated" instead. 2 s leaves it time.
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--monitor-interval", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), aectl_exe(), *ARGS, "--data",
+               str(photos), "--out", str(run), "--steps", "4"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     finally:
         os.close(fd)

@@ -170,13 +170,14 @@ def test_edge_service_bounds_what_a_client_can_take(edge_files, trained, kodak):
                     break
             assert sent < 999 and (answer == b"" or answer.startswith(b"HTTP/1.1 408 ")), answer
         # A steady upload past --timeout is read whole (a fixed deadline cut off every body over 7.5 MB at
-        # 1 Mbit/s): 300 KB at 100 KB/s take 3 s, the body's deadline is 2 s + 300 KB / 64 KiB/s. The trailing
-        # zeros make it a bad file, so the answer is the 400 of a body read to its end.
-        padded = small + bytes(300_000 - len(small))
+        # 1 Mbit/s): 600 KB at 200 KB/s take 3 s, the body's deadline is 2 s + 600 KB / 64 KiB/s = 11 s (at 100 KB/s,
+        # 3.6 s of margin were too little for a loaded machine's sleeps). The trailing zeros make it a bad file, so
+        # the answer is the 400 of a body read to its end.
+        padded = small + bytes(600_000 - len(small))
         with socket.create_connection(address, timeout=60) as raw:
             raw.sendall(b"POST /decode HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(padded))
-            for start in range(0, len(padded), 10_000):
-                raw.sendall(padded[start:start + 10_000])
+            for start in range(0, len(padded), 20_000):
+                raw.sendall(padded[start:start + 20_000])
                 time.sleep(0.1)
             answer = _read_answer(raw)
         assert answer.startswith(b"HTTP/1.1 400 ") and b"unexpected" in answer, answer

@@ -64,10 +64,13 @@ def test_cli_engine_ray_keeps_max_pixels_and_names_its_flags(trained, kodak, tmp
     assert (out / "small.aec").is_file() and not (out / "big.aec").exists()
 
 
-def _copies(kodak, folder, count: int, crop=None):
-    """`count` copies of a kodak-dev photo (or of a crop of it) as PNGs in a new folder."""
+def _copies(kodak, folder, count: int, crop=None, tiles: int = 1):
+    """`count` copies of a kodak-dev photo (or of a crop of it, or of it tiled `tiles` x `tiles` times, which takes
+    that many times longer to code) as PNGs in a new folder."""
     folder.mkdir()
     image = Image.open(kodak / "kodim01.png")
+    if tiles > 1:
+        image = Image.fromarray(np.tile(np.asarray(image), (tiles, tiles, 1)))
     for i in range(count):
         (image.crop(crop) if crop else image).save(folder / f"{i:02}.png")
     return folder
@@ -154,7 +157,8 @@ def test_cli_engine_ray_sigterm_exits_143(trained, kodak, tmp_path):
     proc = _start(trained, _copies(kodak, tmp_path / "in", 24), out)
     try:
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("*.aec")):
+        while not list(out.glob("*.aec")):
+            assert time.monotonic() < deadline and proc.poll() is None, "no output, or the run ended before the signal"
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
@@ -193,7 +197,9 @@ def test_cli_engine_ray_ends_when_its_workers_keep_dying(trained, kodak, tmp_pat
     (out of memory) hung the command. Here every worker is killed as it starts, as the OOM killer would: the run
     now ends in one line, exit 1, once the worker has died three times."""
     out = tmp_path / "out"
-    proc = _start(trained, _copies(kodak, tmp_path / "in", 4), out)
+    # Tiled 3x3, so a worker that slips through the polling below (a loaded machine) cannot finish its batch
+    # before it is killed: that would end the run with exit 0.
+    proc = _start(trained, _copies(kodak, tmp_path / "in", 4, tiles=3), out)
     kills = set()
     try:
         deadline = time.monotonic() + 180  # before the fix: still restarting its worker at the deadline
