@@ -56,7 +56,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print,
     cfg, resumed = resolved or resolve_run(cfg, log)
     device = pick_device(cfg.device)
     ddp = Distributed(device)  # joined first, so that every rank hears whether rank 0 could lock the run folder
-    with run_folder(Path(cfg.out), ddp):
+    with run_folder(Path(cfg.out), ddp), _sigint_heard():
         try:
             return _train(cfg, resumed, progress, log, ddp, ddp.device(device))
         except BaseException:
@@ -254,6 +254,26 @@ def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log, ddp: Dis
     final = history[-1] if history else {}
     log(f"done: {step} steps; {out / CHECKPOINT}")
     return final
+
+
+class _sigint_heard:
+    """SIGINT inherited as ignored (a script's background job) raises KeyboardInterrupt for the duration (main
+    thread only), so `kill -INT` stops the data loading and the seed presets' entropy fit as it stops the steps
+    (_graceful_stop); the fit went on unheard. A handler of the caller's own is left in place."""
+
+    def __enter__(self):
+        self.taken = False
+        try:
+            if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                self.taken = True
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        if self.taken:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _graceful_stop:
