@@ -58,6 +58,18 @@ def _compare(net: Network, model, x: np.ndarray, decoder: bool = True) -> dict:
             "max_abs_diff": max(enc_diff, dec_diff)}
 
 
+def _not_exported_from(bundle, bundle_dir, source, ckpt: dict) -> str:
+    """Why a bundle's tables differ from a run's: an export of an earlier step of this run, which has trained on
+    since (the same command started both), or a bundle of another run."""
+    training = bundle.manifest.get("training") or {}
+    started_by = training.get("command")
+    same_run = started_by and started_by == (ckpt.get("run") or {}).get("command")
+    if same_run and training.get("steps") != ckpt.get("step"):
+        return (f"{bundle_dir} was exported at step {training.get('steps')}; {source} has trained on to step "
+                f"{ckpt.get('step')} since, so it no longer holds that bundle's weights: export it again")
+    return f"{bundle_dir} was not exported from {source} (entropy tables differ)"
+
+
 def verify_bundle(bundle_dir: str | Path, source: str | Path, provider: str = "cpu",
                   images: str | Path | None = None) -> dict:
     """`aectl verify`: the bundle must come from this checkpoint (same entropy tables) and match it numerically,
@@ -73,7 +85,7 @@ def verify_bundle(bundle_dir: str | Path, source: str | Path, provider: str = "c
     model, preset = build_from_checkpoint(ckpt, source)
     learned = {k: v for k, v in bundle.entropy.items() if k != "classes"}  # classes are fitted, not learned
     if entropy_tables(model) != learned:
-        raise AectlError(f"{bundle_dir} was not exported from {source} (entropy tables differ)")
+        raise AectlError(_not_exported_from(bundle, bundle_dir, source, ckpt))
     for role in bundle.manifest["files"]:
         bundle.file(role)  # hash check
         _check_stamps(bundle, role)  # the hash-protected file must belong to this manifest's model and tables

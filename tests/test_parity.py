@@ -90,3 +90,27 @@ def test_model_id_names_the_function_not_the_exporter_notes(trained):
     values.flat[0] += 1e-3
     weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
     assert _model_id(encoder, decoder, bundle.entropy) != reference
+
+
+def test_verify_tells_an_earlier_export_of_the_run_from_another_run(trained, tmp_path):
+    """A bundle exported from a run that has trained on since was "not exported from" that run, as a bundle of
+    another model is: verify now says which step the bundle holds and where the run is."""
+    import shutil
+
+    from aectl.export.parity import verify_bundle
+    from aectl.runtime.errors import AectlError
+    from aectl.train.loop import train
+    from aectl.train.run_options import TrainConfig
+
+    run, bundle = trained["factorized"]
+    later = tmp_path / "run"
+    shutil.copytree(run, later)
+    step = load_checkpoint(later)["step"]
+    train(TrainConfig(out=str(later), resume=True, steps=step + 2), progress=False, log=lambda *_: None)
+    with pytest.raises(AectlError) as err:
+        verify_bundle(bundle, later)
+    assert str(err.value) == (f"{bundle} was exported at step {step}; {later} has trained on to step {step + 2} "
+                              "since, so it no longer holds that bundle's weights: export it again")
+    other, _ = trained["seed-conv"]
+    with pytest.raises(AectlError, match=rf"^{bundle} was not exported from {other} \(entropy tables differ\)$"):
+        verify_bundle(bundle, other)
