@@ -293,12 +293,17 @@ def print_whole(table: Table) -> None:
                 force_terminal=console.is_terminal, markup=False).print(table)
 
 
+def _count(n: int, noun: str) -> str:
+    """`1 image`, `12 images`."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def show_bench(result: dict) -> None:
     """Tables for `aectl bench`; --json prints everything these summarise."""
-    imgs, m = result["images"], result["machine"]
-    console.print(f"bench {result['bundle']['path']} on {imgs['count']} images "
-                  f"({', '.join(f'{n} x {s}' for s, n in imgs['sizes'].items())}), {result['config']['threads']} threads, "
-                  f"{result['config']['repeats']} repeats (median pass); {m['processor']}, load average "
+    imgs, m, cfg = result["images"], result["machine"], result["config"]
+    console.print(f"bench {result['bundle']['path']} on {_count(imgs['count'], 'image')} "
+                  f"({', '.join(f'{n} x {s}' for s, n in imgs['sizes'].items())}), {_count(cfg['threads'], 'thread')}, "
+                  f"{_count(cfg['repeats'], 'repeat')} (median pass); {m['processor']}, load average "
                   f"{format(m['load_average_before'][0], '.2f') if m['load_average_before'] else '?'}")
     if "rate" in result:
         console.print("; ".join([f"aectl: {result['rate']['bpp']:.3f} bpp, {result['rate']['psnr']:.2f} dB"] + [

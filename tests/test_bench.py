@@ -163,6 +163,8 @@ def test_bench_end_to_end_on_a_tiny_model(trained, two_images, tmp_path):
     text = aectl("bench", "-m", bundle, "--images", two_images, "--repeats", "1", "--batch-sizes", "1",
                  "--no-torch", "--baselines", "jpeg", "--save", shown, env={"COLUMNS": "60"}).stdout
     assert "throughput on cpu" in text and "GMAC/s" in text and "% of peak" in text and "\u2026" not in text
+    header = " ".join(text.split())  # as the narrow console wraps it
+    assert " on 2 images (" in header and ", 2 threads, 1 repeat (median pass)" in header, text  # was "1 repeats"
     assert_rows_shown(json.loads(shown.read_text()), text)
 
 
