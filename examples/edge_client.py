@@ -1,7 +1,8 @@
 """A minimal edge decoder service: POST the bytes of an .aec file to /decode, get a PNG back.
 
 It needs only `pip install aectl[cpu]` (no torch, no encoder) and a decoder bundle, e.g. one made with
-`aectl bundle strip BUNDLE -o edge-bundle` or `aectl export RUN --decoder-only -o edge-bundle`.
+`aectl bundle strip BUNDLE -o edge-bundle`, or `aectl export RUN --decoder-only -o edge-bundle` with the options
+the full bundle was exported with (`--entropy-classes 8` for the shipped ones), so that it decodes its files.
 
     python examples/edge_client.py --bundle edge-bundle --port 8080
     curl --data-binary @photo.aec http://127.0.0.1:8080/decode -o photo.png
