@@ -15,6 +15,16 @@ import typer
 from aectl.runtime.errors import AectlError, command_line, exists_error, missing_extra, one_line, received_signals
 from aectl.runtime.outputs import check_writable_folder
 
+def _path(value: str) -> Path:
+    """A path option as typer makes one, but "" is refused: pathlib reads it as "." and the working folder was
+    taken for a bundle, an image folder or an output."""
+    if value == "":
+        raise typer.BadParameter('"": give a file or a folder (. for this one)')
+    return Path(value)
+
+
+PATH = {"parser": _path, "metavar": "<path>"}  # for every Path option below
+
 THREADS_HELP = ("onnxruntime intra-op threads (default: one per physical core this process may use; 0: "
                 "onnxruntime's own choice, which pins its threads)")
 
@@ -64,11 +74,11 @@ def train(
     quality: Optional[int] = typer.Option(None, "--quality", "-q", help="factorized: 1..8 (lambda, N/M table)"),
     channels: Optional[str] = typer.Option(None, help="factorized: N,M channel counts, overriding the quality's"),
     crop: Optional[int] = typer.Option(None, help="training crop side; default: the preset's"),
-    data_root: Optional[Path] = typer.Option(None, help="with --data stl10: folder holding stl10_binary/"),
+    data_root: Optional[Path] = typer.Option(None, **PATH, help="with --data stl10: folder holding stl10_binary/"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
     fit_steps: Optional[int] = typer.Option(None, help="steps fitting the entropy model: seed presets after "
                                             "training, --init-from BUNDLE before it; default 1000"),
-    init_from: Optional[Path] = typer.Option(None, help="start from the weights of another run, checkpoint or "
+    init_from: Optional[Path] = typer.Option(None, **PATH, help="start from the weights of another run, checkpoint or "
                                              "exported bundle (its density is refitted)"),
     checkpoint_every: float = typer.Option(60.0, help="seconds between checkpoints (also saved on Ctrl-C/SIGTERM)"),
     stop_at: Optional[int] = typer.Option(None, help="pause at this step with a checkpoint (the learning-rate "
@@ -99,7 +109,7 @@ def train(
 @app.command()
 def export(
     source: Path = typer.Argument(..., help="run directory (its latest checkpoint) or checkpoint file"),
-    out: Path = typer.Option(..., "--out", "-o", help="bundle directory to write"),
+    out: Path = typer.Option(..., "--out", "-o", **PATH, help="bundle directory to write"),
     force: bool = typer.Option(False, help="replace an existing bundle"),
     decoder_only: bool = typer.Option(False, "--decoder-only", help="write an edge bundle: decoder and manifest only"),
     ort: bool = typer.Option(False, "--ort", help="also write decoder.ort (ORT format, for mobile/minimal builds)"),
@@ -157,7 +167,7 @@ app.add_typer(bundle_app, name="bundle")
 @bundle_app.command("strip")
 def bundle_strip(
     source: Path = typer.Argument(..., help="bundle directory"),
-    out: Path = typer.Option(..., "--out", "-o", help="decoder-only bundle to write"),
+    out: Path = typer.Option(..., "--out", "-o", **PATH, help="decoder-only bundle to write"),
     force: bool = typer.Option(False, help="replace an existing output"),
     ort: bool = typer.Option(False, "--ort", help="keep only decoder.ort (onnxruntime's minimal and mobile builds; "
                              "the bundle must have been exported with --ort)"),
@@ -201,7 +211,8 @@ def info(
 @app.command()
 def compress(
     inputs: list[str] = typer.Argument(..., help="image files or directories (recursive); - reads standard input"),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="bundle directory; default: a shipped model"),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", **PATH,
+                                         help="bundle directory; default: a shipped model"),
     quality: Optional[int] = typer.Option(None, "--quality", "-q", help="shipped model quality (see `aectl models`); "
                                           "default: 4"),
     max_bytes: Optional[int] = typer.Option(None, help="use the best shipped quality whose file fits in this many bytes"),
@@ -238,7 +249,8 @@ def decompress(
                                       help="output directory (or image file for one input; - for standard output, "
                                            "as --format, default png); default: next to each input (standard output "
                                            "for -)"),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="bundle; default: found by the file's model id"),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", **PATH,
+                                         help="bundle; default: found by the file's model id"),
     provider: str = typer.Option("auto", help="onnxruntime provider: auto (CUDA if it works, else CPU), cpu, cuda or tensorrt"),
     image_format: Optional[str] = typer.Option(None, "--format", help="output image format (file suffix): png, bmp, "
                                                "tiff, ...; default: the suffix of -o FILE for one input, else png"),
@@ -272,8 +284,8 @@ def _batch_sizes(value: str) -> tuple[int, ...]:
 
 @app.command()
 def bench(
-    images: Path = typer.Option(..., "--images", help="folder of images to compress (e.g. kodak-dev)"),
-    model: Optional[Path] = typer.Option(None, "--model", "-m",
+    images: Path = typer.Option(..., "--images", **PATH, help="folder of images to compress (e.g. kodak-dev)"),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", **PATH,
                                          help="bundle directory; default: the model compress uses without -m"),
     provider: str = typer.Option("cpu", help="cpu, cuda or all (every provider that works here)"),
     threads: int = typer.Option(2, help="intra-op threads for onnxruntime, torch and the matmul peak"),
@@ -283,7 +295,7 @@ def bench(
     baselines: str = typer.Option("jpeg,webp", help="Pillow codecs at the same bpp (comma-separated; '' for none)"),
     limit: Optional[int] = typer.Option(None, help="use only the first N images"),
     json_out: bool = typer.Option(False, "--json", help="print the full results as JSON"),
-    save: Optional[Path] = typer.Option(None, help="also write the JSON results to this file"),
+    save: Optional[Path] = typer.Option(None, **PATH, help="also write the JSON results to this file"),
     force: bool = typer.Option(False, help="overwrite an existing --save file"),
 ) -> None:
     """Throughput of compress/decompress: onnxruntime vs torch eager vs JPEG/WebP, time split, % of matmul peak."""
@@ -325,11 +337,12 @@ def models(json_out: bool = typer.Option(False, "--json", help="print JSON, with
 
 @app.command("eval")
 def evaluate(
-    model: Optional[list[Path]] = typer.Option(None, "--model", "-m", help="bundle (repeat for a curve); "
+    model: Optional[list[Path]] = typer.Option(None, "--model", "-m", **PATH, help="bundle (repeat for a curve); "
                                                "default: every shipped model"),
-    data: Path = typer.Option(..., help="folder of evaluation images (e.g. Kodak)"),
+    data: Path = typer.Option(..., **PATH, help="folder of evaluation images (e.g. Kodak)"),
     baselines: str = typer.Option("jpeg,webp,avif", help="comma-separated: jpeg, webp, avif (through Pillow)"),
-    out: Path = typer.Option(..., "--out", "-o", help="folder for results.json, per_image.csv, curves.csv, rd.png"),
+    out: Path = typer.Option(..., "--out", "-o", **PATH,
+                             help="folder for results.json, per_image.csv, curves.csv, rd.png"),
     provider: str = typer.Option("cpu", help="onnxruntime provider for the models"),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     force: bool = typer.Option(False, help="overwrite existing results in --out"),

@@ -327,6 +327,15 @@ def test_names_that_are_not_files_are_told_as_such(kodak, tmp_path):
         proc = subprocess.run([aectl_exe(), *map(str, args)], cwd=tmp_path, capture_output=True, text=True,
                               timeout=120)
         assert proc.returncode == 1 and proc.stderr == f"error: {message}\n", (args, proc.stderr)
+    # Every path option too (typer made "" a Path, which reads as "."): -m "" was "error: .: no manifest.json
+    # here", and bench, eval and train took the working folder for their images, output or weights.
+    for args in [("compress", "x.png", "-m", ""), ("decompress", "x.aec", "-m", ""), ("bench", "--images", ""),
+                 ("bench", "--images", ".", "--save", ""), ("eval", "--data", "", "-o", "e"),
+                 ("eval", "--data", ".", "-o", ""), ("export", "run", "-o", ""),
+                 ("train", "--data", ".", "--out", "r", "--init-from", "")]:
+        proc = subprocess.run([aectl_exe(), *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: Invalid value for '--") and \
+            proc.stderr.endswith("': \"\": give a file or a folder (. for this one)\n"), (args, proc.stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["-", "empty.aec", "pipe.aec", "s.jpg", "x.aec", "x.png"]
 
 
