@@ -121,6 +121,9 @@ def export(
                                         "(8 for the shipped models; smaller files, same pictures); 0: off"),
 ) -> None:
     """Export a checkpoint to encoder.onnx + decoder.onnx + manifest.json, verified against torch."""
+    from aectl.export.request import check_export_request
+
+    check_export_request(source, out, force, precision, ort, calibration, entropy_classes)  # before torch loads
     from aectl.export.onnx_export import export_bundle
 
     export_bundle(source, out, force=force, decoder_only=decoder_only, ort=ort, precision=precision,

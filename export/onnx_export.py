@@ -21,10 +21,10 @@ import torch
 
 from aectl.export.entropy_classes import fit_classes
 from aectl.export.graphs import DecoderGraph, EncoderGraph
+from aectl.export.request import CALIBRATION_USES, check_export_request, given_folder
 from aectl.export.rewrites import depth_to_space_as_conv_transpose
 from aectl.export.tables import build_tables, entropy_digest
-from aectl.runtime.bundle import (FORMAT, FORMAT_VERSION, MANIFEST, MAX_CLASSES, bundle_folder, check_output_folder,
-                                  sha256_file)
+from aectl.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, MAX_CLASSES, bundle_folder, sha256_file
 from aectl.runtime.errors import AectlError
 from aectl.train.entropy import TAIL_MASS
 from aectl.train.checkpoint import build_from_checkpoint, entropy_fitted, load_checkpoint, training_data
@@ -156,17 +156,8 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
     entropy_classes: fit that many classified entropy tables (export/entropy_classes.py) on the same photos;
     0 keeps the learned per-channel tables alone.
     """
-    from aectl.export.precision import PRECISIONS
-
     out_dir = Path(out_dir)
-    if precision not in PRECISIONS:
-        raise AectlError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision != "fp32" and ort:
-        raise AectlError("--ort is only made for fp32 decoders; export the ORT format from an fp32 bundle")
-    check_output_folder(out_dir, force, Path(source))  # before the slow work; bundle_folder checks again
-    if calibration is not None and precision == "fp32" and not entropy_classes:  # it was ignored without a word
-        raise AectlError("--calibration picks the photos of an fp16/int8 export or of --entropy-classes; "
-                         "this export uses neither")
+    check_export_request(source, out_dir, force, precision, ort, calibration, entropy_classes)
     ckpt = load_checkpoint(Path(source))
     model, preset = build_from_checkpoint(ckpt, source)
     if not preset.rate_distortion and not entropy_fitted(ckpt):
@@ -245,7 +236,7 @@ def _fit_symbols(model, preset: Preset, ckpt: dict, calibration) -> tuple[list[n
     would quantise them, for fitting the classified entropy tables. Default folder: the run's training data."""
     from aectl.train.data import find_images, load_rgb
 
-    folder = photo_folder(calibration, ckpt, "--calibration", "--entropy-classes fits its tables on real photos")
+    folder = photo_folder(calibration, ckpt, "--calibration", CALIBRATION_USES[False])
     files = find_images(folder)[:MAX_FIT_IMAGES]
     if not files:
         raise AectlError(f"--calibration {folder}: no images found")
@@ -263,11 +254,7 @@ def _fit_symbols(model, preset: Preset, ckpt: dict, calibration) -> tuple[list[n
 def photo_folder(given: str | Path | None, ckpt: dict, option: str, why: str) -> Path:
     """The folder of real photos passed as `option`, or else the run's training data; errors name which."""
     if given is not None:
-        if not str(given):  # the CLI passes it as a string: Path("") is ".", which calibrated on the working folder
-            raise AectlError(f'{option} "": give a folder')
-        if not Path(given).is_dir():
-            raise AectlError(f"{option} {given}: not a folder ({why})")
-        return Path(given)
+        return given_folder(given, option, why)
     folder = training_data(ckpt.get("config", {}))
     if not folder:
         raise AectlError(f"{why}, and the checkpoint does not record its training data: pass {option} DIR")
@@ -282,7 +269,7 @@ def variant_images(ckpt: dict, calibration: str | Path | None, option: str = "--
     names the command's flag for the folder in errors."""
     from aectl.train.data import find_images, load_rgb
 
-    folder = photo_folder(calibration, ckpt, option, "a reduced-precision decoder is checked on real photos")
+    folder = photo_folder(calibration, ckpt, option, CALIBRATION_USES[True])
     files = find_images(folder)
     if len(files) < 4:
         where = f"{option} {folder}" if calibration else f"the run's training data {folder}"  # named an unused flag

@@ -42,7 +42,6 @@ import onnx
 
 from aectl.runtime.errors import AectlError
 
-PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_CROP = 256
 # Activation ranges cover this percentile of calibration values (onnxruntime's default for the method): PSNR
 # loss against fp32 on kodak-dev q1 / q4 / q7 0.03 / 0.11 / 0.31 dB, against 0.05 / 0.16 / 0.41 with min-max.

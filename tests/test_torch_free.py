@@ -58,3 +58,19 @@ except SystemExit as e:
     proc = run_blocked(code)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "a.png").is_file()
+
+
+def test_export_refuses_a_mistyped_option_before_torch_loads(tmp_path):
+    """`aectl export` refused a mistyped option only after importing torch and onnx (3 s here); the options'
+    own errors now come first, here in a process where importing either raises."""
+    blocker = BLOCKER.replace("name.startswith(('aectl.train', 'aectl.export'))", "name.split('.')[0] == 'onnx'")
+    missing = tmp_path / "none"
+    for args, message in [(("--precision", "int4"), "--precision 'int4': choose one of fp32, fp16, int8"),
+                          (("--precision", "fp16", "--ort"), "--ort is only made for fp32 decoders"),
+                          (("--precision", "int8", "--calibration", missing), f"--calibration {missing}: not a folder"),
+                          (("--calibration", tmp_path), "--calibration picks the photos of an fp16/int8 export")]:
+        argv = ["aectl", "export", str(tmp_path / "run"), "-o", str(tmp_path / "b"), *map(str, args)]
+        proc = subprocess.run([sys.executable, "-c", f"{blocker}\nsys.argv = {argv!r}\n"
+                               "from aectl.cli.main import main\nmain()"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1 and proc.stderr.startswith(f"error: {message}"), (args, proc.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
