@@ -278,6 +278,7 @@ def test_decompress_refuses_outputs_that_would_change_the_image(kodak, tmp_path)
         assert np.array_equal(np.asarray(icon)[..., 3], ramp)
     aectl("decompress", rgb, "-o", tmp_path / "opaque.ppm")  # no alpha to lose: written
     aectl("decompress", rgba, "-o", tmp_path / "mask.pdf")  # PDF keeps it (JPEG 2000 with its mask)
+    assert b"/SMask" in (tmp_path / "mask.pdf").read_bytes(), "the alpha plane went into the PDF as its soft mask"
     for source, name, message in [
         (rgb, "big.ico", "ICO holds images up to 256x256, this one is 320x200"),
         *[(rgba, f"alpha.{suffix}", f"{fmt} cannot hold this image's alpha channel; write PNG, TIFF or WebP")

@@ -585,6 +585,7 @@ def test_a_bundle_folder_made_during_an_export_is_kept(trained, tmp_path, monkey
 
     monkeypatch.setattr(Bundle, "read", user_fills_out_meanwhile)
     for force, message in ((False, "is not a bundle"), (True, "is not a bundle")):
+        shutil.rmtree(out, ignore_errors=True)  # each starts with no `out`: the first check has nothing to refuse
         with pytest.raises(AectlError, match=message):
             strip_bundle(source, out, force=force)
         assert (out / "NOTES.txt").read_text() == "mine"

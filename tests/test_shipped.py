@@ -238,8 +238,16 @@ def test_eval_checks_its_outputs_and_models_before_measuring(kodak, tmp_path):
                                                                          "both be point q1 of curve 'factorized'"),
              (("-m", tmp_path / "jpeg"), tmp_path / "e2", f"error: -m {tmp_path / 'jpeg'}: its curve would be "
                                                           "named 'jpeg', as a baseline's is")]
+    # Measuring fails loudly in these runs: a refusal made only after it (as write_report's own checks are)
+    # would read "internal error: RuntimeError: measured before refusing".
+    unmeasured = ("import sys\nimport aectl.runtime.evaluate as ev\n"
+                  "def measured(*args, **kwargs):\n    raise RuntimeError('measured before refusing')\n"
+                  "ev.measure_bundle = ev.measure_baseline = measured\nsys.argv = ['aectl', *sys.argv[1:]]\n"
+                  "from aectl.cli.main import main\nmain()")
     for args, out, message in cases:
-        proc = aectl("eval", "-m", q1, *args, "--data", data, "--baselines", "jpeg", "-o", out, check=False)
+        proc = subprocess.run([sys.executable, "-c", unmeasured, "eval", "-m", str(q1), *map(str, args), "--data",
+                               str(data), "--baselines", "jpeg", "-o", str(out)], capture_output=True, text=True,
+                              timeout=300)
         assert proc.returncode == 1 and proc.stderr.startswith(message), (out, proc.stderr)
         assert proc.stderr.count("\n") == 1, proc.stderr
     assert (linked / "results.json").is_symlink() and sorted(p.name for p in folder.iterdir()) == ["rd.png"]

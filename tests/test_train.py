@@ -326,7 +326,6 @@ def test_a_second_train_on_a_training_run_is_refused(few_photos, tmp_path):
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_temporary_file(few_photos, tmp_path):
     """Under a file-size limit, saving a checkpoint ended in `internal error: RuntimeError: [enforce fail at
     inline_container.cc...]` and left last.pt.tmp behind."""
-    import resource
     import subprocess
     import sys
 
@@ -336,7 +335,6 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_temporary
     proc = subprocess.run([sys.executable, "-c", code, "train", "--preset", "seed-conv", "--data", str(few_photos),
                            "--out", str(run), "--steps", "2", "--threads", "1", "--no-progress"],
                           capture_output=True, text=True, timeout=300)
-    assert resource.getrlimit(resource.RLIMIT_FSIZE)[0] != 60_000
     assert proc.returncode == 1 and proc.stderr.splitlines()[-1] == f"error: cannot write {run / CHECKPOINT}: " \
         "File too large", proc.stderr
     assert not run.exists(), "no temporary file left (nor the run files of a run without a checkpoint)"
