@@ -251,7 +251,8 @@ def test_option_values_are_refused_before_the_photos_load(few_photos, tmp_path):
     for change, message in [({"lr": 0.0}, "--lr 0: give a positive"), ({"lr": -1.0}, "--lr -1"),
                             ({"lr": float("inf")}, "--lr inf"), ({"lr": float("nan")}, "--lr nan"),
                             ({"crop": 0}, "--crop must be positive"), ({"crop": -16}, "--crop must be positive"),
-                            ({"seed": -1}, "--seed -1"), ({"checkpoint_every": float("nan")}, "--checkpoint-every"),
+                            ({"seed": -1}, "--seed -1"),
+                            ({"checkpoint_every": float("nan")}, "--checkpoint-every nan: give seconds, 0 or more"),
                             ({"init_from": str(tmp_path / "nowhere")}, "--init-from .*: no such checkpoint"),
                             ({"out": ""}, '--out "": give a folder'), ({"data": ""}, '--data "": give a folder'),
                             ({"force": True, "resume": True}, "--force starts a new run")]:
