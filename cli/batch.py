@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -46,24 +47,28 @@ def _report(results: list[files.Result], json_out: bool) -> int:
     return 1 if failed else 0
 
 
-def _names_one_file(inputs, out) -> bool:
-    """Whether -o may name the output file itself: one input file, and -o not an existing folder."""
-    return out is not None and len(inputs) == 1 and not files.is_folder(inputs[0]) and not files.is_folder(out)
+def _names_one_file(inputs, out, out_is_folder: bool = False) -> bool:
+    """Whether -o may name the output file itself: one input file, and -o not a folder (an existing one, or one
+    written with a trailing slash)."""
+    return out is not None and len(inputs) == 1 and not files.is_folder(inputs[0]) and not out_is_folder and \
+        not files.is_folder(out)
 
 
-def stream_paths(inputs: list[str], out: str | None) -> tuple[list[Path], Path | None]:
+def stream_paths(inputs: list[str], out: str | None) -> tuple[list[Path], Path | None, bool]:
     """Command-line words as paths, the bare word - as the standard stream (files.STDIO), so that ./- still
-    names a file called "-" (pathlib reads both as Path("-"))."""
+    names a file called "-" (pathlib reads both as Path("-")); and whether -o ends in a slash, which names a
+    folder as it does for cp and the shell (pathlib drops the slash: `-o out.png/` wrote a file out.png)."""
     def path(word: str) -> Path:
         return files.STDIO if word == "-" else Path(word)
     if "" in inputs:  # pathlib reads "" as ".": the working folder was walked
         raise AectlError('"": give a file or a folder (. for this one)')
     if out == "":  # and written into
         raise AectlError('-o "": give a file or a folder (. for this one)')
-    return [path(w) for w in inputs], None if out is None else path(out)
+    out_is_folder = out is not None and out.endswith(os.sep)
+    return [path(w) for w in inputs], None if out is None else path(out), out_is_folder
 
 
-def _stdio_jobs(inputs, out, new_suffix: str, json_out: bool) -> list[files.Job] | None:
+def _stdio_jobs(inputs, out, new_suffix: str, json_out: bool, out_is_folder: bool = False) -> list[files.Job] | None:
     """The one job of a pipe, for input - (standard input) or -o - (standard output), as gzip reads them; None
     when neither is used. Reading stdin without -o writes stdout."""
     reads = any(files.is_stdio(p) for p in inputs)
@@ -75,7 +80,8 @@ def _stdio_jobs(inputs, out, new_suffix: str, json_out: bool) -> list[files.Job]
     if not reads and files.is_folder(inputs[0]):
         raise AectlError("-o - (standard output) takes one input file, not a folder")
     target = files.STDIO if out is None else out
-    if reads and not files.is_stdio(target) and (files.is_folder(target) or target.suffix.lower() != new_suffix):
+    if reads and not files.is_stdio(target) and (out_is_folder or files.is_folder(target) or
+                                                   target.suffix.lower() != new_suffix):
         raise AectlError(f"-o {target}: reading standard input, -o names the {new_suffix} file to write (or - for "
                          "standard output)")
     if files.is_stdio(target):
@@ -135,11 +141,11 @@ def _writable_format(suffix: str, named_by: str) -> str:
     return fmt
 
 
-def _output_suffix(inputs, out, image_format: str | None) -> str:
+def _output_suffix(inputs, out, image_format: str | None, out_is_folder: bool = False) -> str:
     """The suffix decompress writes: for one input and -o naming an image file (out.jpg), that file in its
     suffix's format (it was a folder out.jpg/ holding a PNG), and --format, if given too, must agree with it;
     otherwise --format, by default PNG."""
-    one_file = _names_one_file(inputs, out) and _image_suffix(out.suffix)
+    one_file = _names_one_file(inputs, out, out_is_folder) and _image_suffix(out.suffix)
     if image_format is None:
         if not one_file:
             return ".png"
@@ -174,7 +180,7 @@ def _print_ok(json_out: bool, advance):
 
 def compress_files(inputs, model, out, provider, force, json_out, threads, max_pixels, fail_fast=False,
                    engine="local", workers=None, quality=None, max_bytes=None, max_bpp=None,
-                   format_version=None) -> int:
+                   format_version=None, out_is_folder=False) -> int:
     from aectl.runtime.codec import Codec
     from aectl.runtime.registry import manifest_quality, shipped_bundle, shipped_qualities
     from aectl.runtime.providers import PROVIDER_NAMES, require_provider
@@ -193,7 +199,7 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     if workers is not None and (engine != "ray" or workers < 1):
         raise AectlError("--workers takes a positive count, with --engine ray")
     chosen_by_user = model is not None
-    if _names_one_file(inputs, out) and _image_suffix(out.suffix):  # before any bundle is loaded
+    if _names_one_file(inputs, out, out_is_folder) and _image_suffix(out.suffix):  # before any bundle is loaded
         raise AectlError(f"-o {out}: compress writes .aec files; name the output {out.stem}{files.AEC_SUFFIX} "
                          "or a folder")
     if engine == "ray":  # the workers may have a GPU the driver lacks: check only the name here
@@ -209,10 +215,10 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     if not codec.bundle.has_encoder:
         raise AectlError(f"bundle {model} is decoder-only (no encoder.onnx) and cannot compress; "
                          "use the full bundle it was stripped from")
-    jobs = _stdio_jobs(inputs, out, files.AEC_SUFFIX, json_out)
+    jobs = _stdio_jobs(inputs, out, files.AEC_SUFFIX, json_out, out_is_folder)
     if jobs and engine == "ray":
         raise AectlError("--engine ray reads and writes files: give paths, not -")
-    jobs = jobs or files.plan_jobs(inputs, out, files.IMAGE_SUFFIXES, files.AEC_SUFFIX)
+    jobs = jobs or files.plan_jobs(inputs, out, files.IMAGE_SUFFIXES, files.AEC_SUFFIX, out_is_folder)
     if not jobs:
         raise AectlError("no image files found in the given inputs")
     # Every file's report names the quality that made it, where the bundle has one (only a budget's choice was
@@ -282,7 +288,7 @@ def _stdin_image(max_pixels: int):
 
 
 def decompress_files(inputs, out, model, provider, image_format, force, json_out, threads, max_pixels,
-                     fail_fast=False, png_compression=None) -> int:
+                     fail_fast=False, png_compression=None, out_is_folder=False) -> int:
     from aectl.runtime.codec import Codec, check_max_pixels
     from aectl.runtime.container import parse
     from aectl.runtime.image_io import PNG_COMPRESSION, encode_image, write_image
@@ -295,8 +301,9 @@ def decompress_files(inputs, out, model, provider, image_format, force, json_out
     png_compression = PNG_COMPRESSION if png_compression is None else png_compression
     if not 0 <= png_compression <= 9:
         raise AectlError(f"--png-compression {png_compression}: give a zlib level from 0 to 9")
-    suffix = _output_suffix(inputs, out, image_format)
-    jobs = _stdio_jobs(inputs, out, suffix, json_out) or files.plan_jobs(inputs, out, {files.AEC_SUFFIX}, suffix)
+    suffix = _output_suffix(inputs, out, image_format, out_is_folder)
+    jobs = _stdio_jobs(inputs, out, suffix, json_out, out_is_folder) or \
+        files.plan_jobs(inputs, out, {files.AEC_SUFFIX}, suffix, out_is_folder)
     if not jobs:
         raise AectlError("no .aec files found in the given inputs")
     codecs: dict[str, Codec] = {}

@@ -239,10 +239,10 @@ def compress(
     """Compress images into .aec files."""
     from aectl.cli.batch import compress_files, stream_paths
 
-    inputs, out = stream_paths(inputs, out)
+    inputs, out, out_is_folder = stream_paths(inputs, out)
     raise typer.Exit(compress_files(inputs, model, out, provider, force, json_out, threads, max_pixels, fail_fast,
                                     engine, workers, quality=quality, max_bytes=max_bytes, max_bpp=max_bpp,
-                                    format_version=format_version))
+                                    format_version=format_version, out_is_folder=out_is_folder))
 
 
 @app.command()
@@ -270,9 +270,9 @@ def decompress(
     """Decompress .aec files back to images."""
     from aectl.cli.batch import decompress_files, stream_paths
 
-    inputs, out = stream_paths(inputs, out)
+    inputs, out, out_is_folder = stream_paths(inputs, out)
     raise typer.Exit(decompress_files(inputs, out, model, provider, image_format, force, json_out, threads,
-                                      max_pixels, fail_fast, png_compression))
+                                      max_pixels, fail_fast, png_compression, out_is_folder))
 
 
 def _batch_sizes(value: str) -> tuple[int, ...]:

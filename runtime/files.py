@@ -75,11 +75,12 @@ def write_stdout(data: bytes) -> None:
         raise AectlError(f"cannot write to standard output: {exc.strerror or exc}") from None
 
 
-def plan_jobs(inputs: Iterable[Path], out: Path | None, suffixes: set[str], new_suffix: str) -> list[Job]:
+def plan_jobs(inputs: Iterable[Path], out: Path | None, suffixes: set[str], new_suffix: str,
+              out_is_folder: bool = False) -> list[Job]:
     """Files as given; directories walked recursively for `suffixes`, their tree mirrored under `out`.
 
-    A single file with `out` ending in new_suffix is written there; otherwise `out` is a directory (default:
-    next to each input).
+    A single file with `out` ending in new_suffix is written there (unless `out_is_folder`: -o written with a
+    trailing slash); otherwise `out` is a directory (default: next to each input).
     """
     inputs = list(inputs)
     jobs = []
@@ -92,7 +93,8 @@ def plan_jobs(inputs: Iterable[Path], out: Path | None, suffixes: set[str], new_
                 jobs.append(Job(f, (base / rel).with_suffix(new_suffix)))
             jobs += [Job(folder, folder, error=f"cannot read folder: {reason}") for folder, reason in unreadable]
         else:
-            if out is not None and len(inputs) == 1 and out.suffix.lower() == new_suffix and not is_folder(out):
+            if out is not None and len(inputs) == 1 and out.suffix.lower() == new_suffix and not out_is_folder and \
+                    not is_folder(out):
                 target = out
             else:
                 target = (out / src.name if out else src).with_suffix(new_suffix)

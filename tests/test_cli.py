@@ -587,6 +587,21 @@ def test_an_interrupt_during_the_entropy_fit_says_how_to_finish(photos, tmp_path
         aectl("export", run, "-o", tmp_path / "b")
 
 
+def test_o_with_a_trailing_slash_names_a_folder(kodak, tmp_path):
+    """`-o out.png/` wrote a file out.png (pathlib drops the slash); as for cp and the shell, it names a folder."""
+    from PIL import Image
+
+    Image.open(kodak / "kodim07.png").convert("RGB").crop((0, 0, 64, 48)).save(tmp_path / "x.png")
+    aectl("compress", tmp_path / "x.png", "-o", f"{tmp_path / 'new.aec'}/")
+    assert (tmp_path / "new.aec" / "x.aec").is_file()
+    aectl("decompress", tmp_path / "new.aec" / "x.aec", "-o", f"{tmp_path / 'back.png'}/")
+    assert (tmp_path / "back.png" / "x.png").is_file()
+    piped = subprocess.run([aectl_exe(), "compress", "-", "-o", f"{tmp_path / 's.aec'}/"], capture_output=True,
+                           input=(tmp_path / "x.png").read_bytes(), timeout=120)
+    assert piped.returncode == 1 and b"reading standard input, -o names the .aec file" in piped.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back.png", "new.aec", "x.png"]
+
+
 def test_demo_help_runs_nothing(tmp_path):
     """`examples/demo.py --help` ran the whole demo into a folder named `--help/`."""
     proc = subprocess.run([sys.executable, ROOT / "examples" / "demo.py", "--help"], capture_output=True, text=True,
