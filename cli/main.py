@@ -15,6 +15,7 @@ import typer
 from aectl.runtime.errors import AectlError, command_line, exists_error, missing_extra, one_line, received_signals
 from aectl.runtime.outputs import check_writable_folder
 
+
 def _path(value: str) -> Path:
     """A path option as typer makes one, but "" is refused: pathlib reads it as "." and the working folder was
     taken for a bundle, an image folder or an output."""

@@ -301,9 +301,10 @@ def _count(n: int, noun: str) -> str:
 def show_bench(result: dict) -> None:
     """Tables for `aectl bench`; --json prints everything these summarise."""
     imgs, m, cfg = result["images"], result["machine"], result["config"]
-    console.print(f"bench {result['bundle']['path']} on {_count(imgs['count'], 'image')} "
-                  f"({', '.join(f'{n} x {s}' for s, n in imgs['sizes'].items())}), {_count(cfg['threads'], 'thread')}, "
-                  f"{_count(cfg['repeats'], 'repeat')} (median pass); {m['processor']}, load average "
+    sizes = ", ".join(f"{n} x {s}" for s, n in imgs["sizes"].items())
+    console.print(f"bench {result['bundle']['path']} on {_count(imgs['count'], 'image')} ({sizes}), "
+                  f"{_count(cfg['threads'], 'thread')}, {_count(cfg['repeats'], 'repeat')} (median pass); "
+                  f"{m['processor']}, load average "
                   f"{format(m['load_average_before'][0], '.2f') if m['load_average_before'] else '?'}")
     if "rate" in result:
         console.print("; ".join([f"aectl: {result['rate']['bpp']:.3f} bpp, {result['rate']['psnr']:.2f} dB"] + [

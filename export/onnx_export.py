@@ -21,7 +21,7 @@ import torch
 
 from aectl.export.entropy_classes import fit_classes
 from aectl.export.graphs import DecoderGraph, EncoderGraph
-from aectl.export.request import CALIBRATION_USES, check_export_request, given_folder
+from aectl.export.request import CLASS_PHOTOS, VARIANT_PHOTOS, check_export_request, given_folder
 from aectl.export.rewrites import depth_to_space_as_conv_transpose
 from aectl.export.tables import build_tables, entropy_digest
 from aectl.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, MAX_CLASSES, bundle_folder, sha256_file
@@ -236,7 +236,7 @@ def _fit_symbols(model, preset: Preset, ckpt: dict, calibration) -> tuple[list[n
     would quantise them, for fitting the classified entropy tables. Default folder: the run's training data."""
     from aectl.train.data import find_images, load_rgb
 
-    folder = photo_folder(calibration, ckpt, "--calibration", CALIBRATION_USES[False])
+    folder = photo_folder(calibration, ckpt, "--calibration", CLASS_PHOTOS)
     files = find_images(folder)[:MAX_FIT_IMAGES]
     if not files:
         raise AectlError(f"--calibration {folder}: no images found")
@@ -269,7 +269,7 @@ def variant_images(ckpt: dict, calibration: str | Path | None, option: str = "--
     names the command's flag for the folder in errors."""
     from aectl.train.data import find_images, load_rgb
 
-    folder = photo_folder(calibration, ckpt, option, CALIBRATION_USES[True])
+    folder = photo_folder(calibration, ckpt, option, VARIANT_PHOTOS)
     files = find_images(folder)
     if len(files) < 4:
         where = f"{option} {folder}" if calibration else f"the run's training data {folder}"  # named an unused flag

@@ -8,8 +8,9 @@ from pathlib import Path
 from aectl.runtime.bundle import PRECISIONS, check_output_folder
 from aectl.runtime.errors import AectlError
 
-CALIBRATION_USES = {True: "a reduced-precision decoder is checked on real photos",
-                    False: "--entropy-classes fits its tables on real photos"}
+# What the photos of --calibration are for, said when the folder is missing.
+VARIANT_PHOTOS = "a reduced-precision decoder is checked on real photos"
+CLASS_PHOTOS = "--entropy-classes fits its tables on real photos"
 
 
 def given_folder(given: str | Path, option: str, why: str) -> Path:
@@ -33,4 +34,4 @@ def check_export_request(source: str | Path, out_dir: str | Path, force: bool, p
         if precision == "fp32" and not entropy_classes:  # it was ignored without a word
             raise AectlError("--calibration picks the photos of an fp16/int8 export or of --entropy-classes; "
                              "this export uses neither")
-        given_folder(calibration, "--calibration", CALIBRATION_USES[precision != "fp32"])
+        given_folder(calibration, "--calibration", CLASS_PHOTOS if precision == "fp32" else VARIANT_PHOTOS)
