@@ -296,6 +296,8 @@ def bench(
     repeats: int = typer.Option(3, help="timed passes over all images; the median pass is reported"),
     batch_sizes: str = typer.Option("1,8", "--batch-sizes", help="comma-separated images per call"),
     torch: bool = typer.Option(True, "--torch/--no-torch", help="also torch eager, when torch is installed"),
+    peak: bool = typer.Option(True, "--peak/--no-peak", help="measure the matmul peak (4 s or more) for the MAC "
+                              "rates' share of it"),
     baselines: str = typer.Option("jpeg,webp", help="Pillow codecs at the same bpp (comma-separated; '' for none)"),
     limit: Optional[int] = typer.Option(None, help="use only the first N images"),
     json_out: bool = typer.Option(False, "--json", help="print the full results as JSON"),
@@ -320,7 +322,7 @@ def bench(
 
         model = shipped_bundle()
     cfg = BenchConfig(bundle=str(model), images=str(images), provider=provider, threads=threads, repeats=repeats,
-                      batch_sizes=_batch_sizes(batch_sizes), torch=torch,
+                      batch_sizes=_batch_sizes(batch_sizes), torch=torch, peak=peak,
                       baselines=tuple(b for b in baselines.split(",") if b), limit=limit)
     result = run_bench(cfg, log=lambda msg: typer.echo(msg, err=True))
     if save is not None:

@@ -343,6 +343,8 @@ def show_bench(result: dict) -> None:
         peak = entry.get("peak", {})
         if "macs_per_s" in peak:
             console.print(f"matmul peak ({peak['method']}): {peak['macs_per_s'] / 1e9:.1f} GMAC/s")
+        elif "skipped" in peak:
+            console.print(f"matmul peak: skipped, {peak['skipped']}", soft_wrap=True, highlight=False)
         precision = result.get("bundle", {}).get("precision", {})
         for engine, rows in entry.get("efficiency", {}).items():
             for bkey, row in rows.items():

@@ -56,7 +56,7 @@ class BenchConfig:
     torch: bool = True                 # also torch eager when torch is importable
     baselines: tuple[str, ...] = BASELINES
     limit: int | None = None           # use only the first N images (sorted by name)
-    peak: bool = True
+    peak: bool = True                  # measure the matmul peak (without it, MAC rates have no share of it)
     extra: dict = field(default_factory=dict)
 
 
@@ -315,6 +315,8 @@ def run_bench(cfg: BenchConfig, log=lambda msg: None) -> dict:
             peaks.append(_matmul_peak(provider, cfg.threads))
             failed = [m for m in peaks if "error" in m]
             entry["peak"] = failed[0] if failed else best_of(peaks)
+        else:
+            entry["peak"] = {"skipped": "not measured (--no-peak)"}
         entry["ratios"] = _ratios(entry, cfg.batch_sizes)
         entry["efficiency"] = _efficiency(entry, result["macs"], cfg.batch_sizes)
         result["providers"][provider] = entry

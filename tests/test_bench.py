@@ -184,14 +184,21 @@ def assert_rows_shown(result: dict, text: str) -> None:
             assert (name, "1", direction, f"{r['mpx_per_s']:.2f}", f"{r['images_per_s']:.2f}") in rows, text
 
 
-def test_bench_without_a_model_measures_the_default_one(two_images):
+def test_bench_without_a_model_measures_the_default_one(two_images, tmp_path):
     """Without -m, bench measures the bundle `aectl compress` uses without -m (the default quality), not the
-    first shipped folder by name."""
+    first shipped folder by name. --no-peak skips the matmul peak's seconds, and the tables say so."""
     from aectl.runtime.registry import shipped_bundle
 
-    proc = aectl("bench", "--images", two_images, "--limit", "1", "--repeats", "1", "--batch-sizes", "1",
-                 "--no-torch", "--baselines", "", "--json")
-    assert Path(json.loads(proc.stdout)["config"]["bundle"]).resolve() == shipped_bundle().resolve()
+    saved = tmp_path / "bench.json"
+    text = aectl("bench", "--images", two_images, "--limit", "1", "--repeats", "1", "--batch-sizes", "1",
+                 "--no-torch", "--baselines", "", "--no-peak", "--save", saved).stdout
+    result = json.loads(saved.read_text())
+    assert Path(result["config"]["bundle"]).resolve() == shipped_bundle().resolve()
+    cpu = result["providers"]["cpu"]
+    assert cpu["peak"] == {"skipped": "not measured (--no-peak)"}
+    rates = cpu["efficiency"]["onnxruntime"]["batch_1"]
+    assert all(r["macs_per_s"] > 0 and r["percent_of_peak"] is None for r in rates.values())
+    assert "matmul peak: skipped, not measured (--no-peak)" in text.splitlines() and "% of peak" not in text
 
 
 def _computed_conv_weights(path: Path) -> int:
@@ -294,7 +301,8 @@ def test_bench_measures_against_the_pixels_the_codec_compresses(trained, kodak, 
     photo.transpose(Image.Transpose.ROTATE_90).save(tagged / "a.png", exif=_orientation(6))  # shown upright
     Image.fromarray(np.asarray(gray, dtype=np.uint16) * 257).save(tagged / "b.png")  # 16-bit
     results = [json.loads(aectl("bench", "-m", bundle, "--images", folder, "--repeats", "1", "--batch-sizes", "1",
-                                "--no-torch", "--baselines", "jpeg", "--json").stdout) for folder in (plain, tagged)]
+                                "--no-torch", "--no-peak", "--baselines", "jpeg", "--json").stdout)
+               for folder in (plain, tagged)]
     for key in ("bpp", "psnr"):
         assert results[1]["rate"][key] == pytest.approx(results[0]["rate"][key], rel=1e-9), key
         assert results[1]["baselines"]["jpeg"][key] == pytest.approx(results[0]["baselines"]["jpeg"][key], rel=1e-9)
@@ -303,7 +311,7 @@ def test_bench_measures_against_the_pixels_the_codec_compresses(trained, kodak, 
     flat.mkdir()
     Image.new("RGB", (64, 64), (128, 128, 128)).save(flat / "flat.png")
     text = aectl("bench", "-m", bundle, "--images", flat, "--repeats", "1", "--batch-sizes", "1", "--no-torch",
-                 "--baselines", "jpeg", "--json").stdout
+                 "--no-peak", "--baselines", "jpeg", "--json").stdout
     result = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
     assert result["baselines"]["jpeg"]["psnr"] is None  # lossless: infinite PSNR
 
