@@ -399,6 +399,40 @@ def test_a_fit_stopped_after_the_run_was_extended_is_made_on_resume(few_photos, 
     assert fitted["history"][-1]["fitted"] and fitted["history"][-1]["step"] == 4
 
 
+def test_a_finished_run_writes_its_last_checkpoint_once(few_photos, tmp_path, monkeypatch):
+    """The last step's checkpoint was written twice, in the loop and again after it to add the replicas' weight
+    digests: a second GB for seed-dense. A seed preset writes once more, fitted; each time with the digests, also
+    when a run stopped during its fit is resumed and only fits."""
+    import aectl.train.loop as loop
+
+    written = []
+    real = loop.atomic_torch_save
+
+    def counted(obj, path):
+        written.append((obj["step"], "rank_weight_digests" in obj["run"]))
+        real(obj, path)
+    monkeypatch.setattr(loop, "atomic_torch_save", counted)
+    train(_cfg(few_photos, tmp_path / "f", preset="factorized", steps=2, batch_size=2, crop=64, channels=(8, 8)),
+          progress=False, log=lambda *_: None)
+    assert written == [(2, True)]
+    written.clear()
+    train(_cfg(few_photos, tmp_path / "seed", steps=2), progress=False, log=lambda *_: None)
+    assert written == [(2, True), (2, True)]  # trained, then fitted
+    written.clear()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    run = tmp_path / "stopped"
+    with monkeypatch.context() as fit:
+        fit.setattr(loop, "fit_seed_entropy", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(_cfg(few_photos, run, steps=2), progress=False, log=lambda *_: None)
+    assert written == [(2, True)] and not entropy_fitted(load_checkpoint(run))
+    written.clear()
+    train(TrainConfig(out=str(run), resume=True), progress=False, log=lambda *_: None)
+    assert written == [(2, True)] and entropy_fitted(load_checkpoint(run))
+
+
 def test_a_run_that_fails_to_start_leaves_no_folders(tmp_path):
     """`--out runs/new/a/b` with unreadable photos left runs/new/a behind; a folder already there is kept."""
     bad = tmp_path / "bad"

@@ -201,11 +201,15 @@ def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log, ddp: Dis
                     append_log(out / "log.jsonl", metrics)
                     bar.note(f"step {step} val: PSNR {metrics['val_psnr']:.2f} dB, est. {metrics['val_bpp']:.3f} bpp, "
                              f"loss {metrics['val_loss']:.4g}")
-                if time.monotonic() - last_save > cfg.checkpoint_every or step == end:
+                if step == total:  # every rank at once: the last checkpoint shows the replicas never drifted
+                    run_info["rank_weight_digests"] = ddp.weight_digests(model)
+                saved = time.monotonic() - last_save > cfg.checkpoint_every or step == end
+                if saved:
                     save()
                     last_save = time.monotonic()
                 if stop_requested:
-                    save()
+                    if not saved:
+                        save()
                     log(f"stopped by signal {stop_requested[0]} at step {step}; checkpoint saved, continue with --resume")
                     raise KeyboardInterrupt
 
@@ -228,11 +232,12 @@ def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log, ddp: Dis
         log(f"paused at step {step} of {total} (--stop-at); continue with --resume")
         return {}  # no final figures yet (the last validation's were printed as "final")
 
-    # Every rank hashes its weights; rank 0 records them, so a run can show its replicas never drifted.
-    run_info["rank_weight_digests"] = ddp.weight_digests(model)
+    # The last step's checkpoint is on disk with the digests (writing it again cost seed-dense a second GB); a run
+    # resumed at its last step, to fit its entropy model, has not hashed its weights yet.
+    if "rank_weight_digests" not in run_info:
+        run_info["rank_weight_digests"] = ddp.weight_digests(model)
     try:
         if ddp.is_main:
-            save()
             if not preset.rate_distortion:
                 # Fitting changes the model and draws random numbers: keep the pre-fit state for --resume.
                 trained_state = {"model": {k: v.clone() for k, v in model.state_dict().items()},
