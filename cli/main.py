@@ -87,7 +87,6 @@ def train(
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Train a preset on real images; checkpoints go to --out."""
-    from aectl.train.loop import train as run_training
     from aectl.train.run_options import TrainConfig, resolve_run
 
     cfg = TrainConfig(preset=preset, data=data, out=out, quality=quality, channels=_channels(channels),
@@ -98,7 +97,8 @@ def train(
     def log(msg: str) -> None:
         typer.echo(msg, err=True)
 
-    cfg, resumed = resolve_run(cfg, log)  # every option checked before the table, the data and the model
+    cfg, resumed = resolve_run(cfg, log)  # every option checked before torch loads, the data and the model
+    from aectl.train.loop import train as run_training
     if cfg.preset in ("seed-conv", "seed-dense"):
         from aectl.train.report import parameter_table
         parameter_table(cfg.preset)

@@ -6,12 +6,14 @@ import io
 import pickle
 import warnings
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from aectl.runtime.errors import AectlError
 from aectl.runtime.outputs import atomic_write
 from aectl.train.zoo import Preset, get_preset
+
+if TYPE_CHECKING:
+    import torch
 
 CHECKPOINT = "last.pt"
 
@@ -20,6 +22,8 @@ def atomic_torch_save(obj, path: Path) -> None:
     """Serialised in memory, then written through the runtime's atomic writer: a full disk or a file-size limit
     says `cannot write last.pt: File too large` and leaves no temporary file (torch.save to a fixed .tmp name
     left one behind, behind an `inline_container.cc` internal error)."""
+    import torch  # here, not with the module: run_options reads paths and options through it before torch loads
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write(path, buffer.getbuffer(), force=True)
@@ -29,6 +33,8 @@ def load_checkpoint(path: Path) -> dict:
     """A checkpoint file, or a run directory's latest one. Loaded with torch's `weights_only` unpickler: a
     checkpoint holds tensors, dicts, lists and numbers only, and the full unpickler runs whatever code a file
     names (a crafted .pt ran a shell command before it was refused as corrupt)."""
+    import torch
+
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT

@@ -6,11 +6,14 @@ import contextlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aectl.runtime.errors import AectlError
 from aectl.runtime.outputs import atomic_write, make_folders, remove_empty, write_error
 from aectl.train.checkpoint import CHECKPOINT
-from aectl.train.distributed import Distributed
+
+if TYPE_CHECKING:
+    from aectl.train.distributed import Distributed
 
 RUN_FILES = (CHECKPOINT, "run.json", "log.jsonl")  # what a run writes into its folder
 

@@ -6,11 +6,12 @@ size rule (fixed size or stride), which axes are dynamic and the parity toleranc
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from aectl.runtime.errors import AectlError
-from aectl.train.models import Factorized, SeedConv, SeedDense
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # Factorized prior, MSE: lambda per quality as in Balle et al. 2018 / CompressAI's model zoo
 # (loss = rate_bpp + lambda * 255^2 * MSE). N/M: the papers use 128/192 up to quality 5 and 192/320 above;
@@ -55,6 +56,10 @@ class Preset:
         return 2 if self.name == "seed-dense" else 1
 
     def build(self) -> nn.Module:
+        """The model, untrained. Its modules import torch here, not with the zoo: `aectl train` checks a preset's
+        options before torch loads (a mistyped option is refused at once)."""
+        from aectl.train.models import Factorized, SeedConv, SeedDense
+
         if self.name == "seed-conv":
             return SeedConv()
         if self.name == "seed-dense":
@@ -78,7 +83,7 @@ def get_preset(name: str, quality: int | None = None, channels: tuple[int, int] 
     if name == "factorized":
         quality = 3 if quality is None else quality
         if quality not in FACTORIZED_QUALITIES:
-            raise AectlError(f"quality must be 1..8, got {quality}")
+            raise AectlError(f"--quality {quality}: the factorized preset has qualities 1..8")
         lmbda, n, m = FACTORIZED_QUALITIES[quality]
         if channels is not None:
             n, m = channels
