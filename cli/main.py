@@ -12,7 +12,8 @@ from typing import Optional
 
 import typer
 
-from aectl.runtime.errors import AectlError, command_line, exists_error, missing_extra, one_line, received_signals
+from aectl.runtime.errors import (AectlError, command_line, exists_error, missing_extra, one_line, received_signals,
+                                  require_extra)
 from aectl.runtime.outputs import check_writable_folder
 
 
@@ -88,6 +89,8 @@ def train(
 ) -> None:
     """Train a preset on real images; checkpoints go to --out."""
     from aectl.train.run_options import TrainConfig, resolve_run
+
+    require_extra("torch")
 
     cfg = TrainConfig(preset=preset, data=data, out=out, quality=quality, channels=_channels(channels),
                       steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,

@@ -69,6 +69,17 @@ def exists_error(path) -> AectlError:
 TRAIN_MODULES = ("torch", "onnx", "onnxscript")  # what the [train] extra installs; the runtime needs none of them
 
 
+def require_extra(*names: str) -> None:
+    """The ModuleNotFoundError that missing_extra words, raised before a command that needs the [train] extra
+    does any work. Their option checks import no torch (a mistyped option is refused at once), so without this
+    an install without torch printed their notes first and failed after them."""
+    import importlib.util
+
+    for name in names:
+        if importlib.util.find_spec(name) is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
 def missing_extra(exc: ModuleNotFoundError) -> str | None:
     """The one line for a command that needs the [train] extra where it is not installed (aectl's commands and
     the recipes say it alike), or None for any other missing module: a bug, not the install."""

@@ -81,6 +81,11 @@ def test_what_needs_torch_or_matplotlib_says_so_in_one_line_on_the_edge(tmp_path
                               tmp_path / "runs"], capture_output=True, text=True, timeout=120)
     assert recipes.returncode == 1 and recipes.stderr == "error: this command needs torch, which is not installed: " \
                                                          "pip install 'aectl[train]'\n", recipes.stderr
+    # train checks its options before torch loads; without torch it says so first, not after its notes.
+    train = subprocess.run([Path(EDGE_PYTHON).parent / "aectl", "train", "--preset", "factorized", "--data",
+                            tmp_path, "--out", tmp_path / "run", "--resume"], capture_output=True, text=True,
+                           timeout=120)
+    assert train.returncode == 1 and train.stderr == recipes.stderr, train.stderr
     assert not list(tmp_path.iterdir())
 
 
