@@ -71,8 +71,8 @@ TRAIN_MODULES = ("torch", "onnx", "onnxscript")  # what the [train] extra instal
 
 def require_extra(*names: str) -> None:
     """The ModuleNotFoundError that missing_extra words, raised before a command that needs the [train] extra
-    does any work. Their option checks import no torch (a mistyped option is refused at once), so without this
-    an install without torch printed their notes first and failed after them."""
+    does any work: `train` checks its options without torch (a mistyped one is refused at once), so an install
+    without torch printed train's notes first and failed after them. find_spec looks, it does not import."""
     import importlib.util
 
     for name in names:
