@@ -27,7 +27,7 @@ from pathlib import Path
 
 import typer
 
-from aectl.runtime.errors import AectlError, missing_extra, received_signals, require_extra
+from aectl.runtime.errors import TRAIN_MODULES, AectlError, missing_extra, received_signals, require_extra
 from aectl.runtime.outputs import atomic_write
 
 DATA = "../shared/data/photos"
@@ -300,7 +300,7 @@ def show(quality: int, runs: Path = typer.Option(Path("runs/models")), data: str
 @app.command("stage")
 def stage_command(name: str, runs: Path = typer.Option(Path("runs/models")), data: str = DATA) -> None:
     """Run (or resume) one stage, shipped or not, and the stages it starts from."""
-    require_extra("torch", "onnx", "onnxscript")  # a stage may export its starting bundle
+    require_extra(*TRAIN_MODULES)  # a stage may export its starting bundle
     train_stage(name, runs, data)
 
 
@@ -308,7 +308,7 @@ def stage_command(name: str, runs: Path = typer.Option(Path("runs/models")), dat
 def build_command(quality: int, runs: Path = typer.Option(Path("runs/models")),
                   out: Path = typer.Option(...), data: str = DATA, force: bool = False) -> None:
     """Run every stage a shipped quality needs (resuming), then export it with its recipe recorded."""
-    require_extra("torch", "onnx", "onnxscript")
+    require_extra(*TRAIN_MODULES)
     build(quality, runs, out, data, force)
 
 
