@@ -182,10 +182,12 @@ def _start_quietly(ray, workers: int | None) -> None:
 
 
 def _check_reachable(address: str, timeout: float = 10.0) -> None:
-    """One TCP connect to RAY_ADDRESS's host and port first. Where nothing answers there, Ray 2.60's `ray.init`
-    retries without end ("Failed to get cluster ID from GCS server" every 40 s) and defers SIGTERM meanwhile, as
-    users of other tools have found (openshift-psap/auto-tuning-vllm#90). Addresses without a port (`auto`,
-    `local`) and malformed ones are left to Ray."""
+    """One TCP connect to RAY_ADDRESS's host and port first, and one HTTP/2 greeting there. Where nothing answers,
+    or something that is not a gRPC server (Ray's GCS and its client server are; the dashboard's HTTP port 8265,
+    a common slip for 6379, is not), Ray 2.60's `ray.init` retries without end ("Failed to get cluster ID from
+    GCS server" every 40 s) and defers SIGTERM meanwhile, as users of other tools have found
+    (openshift-psap/auto-tuning-vllm#90). Addresses without a port (`auto`, `local`) and malformed ones are left
+    to Ray, and so is the greeting where Ray speaks TLS (RAY_USE_TLS)."""
     host_port = address.removeprefix("ray://")
     if not host_port or host_port == address and "://" in address:
         return
@@ -197,11 +199,40 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
     if not host or port is None:
         return
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        with socket.create_connection((host, port), timeout=timeout) as connection:
+            speaks_grpc = _speaks_http2(connection, timeout)
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise AectlError(f"--engine ray cannot reach RAY_ADDRESS={address} ({reason}); start the cluster there, "
                          "or unset RAY_ADDRESS for a local Ray") from None
+    if not speaks_grpc:
+        raise AectlError(f"--engine ray: RAY_ADDRESS={address} is not a Ray cluster's address (what answers there "
+                         "does not speak gRPC); give HEAD:6379 (the GCS port) or ray://HEAD:10001, or unset "
+                         "RAY_ADDRESS for a local Ray")
+
+
+_SETTINGS_FRAME = 0x04
+# RFC 9113, section 3.4: the client's preface, then its (empty) SETTINGS frame: length 0, type, flags 0, stream 0.
+_HTTP2_GREETING = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(3) + bytes([_SETTINGS_FRAME]) + bytes(5)
+
+
+def _speaks_http2(connection: socket.socket, timeout: float) -> bool:
+    """Whether the server at the other end greets an HTTP/2 client as every gRPC server must: its first frame a
+    SETTINGS frame (RFC 9113, section 3.4). Skipped (True) where Ray is set to speak TLS."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return True
+    connection.settimeout(timeout)
+    header = b""
+    try:
+        connection.sendall(_HTTP2_GREETING)
+        while len(header) < 9:
+            chunk = connection.recv(9 - len(header))
+            if not chunk:
+                break
+            header += chunk
+    except OSError:  # silent past the timeout, or it hung up on the greeting
+        return False
+    return len(header) == 9 and header[3] == _SETTINGS_FRAME
 
 
 def _require_provider(provider: str) -> None:

@@ -2,7 +2,9 @@
 import json
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aectl.runtime import Codec
+from aectl.runtime import AectlError, Codec
 from conftest import aectl_exe
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed (make test installs it)")
@@ -222,11 +224,13 @@ def test_cli_engine_ray_ends_when_its_workers_keep_dying(trained, kodak, tmp_pat
 
 
 def test_map_batches_round_trip_in_process(trained, image_dir):
-    from aectl.integrations.ray import CompressBatch, DecompressBatch
+    from aectl.integrations.ray import CompressBatch, DecompressBatch, _check_reachable
 
     _, bundle = trained["seed-conv"]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
+        # A real GCS passes the check that --engine ray makes of RAY_ADDRESS (connect, then its HTTP/2 greeting).
+        _check_reachable(ray.get_runtime_context().gcs_address)
         paths = sorted(str(p) for p in image_dir.glob("*.png"))
         ds = ray.data.from_items([{"path": p} for p in paths])
         kwargs = {"bundle": str(bundle)}
@@ -285,3 +289,49 @@ def test_a_ray_address_where_nothing_listens_is_one_line(kodak, tmp_path):
         assert proc.stderr == (f"error: --engine ray cannot reach RAY_ADDRESS={address} (Connection refused); start "
                                "the cluster there, or unset RAY_ADDRESS for a local Ray\n"), proc.stderr
         assert not (tmp_path / "a.aec").exists()
+
+
+def _serve_once_each(answer: bytes | None) -> tuple[str, threading.Thread]:
+    """A listener on a free local port whose every connection gets `answer` (None: closed at once), as a
+    RAY_ADDRESS; served on a thread until the test's one client has gone."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(60)
+
+    def serve():
+        with listener:
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                return
+            with connection:
+                if answer is not None:
+                    connection.recv(1024)
+                    connection.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"127.0.0.1:{listener.getsockname()[1]}", thread
+
+
+def test_a_ray_address_of_something_else_is_one_line(kodak, tmp_path):
+    """RAY_ADDRESS=HOST:8265 (the dashboard's HTTP port, a common slip for the GCS's 6379) passed the TCP
+    connect, and ray.init then retried every 40 s without end (82 s by hand before `timeout` killed it): a server
+    that does not greet as gRPC is refused at once, by the CLI and by the check alone."""
+    from aectl.integrations.ray import _check_reachable
+
+    Image.open(kodak / "kodim01.png").crop((0, 0, 32, 32)).save(tmp_path / "a.png")
+    address, server = _serve_once_each(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+    proc = subprocess.run([aectl_exe(), "compress", str(tmp_path / "a.png"), "--engine", "ray", "-o",
+                           str(tmp_path / "a.aec")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RAY_ADDRESS": address})
+    server.join(timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"error: --engine ray: RAY_ADDRESS={address} is not a Ray cluster's address (what answers "
+                           "there does not speak gRPC); give HEAD:6379 (the GCS port) or ray://HEAD:10001, or unset "
+                           "RAY_ADDRESS for a local Ray\n"), proc.stderr
+    assert not (tmp_path / "a.aec").exists()
+    for answer in (None, b"SSH-2.0-OpenSSH_9.6\r\n", bytes(9)):  # hung up; another protocol; a DATA frame first
+        address, server = _serve_once_each(answer)
+        with pytest.raises(AectlError, match="is not a Ray cluster's address"):
+            _check_reachable("ray://" + address)
+        server.join(timeout=60)
