@@ -298,10 +298,12 @@ def decompress_files(inputs, out, model, provider, image_format, force, json_out
     require_provider(provider)
     check_max_pixels(max_pixels)
     check_threads(threads)  # without -m each file's model is opened as it comes: it was said once per file
-    png_compression = PNG_COMPRESSION if png_compression is None else png_compression
-    if not 0 <= png_compression <= 9:
+    if png_compression is not None and not 0 <= png_compression <= 9:
         raise AectlError(f"--png-compression {png_compression}: give a zlib level from 0 to 9")
     suffix = _output_suffix(inputs, out, image_format, out_is_folder)
+    if png_compression is not None and _pillow_format(suffix) != "PNG":  # it would change nothing
+        raise AectlError(f"--png-compression sets PNG outputs' zlib level; these outputs are {_pillow_format(suffix)}")
+    png_compression = PNG_COMPRESSION if png_compression is None else png_compression
     jobs = _stdio_jobs(inputs, out, suffix, json_out, out_is_folder) or \
         files.plan_jobs(inputs, out, {files.AEC_SUFFIX}, suffix, out_is_folder)
     if not jobs:

@@ -215,6 +215,13 @@ def test_png_compression_changes_file_size_not_pixels(tmp_path, kodak_image):
     assert refused.returncode == 1, refused.stderr
     assert refused.stderr.strip() == "error: --png-compression 10: give a zlib level from 0 to 9"
     assert not (tmp_path / "bad.png").exists()
+    # Outputs in another format have no zlib level: the option would change nothing (it was ignored, exit 0).
+    for where, named, fmt in ((["-o", tmp_path / "bad.jpg"], tmp_path / "bad.jpg", "JPEG"),
+                              (["-o", tmp_path / "bmps", "--format", "bmp"], tmp_path / "bmps", "BMP")):
+        refused = aectl("decompress", aec, *where, "--png-compression", "9", check=False)
+        assert refused.returncode == 1, refused.stderr
+        assert refused.stderr == f"error: --png-compression sets PNG outputs' zlib level; these outputs are {fmt}\n"
+        assert not named.exists()
 
 
 def _gray16_and_rgb(kodak, folder):
