@@ -417,6 +417,8 @@ def main() -> None:
     # Pillow's DecompressionBombWarning: --max-pixels is the guard here, and the warning's two lines broke the
     # one-line-per-problem output. (By message, so that PIL is not imported before a command needs it.)
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
+    # Pillow's notices about EXIF it could not parse (two lines each): aectl reads such EXIF as no orientation.
+    warnings.filterwarnings("ignore", message=r"(Corrupt|Possibly corrupt) EXIF|Metadata Warning")
     try:
         with command_line():  # messages name --threads, -m, --force: the options this caller has
             code = app(standalone_mode=False)

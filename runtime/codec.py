@@ -304,7 +304,9 @@ class Codec(Decoder):
 
     def _pixels(self, image) -> image_io.Pixels:
         if isinstance(image, (str, os.PathLike)):  # Path, PurePath, any __fspath__ object
-            image = image_io.open_image(os.fspath(image), self.max_pixels)
+            # closed at once: Pillow keeps the file of a multi-frame format (PSD, MPO, TIFF) open after loading
+            with image_io.open_image(os.fspath(image), self.max_pixels) as opened:
+                return self._pixels(opened)
         if isinstance(image, np.ndarray):
             px = image_io.array_to_pixels(image)
         elif isinstance(image, Image.Image):

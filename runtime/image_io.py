@@ -1,7 +1,8 @@
 """Images in and out through Pillow: any mode becomes 8-bit RGB for the network, and comes back in a mode
 that matches the original.
 
-- EXIF orientation is applied on input (the codec stores upright pixels; the output carries no rotation tag).
+- EXIF orientation is applied on input (the codec stores upright pixels; the output carries no rotation tag);
+  EXIF that cannot be parsed is read as no orientation.
 - Colour is coded as sRGB, the space the models were trained in and what an untagged output means to every
   viewer: RGB, RGBA, CMYK and gray images with an embedded ICC profile other than sRGB (a phone's Display P3, a
   camera's Adobe RGB, a print CMYK JPEG) are converted to sRGB through it on input (littlecms through Pillow's
@@ -12,13 +13,16 @@ that matches the original.
   0..1 when every value is within it, else as 0..255 levels.
 - Animated and multi-page files (GIF, APNG, WebP, TIFF) opened from a path are refused: one picture per file,
   none dropped silently (a PIL image given directly is coded from its current frame, as Pillow's own
-  conversions do). MPO (phone JPEGs: the picture plus a preview) is coded from its picture.
+  conversions do). MPO (phone JPEGs: the picture plus a preview) is coded from its picture, a layered PSD from
+  its flattened image (Pillow counts its layers as frames).
 - 16-bit grayscale is coded at 8-bit precision (the network's) and written back as 16-bit (value * 257) to PNG
   and TIFF; other formats get its 8-bit values. Pillow opens 16-bit colour PNGs as 8-bit RGB, so those come
   back as 8-bit RGB; 16-bit gray + alpha PNGs, which Pillow opens as 8-bit RGBA, come back as 8-bit gray + alpha.
 - Palette images are returned as RGB (or RGBA if the palette has transparency); one transparent colour in an
-  RGB or gray image (PNG tRNS) becomes an alpha plane (16-bit gray with one comes back as 8-bit gray + alpha,
-  the one such mode Pillow has; the codec coded 8 bits anyway).
+  RGB or gray image (PNG tRNS, gray of 1 to 16 bits) becomes an alpha plane (16-bit gray with one comes back as
+  8-bit gray + alpha, the one such mode Pillow has; the codec coded 8 bits anyway). A 16-bit RGB PNG with one is
+  refused: Pillow reads it at 8 bits, where the colour cannot be matched. 16-bit PGM (Pillow's mode I) is
+  16-bit gray.
 - Alpha is kept losslessly: the alpha plane travels zlib-compressed beside the lossy colour payload.
 """
 from __future__ import annotations
@@ -37,6 +41,7 @@ from aectl.runtime.errors import AectlError, option
 from aectl.runtime.outputs import atomic_write
 
 _GRAY_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_LOW_BIT_GRAY = {"L;2": 85, "L;4": 17}  # PNG raw modes Pillow expands to 0..255, by these factors
 # zlib level of the PNGs `aectl decompress` writes, as OpenCV's imwrite defaults to: Pillow's own 6 took 92 ms per
 # 768x512 reconstruction against 22 ms at 1, and its files were 8% smaller (benchmarks/README.md); decoded images
 # are read back, the .aec file is what is kept.
@@ -114,18 +119,38 @@ def _raise_limit(limit_option: bool) -> str:
 
 def _open_within(source, path: str | Path, max_pixels: int, limit_option: bool) -> Image.Image:
     img = Image.open(source)
+    try:
+        return _checked_and_loaded(img, path, max_pixels, limit_option)
+    except BaseException:
+        img.close()  # a refused path's file was left open
+        raise
+
+
+def _checked_and_loaded(img: Image.Image, path: str | Path, max_pixels: int, limit_option: bool) -> Image.Image:
     if img.width * img.height > max_pixels:
         raise AectlError(f"{path}: {img.width}x{img.height} exceeds the limit of {max_pixels} pixels"
                          f"{_raise_limit(limit_option)}")
     frames = getattr(img, "n_frames", 1)
-    if frames > 1 and img.format != "MPO":  # an MPO (phone JPEG) is a picture plus its preview or depth map
+    # An MPO (phone JPEG) is a picture plus its preview or depth map; a PSD's frames are its layers, and it
+    # opens as their flattened composite.
+    if frames > 1 and img.format not in ("MPO", "PSD"):
         raise AectlError(f"{path}: {img.format} image of {frames} frames (animated or multi-page); aectl codes "
                          "one picture per file: extract the frame you want first")
-    # Pillow has no 16-bit gray + alpha mode and opens such PNGs as RGBA (8 bits), which came back RGBA: the raw
-    # mode, known only before loading, says they are gray + alpha.
-    gray_alpha = img.format == "PNG" and bool(img.tile) and img.tile[0][3] == "LA;16B"
+    # What only the raw mode, known before loading, tells. Pillow has no 16-bit gray + alpha mode and opens such
+    # PNGs as RGBA (8 bits), which came back RGBA. It expands 1-, 2- and 4-bit gray to 0..255 but leaves a tRNS
+    # value in the file's scale, and it reads 16-bit RGB at 8 bits, where a tRNS colour cannot be matched: each
+    # lost its transparency without a word.
+    raw = img.tile[0][3] if img.format == "PNG" and img.tile else None
+    transparent = img.info.get("transparency")
+    if raw in _LOW_BIT_GRAY and isinstance(transparent, int) and transparent * _LOW_BIT_GRAY[raw] <= 255:
+        img.info["transparency"] = transparent * _LOW_BIT_GRAY[raw]  # (a Pillow that scales it gives 0 or >= 17)
+    if raw == "RGB;16B" and transparent is not None:
+        raise AectlError(f"{path}: a 16-bit RGB PNG with a transparent colour (tRNS), which Pillow reads at 8 "
+                         "bits, where that colour cannot be told apart: save it as RGBA first")
     img.load()
-    return img.convert("LA") if gray_alpha and img.mode == "RGBA" else img
+    if img.format == "PPM" and img.mode == "I":  # Pillow reads 16-bit PGM as I, scaled to 0..65535
+        return img.convert("I;16")
+    return img.convert("LA") if raw == "LA;16B" and img.mode == "RGBA" else img
 
 
 def to_pixels(img: Image.Image) -> Pixels:
@@ -134,7 +159,10 @@ def to_pixels(img: Image.Image) -> Pixels:
         img.load()  # a lazily opened file fails here, not as a bare OSError inside numpy
     except Exception as exc:
         raise AectlError(f"cannot read image ({exc or type(exc).__name__})") from None
-    img = ImageOps.exif_transpose(img)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # EXIF that cannot be parsed (a PNG eXIf chunk of garbage) says no orientation, as in JPEG
+        pass
     mode = img.mode
     if mode in _GRAY_16 or mode == "F":
         values = np.asarray(img, dtype=np.float64)
@@ -151,8 +179,8 @@ def to_pixels(img: Image.Image) -> Pixels:
     if mode == "P" or mode == "PA":
         img = img.convert("RGBA" if ("transparency" in img.info or mode == "PA") else "RGB")
         mode = img.mode
-    elif mode in ("L", "RGB") and img.info.get("transparency") is not None:  # one colour transparent (PNG tRNS)
-        img = img.convert("LA" if mode == "L" else "RGBA")
+    elif mode in ("1", "L", "RGB") and img.info.get("transparency") is not None:  # one colour transparent (tRNS)
+        img = img.convert("LA" if mode != "RGB" else "RGBA")
         mode = img.mode
     if img.info.get("icc_profile") and mode in ("RGB", "RGBA", "CMYK", "L", "LA"):
         img = _as_srgb(img)
@@ -249,7 +277,8 @@ def read_rgb(path: str | Path, max_pixels: int) -> np.ndarray:
     """The upright 8-bit RGB the codec compresses from an image file: what its rate and quality are measured
     against (Pillow's plain convert("RGB") keeps EXIF rotation out and clips 16-bit values to white). Its
     callers, eval and bench, have no --max-pixels, so a refusal for size does not suggest raising it."""
-    return to_pixels(open_image(path, max_pixels, limit_option=False)).rgb
+    with open_image(path, max_pixels, limit_option=False) as image:
+        return to_pixels(image).rgb
 
 
 def array_to_pixels(array: np.ndarray) -> Pixels:

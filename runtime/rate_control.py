@@ -70,7 +70,8 @@ class QualityLadder:
         check_budget(max_bytes, max_bpp)
         if isinstance(image, (str, os.PathLike)):  # decode the file once, not once per candidate
             limit = pixel_limit(self.options.get("max_pixels", container.DEFAULT_MAX_PIXELS))
-            image = image_io.open_image(os.fspath(image), limit)
+            with image_io.open_image(os.fspath(image), limit) as opened:  # closed after (see Codec._pixels)
+                return self.compress_within(opened, max_bytes, max_bpp)
         pixels = _pixel_count(image)
         # (a budget past 2^62 bytes is no limit: 8 * 10**400 / pixels overflowed a float)
         target_bpp = max_bpp if max_bpp is not None else 8 * min(max_bytes, 1 << 62) / pixels if pixels else None
