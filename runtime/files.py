@@ -118,7 +118,8 @@ def is_folder(path: Path) -> bool:
 def _walk(folder: Path, suffixes: set[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The files under `folder` with one of `suffixes`, sorted, and the folders that could not be read with
     why: rglob skipped an unreadable folder without a word (exit 0, its photos never compressed), and a path past
-    PATH_MAX ended the batch. Folder symlinks are not followed, as before; FIFOs and sockets are skipped."""
+    PATH_MAX ended the batch. Folder symlinks are not followed, as before; FIFOs and sockets are skipped. A
+    dangling symlink is kept, to fail as that file (it was skipped without a word), as it does when named."""
     found, unreadable = [], []
 
     def note(exc: OSError) -> None:
@@ -130,7 +131,7 @@ def _walk(folder: Path, suffixes: set[str]) -> tuple[list[Path], list[tuple[Path
             if path.suffix.lower() not in suffixes:
                 continue
             try:
-                if not path.is_file():
+                if not path.is_file() and not (path.is_symlink() and not path.exists()):
                     continue
             except OSError:  # its own reason comes when it is opened, as that file's error
                 pass
@@ -202,6 +203,8 @@ def check_job(job: Job, force: bool, check_source: Callable[[Path], None] | None
     input itself as output, or an output there already without `force`."""
     if not is_stdio(job.source):
         if not job.source.is_file():
+            if job.source.is_symlink() and not job.source.exists():
+                raise AectlError("a symlink to a missing file")  # ("no such file" read as if the link were not there)
             raise AectlError("not a regular file" if job.source.exists() else "no such file")
         if check_source is not None:
             check_source(job.source)

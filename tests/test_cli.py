@@ -345,6 +345,18 @@ def test_names_that_are_not_files_are_told_as_such(kodak, tmp_path):
         assert proc.returncode == 2 and proc.stderr.startswith("error: Invalid value for '--") and \
             proc.stderr.endswith("': \"\": give a file or a folder (. for this one)\n"), (args, proc.stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["-", "empty.aec", "pipe.aec", "s.jpg", "x.aec", "x.png"]
+    # A dangling symlink in a folder was skipped without a word (exit 0); named, it said "no such file". Now both
+    # fail as that file; a FIFO in a folder is still passed over.
+    walked = tmp_path / "walked"
+    walked.mkdir()
+    (walked / "x.aec").write_bytes((tmp_path / "x.aec").read_bytes())
+    (walked / "gone.aec").symlink_to(tmp_path / "missing.aec")
+    os.mkfifo(walked / "pipe.aec")
+    gone = f"error: {walked / 'gone.aec'}: a symlink to a missing file\n"
+    for inputs, summary in (([walked], "1 ok, 1 failed\n"), ([walked / "gone.aec"], "")):
+        proc = subprocess.run([aectl_exe(), "decompress", *inputs, "-o", tmp_path / "back"], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 1 and proc.stderr == gone + summary, proc.stderr
 
 
 def test_odd_inputs_round_trip_or_fail_in_one_line(kodak, tmp_path):
