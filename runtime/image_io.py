@@ -15,8 +15,8 @@ that matches the original.
   none dropped silently (a PIL image given directly is coded from its current frame, as Pillow's own
   conversions do). MPO (phone JPEGs: the picture plus a preview) is coded from its picture, a layered PSD from
   its flattened image (Pillow counts its layers as frames).
-- 16-bit grayscale is coded at 8-bit precision (the network's) and written back as 16-bit (value * 257) to PNG
-  and TIFF; other formats get its 8-bit values. Pillow opens 16-bit colour PNGs as 8-bit RGB, so those come
+- 16-bit grayscale is coded at 8-bit precision (the network's) and written back as 16-bit (value * 257) to PNG,
+  TIFF and PGM; other formats get its 8-bit values. Pillow opens 16-bit colour PNGs as 8-bit RGB, so those come
   back as 8-bit RGB; 16-bit gray + alpha PNGs, which Pillow opens as 8-bit RGBA, come back as 8-bit gray + alpha.
 - Palette images are returned as RGB (or RGBA if the palette has transparency); one transparent colour in an
   RGB or gray image (PNG tRNS, gray of 1 to 16 bits) becomes an alpha plane (16-bit gray with one comes back as
@@ -310,7 +310,7 @@ def from_pixels(rgb: np.ndarray, alpha: np.ndarray | None, channels: int, bit_de
     return Image.fromarray(rgb)
 
 
-SIXTEEN_BIT_FORMATS = ("PNG", "TIFF")  # Pillow writers that keep 16-bit grayscale
+SIXTEEN_BIT_FORMATS = ("PNG", "TIFF", "PPM")  # Pillow writers that keep 16-bit grayscale (PPM: as 16-bit PGM)
 # Pillow writers that keep an 8-bit alpha plane (RGBA, and LA where the format takes it; PDF as a JPEG 2000 image
 # with its mask). aectl codes alpha losslessly, so the other writers refuse an image with alpha: JPEG did already,
 # while BMP and PPM wrote it as RGB without a word. GIF holds on/off transparency only: an RGBA image whose alpha

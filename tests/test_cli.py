@@ -251,6 +251,8 @@ def test_decompress_fits_16_bit_gray_to_8_bit_formats_and_fails_per_file_where_p
     sixteen = np.asarray(Image.open(tmp_path / "png" / "gray16.png"), dtype=np.uint32)
     assert sixteen.max() > 255  # the PNG keeps 16 bits
     assert np.array_equal(np.asarray(Image.open(tmp_path / "bmp" / "gray16.bmp")), sixteen // 257)
+    aectl("decompress", tmp_path / "aec" / "gray16.aec", "-o", tmp_path / "gray16.pgm")  # 16-bit PGM (it was 8)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "gray16.pgm"), dtype=np.uint32), sixteen)
     proc = aectl("decompress", tmp_path / "aec", "-o", tmp_path / "qoi", "--format", "qoi", "--json", check=False)
     report = json.loads(proc.stdout)
     assert proc.returncode == 1 and report["ok"] == 1 and report["failed"] == 1
