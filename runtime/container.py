@@ -112,7 +112,9 @@ def parse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Header, by
     if width * height > max_pixels:
         raise AectlError(f"image of {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
                          f"(raise {option('max_pixels')} if you trust this file)")
-    if channels not in (1, 2, 3, 4) or depth not in (8, 16) or padding != PAD_REPLICATE:
+    # 16 bits are gray's alone: the writer codes every other 16-bit image as 8-bit (Pillow reads them so)
+    if channels not in (1, 2, 3, 4) or depth not in (8, 16) or (depth == 16 and channels != 1) or \
+            padding != PAD_REPLICATE:
         raise AectlError(f"corrupted .aec file (channels {channels}, bit depth {depth}, padding {padding})")
     if (alpha_len > 0) != (channels in (2, 4)):
         raise AectlError("corrupted .aec file (alpha plane does not match the channel count)")

@@ -80,6 +80,43 @@ def test_declared_sizes_are_limited_before_allocation(seed_codec, valid_files):
             seed_codec.decompress(container.pack(header, payload, alpha))
 
 
+def test_payloads_too_small_for_their_images_are_refused_before_decoding(tmp_path):
+    """A fuzzing helper's findings with the shipped q4 (real classified tables): constriction decodes zeros past
+    the end of its data, and the size check allowed every file 32 bits a tile, meant for version 4's streams. An
+    empty version 2 or 3 payload declaring a 65536x16 image (64 tiles) decoded, to a flat image; at 1048576x16 it
+    took 3 s. A version 4 payload whose first streams are empty passed as a whole, and was decoded, network runs
+    and all, until a stream's end check (48 s and 1.6 GB for a 268 Mpx image). Now versions 1-3 get one stream's
+    slack, every version 4 stream is held to its own blocks' minimum, and each is refused before decoding; the
+    real files pass, and 16-bit depth with channels other than gray is refused as the writer never makes it."""
+    from aectl.runtime.registry import shipped_bundle
+
+    bundle = shipped_bundle(4)
+    flat = np.full((16, 65536, 3), 128, np.uint8)
+    for version in (2, 3):
+        codec = Codec(bundle, provider="cpu", format_version=version)
+        real = codec.compress(flat)
+        assert codec.decompress(real).size == (65536, 16)
+        header, _, _ = container.parse(real)
+        with pytest.raises(AectlError, match=r"a payload of 0 bytes cannot hold a 65536x16 image"):
+            codec.decompress(container.pack(header, b""))
+    codec = Codec(bundle, provider="cpu", format_version=4)
+    real = codec.compress(np.full((256, 4096, 3), 128, np.uint8))  # 4 tiles of 1024x256, a stream each
+    header, payload, _ = container.parse(real)
+    counts = np.frombuffer(payload, "<u4")[:3]
+    assert len(counts) == 3 and counts.min() > 0 and codec.decompress(real).size == (4096, 256)
+    words = np.ones(60, "<u4")  # all four streams' minimum, about 48 words, in the last stream alone
+    with pytest.raises(AectlError, match=r"a payload of 252 bytes cannot hold a 4096x256 image"):
+        codec.decompress(container.pack(header, np.concatenate([np.zeros(3, "<u4"), words]).tobytes()))
+    gray = codec.compress(np.full((48, 64), 128, np.uint8))
+    header, payload, _ = container.parse(gray)
+    header.bit_depth = 16
+    assert codec.decompress(container.pack(header, payload)).mode == "I;16"
+    for channels, alpha in ((2, zlib.compress(bytes(48 * 64))), (3, b"")):
+        header.channels = channels
+        with pytest.raises(AectlError, match=f"corrupted .aec file \\(channels {channels}, bit depth 16"):
+            codec.decompress(container.pack(header, payload, alpha))
+
+
 # -- hostile bundles --------------------------------------------------------------------------------------------
 def _copy_bundle(src, dst):
     shutil.copytree(src, dst)
