@@ -235,23 +235,18 @@ class Decoder:
 
     def _check_payload_size(self, header, payload: bytes, tiles: list) -> None:
         """Refuse a payload too small for its blocks' entropy-coded minimum before any decoding, which bounds the
-        work a file makes per byte. constriction decodes zeros past the end of its data without a word, so a
-        60-byte file declaring a 1048576x16 image decoded (3 s), and a version 4 file of empty streams ran the
-        network over a 268 Mpx image (48 s, 1.6 GB) before its last stream's check. Each ANS stream (version 4)
-        is held to its own blocks' minimum; versions 1-3 code one range stream. 64 bits: a coder's final
-        rounding."""
-        positions = [int(np.prod(self._symbol_shape(t), dtype=np.int64)) for t in tiles]
+        work a file makes per byte: constriction decodes zeros past the end of its data without a word. Versions
+        1-3 code one range stream, which never comes out shorter than its content (64 bits: its final rounding;
+        with the 32 bits a tile once allowed here, a 60-byte file declaring a 1048576x16 image decoded). Version
+        4 has no such bound: an ANS stream starts from state 0, where symbols at the start of their tables cost
+        nothing (a real 2x2 block of a bundle without classes coded to 0 bits, and was refused), so there
+        `max_pixels` alone bounds the work, as it does for a real file of a flat image."""
         if entropy_coder.has_block_streams(header.version):
-            spans = entropy_coder.stream_spans([self._block_symbols(t) for t in tiles])
-            counts = entropy_coder.stream_word_counts(entropy_coder.payload_words(payload), len(spans))
-            ends = np.cumsum(spans)
-            streams = [(32 * int(words), positions[end - span:end]) for span, end, words in zip(spans, ends, counts)]
-        else:
-            streams = [(8 * len(payload), positions)]
-        for bits, blocks in streams:
-            if bits + 64 < self.coder.min_payload_bits(blocks, header.version):
-                raise AectlError(f"corrupted .aec file (a payload of {len(payload)} bytes cannot hold a "
-                                 f"{header.width}x{header.height} image)")
+            return
+        positions = [int(np.prod(self._symbol_shape(t), dtype=np.int64)) for t in tiles]
+        if 8 * len(payload) + 64 < self.coder.min_payload_bits(positions, header.version):
+            raise AectlError(f"corrupted .aec file (a payload of {len(payload)} bytes cannot hold a "
+                             f"{header.width}x{header.height} image)")
 
 
 @dataclass

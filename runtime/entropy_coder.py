@@ -461,18 +461,6 @@ class BlockStreams:
         return np.concatenate([counts, *self.streams]).astype("<u4").tobytes()
 
 
-def stream_word_counts(words: np.ndarray, streams: int) -> np.ndarray:
-    """The word count of each of the `streams` ANS streams of a version 4 payload (the last one's is what the
-    others leave), checked against the payload's length."""
-    if len(words) < streams - 1:
-        raise AectlError("corrupted payload: too short for its streams' word counts")
-    counts = words[:streams - 1].astype(np.int64)
-    rest = len(words) - (streams - 1) - int(counts.sum())
-    if rest < 0:
-        raise AectlError("corrupted payload: its streams' word counts exceed its length")
-    return np.concatenate([counts, [rest]])
-
-
 class BlockStreamReader:
     """A version 4 payload being read: hands out the ANS stream each block is read from, in order, after
     checking that the word counts fit the payload; a stream must be empty once its last block is read."""
@@ -480,8 +468,14 @@ class BlockStreamReader:
     def __init__(self, words: np.ndarray, block_symbols: list[int] | None):
         self._spans = stream_spans(block_symbols) if block_symbols is not None else [1 << 62]
         streams = len(self._spans)
+        if len(words) < streams - 1:
+            raise AectlError("corrupted payload: too short for its streams' word counts")
+        counts = words[:streams - 1].astype(np.int64)
+        rest = len(words) - (streams - 1) - int(counts.sum())
+        if rest < 0:
+            raise AectlError("corrupted payload: its streams' word counts exceed its length")
         self._words = words
-        self._ends = np.cumsum(np.concatenate([[streams - 1], stream_word_counts(words, streams)]))
+        self._ends = np.cumsum(np.concatenate([[streams - 1], counts, [rest]]))
         self._stream = -1
         self._left = 0  # blocks still to be read from the current stream
         self._coder = None
@@ -516,16 +510,12 @@ def finish(encoder) -> bytes:
     return encoder.get_compressed().astype("<u4").tobytes()
 
 
-def payload_words(payload: bytes) -> np.ndarray:
-    if len(payload) % 4:
-        raise AectlError("corrupted payload: length is not a whole number of 32-bit words")
-    return np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-
-
 def new_decoder(payload: bytes, version: int = container.VERSION, block_symbols: list[int] | None = None):
     """The decoder of one file's payload of format `version`. Version 4 needs the symbol count (channels x
     positions) of each of its blocks, to know which stream holds which blocks; None reads one stream."""
-    words = payload_words(payload)
+    if len(payload) % 4:
+        raise AectlError("corrupted payload: length is not a whole number of 32-bit words")
+    words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
     if has_block_streams(version):
         return BlockStreamReader(words, block_symbols)
     return constriction.stream.queue.RangeDecoder(words)
