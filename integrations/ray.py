@@ -200,15 +200,19 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
         return
     try:
         with socket.create_connection((host, port), timeout=timeout) as connection:
-            speaks_grpc = _speaks_http2(connection, timeout)
+            answer = _http2_answer(connection, timeout)
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise AectlError(f"--engine ray cannot reach RAY_ADDRESS={address} ({reason}); start the cluster there, "
                          "or unset RAY_ADDRESS for a local Ray") from None
-    if not speaks_grpc:
-        raise AectlError(f"--engine ray: RAY_ADDRESS={address} is not a Ray cluster's address (what answers there "
-                         "does not speak gRPC); give HEAD:6379 (the GCS port) or ray://HEAD:10001, or unset "
-                         "RAY_ADDRESS for a local Ray")
+    if answer is None or len(answer) == 9 and answer[3] == _SETTINGS_FRAME:
+        return
+    if answer[:1] in (_TLS_ALERT, _TLS_HANDSHAKE):
+        raise AectlError(f"--engine ray: RAY_ADDRESS={address} answers in TLS; set RAY_USE_TLS=1 (with Ray's "
+                         "RAY_TLS_SERVER_CERT, RAY_TLS_SERVER_KEY and RAY_TLS_CA_CERT) to reach it")
+    raise AectlError(f"--engine ray: RAY_ADDRESS={address} is not a Ray cluster's address (what answers there "
+                     "does not speak gRPC); give HEAD:6379 (the GCS port) or ray://HEAD:10001, or unset "
+                     "RAY_ADDRESS for a local Ray")
 
 
 _SETTINGS_FRAME = 0x04
@@ -216,11 +220,15 @@ _SETTINGS_FRAME = 0x04
 _HTTP2_GREETING = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(3) + bytes([_SETTINGS_FRAME]) + bytes(5)
 
 
-def _speaks_http2(connection: socket.socket, timeout: float) -> bool:
-    """Whether the server at the other end greets an HTTP/2 client as every gRPC server must: its first frame a
-    SETTINGS frame (RFC 9113, section 3.4). Skipped (True) where Ray is set to speak TLS."""
+_TLS_ALERT, _TLS_HANDSHAKE = b"\x15", b"\x16"  # a TLS server's answer to bytes that are not TLS starts so
+
+
+def _http2_answer(connection: socket.socket, timeout: float) -> bytes | None:
+    """The first 9 bytes (a frame header) the server at the other end sends back to an HTTP/2 client's greeting,
+    fewer if it stops or stays silent: every gRPC server's first frame is SETTINGS (RFC 9113, section 3.4).
+    None where Ray is set to speak TLS, which this greeting is not."""
     if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
-        return True
+        return None
     connection.settimeout(timeout)
     header = b""
     try:
@@ -231,8 +239,8 @@ def _speaks_http2(connection: socket.socket, timeout: float) -> bool:
                 break
             header += chunk
     except OSError:  # silent past the timeout, or it hung up on the greeting
-        return False
-    return len(header) == 9 and header[3] == _SETTINGS_FRAME
+        pass
+    return header
 
 
 def _require_provider(provider: str) -> None:

@@ -2,6 +2,7 @@
 result so one bad file is reported and skipped while the rest completes."""
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -119,7 +120,7 @@ def _walk(folder: Path, suffixes: set[str]) -> tuple[list[Path], list[tuple[Path
     """The files under `folder` with one of `suffixes`, sorted, and the folders that could not be read with
     why: rglob skipped an unreadable folder without a word (exit 0, its photos never compressed), and a path past
     PATH_MAX ended the batch. Folder symlinks are not followed, as before; FIFOs and sockets are skipped. A
-    dangling symlink is kept, to fail as that file (it was skipped without a word), as it does when named."""
+    symlink that leads nowhere is kept, to fail as that file (it was skipped without a word), as when named."""
     found, unreadable = [], []
 
     def note(exc: OSError) -> None:
@@ -131,7 +132,7 @@ def _walk(folder: Path, suffixes: set[str]) -> tuple[list[Path], list[tuple[Path
             if path.suffix.lower() not in suffixes:
                 continue
             try:
-                if not path.is_file() and not (path.is_symlink() and not path.exists()):
+                if not path.is_file() and broken_link(path) is None:
                     continue
             except OSError:  # its own reason comes when it is opened, as that file's error
                 pass
@@ -139,20 +140,31 @@ def _walk(folder: Path, suffixes: set[str]) -> tuple[list[Path], list[tuple[Path
     return sorted(found), sorted(unreadable)
 
 
+def broken_link(path: Path) -> str | None:
+    """Why a symlink at `path` leads to no file (to a missing one, or round a loop), or None."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return "a symlink to a missing file" if path.is_symlink() else None
+    except OSError as exc:
+        return "a symlink loop" if exc.errno == errno.ELOOP else None
+    return None
+
+
 def _one_job_per_target(jobs: list[Job]) -> list[Job]:
     """An input named twice runs once. Two inputs that map to one output (photo.jpg and photo.png ->
     photo.aec) would overwrite each other in the same run, --force or not: refused before any work."""
-    seen: dict[Path, Path] = {}
+    seen: dict[str, Path] = {}
     unique = []
     for job in jobs:
         if job.error:
             unique.append(job)
             continue
-        key = job.target.resolve()
+        key = os.path.realpath(job.target)  # (Path.resolve raised RuntimeError on a symlink loop)
         if key not in seen:
             seen[key] = job.source
             unique.append(job)
-        elif seen[key].resolve() != job.source.resolve():
+        elif os.path.realpath(seen[key]) != os.path.realpath(job.source):
             raise AectlError(f"{seen[key]} and {job.source} would both be written to {job.target}; "
                              "rename one or give them different folders")
     return unique
@@ -202,10 +214,9 @@ def check_job(job: Job, force: bool, check_source: Callable[[Path], None] | None
     """Refuse a job before any work: its input not a regular file (a FIFO would block), of the wrong kind, the
     input itself as output, or an output there already without `force`."""
     if not is_stdio(job.source):
-        if not job.source.is_file():
-            if job.source.is_symlink() and not job.source.exists():
-                raise AectlError("a symlink to a missing file")  # ("no such file" read as if the link were not there)
-            raise AectlError("not a regular file" if job.source.exists() else "no such file")
+        if not job.source.is_file():  # ("no such file" for a dangling symlink read as if it were not there)
+            raise AectlError(broken_link(job.source) or ("not a regular file" if job.source.exists() else
+                                                         "no such file"))
         if check_source is not None:
             check_source(job.source)
     if is_stdio(job.target):

@@ -22,7 +22,8 @@ that matches the original.
   RGB or gray image (PNG tRNS, gray of 1 to 16 bits) becomes an alpha plane (16-bit gray with one comes back as
   8-bit gray + alpha, the one such mode Pillow has; the codec coded 8 bits anyway). A 16-bit RGB PNG with one is
   refused: Pillow reads it at 8 bits, where the colour cannot be matched. 16-bit PGM (Pillow's mode I) is
-  16-bit gray.
+  16-bit gray. These readings of a file's raw mode apply to files opened here (paths, standard input); a PIL
+  image given directly is taken as Pillow opened it.
 - Alpha is kept losslessly: the alpha plane travels zlib-compressed beside the lossy colour payload.
 """
 from __future__ import annotations
@@ -122,7 +123,8 @@ def _open_within(source, path: str | Path, max_pixels: int, limit_option: bool) 
     try:
         return _checked_and_loaded(img, path, max_pixels, limit_option)
     except BaseException:
-        img.close()  # a refused path's file was left open
+        if not hasattr(source, "read"):  # a refused path's file was left open; a caller's stream stays theirs
+            img.close()                  # (standard input is opened again under a raised pixel limit)
         raise
 
 
@@ -148,8 +150,6 @@ def _checked_and_loaded(img: Image.Image, path: str | Path, max_pixels: int, lim
         raise AectlError(f"{path}: a 16-bit RGB PNG with a transparent colour (tRNS), which Pillow reads at 8 "
                          "bits, where that colour cannot be told apart: save it as RGBA first")
     img.load()
-    if img.format == "PPM" and img.mode == "I":  # Pillow reads 16-bit PGM as I, scaled to 0..65535
-        return img.convert("I;16")
     return img.convert("LA") if raw == "LA;16B" and img.mode == "RGBA" else img
 
 
@@ -159,11 +159,12 @@ def to_pixels(img: Image.Image) -> Pixels:
         img.load()  # a lazily opened file fails here, not as a bare OSError inside numpy
     except Exception as exc:
         raise AectlError(f"cannot read image ({exc or type(exc).__name__})") from None
+    pgm16 = img.mode == "I" and img.format == "PPM"  # Pillow reads 16-bit PGM as I, scaled to 0..65535
     try:
-        img = ImageOps.exif_transpose(img)
+        img = ImageOps.exif_transpose(img)  # (a copy, without the file's format)
     except Exception:  # EXIF that cannot be parsed (a PNG eXIf chunk of garbage) says no orientation, as in JPEG
         pass
-    mode = img.mode
+    mode = "I;16" if pgm16 else img.mode
     if mode in _GRAY_16 or mode == "F":
         values = np.asarray(img, dtype=np.float64)
         gray, is16 = _gray_levels(values, mode)

@@ -353,12 +353,28 @@ def test_names_that_are_not_files_are_told_as_such(kodak, tmp_path):
     walked.mkdir()
     (walked / "x.aec").write_bytes((tmp_path / "x.aec").read_bytes())
     (walked / "gone.aec").symlink_to(tmp_path / "missing.aec")
+    (walked / "loop.aec").symlink_to(walked / "loop.aec")
+    (walked / "sub").mkdir()
+    (walked / "sub" / "loop.aec").symlink_to(walked / "sub" / "loop.aec")
     os.mkfifo(walked / "pipe.aec")
     gone = f"error: {walked / 'gone.aec'}: a symlink to a missing file\n"
-    for inputs, summary in (([walked], "1 ok, 1 failed\n"), ([walked / "gone.aec"], "")):
+    loops = "".join(f"error: {walked / name}: a symlink loop\n" for name in ("loop.aec", "sub/loop.aec"))
+    for inputs, expected in (([walked], gone + loops + "1 ok, 3 failed\n"), ([walked / "gone.aec"], gone),
+                             ([walked / "loop.aec"], f"error: {walked / 'loop.aec'}: a symlink loop\n")):
         proc = subprocess.run([aectl_exe(), "decompress", *inputs, "-o", tmp_path / "back"], capture_output=True,
                               text=True, timeout=120)
-        assert proc.returncode == 1 and proc.stderr == gone + summary, proc.stderr
+        assert proc.returncode == 1 and proc.stderr == expected, proc.stderr
+    # A loop beside a photo of the same name: the check that they would share an output resolved the loop, and
+    # Path.resolve raised RuntimeError (an internal error).
+    (tmp_path / "pair").mkdir()
+    (tmp_path / "pair" / "p.png").symlink_to(tmp_path / "pair" / "p.png")
+    (tmp_path / "pair" / "p.jpg").write_bytes((tmp_path / "s.jpg").read_bytes())
+    proc = subprocess.run([aectl_exe(), "compress", tmp_path / "pair", "-o", tmp_path / "pair-out"],
+                          capture_output=True, text=True, timeout=120)
+    pair, out = tmp_path / "pair", tmp_path / "pair-out"
+    assert proc.returncode == 1 and proc.stderr == (f"error: {pair / 'p.jpg'} and {pair / 'p.png'} would both be "
+                                                    f"written to {out / 'p.aec'}; rename one or give them different "
+                                                    "folders\n"), proc.stderr
 
 
 def test_odd_inputs_round_trip_or_fail_in_one_line(kodak, tmp_path):

@@ -649,6 +649,8 @@ def test_what_only_the_file_tells_pillow_is_kept(trained, kodak, tmp_path):
     Image.fromarray(gray.astype(np.uint16)).save(tmp_path / "dark.png")  # the same 16-bit values
     back = codec.decompress(codec.compress(tmp_path / "dark.pgm"))
     assert back.mode == "I;16"  # it was L
+    with Image.open(tmp_path / "dark.pgm") as opened:  # given as a PIL image too (a review's finding)
+        assert codec.compress(opened) == codec.compress(tmp_path / "dark.pgm")
     assert np.array_equal(np.asarray(back), np.asarray(codec.decompress(codec.compress(tmp_path / "dark.png"))))
 
     bits = np.zeros((48, 64), dtype=bool)

@@ -335,3 +335,7 @@ def test_a_ray_address_of_something_else_is_one_line(kodak, tmp_path):
         with pytest.raises(AectlError, match="is not a Ray cluster's address"):
             _check_reachable("ray://" + address)
         server.join(timeout=60)
+    address, server = _serve_once_each(b"\x15\x03\x03\x00\x02\x02\x32")  # a TLS alert: a TLS cluster, RAY_USE_TLS unset
+    with pytest.raises(AectlError, match="answers in TLS; set RAY_USE_TLS=1"):
+        _check_reachable(address)
+    server.join(timeout=60)
