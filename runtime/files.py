@@ -221,7 +221,7 @@ def check_job(job: Job, force: bool, check_source: Callable[[Path], None] | None
             check_source(job.source)
     if is_stdio(job.target):
         return
-    if not is_stdio(job.source) and job.target.resolve() == job.source.resolve():
+    if not is_stdio(job.source) and os.path.realpath(job.target) == os.path.realpath(job.source):
         raise AectlError("output would overwrite the input")
     check_output_file(job.target, force)
 

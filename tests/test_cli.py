@@ -372,6 +372,11 @@ def test_names_that_are_not_files_are_told_as_such(kodak, tmp_path):
     proc = subprocess.run([aectl_exe(), "compress", tmp_path / "pair", "-o", tmp_path / "pair-out"],
                           capture_output=True, text=True, timeout=120)
     pair, out = tmp_path / "pair", tmp_path / "pair-out"
+    (tmp_path / "onto-loop.aec").symlink_to(tmp_path / "onto-loop.aec")  # an output that is a loop: the same
+    onto = subprocess.run([aectl_exe(), "compress", tmp_path / "x.png", "-o", tmp_path / "onto-loop.aec"],
+                          capture_output=True, text=True, timeout=120)
+    assert onto.returncode == 1 and onto.stderr == f"error: {tmp_path / 'x.png'}: {tmp_path / 'onto-loop.aec'} " \
+                                                   "exists; pass --force to overwrite\n", onto.stderr
     assert proc.returncode == 1 and proc.stderr == (f"error: {pair / 'p.jpg'} and {pair / 'p.png'} would both be "
                                                     f"written to {out / 'p.aec'}; rename one or give them different "
                                                     "folders\n"), proc.stderr
