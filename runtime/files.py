@@ -87,7 +87,7 @@ def plan_jobs(inputs: Iterable[Path], out: Path | None, suffixes: set[str], new_
     jobs = []
     for src in inputs:
         if is_folder(src):
-            found, unreadable = _walk(src, suffixes)
+            found, unreadable = walk_folder(src, suffixes)
             for f in found:
                 rel = f.relative_to(src)
                 base = (out / src.resolve().name if len(inputs) > 1 else out) if out else src  # '..' has no name
@@ -116,7 +116,7 @@ def is_folder(path: Path) -> bool:
         return False
 
 
-def _walk(folder: Path, suffixes: set[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
+def walk_folder(folder: Path, suffixes: set[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The files under `folder` with one of `suffixes`, sorted, and the folders that could not be read with
     why: rglob skipped an unreadable folder without a word (exit 0, its photos never compressed), and a path past
     PATH_MAX ended the batch. Folder symlinks are not followed, as before; FIFOs and sockets are skipped. A

@@ -197,6 +197,8 @@ def to_pixels(img: Image.Image) -> Pixels:
         return Pixels(np.ascontiguousarray(rgba[:, :, :3]), np.ascontiguousarray(rgba[:, :, 3]), 4, 8)
     try:
         rgb = np.asarray(img.convert("RGB"))
+    except MemoryError:
+        raise
     except Exception as exc:
         raise AectlError(f"cannot convert image mode {mode} to RGB ({exc})") from None
     return Pixels(rgb, None, 3, 8)

@@ -534,12 +534,36 @@ def test_every_unusable_training_photo_is_named_at_once(few_photos, tmp_path):
     shutil.copytree(few_photos, data)
     for name in ("a-broken.png", "b-empty.jpg", "c-text.png", "d-broken.png"):
         (data / name).write_bytes(b"" if "empty" in name else b"not an image")
+    notes = []
     with pytest.raises(AectlError, match=r"--data .*data: 4 files cannot be used: .*a-broken.png: cannot read "
-                                         r"image.*; .*b-empty.jpg: .*; .*c-text.png: .*; and 1 more$"):
-        train(_cfg(data, tmp_path / "r", steps=2), progress=False, log=lambda *_: None)
+                                         r"image.*; .*b-empty.jpg: .*; .*c-text.png: .*; and 1 more \(above\)$"):
+        train(_cfg(data, tmp_path / "r", steps=2), progress=False, log=notes.append)
+    # the rest named too (a review: the fourth was never named, so a second run was needed to find it)
+    assert len(notes) == 1 and notes[0].startswith(f"note: --data {data}: also cannot be used: {data / 'd-broken.png'}: "
+                                                   "cannot read image"), notes
     for name in ("b-empty.jpg", "c-text.png", "d-broken.png"):
         (data / name).unlink()
     with pytest.raises(AectlError, match=r"^\S*a-broken.png: cannot read image"):  # one: in its own words
         train(_cfg(data, tmp_path / "r", steps=2), progress=False, log=lambda *_: None)
     assert not (tmp_path / "r").exists()
 
+
+
+def test_training_data_is_walked_as_compress_walks_it(few_photos, tmp_path):
+    """A review of train on odd folders: a photo whose name is not UTF-8 was an internal UnicodeEncodeError (the
+    folder's digest encoded its listing strictly); a dangling symlink and a symlink loop were passed over without
+    a word (compress names both), as was a subfolder that cannot be read (rglob skips it; not run here as root)."""
+    import os
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(few_photos, data)
+    first = sorted(data.iterdir())[0]
+    shutil.copy(first, data / os.fsdecode(b"caf\xe9.png"))
+    train(_cfg(data, tmp_path / "r", steps=2), progress=False, log=lambda *_: None)
+    assert (tmp_path / "r" / "last.pt").is_file()
+    (data / "dangling.png").symlink_to(tmp_path / "missing.png")
+    (data / "loop.png").symlink_to(data / "loop.png")
+    with pytest.raises(AectlError, match=r"2 files cannot be used: \S*dangling.png: a symlink to a missing file; "
+                                         r"\S*loop.png: a symlink loop$"):
+        train(_cfg(data, tmp_path / "r2", steps=2), progress=False, log=lambda *_: None)

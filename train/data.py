@@ -15,7 +15,7 @@ from PIL import Image
 
 from aectl.runtime.container import DEFAULT_MAX_PIXELS
 from aectl.runtime.errors import AectlError
-from aectl.runtime.files import IMAGE_SUFFIXES
+from aectl.runtime.files import IMAGE_SUFFIXES, broken_link, walk_folder
 from aectl.runtime.image_io import open_image, to_pixels
 
 
@@ -23,8 +23,9 @@ STL10_SIDE = 96  # STL10's images are 96x96: no crop larger than that fits in th
 
 
 def find_images(root: Path) -> list[Path]:
-    """All image files under root, recursively, in a stable order."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """All image files under root, recursively, in a stable order: what a folder walk of `compress` finds
+    (runtime/files.py), a symlink that leads nowhere included, to fail as that file."""
+    return walk_folder(root, IMAGE_SUFFIXES)[0]
 
 
 def load_rgb(path: Path, min_side: int) -> np.ndarray:
@@ -101,23 +102,35 @@ def split_holdout(items: list, fraction: float = 0.1) -> tuple[list, list]:
     return train, val
 
 
-def load_folder(root: Path, crop: int) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+def load_folder(root: Path, crop: int, log=None) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """The training and validation images of a folder, every one held in memory (3 bytes a pixel). Every file
+    that cannot be used, and every subfolder that cannot be read (rglob passed over them without a word), is
+    named at once: the first three in the error, the rest through `log` before it."""
     if not root.is_dir():
         raise AectlError(f"--data {root}: not a directory (give a folder of images, or 'stl10' with --data-root)")
-    paths = find_images(root)
-    if not paths:
+    paths, unreadable = walk_folder(root, IMAGE_SUFFIXES)
+    unusable = [f"{folder}: cannot read folder: {why}" for folder, why in unreadable]
+    if not paths and not unusable:
         raise AectlError(f"--data {root}: no image files found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     train_paths, val_paths = split_holdout(paths)
-    loaded, unusable = {}, []
+    loaded = {}
     for path in dict.fromkeys(train_paths + val_paths):  # every file that cannot be used is named at once
         try:
+            why = broken_link(path)  # (said "no such file", or a loop's OSError, as an image it could not read)
+            if why:
+                raise AectlError(f"{path}: {why}")
             loaded[path] = load_rgb(path, crop)
         except AectlError as exc:
             unusable.append(str(exc))
+        except MemoryError:  # (it was "cannot convert image mode RGB to RGB ()", blamed on the file)
+            raise AectlError(f"--data {root}: out of memory loading {path}: the training images are held in "
+                             "memory, 3 bytes a pixel; train on fewer or smaller photos") from None
     if len(unusable) == 1:
         raise AectlError(unusable[0])
     if unusable:  # one run per bad file found them one by one
-        more = f"; and {len(unusable) - 3} more" if len(unusable) > 3 else ""
+        for rest in unusable[3:] if log else []:
+            log(f"note: --data {root}: also cannot be used: {rest}")
+        more = f"; and {len(unusable) - 3} more{' (above)' if log else ''}" if len(unusable) > 3 else ""
         raise AectlError(f"--data {root}: {len(unusable)} files cannot be used: {'; '.join(unusable[:3])}{more}")
     train = [loaded[p] for p in train_paths]
     val = train if val_paths is train_paths else [loaded[p] for p in val_paths]  # one image: both
@@ -128,7 +141,7 @@ def folder_digest(root: Path) -> str:
     """What a folder of training images holds, by relative name and size: a resumed run compares it with the
     one it started from (photos added or removed change the batches and the validation image)."""
     listing = "\n".join(f"{p.relative_to(root).as_posix()} {p.stat().st_size}" for p in find_images(root))
-    return hashlib.sha256(listing.encode()).hexdigest()
+    return hashlib.sha256(listing.encode("utf-8", "surrogateescape")).hexdigest()  # names as the OS gave them
 
 
 def load_stl10(root: Path | None, crop: int) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:

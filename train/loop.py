@@ -85,7 +85,7 @@ def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log, ddp: Dis
     else:
         # As given where it still names the folder from here (validation names stay as the user wrote them).
         here = cfg.data if cfg.data_path in (None, absolute_data(cfg.data)) else cfg.data_path
-        train_imgs, val_imgs, val_names = load_folder(Path(here), preset.crop)
+        train_imgs, val_imgs, val_names = load_folder(Path(here), preset.crop, log)
         data_digest = folder_digest(Path(here))
         recorded = resumed.get("run", {}).get("data_digest") if resumed else None
         if recorded not in (None, data_digest):  # "continues exactly" held only for the photos it started with
