@@ -218,8 +218,6 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
 _SETTINGS_FRAME = 0x04
 # RFC 9113, section 3.4: the client's preface, then its (empty) SETTINGS frame: length 0, type, flags 0, stream 0.
 _HTTP2_GREETING = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(3) + bytes([_SETTINGS_FRAME]) + bytes(5)
-
-
 _TLS_ALERT, _TLS_HANDSHAKE = b"\x15", b"\x16"  # a TLS server's answer to bytes that are not TLS starts so
 
 

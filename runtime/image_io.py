@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import threading
 import zlib
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from aectl.runtime.errors import AectlError, option
+from aectl.runtime.files import broken_link
 from aectl.runtime.outputs import atomic_write
 
 _GRAY_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -103,9 +105,12 @@ def open_image(path, max_pixels: int, name: str | None = None, limit_option: boo
                     Image.MAX_IMAGE_PIXELS = pillow_limit
     except AectlError:
         raise
-    except FileNotFoundError:
-        raise AectlError(f"{path or repr(path)}: no such file") from None  # "" said ": no such file"
     except Exception as exc:  # Pillow raises many exception types for unreadable files
+        link = broken_link(Path(source)) if isinstance(source, (str, os.PathLike)) and source else None
+        if link:  # (a dangling one said "no such file", a loop "cannot read image (Too many levels ...)")
+            raise AectlError(f"{path}: {link}") from None
+        if isinstance(exc, FileNotFoundError):
+            raise AectlError(f"{path or repr(path)}: no such file") from None  # "" said ": no such file"
         if heif is False and is_heif(path):
             raise AectlError(f"{path}: reading HEIC/HEIF needs pillow-heif: pip install 'aectl[heif]'") from None
         detail = str(exc).replace(f"'{path}'", "").replace(str(path), "").replace(repr(source), "").strip()

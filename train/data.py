@@ -15,7 +15,7 @@ from PIL import Image
 
 from aectl.runtime.container import DEFAULT_MAX_PIXELS
 from aectl.runtime.errors import AectlError
-from aectl.runtime.files import IMAGE_SUFFIXES, broken_link, walk_folder
+from aectl.runtime.files import IMAGE_SUFFIXES, walk_folder
 from aectl.runtime.image_io import open_image, to_pixels
 
 
@@ -116,9 +116,6 @@ def load_folder(root: Path, crop: int, log=None) -> tuple[list[np.ndarray], list
     loaded = {}
     for path in dict.fromkeys(train_paths + val_paths):  # every file that cannot be used is named at once
         try:
-            why = broken_link(path)  # (said "no such file", or a loop's OSError, as an image it could not read)
-            if why:
-                raise AectlError(f"{path}: {why}")
             loaded[path] = load_rgb(path, crop)
         except AectlError as exc:
             unusable.append(str(exc))
