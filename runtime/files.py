@@ -120,16 +120,18 @@ def walk_folder(folder: Path, suffixes: set[str]) -> tuple[list[Path], list[tupl
     """The files under `folder` with one of `suffixes`, sorted, and the folders that could not be read with
     why: rglob skipped an unreadable folder without a word (exit 0, its photos never compressed), and a path past
     PATH_MAX ended the batch. Folder symlinks are not followed, as before; FIFOs and sockets are skipped. A
-    symlink that leads nowhere is kept, to fail as that file (it was skipped without a word), as when named."""
+    symlink that leads nowhere is kept, to fail as that file (it was skipped without a word), as when named.
+    Hidden files and folders are passed over, as the shell's `*` and Python's glob pass them over (`is_hidden`)."""
     found, unreadable = [], []
 
     def note(exc: OSError) -> None:
         unreadable.append((Path(exc.filename) if exc.filename else folder, exc.strerror or str(exc)))
 
-    for root, _, names in os.walk(folder, onerror=note):
+    for root, folders, names in os.walk(folder, onerror=note):
+        folders[:] = [name for name in folders if not is_hidden(name)]  # not walked into at all
         for name in names:
             path = Path(root, name)
-            if path.suffix.lower() not in suffixes:
+            if path.suffix.lower() not in suffixes or is_hidden(name):
                 continue
             try:
                 if not path.is_file() and broken_link(path) is None:
@@ -138,6 +140,13 @@ def walk_folder(folder: Path, suffixes: set[str]) -> tuple[list[Path], list[tupl
                 pass
             found.append(path)
     return sorted(found), sorted(unreadable)
+
+
+def is_hidden(name: str) -> bool:
+    """Whether a name found in a folder is hidden (starts with a dot): a macOS copy leaves `._photo.png` beside
+    each photo, AppleDouble metadata that no image reader opens, and viewers keep `.thumbnails/`. A walk that
+    took them stopped train at the first and compressed the second; a hidden file named as an input is used."""
+    return name.startswith(".")
 
 
 def broken_link(path: Path) -> str | None:

@@ -186,14 +186,21 @@ def assert_rows_shown(result: dict, text: str) -> None:
 
 def test_bench_without_a_model_measures_the_default_one(two_images, tmp_path):
     """Without -m, bench measures the bundle `aectl compress` uses without -m (the default quality), not the
-    first shipped folder by name. --no-peak skips the matmul peak's seconds, and the tables say so."""
+    first shipped folder by name. --no-peak skips the matmul peak's seconds, and the tables say so. A hidden
+    file is passed over (a macOS copy's `._kodim03.png` sorted first and ended the run as an unreadable image)."""
+    import shutil
+
     from aectl.runtime.registry import shipped_bundle
 
+    images = tmp_path / "images"
+    shutil.copytree(two_images, images)
+    (images / "._kodim03.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     saved = tmp_path / "bench.json"
-    text = aectl("bench", "--images", two_images, "--limit", "1", "--repeats", "1", "--batch-sizes", "1",
+    text = aectl("bench", "--images", images, "--limit", "1", "--repeats", "1", "--batch-sizes", "1",
                  "--no-torch", "--baselines", "", "--no-peak", "--save", saved).stdout
     result = json.loads(saved.read_text())
     assert Path(result["config"]["bundle"]).resolve() == shipped_bundle().resolve()
+    assert result["images"]["count"] == 1
     cpu = result["providers"]["cpu"]
     assert cpu["peak"] == {"skipped": "not measured (--no-peak)"}
     rates = cpu["efficiency"]["onnxruntime"]["batch_1"]

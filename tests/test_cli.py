@@ -357,6 +357,9 @@ def test_names_that_are_not_files_are_told_as_such(kodak, tmp_path):
     (walked / "sub").mkdir()
     (walked / "sub" / "loop.aec").symlink_to(walked / "sub" / "loop.aec")
     os.mkfifo(walked / "pipe.aec")
+    (walked / "._x.aec").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata: hidden, passed over
+    (walked / ".cache").mkdir()
+    (walked / ".cache" / "y.aec").write_bytes(b"not an aec file")
     gone = f"error: {walked / 'gone.aec'}: a symlink to a missing file\n"
     loops = "".join(f"error: {walked / name}: a symlink loop\n" for name in ("loop.aec", "sub/loop.aec"))
     for inputs, expected in (([walked], gone + loops + "1 ok, 3 failed\n"), ([walked / "gone.aec"], gone),

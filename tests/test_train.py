@@ -7,6 +7,7 @@ import torch
 
 from aectl.runtime.errors import AectlError
 from aectl.train.checkpoint import CHECKPOINT, build_from_checkpoint, entropy_fitted, load_checkpoint, training_data
+from aectl.train.data import find_images
 from aectl.train.loop import train
 from aectl.train.run_options import TrainConfig, resolve_run
 
@@ -560,8 +561,14 @@ def test_training_data_is_walked_as_compress_walks_it(few_photos, tmp_path):
     shutil.copytree(few_photos, data)
     first = sorted(data.iterdir())[0]
     shutil.copy(first, data / os.fsdecode(b"caf\xe9.png"))
+    # Hidden files and folders are passed over, as compress passes them over: a macOS copy's `._NAME.png`
+    # (AppleDouble metadata) stopped the run as an unreadable image, and a viewer's .thumbnails/ was trained on.
+    (data / f"._{first.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (data / ".thumbnails").mkdir()
+    shutil.copy(first, data / ".thumbnails" / first.name)
     train(_cfg(data, tmp_path / "r", steps=2), progress=False, log=lambda *_: None)
     assert (tmp_path / "r" / "last.pt").is_file()
+    assert find_images(data) == sorted(p for p in data.iterdir() if not p.name.startswith("."))
     (data / "dangling.png").symlink_to(tmp_path / "missing.png")
     (data / "loop.png").symlink_to(data / "loop.png")
     with pytest.raises(AectlError, match=r"2 files cannot be used: \S*dangling.png: a symlink to a missing file; "
