@@ -379,6 +379,26 @@ def test_resume_notes_photos_that_changed(few_photos, tmp_path):
     assert any(f"{few_photos} holds other photos than when the run started" in n for n in notes)
 
 
+def test_resume_notes_an_epoch_schedule_the_photos_moved(few_photos, tmp_path):
+    """A run on --epochs resumed after photos were added got a longer schedule (its last step and the learning
+    rate's drop moved) with only the "holds other photos" note; a changed --steps says what the schedule
+    follows, so this says where it now ends."""
+    from PIL import Image
+
+    run = tmp_path / "run"
+    train(_cfg(few_photos, run, epochs=1, stop_at=2), progress=False, log=lambda *_: None)
+    planned = json.loads((run / "run.json").read_text())["total_steps"]
+    notes = []
+    train(TrainConfig(out=str(run), resume=True, stop_at=3), progress=False, log=notes.append)
+    assert not any("schedule" in n for n in notes), notes
+    Image.new("RGB", (1024, 1024), (90, 120, 150)).save(few_photos / "000-large.png")  # sorts first: trained on
+    train(TrainConfig(out=str(run), resume=True, stop_at=4), progress=False, log=notes.append)
+    total = json.loads((run / "run.json").read_text())["total_steps"]
+    assert total > planned
+    assert f"note: the schedule (--epochs 1) now ends at step {total}, not {planned}: an epoch is {total} steps " \
+           "with the photos here now (the learning rate drops at 90% of it)" in notes, notes
+
+
 def test_a_fit_stopped_after_the_run_was_extended_is_made_on_resume(few_photos, tmp_path, monkeypatch):
     """A seed run fitted at step 2, extended to 4 and stopped during that fit, was called finished on resume
     (an earlier fit in its history counted) and exported with an entropy model unfitted to its weights."""

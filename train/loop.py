@@ -101,8 +101,13 @@ def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log, ddp: Dis
     total = cfg.steps if cfg.steps is not None else (cfg.epochs or 1) * steps_per_epoch
     if cfg.stop_at is not None and cfg.stop_at > total:
         raise AectlError(f"--stop-at {cfg.stop_at} is past the run's last step ({total})")
+    schedule = f"--epochs {cfg.epochs}" if cfg.epochs else "its one epoch"
+    planned = resumed.get("run", {}).get("total_steps") if resumed else None
+    if cfg.steps is None and planned not in (None, total) and ddp.is_main:  # photos added or removed moved it
+        log(f"note: the schedule ({schedule}) now ends at step {total}, not {planned}: an epoch is "
+            f"{steps_per_epoch} steps with the photos here now (the learning rate drops at 90% of it)")
     if resumed and total < resumed["step"]:  # --epochs fewer than done: it marked the run finished as it was
-        schedule = f"--epochs {cfg.epochs}" if cfg.epochs else "its one epoch (fewer photos now)"
+        schedule += "" if cfg.epochs else " (fewer photos now)"
         raise AectlError(f"the schedule ({schedule}) ends at step {total}; the run in {out} is already at step "
                          f"{resumed['step']}; give more --epochs to go on training")
     if resumed and resumed["step"] == total and (preset.rate_distortion or entropy_fitted(resumed)):
