@@ -366,6 +366,20 @@ def test_training_photos_are_read_as_the_codec_reads_them(few_photos, tmp_path):
     assert any("holds one image" in n for n in notes)
 
 
+def test_a_validation_image_that_is_also_trained_on_is_noted(few_photos, tmp_path):
+    """The validation image could be a byte-identical copy of a training image (a photo copied under another
+    name) without a word; its figures then measure training fit, as the one-image case already says."""
+    notes = []
+    train(_cfg(few_photos, tmp_path / "r", steps=1), progress=False, log=notes.append)
+    assert not any("validation image" in n for n in notes), notes
+    held_out = sorted(few_photos.iterdir())[-1]  # split_holdout holds the last of six out
+    (few_photos / f"000-copy-of-{held_out.name}").write_bytes(held_out.read_bytes())
+    train(_cfg(few_photos, tmp_path / "r2", steps=1), progress=False, log=notes.append)
+    assert json.loads((tmp_path / "r2" / "run.json").read_text())["val"] == [str(held_out)]
+    assert f"note: the validation image {held_out} is also a training image (the same pixels under another " \
+           "name); its validation figures measure training fit, not generalisation" in notes, notes
+
+
 def test_resume_notes_photos_that_changed(few_photos, tmp_path):
     """Photos added to the folder since the run started changed its batches and validation image without a word,
     while README says --resume continues exactly."""

@@ -134,6 +134,17 @@ def load_folder(root: Path, crop: int, log=None) -> tuple[list[np.ndarray], list
     return train, val, [str(p) for p in val_paths]
 
 
+def validation_copies(train: list[np.ndarray], val: list[np.ndarray], val_names: list[str]) -> list[str]:
+    """The validation images whose pixels are also a training image's (a photo copied under another name): their
+    figures measure training fit, not generalisation, and nothing said so."""
+    def digest(image: np.ndarray) -> bytes:
+        pixels = np.ascontiguousarray(image)
+        return hashlib.blake2b(pixels.data, digest_size=16).digest() + str(pixels.shape).encode()
+
+    trained = {digest(image) for image in train}
+    return [name for name, image in zip(val_names, val) if digest(image) in trained]
+
+
 def folder_digest(root: Path) -> str:
     """What a folder of training images holds, by relative name and size: a resumed run compares it with the
     one it started from (photos added or removed change the batches and the validation image)."""

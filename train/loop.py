@@ -23,7 +23,8 @@ import torch
 from aectl.runtime.errors import AectlError, received_signals
 from aectl.runtime.outputs import atomic_write
 from aectl.train.checkpoint import CHECKPOINT, atomic_torch_save, entropy_fitted, load_checkpoint, load_weights
-from aectl.train.data import CropSampler, center_crops, folder_digest, load_folder, load_stl10
+from aectl.train.data import (CropSampler, center_crops, folder_digest, load_folder, load_stl10,
+                              validation_copies)
 from aectl.train.distributed import Distributed
 from aectl.train.entropy_fit import architecture_differs, fit_seed_entropy, init_from_bundle
 from aectl.train.objective import evaluate, loss_terms
@@ -94,6 +95,10 @@ def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log, ddp: Dis
         if val_imgs is train_imgs:  # split_holdout cannot hold one image out: validation figures are training ones
             log("note: --data holds one image, so it is also the validation image; validation figures measure "
                 "training fit, not generalisation")
+        else:
+            for name in validation_copies(train_imgs, val_imgs, val_names):
+                log(f"note: the validation image {name} is also a training image (the same pixels under another "
+                    "name); its validation figures measure training fit, not generalisation")
     sampler = CropSampler(train_imgs, preset.crop, cfg.seed)
     val = torch.from_numpy(center_crops(val_imgs, preset.crop))
     # An epoch covers the training pixels once (in random crops); at least MIN_EPOCH_STEPS for tiny datasets.
