@@ -380,6 +380,20 @@ def test_a_validation_image_that_is_also_trained_on_is_noted(few_photos, tmp_pat
            "name); its validation figures measure training fit, not generalisation" in notes, notes
 
 
+def test_data_stl10_beside_a_folder_of_that_name_says_which_it_is(tmp_path, monkeypatch):
+    """`--data stl10` means the dataset even where the working folder holds a folder named stl10: it said so
+    nowhere (README did), and the error spoke of torchvision or STL10's files only."""
+    monkeypatch.chdir(tmp_path)
+    notes = []
+    with pytest.raises(AectlError):  # torchvision does not import here; where it does, no STL10 under data_root
+        train(_cfg("stl10", tmp_path / "r", steps=1, data_root=str(tmp_path)), progress=False, log=notes.append)
+    assert not any("stl10" in n for n in notes), notes
+    (tmp_path / "stl10").mkdir()
+    with pytest.raises(AectlError):
+        train(_cfg("stl10", tmp_path / "r", steps=1, data_root=str(tmp_path)), progress=False, log=notes.append)
+    assert notes == ["note: --data stl10 names the STL10 dataset; give ./stl10 for the folder of that name here"]
+
+
 def test_resume_notes_photos_that_changed(few_photos, tmp_path):
     """Photos added to the folder since the run started changed its batches and validation image without a word,
     while README says --resume continues exactly."""

@@ -82,6 +82,8 @@ def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log, ddp: Dis
 
     data_digest = None
     if cfg.data == "stl10":
+        if Path("stl10").is_dir():  # the name means the dataset, whatever the working folder holds
+            log("note: --data stl10 names the STL10 dataset; give ./stl10 for the folder of that name here")
         train_imgs, val_imgs, val_names = load_stl10(Path(cfg.data_root) if cfg.data_root else None, preset.crop)
     else:
         # As given where it still names the folder from here (validation names stay as the user wrote them).
