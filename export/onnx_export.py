@@ -234,10 +234,10 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
 def _fit_symbols(model, preset: Preset, ckpt: dict, calibration) -> tuple[list[np.ndarray], str]:
     """Integer latent symbols of real photos (centre crops of at most FIT_SIDE pixels a side), as the runtime
     would quantise them, for fitting the classified entropy tables. Default folder: the run's training data."""
-    from aectl.train.data import find_images, load_rgb
+    from aectl.train.data import find_photos, load_rgb
 
     folder = photo_folder(calibration, ckpt, "--calibration", CLASS_PHOTOS)
-    files = find_images(folder)[:MAX_FIT_IMAGES]
+    files = find_photos(folder, "--calibration" if calibration else "the run's training data")[:MAX_FIT_IMAGES]
     if not files:
         raise AectlError(f"--calibration {folder}: no images found")
     symbols = []
@@ -267,10 +267,10 @@ def variant_images(ckpt: dict, calibration: str | Path | None, option: str = "--
     """Real photos for a reduced-precision decoder: every other file calibrates (int8), the rest check parity,
     so parity is never measured on calibration images. Default folder: the run's training data. `option`
     names the command's flag for the folder in errors."""
-    from aectl.train.data import find_images, load_rgb
+    from aectl.train.data import find_photos, load_rgb
 
     folder = photo_folder(calibration, ckpt, option, VARIANT_PHOTOS)
-    files = find_images(folder)
+    files = find_photos(folder, option if calibration else "the run's training data")
     if len(files) < 4:
         where = f"{option} {folder}" if calibration else f"the run's training data {folder}"  # named an unused flag
         raise AectlError(f"{where}: found {len(files)} image{'s' * (len(files) != 1)}, need at least 4"

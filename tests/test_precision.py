@@ -212,7 +212,7 @@ def test_bad_precision_options_are_one_line_errors(trained, tmp_path):
         assert not (tmp_path / "b").exists()
 
 
-def test_photo_folder_errors_name_the_flag_and_the_folder(trained, variants, tmp_path):
+def test_photo_folder_errors_name_the_flag_and_the_folder(trained, variants, photos, tmp_path):
     """A missing folder of real photos is named as given, with the flag of the command at hand (export's
     --calibration, verify's --images), and a run whose training data has moved says so."""
     import torch
@@ -225,7 +225,25 @@ def test_photo_folder_errors_name_the_flag_and_the_folder(trained, variants, tmp
     ckpt = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
     ckpt["config"].update(data_path=str(missing), data=str(missing))
     torch.save(ckpt, moved / CHECKPOINT)
-    cases = [(("export", run, "-o", tmp_path / "b", "--precision", "int8", "--calibration", missing),
+    # A subfolder that cannot be read (here a chain past PATH_MAX, which root cannot read either) was passed over:
+    # export calibrated and fitted its classes on the photos it could read, and verify checked them, without a word.
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    for path in sorted(photos.iterdir())[:4]:
+        shutil.copy(path, deep / path.name)
+    fd = os.open(deep, os.O_RDONLY)
+    for _ in range(22):
+        os.mkdir("d" * 200, dir_fd=fd)
+        fd, parent = os.open("d" * 200, os.O_RDONLY, dir_fd=fd), fd
+        os.close(parent)
+    os.close(fd)
+    unread = f"{deep}: cannot read folder "  # the folder's name is cut in the middle, to keep the line short
+    cases = [(("export", run, "-o", tmp_path / "b", "--precision", "int8", "--calibration", deep),
+              f"error: --calibration {unread}"),
+             (("export", run, "-o", tmp_path / "b", "--entropy-classes", "3", "--calibration", deep),
+              f"error: --calibration {unread}"),
+             (("verify", variants["int8"], run, "--images", deep), f"error: --images {unread}")]
+    cases += [(("export", run, "-o", tmp_path / "b", "--precision", "int8", "--calibration", missing),
               f"error: --calibration {missing}: not a folder"),
              (("verify", variants["int8"], run, "--images", missing), f"error: --images {missing}: not a folder"),
              (("export", moved, "-o", tmp_path / "b", "--precision", "fp16"),
@@ -243,6 +261,7 @@ def test_photo_folder_errors_name_the_flag_and_the_folder(trained, variants, tmp
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         flag = "--images" if args[0] == "verify" else "--calibration"
         assert "PosixPath" not in proc.stderr and (flag in proc.stderr), proc.stderr
+        assert "cannot read folder" not in proc.stderr or proc.stderr.endswith(": File name too long\n")
     assert not (tmp_path / "b").exists()
 
 

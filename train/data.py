@@ -28,6 +28,18 @@ def find_images(root: Path) -> list[Path]:
     return walk_folder(root, IMAGE_SUFFIXES)[0]
 
 
+def find_photos(root: Path, option: str) -> list[Path]:
+    """find_images for a folder a command's option names (export's --calibration, verify's --images): a
+    subfolder that cannot be read is refused, named, as train refuses it (passed over, export calibrated and
+    fitted on the photos it could read without a word)."""
+    paths, unreadable = walk_folder(root, IMAGE_SUFFIXES)
+    if unreadable:
+        (folder, why), more = unreadable[0], len(unreadable) - 1
+        raise AectlError(f"{option} {root}: cannot read folder {folder}: {why}"
+                         f"{f' (and {more} more)' if more else ''}")
+    return paths
+
+
 def load_rgb(path: Path, min_side: int) -> np.ndarray:
     """HWC uint8 RGB as the codec reads it (the codec's opener: one frame only, within its pixel limit; EXIF
     orientation applied, colour in sRGB, 16-bit gray scaled), upscaled if a side is shorter than min_side.
