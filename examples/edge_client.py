@@ -28,7 +28,7 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from aectl.runtime import AectlError, Decoder
+from aectl.runtime import AectlError, Decoder, PixelLimitError
 from aectl.runtime.image_io import PNG_COMPRESSION
 
 MAX_BODY = 64 << 20  # refuse uploads above 64 MiB
@@ -115,6 +115,8 @@ def make_handler(decoder: Decoder, slots: threading.Semaphore, timeout_s: float 
                 # zlib level 1, as `aectl decompress` writes: 4x faster than Pillow's default for an 8% larger
                 # PNG, the right trade for a service next to its client (benchmarks/README.md).
                 image.save(png, format="PNG", compress_level=PNG_COMPRESSION)
+            except PixelLimitError as exc:  # the client cannot raise the limit ("raise max_pixels"): its operator can
+                return self._reply(400, f"error: {exc.reason}, this service's --max-pixels\n".encode(), "text/plain")
             except AectlError as exc:
                 return self._reply(400, f"error: {exc}\n".encode(), "text/plain")
             except Exception as exc:  # the service's fault, not the client's: said so, and kept serving

@@ -3,9 +3,9 @@
 Only numpy, onnxruntime, constriction and Pillow are used here; nothing imports torch, train/ or export/.
 The public names are imported on first use, so `import aectl.runtime.errors` (the CLI's start-up) stays cheap.
 """
-from aectl.runtime.errors import AectlError
+from aectl.runtime.errors import AectlError, PixelLimitError
 
-__all__ = ["AectlError", "Bundle", "Codec", "Decoder", "load_bundle", "container"]
+__all__ = ["AectlError", "PixelLimitError", "Bundle", "Codec", "Decoder", "load_bundle", "container"]
 
 _LAZY = {"Bundle": "aectl.runtime.bundle", "load_bundle": "aectl.runtime.bundle", "Codec": "aectl.runtime.codec",
          "Decoder": "aectl.runtime.codec", "container": "aectl.runtime.container"}

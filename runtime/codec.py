@@ -23,7 +23,7 @@ from PIL import Image
 
 from aectl.runtime import container, entropy_coder, image_io, tiling
 from aectl.runtime.bundle import Bundle, load_bundle
-from aectl.runtime.errors import AectlError, is_whole_number, on_command_line, option
+from aectl.runtime.errors import AectlError, PixelLimitError, is_whole_number, on_command_line, option
 from aectl.runtime.network import Network
 from aectl.runtime.profile import Stages, stage
 
@@ -328,8 +328,8 @@ class Codec(Decoder):
         if h == 0 or w == 0:
             raise AectlError(f"{w}x{h}: an image needs at least one pixel")
         if h * w > self.max_pixels:
-            raise AectlError(f"{w}x{h} exceeds the limit of {self.max_pixels} pixels (raise "
-                             f"{option('max_pixels')} if you trust this image)")
+            raise PixelLimitError(f"{w}x{h} exceeds the limit of {self.max_pixels} pixels",
+                                  f" (raise {option('max_pixels')} if you trust this image)")
         if max(h, w) > container.MAX_SIDE:  # the file could not be read back (docs/aec-format.md)
             raise AectlError(f"{w}x{h}: a side exceeds the .aec limit of {container.MAX_SIDE} pixels")
         return px

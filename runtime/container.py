@@ -9,7 +9,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from aectl.runtime.errors import AectlError, option
+from aectl.runtime.errors import AectlError, PixelLimitError, option
 
 MAGIC = b"\x89AEC"
 VERSION = 4  # written; 2 added the payload's group flags, 3 its trimmed tables, 4 its ANS block streams
@@ -110,8 +110,8 @@ def parse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Header, by
     if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
         raise AectlError(f"corrupted .aec file (image size {width}x{height})")
     if width * height > max_pixels:
-        raise AectlError(f"image of {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
-                         f"(raise {option('max_pixels')} if you trust this file)")
+        raise PixelLimitError(f"image of {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
+                              f" (raise {option('max_pixels')} if you trust this file)")
     # 16 bits are gray's alone: the writer codes every other 16-bit image as 8-bit (Pillow reads them so)
     if channels not in (1, 2, 3, 4) or depth not in (8, 16) or (depth == 16 and channels != 1) or \
             padding != PAD_REPLICATE:

@@ -8,6 +8,16 @@ class AectlError(Exception):
     """An error caused by the input, the environment or a bundle, with a message meant for the user."""
 
 
+class PixelLimitError(AectlError):
+    """An image larger than the caller's pixel limit (as Pillow's DecompressionBombError is). `reason` is the
+    message without its hint to raise that limit: a service's client cannot raise it, its operator can
+    (examples/edge_client.py told clients to "raise max_pixels")."""
+
+    def __init__(self, reason: str, hint: str = ""):
+        super().__init__(f"{reason}{hint}")
+        self.reason = reason
+
+
 # Whether the caller is aectl's command line (set by cli/main.py around a command), so that messages name an
 # argument as the caller gave it: `threads=0` to a Python caller, `--threads 0` on the command line.
 _ON_COMMAND_LINE = contextvars.ContextVar("aectl_on_command_line", default=False)

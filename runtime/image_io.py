@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from aectl.runtime.errors import AectlError, option
+from aectl.runtime.errors import AectlError, PixelLimitError, option
 from aectl.runtime.files import broken_link
 from aectl.runtime.outputs import atomic_write
 
@@ -99,8 +99,8 @@ def open_image(path, max_pixels: int, name: str | None = None, limit_option: boo
                 try:
                     return _open_within(source, path, max_pixels, limit_option)
                 except Image.DecompressionBombError:  # past twice the raised limit: past ours too
-                    raise AectlError(f"{path}: the image exceeds the limit of {max_pixels} pixels"
-                                     f"{_raise_limit(limit_option)}") from None
+                    raise PixelLimitError(f"{path}: the image exceeds the limit of {max_pixels} pixels",
+                                          _raise_limit(limit_option)) from None
                 finally:
                     Image.MAX_IMAGE_PIXELS = pillow_limit
     except AectlError:
@@ -135,8 +135,8 @@ def _open_within(source, path: str | Path, max_pixels: int, limit_option: bool) 
 
 def _checked_and_loaded(img: Image.Image, path: str | Path, max_pixels: int, limit_option: bool) -> Image.Image:
     if img.width * img.height > max_pixels:
-        raise AectlError(f"{path}: {img.width}x{img.height} exceeds the limit of {max_pixels} pixels"
-                         f"{_raise_limit(limit_option)}")
+        raise PixelLimitError(f"{path}: {img.width}x{img.height} exceeds the limit of {max_pixels} pixels",
+                              _raise_limit(limit_option))
     frames = getattr(img, "n_frames", 1)
     # An MPO (phone JPEG) is a picture plus its preview or depth map; a PSD's frames are its layers, and it
     # opens as their flattened composite.

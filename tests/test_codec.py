@@ -452,6 +452,16 @@ def test_api_errors_name_python_arguments_and_the_cli_its_flags(trained, kodak, 
         with pytest.raises(AectlError, match=message) as err:
             call()
         assert " -m" not in str(err.value) and " -q" not in str(err.value) and "--" not in str(err.value)
+    # The pixel limit has a type of its own (as Pillow's DecompressionBombError), its reason apart from the hint
+    from aectl.runtime import PixelLimitError
+
+    small = Codec(q1, provider="cpu", max_pixels=10)
+    for call, reason in [(lambda: small.compress(photo), f"{photo}: 768x512 exceeds the limit of 10 pixels"),
+                         (lambda: small.compress(np.zeros((4, 4, 3), np.uint8)), "4x4 exceeds the limit of 10 pixels"),
+                         (lambda: small.decompress(data), "image of 16x16 = 256 pixels exceeds the limit of 10")]:
+        with pytest.raises(PixelLimitError) as err:
+            call()
+        assert err.value.reason == reason and str(err.value).startswith(reason + " (raise max_pixels if you trust")
     flags = [(["compress", photo, "-m", q1, "--threads", "100000"], "--threads 100000: give 1.."),
              (["compress", photo, "-m", q1, "--max-pixels", "10", "-o", tmp_path / "x.aec"], "raise --max-pixels"),
              (["decompress", taken, "-m", q1, "-o", tmp_path / "x.png"], "pass the matching bundle with -m"),
