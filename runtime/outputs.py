@@ -8,6 +8,7 @@ import errno
 import os
 import secrets
 import stat
+import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -49,6 +50,11 @@ def check_writable_folder(folder) -> None:
         raise AectlError(f"cannot write into {folder}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise AectlError(f"cannot write into {folder}: {existing} is not writable")
+    try:  # what access() cannot tell: /proc takes no files, nor does a working folder deleted meanwhile
+        with tempfile.TemporaryFile(dir=existing, prefix=".aectl-probe-"):
+            pass
+    except OSError as exc:
+        raise AectlError(f"cannot write into {folder}: {exc.strerror or exc}") from None
 
 
 def _nearest_existing(path: Path) -> Path | None:
@@ -89,18 +95,27 @@ def make_folders(path: Path, made: list[Path]) -> None:
     meanwhile (mkdir fails with EEXIST here). remove_empty(made) undoes it."""
     path = Path(path)
     try:
-        os.mkdir(path)
+        created = _mkdir(path)
     except FileNotFoundError:
         if path.parent == path:
             raise
         make_folders(path.parent, made)
-        make_folders(path, made)
-        return
+        # Once: a parent that is there yet takes no folder (/proc, a working folder deleted meanwhile) failed
+        # the same way again, forever (a RecursionError, an internal error after eval's measuring).
+        created = _mkdir(path)
+    if created:
+        made.append(path)
+
+
+def _mkdir(path: Path) -> bool:
+    """Whether os.mkdir made `path`: False where a folder is there already (made meanwhile, perhaps)."""
+    try:
+        os.mkdir(path)
     except FileExistsError:
         if not os.path.isdir(path):
             raise
-        return
-    made.append(path)
+        return False
+    return True
 
 
 def remove_empty(folders: list[Path]) -> None:

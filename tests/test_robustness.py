@@ -778,6 +778,23 @@ def test_bench_save_onto_a_dangling_symlink_is_refused_before_measuring(tmp_path
     assert proc.returncode == 1 and proc.stderr == f"error: {link} exists; pass --force to overwrite\n", proc.stderr
 
 
+def test_a_folder_that_takes_no_files_is_refused_before_measuring(tmp_path):
+    """A helper's review of eval and bench: a folder whose parent is there yet takes none (/proc, a working
+    folder deleted meanwhile) passed the writable check (access() said yes) and, after all the measuring, made
+    mkdir -p recurse until Python's limit: `internal error: RecursionError`."""
+    from aectl.runtime.outputs import make_folders
+
+    with pytest.raises(FileNotFoundError):  # not RecursionError
+        make_folders(Path("/proc/aectl-test/results"), [])
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    proc = subprocess.run(["sh", "-c", f'cd "{gone}" && rmdir "{gone}" && exec "$0" "$@"', aectl_exe(), "bench",
+                           "--images", tmp_path / "no-such-folder", "--save", "sub/b.json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr == "error: cannot write into sub: No such file or directory\n", \
+        proc.stderr
+
+
 def test_outputs_follow_the_umask_and_keep_a_replaced_files_mode(trained, tmp_path):
     """Files and bundle folders got fixed modes (0644, 0755) whatever the umask, so a user's umask 077 made
     private photos world-readable. They are now created as open() and mkdir() create them, and a file replaced

@@ -234,6 +234,8 @@ def test_eval_checks_its_outputs_and_models_before_measuring(kodak, tmp_path):
              ((), tmp_path / "dangling" / "eval", f"error: cannot write into {tmp_path / 'dangling' / 'eval'}: "
                                                   f"{tmp_path / 'dangling'} is a symlink to a missing folder"),
              (("--force",), data, f"error: -o {data} is the --data folder"),
+             # /proc takes no folder: access() passed it, and mkdir -p recursed to RecursionError after measuring
+             ((), Path("/proc/aectl-eval"), "error: cannot write into /proc/aectl-eval: No such file or directory"),
              (("-m", tmp_path / "other/factorized-q1"), tmp_path / "e1", f"error: -m {q1} and -m "
                                                                          f"{tmp_path / 'other/factorized-q1'} would "
                                                                          "both be point q1 of curve 'factorized'"),
