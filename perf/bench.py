@@ -61,12 +61,11 @@ class BenchConfig:
 
 
 def _image_files(folder: Path, limit: int | None) -> list[Path]:
-    from aectl.runtime.files import IMAGE_SUFFIXES, is_hidden
+    from aectl.runtime.files import IMAGE_SUFFIXES, files_in
 
     if not folder.is_dir():
         raise AectlError(f"--images {folder}: not a directory")
-    files = sorted(p for p in folder.iterdir()
-                   if p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p.name) and p.is_file())
+    files = files_in(folder, IMAGE_SUFFIXES)
     if limit is not None:
         files = files[:limit]
     if not files:

@@ -19,7 +19,7 @@ from PIL import Image
 from aectl.runtime.bdrate import bd_rate, quality_at_rate
 from aectl.runtime.container import DEFAULT_MAX_PIXELS
 from aectl.runtime.errors import AectlError, option
-from aectl.runtime.files import IMAGE_SUFFIXES, is_hidden
+from aectl.runtime.files import IMAGE_SUFFIXES, files_in
 from aectl.runtime.image_io import read_rgb
 from aectl.runtime.metrics import MS_SSIM_MIN_SIDE, bpp, ms_ssim, ms_ssim_db, pillow_encode, psnr
 from aectl.runtime.registry import manifest_quality
@@ -53,7 +53,7 @@ def curve_name(bundle: Path) -> str:
 def load_images(data: Path) -> list[tuple[str, np.ndarray]]:
     if not data.is_dir():  # a missing folder or a file said "no images found"
         raise AectlError(f"{option('data', str(data))}: not a folder")
-    paths = sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p.name))
+    paths = files_in(data, IMAGE_SUFFIXES)
     if not paths:
         raise AectlError(f"{option('data', str(data))}: no images found")
     return [(p.name, read_rgb(p, DEFAULT_MAX_PIXELS)) for p in paths]

@@ -129,17 +129,25 @@ def walk_folder(folder: Path, suffixes: set[str]) -> tuple[list[Path], list[tupl
 
     for root, folders, names in os.walk(folder, onerror=note):
         folders[:] = [name for name in folders if not is_hidden(name)]  # not walked into at all
-        for name in names:
-            path = Path(root, name)
-            if path.suffix.lower() not in suffixes or is_hidden(name):
-                continue
-            try:
-                if not path.is_file() and broken_link(path) is None:
-                    continue
-            except OSError:  # its own reason comes when it is opened, as that file's error
-                pass
-            found.append(path)
+        found += [Path(root, name) for name in names if _wanted(Path(root, name), suffixes)]
     return sorted(found), sorted(unreadable)
+
+
+def files_in(folder: Path, suffixes: set[str]) -> list[Path]:
+    """The files directly in `folder` (eval's --data, bench's --images) that a walk would take, sorted: a FIFO
+    there hung eval, which opened it, and bench passed over a symlink that leads nowhere without a word."""
+    return sorted(path for path in folder.iterdir() if _wanted(path, suffixes))
+
+
+def _wanted(path: Path, suffixes: set[str]) -> bool:
+    """Whether a walk takes a name it found: a file with one of `suffixes`, not hidden; FIFOs and sockets are
+    passed over, a symlink that leads nowhere is kept, to fail as that file."""
+    if path.suffix.lower() not in suffixes or is_hidden(path.name):
+        return False
+    try:
+        return path.is_file() or broken_link(path) is not None
+    except OSError:  # its own reason comes when it is opened, as that file's error
+        return True
 
 
 def is_hidden(name: str) -> bool:

@@ -267,9 +267,13 @@ def test_bench_bad_inputs_are_one_line_errors(trained, two_images, tmp_path):
     from aectl.runtime.providers import import_ort
 
     _, bundle = trained["factorized"]
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "gone.png").symlink_to(tmp_path / "missing.png")  # passed over without a word: "no images found"
     cases = [
         ("--images", tmp_path / "missing"),
         ("--images", tmp_path),                                 # a folder without images
+        ("--images", linked),
         ("--images", two_images, "--provider", "tpu"),
         ("--images", two_images, "--batch-sizes", "0,8"),
         ("--images", two_images, "--batch-sizes", "one"),
@@ -290,6 +294,8 @@ def test_bench_bad_inputs_are_one_line_errors(trained, two_images, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, proc.stderr)
         if "--threads" in args:  # the shared message offered 0, which bench refuses
             assert "or 0" not in lines[0], lines[0]
+        if linked in args:
+            assert lines[0] == f"error: {linked / 'gone.png'}: a symlink to a missing file", lines[0]
 
 
 def test_bench_measures_against_the_pixels_the_codec_compresses(trained, kodak, tmp_path):
