@@ -235,7 +235,7 @@ def _ratio(a: dict, b: dict, key: str = "seconds") -> float:
 
 def run_bench(cfg: BenchConfig, log=lambda msg: None) -> dict:
     from aectl.runtime import Codec, load_bundle
-    from aectl.runtime.metrics import bpp, psnr
+    from aectl.runtime.metrics import bpp, check_baseline_sizes, psnr
     from aectl.runtime.providers import check_threads, import_ort
 
     check_threads(cfg.threads, allow_auto=False)
@@ -253,6 +253,8 @@ def run_bench(cfg: BenchConfig, log=lambda msg: None) -> dict:
     providers = _providers(cfg.provider)
     ort = import_ort()
     originals = [read_rgb(p, DEFAULT_MAX_PIXELS) for p in files]  # upright 8-bit RGB, as the codec reads them
+    for name in cfg.baselines:
+        check_baseline_sizes(name, list(zip(map(str, files), originals)))
     pixels = sum(a.shape[0] * a.shape[1] for a in originals)
     sizes: dict[str, int] = {}
     for a in originals:

@@ -21,7 +21,8 @@ from aectl.runtime.container import DEFAULT_MAX_PIXELS
 from aectl.runtime.errors import AectlError, option
 from aectl.runtime.files import IMAGE_SUFFIXES, files_in
 from aectl.runtime.image_io import read_rgb
-from aectl.runtime.metrics import MS_SSIM_MIN_SIDE, bpp, ms_ssim, ms_ssim_db, pillow_encode, psnr
+from aectl.runtime.metrics import (MS_SSIM_MIN_SIDE, bpp, check_baseline_sizes, ms_ssim, ms_ssim_db,
+                                   pillow_encode, psnr)
 from aectl.runtime.registry import manifest_quality
 
 BASELINE_SETTINGS = {
@@ -180,6 +181,8 @@ def evaluate(bundles: list[Path], data: Path, baselines: list[str], provider: st
         if min(image.shape[:2]) < MS_SSIM_MIN_SIDE:
             raise AectlError(f"{option('data', str(data))}: {name} is {image.shape[1]}x{image.shape[0]}; "
                              f"MS-SSIM needs at least {MS_SSIM_MIN_SIDE} pixels a side")
+    for codec in baselines:
+        check_baseline_sizes(codec, [(f"{option('data', str(data))}: {name}", image) for name, image in images])
     rows: list[Measured] = []
     for bundle, codec in zip(bundles, codecs):
         progress(f"model {bundle}")

@@ -24,6 +24,21 @@ BASELINE_OPTIONS = {"jpeg": {"format": "JPEG", "subsampling": "4:2:0", "optimize
                     "webp": {"format": "WEBP", "method": 6}, "avif": {"format": "AVIF", "speed": 6}}
 
 
+# The formats' own side limits (libjpeg's JPEG_MAX_DIMENSION; a WebP side is 14 bits), found before measuring.
+BASELINE_MAX_SIDE = {"jpeg": 65500, "webp": 16383}
+
+
+def check_baseline_sizes(codec: str, images: list[tuple[str, np.ndarray]]) -> None:
+    """Refuse, before any measuring, an image the baseline `codec` cannot code: eval and bench found it while
+    coding, after minutes of measuring, and kept nothing of them."""
+    limit = BASELINE_MAX_SIDE.get(codec)
+    for name, image in images:
+        h, w = image.shape[:2]
+        if limit is not None and max(h, w) > limit:
+            raise AectlError(f"{name} is {w}x{h}: {codec} codes sides of at most {limit} pixels; leave {codec} "
+                             "out of the baselines for it")
+
+
 def pillow_encode(image: np.ndarray, codec: str, quality: int) -> bytes:
     """JPEG (4:2:0, optimised Huffman) or WebP (method 6) through Pillow."""
     if codec not in BASELINE_OPTIONS:

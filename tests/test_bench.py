@@ -270,10 +270,14 @@ def test_bench_bad_inputs_are_one_line_errors(trained, two_images, tmp_path):
     linked = tmp_path / "linked"
     linked.mkdir()
     (linked / "gone.png").symlink_to(tmp_path / "missing.png")  # passed over without a word: "no images found"
+    long = tmp_path / "long"  # WebP's sides are 14 bits: found after all the timing, the results lost
+    long.mkdir()
+    Image.new("RGB", (16400, 176), (90, 120, 150)).save(long / "l.png")
     cases = [
         ("--images", tmp_path / "missing"),
         ("--images", tmp_path),                                 # a folder without images
         ("--images", linked),
+        ("--images", long, "--baselines", "webp", "--no-torch", "--no-peak"),
         ("--images", two_images, "--provider", "tpu"),
         ("--images", two_images, "--batch-sizes", "0,8"),
         ("--images", two_images, "--batch-sizes", "one"),
@@ -294,6 +298,9 @@ def test_bench_bad_inputs_are_one_line_errors(trained, two_images, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, proc.stderr)
         if "--threads" in args:  # the shared message offered 0, which bench refuses
             assert "or 0" not in lines[0], lines[0]
+        if long in args:
+            assert lines[0] == f"error: {long / 'l.png'} is 16400x176: webp codes sides of at most 16383 pixels; " \
+                               "leave webp out of the baselines for it", lines[0]
         if linked in args:
             assert lines[0] == f"error: {linked / 'gone.png'}: a symlink to a missing file", lines[0]
 

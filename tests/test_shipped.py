@@ -254,6 +254,14 @@ def test_eval_checks_its_outputs_and_models_before_measuring(kodak, tmp_path):
                               timeout=300)
         assert proc.returncode == 1 and proc.stderr.startswith(message), (out, proc.stderr)
         assert proc.stderr.count("\n") == 1, proc.stderr
+    long = tmp_path / "long"  # WebP's sides are 14 bits: found while coding, after the models' measuring
+    long.mkdir()
+    Image.new("RGB", (16400, 176), (90, 120, 150)).save(long / "l.png")
+    proc = subprocess.run([sys.executable, "-c", unmeasured, "eval", "-m", str(q1), "--data", str(long),
+                           "--baselines", "jpeg,webp", "-o", str(tmp_path / "e4")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1 and proc.stderr == f"error: --data {long}: l.png is 16400x176: webp codes sides of " \
+                                                   "at most 16383 pixels; leave webp out of the baselines for it\n"
     assert (linked / "results.json").is_symlink() and sorted(p.name for p in folder.iterdir()) == ["rd.png"]
     assert sorted(p.name for p in data.iterdir()) == ["a.png"]
     assert not (tmp_path / "e1").exists() and not (tmp_path / "e2").exists() and not (tmp_path / "missing").exists()
