@@ -186,6 +186,13 @@ def bundle_strip(
     typer.echo(f"wrote {out} (decoder-only{', ORT format' if ort else ''}, model {stripped.model_id})")
 
 
+def _needs_stdout(what: str, hint: str = "") -> None:
+    """Refuse where standard output is closed (`>&-`): print() then writes nowhere, and what the command is for
+    was lost with exit 0 (`compress -o -` said so already)."""
+    if sys.stdout is None:
+        raise AectlError(f"standard output is closed, and {what} is printed there{hint}")
+
+
 @app.command()
 def info(
     target: str = typer.Argument(..., help="a bundle directory or an .aec file (- reads standard input)"),
@@ -194,6 +201,7 @@ def info(
     """Print what a bundle's manifest or an .aec file's header holds."""
     from aectl.cli.show import show_aec, show_bundle
 
+    _needs_stdout("what info finds")
     if target == "-":  # as compress and decompress read it; ./- is a file named "-"
         from aectl.cli.batch import read_stdin
         from aectl.runtime.container import check_magic
@@ -319,6 +327,9 @@ def bench(
         raise exists_error(save)
     if save is not None:
         check_writable_folder(save.parent)
+    if json_out or save is None:
+        _needs_stdout("--json's output" if json_out else "the table",
+                      "" if save else "; give --save FILE to keep the results")
 
     if model is None:  # the model `aectl compress` uses without -m (it raises the same error when none ships)
         from aectl.runtime.registry import shipped_bundle
@@ -329,7 +340,7 @@ def bench(
                       baselines=tuple(b for b in baselines.split(",") if b), limit=limit)
     result = run_bench(cfg, log=lambda msg: typer.echo(msg, err=True))
     if save is not None:
-        atomic_write(save, json_text(result).encode(), force=force)
+        atomic_write(save, (json_text(result) + "\n").encode(), force=force)  # a text file, as --json prints
     if json_out:
         print(json_text(result))
     else:
@@ -341,6 +352,7 @@ def models(json_out: bool = typer.Option(False, "--json", help="print JSON, with
     """The models shipped with aectl, with their rate and quality on kodak-dev."""
     from aectl.cli.show import show_models
 
+    _needs_stdout("the list of models")
     show_models(json_out)
 
 
@@ -360,6 +372,8 @@ def evaluate(
     """Rate-distortion evaluation: bpp, PSNR, MS-SSIM per image, BD-rates against JPEG/WebP/AVIF, and an RD plot."""
     from aectl.cli.show import show_eval
 
+    if json_out:
+        _needs_stdout("--json's summary")
     show_eval(model, data, [b.strip() for b in baselines.split(",") if b.strip()], out, provider, threads, force,
               json_out)
 
@@ -369,6 +383,7 @@ def doctor() -> None:
     """Versions, installed onnxruntime distributions, and which providers really work here."""
     from aectl.cli.show import show_doctor
 
+    _needs_stdout("what doctor finds")
     show_doctor()
 
 

@@ -98,6 +98,7 @@ def test_bench_end_to_end_on_a_tiny_model(trained, two_images, tmp_path):
                  "--batch-sizes", "1,2", "--json", "--save", saved)
     result = json.loads(proc.stdout)
     assert json.loads(saved.read_text()) == result
+    assert saved.read_text() == proc.stdout  # the file is what --json prints, its last newline too
     # An existing --save file is refused before any measuring, a folder too, and a path under a file.
     for target in (saved, tmp_path, saved / "under-a-file.json"):
         again = aectl("bench", "-m", bundle, "--images", two_images, "--save", target, check=False)

@@ -676,3 +676,26 @@ def test_a_bug_raising_value_error_reads_as_an_internal_error():
     assert proc.returncode == 1
     assert proc.stderr == ("error: internal error: ValueError: operands could not be broadcast together "
                            "(set AECTL_DEBUG=1 for the traceback)\n"), proc.stderr
+
+
+def test_commands_that_print_refuse_a_closed_standard_output(tmp_path):
+    """A helper's review: with standard output closed (`>&-`), models, doctor, info, eval --json and bench
+    printed nothing and exited 0, their output lost; `compress -o -` said so already. Refused before any work."""
+    from aectl.runtime.registry import shipped_bundle
+
+    q1 = shipped_bundle(1)
+    cases = [(("models",), "the list of models is printed there"),
+             (("models", "--json"), "the list of models is printed there"),
+             (("doctor",), "what doctor finds is printed there"),
+             (("info", q1), "what info finds is printed there"),
+             (("eval", "--data", tmp_path / "none", "-o", tmp_path / "e", "--json"), "--json's summary is printed there"),
+             (("bench", "--images", tmp_path / "none"), "the table is printed there; give --save FILE to keep the "
+                                                        "results"),
+             (("bench", "--images", tmp_path / "none", "--json", "--save", tmp_path / "b.json"),
+              "--json's output is printed there")]
+    for args, message in cases:
+        proc = subprocess.run(["sh", "-c", 'exec "$0" "$@" >&-', aectl_exe(), *map(str, args)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and proc.stderr == f"error: standard output is closed, and {message}\n", \
+            (args, proc.stderr)
+    assert not (tmp_path / "e").exists() and not (tmp_path / "b.json").exists()
