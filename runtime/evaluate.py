@@ -1,6 +1,8 @@
 """Rate-distortion evaluation of bundles against the codecs people use today (JPEG, WebP, AVIF via Pillow).
 
-Every rate is a real file size: .aec files for our models, Pillow's encoded bytes for the baselines. Quality is
+Every rate is a real file size: .aec files for our models, Pillow's encoded bytes for the baselines, all coded
+from the same 8-bit RGB pixels (a gray image as three equal channels, alpha left out, as for the baselines and in
+CompressAI's evaluations), so a gray or RGBA photo's figures are not those of its `compress` file. Quality is
 PSNR on 8-bit RGB and MS-SSIM. Bundles whose folder names differ only in a trailing `-qN` form one curve (one
 point per quality); each baseline is swept over its quality settings. BD-rates compare each model curve with
 each baseline over the quality range they share, using the baseline points that bracket the model's rates.
@@ -148,6 +150,9 @@ def compare(model: list[dict], baseline: list[dict]) -> dict:
     result: dict = {"baseline_points": [p["setting"] for p in ref]}
     for key, metric in (("bd_rate_psnr", "psnr"), ("bd_rate_ms_ssim", "ms_ssim_db")):
         try:
+            if len(model) >= 4 and len(ref) < 4 <= len(baseline):  # bd_rate said "each curve needs four points"
+                raise ValueError(f"only {len(ref)} of the baseline's {len(baseline)} points lie at or next to the "
+                                 f"model's rates ({model[0]['bpp']:.3f}-{model[-1]['bpp']:.3f} bpp); it needs four")
             result[key] = bd_rate([p["bpp"] for p in ref], [p[metric] for p in ref],
                                   [p["bpp"] for p in model], [p[metric] for p in model])
         except ValueError as exc:

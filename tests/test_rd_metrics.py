@@ -33,6 +33,23 @@ def test_bd_rate_refuses_curves_it_cannot_compare():
         bd_rate([0.1, 0.2, 0.3, 0.4], [20, 21, 22, 23], [0.1, 0.2, 0.3, 0.4], [30, 31, 32, 33])
 
 
+def test_a_baseline_beside_the_models_rates_is_said_to_be_so():
+    """A helper's review: a baseline of 11 points of which one lay next to the model's rates (a flat image JPEG
+    codes in few bits) was said to need "at least four (rate, quality) points", which it had."""
+    from aectl.runtime.evaluate import compare
+
+    def curve(rates):
+        return [{"setting": str(i), "bpp": r, "psnr": 30 + i, "ms_ssim_db": 15 + i} for i, r in enumerate(rates)]
+
+    result = compare(curve([0.2, 0.3, 0.4, 0.5]), curve([1.0 + i / 2 for i in range(11)]))
+    why = "only 1 of the baseline's 11 points lie at or next to the model's rates (0.200-0.500 bpp); it needs four"
+    assert result["bd_rate_psnr"] is None and result["bd_rate_psnr_why"] == why
+    assert result["bd_rate_ms_ssim"] is None and result["bd_rate_ms_ssim_why"] == why
+    assert compare(curve([0.2, 0.3]), curve([0.1, 0.2, 0.3, 0.4]))["bd_rate_psnr_why"] == \
+        "each curve needs at least four (rate, quality) points"  # the model's curve is the short one
+    assert compare(curve([0.2, 0.3, 0.4, 0.5]), curve([0.1, 0.25, 0.35, 0.6]))["bd_rate_psnr"] is not None
+
+
 def test_quality_at_rate_interpolates_in_log_rate():
     assert quality_at_rate(0.2, [0.1, 0.4], [30, 32]) == pytest.approx(31.0)
     assert quality_at_rate(0.05, [0.1, 0.4], [30, 32]) is None
