@@ -294,7 +294,7 @@ def _batch_sizes(value: str) -> tuple[int, ...]:
         raise typer.BadParameter("expected comma-separated batch sizes, e.g. 1,8") from None
     if not sizes or min(sizes) < 1:
         raise typer.BadParameter("batch sizes must be positive")
-    return sizes
+    return tuple(dict.fromkeys(sizes))  # each once: `1,1` timed batch size 1 twice and kept one result
 
 
 @app.command()

@@ -264,6 +264,13 @@ print(json.dumps(r["providers"]["cpu"]["engines"]["torch"]))
     assert f"torch on cpu: skipped, {reason}" in proc.stdout.splitlines()
 
 
+def test_a_batch_size_given_twice_is_timed_once():
+    """`--batch-sizes 1,1` timed batch size 1 twice and kept one result (a helper's review)."""
+    from aectl.cli.main import _batch_sizes
+
+    assert _batch_sizes("1,1,8,1") == (1, 8) and _batch_sizes("8,1") == (8, 1)
+
+
 def test_bench_bad_inputs_are_one_line_errors(trained, two_images, tmp_path):
     from aectl.runtime.providers import import_ort
 

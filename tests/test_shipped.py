@@ -192,6 +192,7 @@ def test_eval_writes_results_csv_and_plot(kodak, tmp_path):
     out = tmp_path / "eval"
     summary = json.loads(aectl("eval", "--data", data, "--baselines", "jpeg", "-o", out, "--json").stdout)
     assert sorted(p.name for p in out.iterdir()) == ["curves.csv", "per_image.csv", "rd.png", "results.json"]
+    assert summary["provider"] == "cpu" and summary["session_providers"] == ["CPUExecutionProvider"]
     points = summary["curves"]["factorized"]
     assert len(points) == len(LEVELS) and all(0 < p["ms_ssim"] < 1 for p in points)
     versus = summary["comparisons"]["factorized"]["jpeg"]
