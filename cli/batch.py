@@ -213,8 +213,8 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     codec = Codec(model, provider="cpu" if engine == "ray" else provider, threads=threads, max_pixels=max_pixels,
                   format_version=format_version)
     if not codec.bundle.has_encoder:
-        raise AectlError(f"bundle {model} is decoder-only (no encoder.onnx) and cannot compress; "
-                         "use the full bundle it was stripped from")
+        raise AectlError(f"bundle {model} is decoder-only (no encoder.onnx) and cannot compress; use the full "
+                         "bundle (the one it was stripped from, or an export without --decoder-only)")
     jobs = _stdio_jobs(inputs, out, files.AEC_SUFFIX, json_out, out_is_folder)
     if jobs and engine == "ray":
         raise AectlError("--engine ray reads and writes files: give paths, not -")

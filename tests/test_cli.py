@@ -699,3 +699,26 @@ def test_commands_that_print_refuse_a_closed_standard_output(tmp_path):
         assert proc.returncode == 1 and proc.stderr == f"error: standard output is closed, and {message}\n", \
             (args, proc.stderr)
     assert not (tmp_path / "e").exists() and not (tmp_path / "b.json").exists()
+
+
+def test_a_decoder_only_bundle_is_refused_where_an_encoder_is_needed(kodak, tmp_path):
+    """compress, eval and bench refuse a decoder-only bundle in one line, before any work (untested before;
+    compress told an `export --decoder-only` bundle to use "the full bundle it was stripped from")."""
+    from aectl.runtime.registry import shipped_bundle
+
+    stripped = tmp_path / "edge"
+    strip = subprocess.run([aectl_exe(), "bundle", "strip", shipped_bundle(1), "-o", stripped], capture_output=True,
+                           text=True, timeout=120)
+    assert strip.returncode == 0, strip.stderr
+    photo = kodak / "kodim03.png"
+    cases = [(("compress", photo, "-m", stripped, "-o", tmp_path / "x.aec"),
+              f"bundle {stripped} is decoder-only (no encoder.onnx) and cannot compress; use the full bundle (the "
+              "one it was stripped from, or an export without --decoder-only)"),
+             (("eval", "-m", stripped, "--data", kodak, "-o", tmp_path / "e"),
+              f"bundle {stripped} is decoder-only (no encoder.onnx): eval needs the full bundle"),
+             (("bench", "-m", stripped, "--images", kodak, "--save", tmp_path / "b.json"),
+              f"bundle {stripped} is decoder-only; bench needs the encoder to make .aec files")]
+    for args, message in cases:
+        proc = subprocess.run([aectl_exe(), *map(str, args)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and proc.stderr == f"error: {message}\n", (args, proc.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edge"]
