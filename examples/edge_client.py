@@ -21,6 +21,7 @@ import argparse
 import io
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, OverflowError) as exc:  # port taken or out of range, unknown host
         sys.exit(f"error: cannot listen on {args.host}:{args.port}: {getattr(exc, 'strerror', None) or exc}")
     print(f"listening on http://{args.host}:{server.server_address[1]}/decode", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # `docker stop`, systemd: as Ctrl-C (it died by the signal, 143)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -207,6 +209,10 @@ def main(argv: list[str] | None = None) -> None:
         server.server_close()
         sys.stdout.flush()
         os._exit(0)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

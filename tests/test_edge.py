@@ -125,6 +125,7 @@ def test_edge_service_returns_png(edge_files):
         server.terminate()
         _, stderr = server.communicate(timeout=30)
     assert stderr == "", "no traceback, for a client that left before its answer either"
+    assert server.returncode == 0, "SIGTERM (docker stop, systemd) stops it as Ctrl-C does; it died by the signal"
 
 
 def _raw_request(address, head: bytes, body: bytes = b"") -> bytes:
