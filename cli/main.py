@@ -251,6 +251,8 @@ def compress(
     """Compress images into .aec files."""
     from aectl.cli.batch import compress_files, stream_paths
 
+    if json_out:
+        _needs_stdout("--json's report")
     inputs, out, out_is_folder = stream_paths(inputs, out)
     raise typer.Exit(compress_files(inputs, model, out, provider, force, json_out, threads, max_pixels, fail_fast,
                                     engine, workers, quality=quality, max_bytes=max_bytes, max_bpp=max_bpp,
@@ -282,6 +284,8 @@ def decompress(
     """Decompress .aec files back to images."""
     from aectl.cli.batch import decompress_files, stream_paths
 
+    if json_out:
+        _needs_stdout("--json's report")
     inputs, out, out_is_folder = stream_paths(inputs, out)
     raise typer.Exit(decompress_files(inputs, out, model, provider, image_format, force, json_out, threads,
                                       max_pixels, fail_fast, png_compression, out_is_folder))

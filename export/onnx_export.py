@@ -237,7 +237,7 @@ def _fit_symbols(model, preset: Preset, ckpt: dict, calibration) -> tuple[list[n
     from aectl.train.data import find_photos, load_rgb
 
     folder = photo_folder(calibration, ckpt, "--calibration", CLASS_PHOTOS)
-    files = find_photos(folder, "--calibration" if calibration else "the run's training data")[:MAX_FIT_IMAGES]
+    files = find_photos(folder, *_photo_source(calibration, "--calibration"))[:MAX_FIT_IMAGES]
     if not files:
         raise AectlError(f"--calibration {folder}: no images found")
     symbols = []
@@ -251,6 +251,11 @@ def _fit_symbols(model, preset: Preset, ckpt: dict, calibration) -> tuple[list[n
     return symbols, str(folder)
 
 
+def _photo_source(given: str | Path | None, option: str) -> tuple[str, str]:
+    """How errors name a folder of real photos, and what they suggest: the flag given, or the run's data."""
+    return (option, "") if given else ("the run's training data", f"; pass {option} DIR")
+
+
 def photo_folder(given: str | Path | None, ckpt: dict, option: str, why: str) -> Path:
     """The folder of real photos passed as `option`, or else the run's training data; errors name which."""
     if given is not None:
@@ -258,6 +263,8 @@ def photo_folder(given: str | Path | None, ckpt: dict, option: str, why: str) ->
     folder = training_data(ckpt.get("config", {}))
     if not folder:
         raise AectlError(f"{why}, and the checkpoint does not record its training data: pass {option} DIR")
+    if folder == "stl10":  # the data set, not a folder: ./stl10 of the working folder was read instead
+        raise AectlError(f"{why}, and the run trained on STL10, not on a folder of photos: pass {option} DIR")
     if not Path(folder).is_dir():
         raise AectlError(f"the run's training data {folder} is not a folder here ({why}): pass {option} DIR")
     return Path(folder)
@@ -270,7 +277,7 @@ def variant_images(ckpt: dict, calibration: str | Path | None, option: str = "--
     from aectl.train.data import find_photos, load_rgb
 
     folder = photo_folder(calibration, ckpt, option, VARIANT_PHOTOS)
-    files = find_photos(folder, option if calibration else "the run's training data")
+    files = find_photos(folder, *_photo_source(calibration, option))
     if len(files) < 4:
         where = f"{option} {folder}" if calibration else f"the run's training data {folder}"  # named an unused flag
         raise AectlError(f"{where}: found {len(files)} image{'s' * (len(files) != 1)}, need at least 4"

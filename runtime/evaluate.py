@@ -151,8 +151,9 @@ def compare(model: list[dict], baseline: list[dict]) -> dict:
     for key, metric in (("bd_rate_psnr", "psnr"), ("bd_rate_ms_ssim", "ms_ssim_db")):
         try:
             if len(model) >= 4 and len(ref) < 4 <= len(baseline):  # bd_rate said "each curve needs four points"
-                raise ValueError(f"only {len(ref)} of the baseline's {len(baseline)} points lie at or next to the "
-                                 f"model's rates ({model[0]['bpp']:.3f}-{model[-1]['bpp']:.3f} bpp); it needs four")
+                raise ValueError(f"only {len(ref)} of the baseline's {len(baseline)} points "
+                                 f"{'lies' if len(ref) == 1 else 'lie'} at or next to the model's rates "
+                                 f"({model[0]['bpp']:.3f}-{model[-1]['bpp']:.3f} bpp); it needs four")
             result[key] = bd_rate([p["bpp"] for p in ref], [p[metric] for p in ref],
                                   [p["bpp"] for p in model], [p[metric] for p in model])
         except ValueError as exc:

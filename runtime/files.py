@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from aectl.runtime import container
 from aectl.runtime.errors import AectlError
@@ -87,7 +87,7 @@ def plan_jobs(inputs: Iterable[Path], out: Path | None, suffixes: set[str], new_
     jobs = []
     for src in inputs:
         if is_folder(src):
-            found, unreadable = walk_folder(src, suffixes)
+            found, unreadable, _ = walk_folder(src, suffixes)  # hidden files taken
             for f in found:
                 rel = f.relative_to(src)
                 base = (out / src.resolve().name if len(inputs) > 1 else out) if out else src  # '..' has no name
@@ -116,33 +116,47 @@ def is_folder(path: Path) -> bool:
         return False
 
 
-def walk_folder(folder: Path, suffixes: set[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """The files under `folder` with one of `suffixes`, sorted, and the folders that could not be read with
-    why: rglob skipped an unreadable folder without a word (exit 0, its photos never compressed), and a path past
-    PATH_MAX ended the batch. Folder symlinks are not followed, as before; FIFOs and sockets are skipped. A
-    symlink that leads nowhere is kept, to fail as that file (it was skipped without a word), as when named.
-    Hidden files and folders are passed over, as the shell's `*` and Python's glob pass them over (`is_hidden`)."""
-    found, unreadable = [], []
+class Walk(NamedTuple):
+    found: list[Path]                     # the files taken, sorted
+    unreadable: list[tuple[Path, str]]    # the folders that could not be read, with why
+    hidden: list[Path]                    # hidden files (of the suffixes) and folders passed over, if asked to
+
+
+def walk_folder(folder: Path, suffixes: set[str], skip_hidden: bool = False) -> Walk:
+    """The files under `folder` with one of `suffixes`, and the folders that could not be read with why: rglob
+    skipped an unreadable folder without a word (exit 0, its photos never compressed), and a path past PATH_MAX
+    ended the batch. Folder symlinks are not followed, as before; FIFOs and sockets are skipped. A symlink that
+    leads nowhere is kept, to fail as that file (it was skipped without a word), as when named.
+
+    `skip_hidden` passes over hidden files and folders (`is_hidden`), for the commands that read a folder as a
+    data set (train, export's calibration, eval, bench); compress and decompress take them, as gzip -r and zip
+    -r do: a folder compressed and then deleted must not lose the files that were not seen."""
+    found, unreadable, hidden = [], [], []
 
     def note(exc: OSError) -> None:
         unreadable.append((Path(exc.filename) if exc.filename else folder, exc.strerror or str(exc)))
 
     for root, folders, names in os.walk(folder, onerror=note):
-        folders[:] = [name for name in folders if not is_hidden(name)]  # not walked into at all
-        found += [Path(root, name) for name in names if _wanted(Path(root, name), suffixes)]
-    return sorted(found), sorted(unreadable)
+        if skip_hidden:
+            hidden += [Path(root, name) for name in folders if is_hidden(name)]
+            folders[:] = [name for name in folders if not is_hidden(name)]  # not walked into at all
+        for name in names:
+            if _wanted(Path(root, name), suffixes):
+                (hidden if skip_hidden and is_hidden(name) else found).append(Path(root, name))
+    return Walk(sorted(found), sorted(unreadable), sorted(hidden))
 
 
 def files_in(folder: Path, suffixes: set[str]) -> list[Path]:
-    """The files directly in `folder` (eval's --data, bench's --images) that a walk would take, sorted: a FIFO
-    there hung eval, which opened it, and bench passed over a symlink that leads nowhere without a word."""
-    return sorted(path for path in folder.iterdir() if _wanted(path, suffixes))
+    """The files directly in `folder` (eval's --data, bench's --images) that a walk would take, sorted, hidden
+    ones passed over as for a data set: a FIFO there hung eval, which opened it, and bench passed over a symlink
+    that leads nowhere without a word."""
+    return sorted(path for path in folder.iterdir() if _wanted(path, suffixes) and not is_hidden(path.name))
 
 
 def _wanted(path: Path, suffixes: set[str]) -> bool:
-    """Whether a walk takes a name it found: a file with one of `suffixes`, not hidden; FIFOs and sockets are
-    passed over, a symlink that leads nowhere is kept, to fail as that file."""
-    if path.suffix.lower() not in suffixes or is_hidden(path.name):
+    """Whether a walk takes a name it found: a file with one of `suffixes`; FIFOs and sockets are passed over,
+    a symlink that leads nowhere is kept, to fail as that file."""
+    if path.suffix.lower() not in suffixes:
         return False
     try:
         return path.is_file() or broken_link(path) is not None
@@ -151,9 +165,9 @@ def _wanted(path: Path, suffixes: set[str]) -> bool:
 
 
 def is_hidden(name: str) -> bool:
-    """Whether a name found in a folder is hidden (starts with a dot): a macOS copy leaves `._photo.png` beside
-    each photo, AppleDouble metadata that no image reader opens, and viewers keep `.thumbnails/`. A walk that
-    took them stopped train at the first and compressed the second; a hidden file named as an input is used."""
+    """Whether a name found in a folder is hidden (starts with a dot). A macOS copy leaves `._photo.png` beside
+    each photo, AppleDouble metadata that no image reader opens, and viewers keep `.thumbnails/`: a data set's
+    walk that took them stopped train at the first and trained on the second."""
     return name.startswith(".")
 
 

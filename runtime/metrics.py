@@ -24,8 +24,9 @@ BASELINE_OPTIONS = {"jpeg": {"format": "JPEG", "subsampling": "4:2:0", "optimize
                     "webp": {"format": "WEBP", "method": 6}, "avif": {"format": "AVIF", "speed": 6}}
 
 
-# The formats' own side limits (libjpeg's JPEG_MAX_DIMENSION; a WebP side is 14 bits), found before measuring.
-BASELINE_MAX_SIDE = {"jpeg": 65500, "webp": 16383}
+# The formats' own side limits, found before measuring: libjpeg's JPEG_MAX_DIMENSION; a WebP side is 14 bits;
+# libavif reads back no side over 32768 by default (Pillow wrote a wider AVIF, then could not open it).
+BASELINE_MAX_SIDE = {"jpeg": 65500, "webp": 16383, "avif": 32768}
 
 
 def check_baseline_sizes(codec: str, images: list[tuple[str, np.ndarray]]) -> None:
@@ -47,7 +48,7 @@ def pillow_encode(image: np.ndarray, codec: str, quality: int) -> bytes:
     img = Image.fromarray(image)
     try:
         img.save(buf, quality=quality, **BASELINE_OPTIONS[codec])
-    except (ValueError, OSError) as exc:  # WebP's 16383-pixel side limit, say: the image's fault, not a bug
+    except (ValueError, OSError, RuntimeError) as exc:  # a limit of the format's: the image's fault, not a bug
         raise AectlError(f"{codec} cannot code this {img.width}x{img.height} image ({exc})") from None
     return buf.getvalue()
 

@@ -357,9 +357,6 @@ def test_names_that_are_not_files_are_told_as_such(kodak, tmp_path):
     (walked / "sub").mkdir()
     (walked / "sub" / "loop.aec").symlink_to(walked / "sub" / "loop.aec")
     os.mkfifo(walked / "pipe.aec")
-    (walked / "._x.aec").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata: hidden, passed over
-    (walked / ".cache").mkdir()
-    (walked / ".cache" / "y.aec").write_bytes(b"not an aec file")
     gone = f"error: {walked / 'gone.aec'}: a symlink to a missing file\n"
     loops = "".join(f"error: {walked / name}: a symlink loop\n" for name in ("loop.aec", "sub/loop.aec"))
     for inputs, expected in (([walked], gone + loops + "1 ok, 3 failed\n"), ([walked / "gone.aec"], gone),
@@ -679,8 +676,9 @@ def test_a_bug_raising_value_error_reads_as_an_internal_error():
 
 
 def test_commands_that_print_refuse_a_closed_standard_output(tmp_path):
-    """A helper's review: with standard output closed (`>&-`), models, doctor, info, eval --json and bench
-    printed nothing and exited 0, their output lost; `compress -o -` said so already. Refused before any work."""
+    """A helper's review: with standard output closed (`>&-`), models, doctor, info, --json and bench printed
+    nothing and exited 0, their output lost; `compress -o -` said so already. Refused before any work. (A bench
+    with --save and without --json, or a compress without --json, prints only what its files hold.)"""
     from aectl.runtime.registry import shipped_bundle
 
     q1 = shipped_bundle(1)
@@ -688,11 +686,16 @@ def test_commands_that_print_refuse_a_closed_standard_output(tmp_path):
              (("models", "--json"), "the list of models is printed there"),
              (("doctor",), "what doctor finds is printed there"),
              (("info", q1), "what info finds is printed there"),
-             (("eval", "--data", tmp_path / "none", "-o", tmp_path / "e", "--json"), "--json's summary is printed there"),
+             (("eval", "--data", tmp_path / "none", "-o", tmp_path / "e", "--json"),
+              "--json's summary is printed there"),
              (("bench", "--images", tmp_path / "none"), "the table is printed there; give --save FILE to keep the "
                                                         "results"),
              (("bench", "--images", tmp_path / "none", "--json", "--save", tmp_path / "b.json"),
-              "--json's output is printed there")]
+              "--json's output is printed there"),
+             (("compress", tmp_path / "none.png", "-o", tmp_path / "c.aec", "--json"),
+              "--json's report is printed there"),
+             (("decompress", tmp_path / "none.aec", "-o", tmp_path / "d.png", "--json"),
+              "--json's report is printed there")]
     for args, message in cases:
         proc = subprocess.run(["sh", "-c", 'exec "$0" "$@" >&-', aectl_exe(), *map(str, args)],
                               capture_output=True, text=True, timeout=120)
@@ -722,3 +725,28 @@ def test_a_decoder_only_bundle_is_refused_where_an_encoder_is_needed(kodak, tmp_
         proc = subprocess.run([aectl_exe(), *map(str, args)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 1 and proc.stderr == f"error: {message}\n", (args, proc.stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edge"]
+
+
+def test_compress_and_decompress_walk_hidden_files_as_gzip_r_does(kodak, tmp_path):
+    """A review of the hidden-files change: folder walks of compress and decompress passed over hidden names,
+    so a hidden folder compressed by name came back from its output folder without a word (`1 ok`), and a
+    folder compressed and then deleted would lose what was not seen. Both walk them, as gzip -r and zip -r do;
+    only the commands that read a folder as a data set pass them over."""
+    from PIL import Image
+
+    from aectl.runtime.registry import shipped_bundle
+
+    photos = tmp_path / "photos"
+    (photos / ".hid").mkdir(parents=True)
+    image = Image.open(kodak / "kodim03.png").crop((0, 0, 64, 48))
+    for name in (".hid/a.png", ".b.png", "c.png"):
+        image.save(photos / name)
+    q1 = shipped_bundle(1)
+    proc = subprocess.run([aectl_exe(), "compress", photos, "-m", q1, "-o", tmp_path / "out"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr.endswith("3 ok, 0 failed\n"), proc.stderr
+    back = subprocess.run([aectl_exe(), "decompress", tmp_path / "out", "-o", tmp_path / "back"],
+                          capture_output=True, text=True, timeout=120)
+    assert back.returncode == 0 and back.stderr.endswith("3 ok, 0 failed\n"), back.stderr
+    assert sorted(str(p.relative_to(tmp_path / "back")) for p in (tmp_path / "back").rglob("*") if p.is_file()) \
+        == [".b.png", ".hid/a.png", "c.png"]

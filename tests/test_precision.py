@@ -238,6 +238,11 @@ def test_photo_folder_errors_name_the_flag_and_the_folder(trained, variants, pho
         os.close(parent)
     os.close(fd)
     unread = f"{deep}: cannot read folder "  # the folder's name is cut in the middle, to keep the line short
+    from aectl.export.onnx_export import variant_images
+    from aectl.runtime.errors import AectlError
+
+    with pytest.raises(AectlError, match=r"File name too long; pass --calibration DIR$"):  # the run's own photos
+        variant_images({"config": {"data_path": str(deep), "data": str(deep)}}, None)
     cases = [(("export", run, "-o", tmp_path / "b", "--precision", "int8", "--calibration", deep),
               f"error: --calibration {unread}"),
              (("export", run, "-o", tmp_path / "b", "--entropy-classes", "3", "--calibration", deep),

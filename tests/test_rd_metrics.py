@@ -42,7 +42,7 @@ def test_a_baseline_beside_the_models_rates_is_said_to_be_so():
         return [{"setting": str(i), "bpp": r, "psnr": 30 + i, "ms_ssim_db": 15 + i} for i, r in enumerate(rates)]
 
     result = compare(curve([0.2, 0.3, 0.4, 0.5]), curve([1.0 + i / 2 for i in range(11)]))
-    why = "only 1 of the baseline's 11 points lie at or next to the model's rates (0.200-0.500 bpp); it needs four"
+    why = "only 1 of the baseline's 11 points lies at or next to the model's rates (0.200-0.500 bpp); it needs four"
     assert result["bd_rate_psnr"] is None and result["bd_rate_psnr_why"] == why
     assert result["bd_rate_ms_ssim"] is None and result["bd_rate_ms_ssim_why"] == why
     assert compare(curve([0.2, 0.3]), curve([0.1, 0.2, 0.3, 0.4]))["bd_rate_psnr_why"] == \

@@ -237,7 +237,8 @@ def test_eval_checks_its_outputs_and_models_before_measuring(kodak, tmp_path):
                                                   f"{tmp_path / 'dangling'} is a symlink to a missing folder"),
              (("--force",), data, f"error: -o {data} is the --data folder"),
              # /proc takes no folder: access() passed it, and mkdir -p recursed to RecursionError after measuring
-             ((), Path("/proc/aectl-eval"), "error: cannot write into /proc/aectl-eval: No such file or directory"),
+             # (as root; another user is told /proc is not writable)
+             ((), Path("/proc/aectl-eval"), "error: cannot write into /proc/aectl-eval: "),
              (("-m", tmp_path / "other/factorized-q1"), tmp_path / "e1", f"error: -m {q1} and -m "
                                                                          f"{tmp_path / 'other/factorized-q1'} would "
                                                                          "both be point q1 of curve 'factorized'"),
@@ -263,6 +264,12 @@ def test_eval_checks_its_outputs_and_models_before_measuring(kodak, tmp_path):
                           timeout=300)
     assert proc.returncode == 1 and proc.stderr == f"error: --data {long}: l.png is 16400x176: webp codes sides of " \
                                                    "at most 16383 pixels; leave webp out of the baselines for it\n"
+    Image.new("RGB", (32800, 176), (90, 120, 150)).save(long / "l.png")  # AVIF: written, then not read back
+    proc = subprocess.run([sys.executable, "-c", unmeasured, "eval", "-m", str(q1), "--data", str(long),
+                           "--baselines", "avif", "-o", str(tmp_path / "e4")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1 and proc.stderr == f"error: --data {long}: l.png is 32800x176: avif codes sides of " \
+                                                   "at most 32768 pixels; leave avif out of the baselines for it\n"
     assert (linked / "results.json").is_symlink() and sorted(p.name for p in folder.iterdir()) == ["rd.png"]
     assert sorted(p.name for p in data.iterdir()) == ["a.png"]
     assert not (tmp_path / "e1").exists() and not (tmp_path / "e2").exists() and not (tmp_path / "missing").exists()

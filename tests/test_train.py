@@ -392,6 +392,16 @@ def test_data_stl10_beside_a_folder_of_that_name_says_which_it_is(tmp_path, monk
     with pytest.raises(AectlError):
         train(_cfg("stl10", tmp_path / "r", steps=1, data_root=str(tmp_path)), progress=False, log=notes.append)
     assert notes == ["note: --data stl10 names the STL10 dataset; give ./stl10 for the folder of that name here"]
+    with pytest.raises(AectlError):  # ./stl10 is the --data-root, as README lays STL10 out: no note
+        train(_cfg("stl10", tmp_path / "r", steps=1, data_root="stl10"), progress=False, log=notes.append)
+    assert len(notes) == 1, notes
+    # An STL10 run's export read ./stl10 of the working folder as the run's training photos
+    from aectl.export.onnx_export import photo_folder
+
+    with pytest.raises(AectlError, match=r"^a reduced-precision decoder is checked on real photos, and the run "
+                                         r"trained on STL10, not on a folder of photos: pass --calibration DIR$"):
+        photo_folder(None, {"config": {"data": "stl10"}}, "--calibration", "a reduced-precision decoder is checked "
+                     "on real photos")
 
 
 def test_resume_notes_photos_that_changed(few_photos, tmp_path):
@@ -415,15 +425,19 @@ def test_resume_notes_an_epoch_schedule_the_photos_moved(few_photos, tmp_path):
 
     run = tmp_path / "run"
     train(_cfg(few_photos, run, epochs=1, stop_at=2), progress=False, log=lambda *_: None)
-    planned = json.loads((run / "run.json").read_text())["total_steps"]
     notes = []
     train(TrainConfig(out=str(run), resume=True, stop_at=3), progress=False, log=notes.append)
     assert not any("schedule" in n for n in notes), notes
+    # --epochs changed with the same photos: only the note that it follows --epochs (the review of this note)
+    train(TrainConfig(out=str(run), resume=True, epochs=2, stop_at=4), progress=False, log=notes.append)
+    assert [n for n in notes if "schedule" in n] == ["note: the schedule now follows --epochs 2"], notes
+    planned = json.loads((run / "run.json").read_text())["total_steps"]
+    notes = []
     Image.new("RGB", (1024, 1024), (90, 120, 150)).save(few_photos / "000-large.png")  # sorts first: trained on
-    train(TrainConfig(out=str(run), resume=True, stop_at=4), progress=False, log=notes.append)
+    train(TrainConfig(out=str(run), resume=True, stop_at=5), progress=False, log=notes.append)
     total = json.loads((run / "run.json").read_text())["total_steps"]
     assert total > planned
-    assert f"note: the schedule (--epochs 1) now ends at step {total}, not {planned}: an epoch is {total} steps " \
+    assert f"note: the schedule (--epochs 2) now ends at step {total}, not {planned}: an epoch is {total // 2} steps " \
            "with the photos here now (the learning rate drops at 90% of it)" in notes, notes
 
 
@@ -598,7 +612,7 @@ def test_every_unusable_training_photo_is_named_at_once(few_photos, tmp_path):
 
 
 
-def test_training_data_is_walked_as_compress_walks_it(few_photos, tmp_path):
+def test_training_data_is_walked_as_a_data_set(few_photos, tmp_path):
     """A review of train on odd folders: a photo whose name is not UTF-8 was an internal UnicodeEncodeError (the
     folder's digest encoded its listing strictly); a dangling symlink and a symlink loop were passed over without
     a word (compress names both), as was a subfolder that cannot be read (rglob skips it; not run here as root)."""
@@ -609,14 +623,17 @@ def test_training_data_is_walked_as_compress_walks_it(few_photos, tmp_path):
     shutil.copytree(few_photos, data)
     first = sorted(data.iterdir())[0]
     shutil.copy(first, data / os.fsdecode(b"caf\xe9.png"))
-    # Hidden files and folders are passed over, as compress passes them over: a macOS copy's `._NAME.png`
+    # Hidden files and folders are passed over, with a note, as in a data set's walk: a macOS copy's `._NAME.png`
     # (AppleDouble metadata) stopped the run as an unreadable image, and a viewer's .thumbnails/ was trained on.
     (data / f"._{first.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     (data / ".thumbnails").mkdir()
     shutil.copy(first, data / ".thumbnails" / first.name)
-    train(_cfg(data, tmp_path / "r", steps=2), progress=False, log=lambda *_: None)
+    notes = []
+    train(_cfg(data, tmp_path / "r", steps=2), progress=False, log=notes.append)
     assert (tmp_path / "r" / "last.pt").is_file()
     assert find_images(data) == sorted(p for p in data.iterdir() if not p.name.startswith("."))
+    assert f"note: --data {data}: passed over 2 hidden names (starting with a dot), such as " \
+           f"{data / f'._{first.name}'}" in notes, notes
     (data / "dangling.png").symlink_to(tmp_path / "missing.png")
     (data / "loop.png").symlink_to(data / "loop.png")
     with pytest.raises(AectlError, match=r"2 files cannot be used: \S*dangling.png: a symlink to a missing file; "

@@ -23,21 +23,22 @@ STL10_SIDE = 96  # STL10's images are 96x96: no crop larger than that fits in th
 
 
 def find_images(root: Path) -> list[Path]:
-    """All image files under root, recursively, in a stable order: what a folder walk of `compress` finds
-    (runtime/files.py), a symlink that leads nowhere included, to fail as that file."""
-    return walk_folder(root, IMAGE_SUFFIXES)[0]
+    """All image files under root, recursively, in a stable order, as a data set's walk finds them
+    (runtime/files.py): hidden files and folders passed over, a symlink that leads nowhere included, to fail as
+    that file."""
+    return walk_folder(root, IMAGE_SUFFIXES, skip_hidden=True).found
 
 
-def find_photos(root: Path, option: str) -> list[Path]:
-    """find_images for a folder a command's option names (export's --calibration, verify's --images): a
+def find_photos(root: Path, where: str, hint: str = "") -> list[Path]:
+    """find_images for a folder of real photos a command reads (export's --calibration, verify's --images): a
     subfolder that cannot be read is refused, named, as train refuses it (passed over, export calibrated and
-    fitted on the photos it could read without a word)."""
-    paths, unreadable = walk_folder(root, IMAGE_SUFFIXES)
-    if unreadable:
-        (folder, why), more = unreadable[0], len(unreadable) - 1
-        raise AectlError(f"{option} {root}: cannot read folder {folder}: {why}"
-                         f"{f' (and {more} more)' if more else ''}")
-    return paths
+    fitted on the photos it could read without a word). `where` names the folder's source in the error."""
+    walk = walk_folder(root, IMAGE_SUFFIXES, skip_hidden=True)
+    if walk.unreadable:
+        (folder, why), more = walk.unreadable[0], len(walk.unreadable) - 1
+        raise AectlError(f"{where} {root}: cannot read folder {folder}: {why}"
+                         f"{f' (and {more} more)' if more else ''}{hint}")
+    return walk.found
 
 
 def load_rgb(path: Path, min_side: int) -> np.ndarray:
@@ -120,7 +121,10 @@ def load_folder(root: Path, crop: int, log=None) -> tuple[list[np.ndarray], list
     named at once: the first three in the error, the rest through `log` before it."""
     if not root.is_dir():
         raise AectlError(f"--data {root}: not a directory (give a folder of images, or 'stl10' with --data-root)")
-    paths, unreadable = walk_folder(root, IMAGE_SUFFIXES)
+    paths, unreadable, hidden = walk_folder(root, IMAGE_SUFFIXES, skip_hidden=True)
+    if hidden and log:  # passed over as the shell's * passes them over; said, since a data set lost them
+        log(f"note: --data {root}: passed over {len(hidden)} hidden name{'s' * (len(hidden) != 1)} (starting "
+            f"with a dot), such as {hidden[0]}")
     unusable = [f"{folder}: cannot read folder: {why}" for folder, why in unreadable]
     if not paths and not unusable:
         raise AectlError(f"--data {root}: no image files found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")

@@ -80,9 +80,10 @@ def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log, ddp: Dis
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
-    data_digest = None
+    data_digest, photos_changed = None, False
     if cfg.data == "stl10":
-        if Path("stl10").is_dir():  # the name means the dataset, whatever the working folder holds
+        named = Path("stl10")  # the name means the data set, whatever the working folder holds
+        if named.is_dir() and not (cfg.data_root and Path(cfg.data_root).resolve() == named.resolve()):
             log("note: --data stl10 names the STL10 dataset; give ./stl10 for the folder of that name here")
         train_imgs, val_imgs, val_names = load_stl10(Path(cfg.data_root) if cfg.data_root else None, preset.crop)
     else:
@@ -91,7 +92,8 @@ def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log, ddp: Dis
         train_imgs, val_imgs, val_names = load_folder(Path(here), preset.crop, log)
         data_digest = folder_digest(Path(here))
         recorded = resumed.get("run", {}).get("data_digest") if resumed else None
-        if recorded not in (None, data_digest):  # "continues exactly" held only for the photos it started with
+        photos_changed = recorded not in (None, data_digest)
+        if photos_changed:  # "continues exactly" held only for the photos it started with
             log(f"note: {here} holds other photos than when the run started; training goes on with them, so it "
                 "no longer continues exactly as it would have")
         if val_imgs is train_imgs:  # split_holdout cannot hold one image out: validation figures are training ones
@@ -110,7 +112,7 @@ def _train(cfg: TrainConfig, resumed: dict | None, progress: bool, log, ddp: Dis
         raise AectlError(f"--stop-at {cfg.stop_at} is past the run's last step ({total})")
     schedule = f"--epochs {cfg.epochs}" if cfg.epochs else "its one epoch"
     planned = resumed.get("run", {}).get("total_steps") if resumed else None
-    if cfg.steps is None and planned not in (None, total) and ddp.is_main:  # photos added or removed moved it
+    if cfg.steps is None and photos_changed and planned not in (None, total) and ddp.is_main:  # they moved its end
         log(f"note: the schedule ({schedule}) now ends at step {total}, not {planned}: an epoch is "
             f"{steps_per_epoch} steps with the photos here now (the learning rate drops at 90% of it)")
     if resumed and total < resumed["step"]:  # --epochs fewer than done: it marked the run finished as it was
