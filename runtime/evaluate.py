@@ -201,6 +201,5 @@ def evaluate(bundles: list[Path], data: Path, baselines: list[str], provider: st
     comparisons = {m: {b: compare(all_curves[m], all_curves[b]) for b in baselines} for m in models}
     ran_on = sorted({name for codec in codecs for name in codec.network.providers})  # `auto` says what it chose
     return {"data": str(data), "images": len(images), "provider": provider, "session_providers": ran_on,
-            "models": models,
-            "baselines": baselines, "curves": all_curves, "comparisons": comparisons,
+            "models": models, "baselines": baselines, "curves": all_curves, "comparisons": comparisons,
             "per_image": [r.to_dict() for r in rows]}
