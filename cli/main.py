@@ -112,7 +112,8 @@ def train(
 
 @app.command()
 def export(
-    source: Path = typer.Argument(..., help="run directory (its latest checkpoint) or checkpoint file"),
+    source: Path = typer.Argument(..., parser=_path, metavar="SOURCE", help="run directory (its latest checkpoint) "
+                                  "or checkpoint file"),
     out: Path = typer.Option(..., "--out", "-o", **PATH, help="bundle directory to write"),
     force: bool = typer.Option(False, help="replace an existing bundle"),
     decoder_only: bool = typer.Option(False, "--decoder-only", help="write an edge bundle: decoder and manifest only"),
@@ -136,14 +137,19 @@ def export(
 
 @app.command()
 def verify(
-    bundle: Path = typer.Argument(..., help="bundle directory"),
-    source: Path = typer.Argument(..., help="run directory or checkpoint the bundle was exported from"),
+    bundle: Path = typer.Argument(..., parser=_path, metavar="BUNDLE", help="bundle directory"),
+    source: Path = typer.Argument(..., parser=_path, metavar="SOURCE", help="run directory or checkpoint the bundle "
+                                  "was exported from"),
     provider: str = typer.Option("cpu", help="onnxruntime provider to check: cpu, cuda, tensorrt or auto"),
     images: Optional[str] = typer.Option(None, help="real photos to check an fp16/int8 decoder on (default: the "
                                          "run's training data, as at export)"),
 ) -> None:
     """Re-run the torch vs onnxruntime parity check of a bundle on demand."""
     from aectl.export.parity import verify_bundle
+    from aectl.export.request import given_folder
+
+    if images == "":  # checked even where the bundle is fp32 and it goes unused (a note, exit 0)
+        given_folder(images, "--images", "")
 
     report = verify_bundle(bundle, source, provider=provider, images=images)
     if report["cases"]:
@@ -173,7 +179,7 @@ app.add_typer(bundle_app, name="bundle")
 
 @bundle_app.command("strip")
 def bundle_strip(
-    source: Path = typer.Argument(..., help="bundle directory"),
+    source: Path = typer.Argument(..., parser=_path, metavar="SOURCE", help="bundle directory"),
     out: Path = typer.Option(..., "--out", "-o", **PATH, help="decoder-only bundle to write"),
     force: bool = typer.Option(False, help="replace an existing output"),
     ort: bool = typer.Option(False, "--ort", help="keep only decoder.ort (onnxruntime's minimal and mobile builds; "

@@ -346,6 +346,18 @@ def test_names_that_are_not_files_are_told_as_such(kodak, tmp_path):
         proc = subprocess.run([aectl_exe(), *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and proc.stderr.startswith("error: Invalid value for '--") and \
             proc.stderr.endswith("': \"\": give a file or a folder (. for this one)\n"), (args, proc.stderr)
+    # And every path argument (a README audit: export '' looked for last.pt here, verify and bundle strip read
+    # the working folder as a bundle); verify's --images "" was passed over for an fp32 bundle (exit 0).
+    for args, name in [(("export", "", "-o", "b"), "SOURCE"), (("verify", "", "run"), "BUNDLE"),
+                       (("verify", "b", ""), "SOURCE"), (("bundle", "strip", "", "-o", "s"), "SOURCE")]:
+        proc = subprocess.run([aectl_exe(), *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr == f"error: Invalid value for '{name}': \"\": give a file or a " \
+                                                       "folder (. for this one)\n", (args, proc.stderr)
+    from aectl.runtime.registry import shipped_bundle
+
+    proc = subprocess.run([aectl_exe(), "verify", shipped_bundle(1), tmp_path / "run", "--images", ""],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr == 'error: --images "": give a folder\n', proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["-", "empty.aec", "pipe.aec", "s.jpg", "x.aec", "x.png"]
     # A dangling symlink in a folder was skipped without a word (exit 0); named, it said "no such file". Now both
     # fail as that file; a FIFO in a folder is still passed over.

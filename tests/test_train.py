@@ -428,6 +428,9 @@ def test_resume_notes_an_epoch_schedule_the_photos_moved(few_photos, tmp_path):
     notes = []
     train(TrainConfig(out=str(run), resume=True, stop_at=3), progress=False, log=notes.append)
     assert not any("schedule" in n for n in notes), notes
+    with pytest.raises(AectlError, match="^--epochs must be positive$"):  # refused before a note on it
+        train(TrainConfig(out=str(run), resume=True, epochs=0), progress=False, log=notes.append)
+    assert not any("schedule" in n for n in notes), notes
     # --epochs changed with the same photos: only the note that it follows --epochs (the review of this note)
     train(TrainConfig(out=str(run), resume=True, epochs=2, stop_at=4), progress=False, log=notes.append)
     assert [n for n in notes if "schedule" in n] == ["note: the schedule now follows --epochs 2"], notes

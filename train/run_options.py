@@ -58,6 +58,7 @@ def resolve_run(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict | None]:
         raise AectlError(f"--{'out' if not cfg.out else 'data'} \"\": give a folder")
     if cfg.force and cfg.resume:
         raise AectlError("--force starts a new run over the one in --out and --resume continues it: give one")
+    _check_numbers(cfg)
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     if not ckpt_path.exists() or cfg.force:
@@ -171,16 +172,9 @@ def _architecture(preset: str | None, channels) -> str | None:
     return preset  # None where not recorded: left, as unknown channels are, to the weights' own check
 
 
-def _check_options(cfg: TrainConfig) -> None:
-    """Refuse impossible options in one line before any data is loaded."""
-    preset = get_preset(cfg.preset, cfg.quality, cfg.channels)
-    if cfg.crop is not None:  # 0 was the preset's crop and -16 a multiple of 16 (numpy then failed)
-        if cfg.crop < 1:
-            raise AectlError("--crop must be positive")
-        if preset.fixed_size and cfg.crop != preset.fixed_size:
-            raise AectlError(f"--crop: {preset.name} only takes {preset.fixed_size}x{preset.fixed_size} inputs")
-        if cfg.crop % preset.stride:
-            raise AectlError(f"--crop must be a multiple of {preset.stride} for {preset.name}")
+def _check_numbers(cfg: TrainConfig) -> None:
+    """The numbers' own ranges, whatever the run: checked first, so that a resume's note on a new schedule
+    (`the schedule now follows --epochs 0`) is not printed for a value then refused."""
     for name in ("batch_size", "epochs", "steps", "stop_at", "fit_steps"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise AectlError(f"--{name.replace('_', '-')} must be positive")
@@ -193,6 +187,19 @@ def _check_options(cfg: TrainConfig) -> None:
         raise AectlError(f"--seed {cfg.seed}: give a whole number from 0 to 2**63 - 1")
     if not cfg.checkpoint_every >= 0:  # nan compared false and never saved
         raise AectlError(f"--checkpoint-every {cfg.checkpoint_every:g}: give seconds, 0 or more")
+
+
+def _check_options(cfg: TrainConfig) -> None:
+    """Refuse impossible options in one line before any data is loaded."""
+    preset = get_preset(cfg.preset, cfg.quality, cfg.channels)
+    if cfg.crop is not None:  # 0 was the preset's crop and -16 a multiple of 16 (numpy then failed)
+        if cfg.crop < 1:
+            raise AectlError("--crop must be positive")
+        if preset.fixed_size and cfg.crop != preset.fixed_size:
+            raise AectlError(f"--crop: {preset.name} only takes {preset.fixed_size}x{preset.fixed_size} inputs")
+        if cfg.crop % preset.stride:
+            raise AectlError(f"--crop must be a multiple of {preset.stride} for {preset.name}")
+    _check_numbers(cfg)
     if cfg.steps is not None and cfg.stop_at is not None and cfg.stop_at > cfg.steps:
         raise AectlError(f"--stop-at {cfg.stop_at} is past the run's last step ({cfg.steps})")
     if cfg.data_root and cfg.data != "stl10":  # it was ignored without a word
