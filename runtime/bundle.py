@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aectl.runtime.errors import AectlError, option
 from aectl.runtime.outputs import hidden_sibling, make_folders, remove_empty, write_error
-from aectl.runtime.onnx_guard import check_self_contained
+from aectl.runtime.onnx_guard import check_self_contained, is_ort_format
 
 MANIFEST = "manifest.json"
 FORMAT = "aectl-bundle"
@@ -85,8 +85,8 @@ class Bundle:
         if hashlib.sha256(data).hexdigest() != self.manifest["files"][role]["sha256"]:
             raise AectlError(f"bundle {self.path}: {path.name} does not match its sha256 in the manifest "
                              "(corrupted or modified)")
-        if path.suffix == ".onnx":
-            try:
+        if not is_ort_format(data):  # by its bytes, as onnxruntime tells: an ONNX graph named decoder.bin or
+            try:                     # decoder.ort was loaded unchecked, its external data read from here
                 check_self_contained(data)
             except AectlError as exc:
                 raise AectlError(f"bundle {self.path}: {path.name}: {exc}") from None

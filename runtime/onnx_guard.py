@@ -11,10 +11,12 @@ from __future__ import annotations
 from aectl.runtime.errors import AectlError
 
 # Field numbers from onnx.proto (ModelProto, GraphProto, NodeProto, AttributeProto, TensorProto, ...).
-_MODEL_GRAPH, _MODEL_FUNCTIONS = 7, 25
+_MODEL_GRAPH, _MODEL_TRAINING_INFO, _MODEL_FUNCTIONS = 7, 20, 25
+_TRAINING_GRAPHS = (1, 2)  # TrainingInfoProto: initialization, algorithm
 _GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_SPARSE = 1, 5, 15
 _NODE_ATTRIBUTE = 5
-_FUNCTION_NODE = 7
+_FUNCTION_NODE, _FUNCTION_ATTRIBUTE_PROTO = 7, 11  # the second: a function's attributes' default values
+ORT_FORMAT_ID = b"ORTM"  # a flatbuffer's file identifier, bytes 4-8: onnxruntime's own format, no ONNX protobuf
 _ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE, _ATTR_SPARSES = 5, 6, 10, 11, 22, 23
 _SPARSE_VALUES, _SPARSE_INDICES = 1, 2
 _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 13, 14
@@ -71,18 +73,22 @@ def _check_sparse(buf: memoryview) -> None:
             _check_tensor(value)
 
 
+def _check_attribute(buf: memoryview, depth: int) -> None:
+    for field, wire, value in _fields(buf):
+        if wire != 2:
+            continue
+        if field in (_ATTR_T, _ATTR_TENSORS):
+            _check_tensor(value)
+        elif field in (_ATTR_G, _ATTR_GRAPHS):
+            _check_graph(value, depth + 1)
+        elif field in (_ATTR_SPARSE, _ATTR_SPARSES):
+            _check_sparse(value)
+
+
 def _check_node(buf: memoryview, depth: int) -> None:
     for field, wire, value in _fields(buf):
         if wire == 2 and field == _NODE_ATTRIBUTE:
-            for afield, awire, avalue in _fields(value):
-                if awire != 2:
-                    continue
-                if afield in (_ATTR_T, _ATTR_TENSORS):
-                    _check_tensor(avalue)
-                elif afield in (_ATTR_G, _ATTR_GRAPHS):
-                    _check_graph(avalue, depth + 1)
-                elif afield in (_ATTR_SPARSE, _ATTR_SPARSES):
-                    _check_sparse(avalue)
+            _check_attribute(value, depth)
 
 
 def _check_graph(buf: memoryview, depth: int) -> None:
@@ -99,15 +105,29 @@ def _check_graph(buf: memoryview, depth: int) -> None:
             _check_node(value, depth)
 
 
+def is_ort_format(model: bytes) -> bool:
+    """Whether onnxruntime reads these bytes as its ORT format (by their file identifier, as onnxruntime does),
+    whose tensors name no file; anything else it parses as an ONNX protobuf, whatever the file is called."""
+    return model[4:8] == ORT_FORMAT_ID
+
+
 def check_self_contained(model: bytes) -> None:
-    """Raise AectlError if the serialized ModelProto references external data anywhere."""
+    """Raise AectlError if the serialized ModelProto references external data anywhere: the graph and its
+    subgraphs, local functions' nodes and their attributes' default values (onnxruntime loads external tensors
+    from there too), training graphs."""
     buf = memoryview(model)
     for field, wire, value in _fields(buf):
         if wire != 2:
             continue
         if field == _MODEL_GRAPH:
             _check_graph(value, 0)
+        elif field == _MODEL_TRAINING_INFO:
+            for tfield, twire, tvalue in _fields(value):
+                if twire == 2 and tfield in _TRAINING_GRAPHS:
+                    _check_graph(tvalue, 0)
         elif field == _MODEL_FUNCTIONS:
             for ffield, fwire, fvalue in _fields(value):
                 if fwire == 2 and ffield == _FUNCTION_NODE:
                     _check_node(fvalue, 0)
+                elif fwire == 2 and ffield == _FUNCTION_ATTRIBUTE_PROTO:
+                    _check_attribute(fvalue, 0)

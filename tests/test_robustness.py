@@ -209,6 +209,43 @@ def test_onnx_external_data_is_refused_even_with_a_matching_hash(trained, tmp_pa
     _write_manifest(folder, manifest)
     with pytest.raises(AectlError, match="external data"):
         Decoder(folder, provider="cpu").decode(np.zeros((1, 24, 1, 1), np.float32))
+    # A security review: the check was keyed on the name, so the same graph named decoder.bin (or decoder.ort)
+    # was loaded unchecked, and onnxruntime read its tensor from a file under the working folder into the pixels.
+    (folder / "decoder.onnx").rename(folder / "decoder.bin")
+    manifest["files"]["decoder"]["path"] = "decoder.bin"
+    _write_manifest(folder, manifest)
+    with pytest.raises(AectlError, match="decoder.bin: ONNX file stores tensors as external data"):
+        Decoder(folder, provider="cpu").decode(np.zeros((1, 24, 1, 1), np.float32))
+
+
+def test_external_data_in_a_functions_attribute_defaults_is_refused():
+    """The same review: a local function's default attribute values (FunctionProto field 11) were not walked,
+    and onnxruntime loads external tensors from there too. Training graphs are walked as well."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from aectl.runtime.onnx_guard import check_self_contained, is_ort_format
+
+    tensor = TensorProto(name="w", data_type=TensorProto.UINT8, dims=[4], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", "secret.bin"), ("offset", "0"), ("length", "4")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    constant = helper.make_node("Constant", [], ["c"])
+    attribute = constant.attribute.add()
+    attribute.name, attribute.ref_attr_name, attribute.type = "value", "v", onnx.AttributeProto.TENSOR
+    function = helper.make_function("local", "F", [], ["c"], [constant], [helper.make_opsetid("", 17)], [])
+    function.attribute_proto.append(helper.make_attribute("v", tensor))
+    graph = helper.make_graph([helper.make_node("F", [], ["y"], domain="local")], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+                              functions=[function])
+    assert not is_ort_format(model.SerializeToString())
+    with pytest.raises(AectlError, match="external data"):
+        check_self_contained(model.SerializeToString())
+    training = helper.make_model(helper.make_graph([], "g", [], []))
+    training.training_info.add().initialization.CopyFrom(helper.make_graph([], "init", [], [], [tensor]))
+    with pytest.raises(AectlError, match="external data"):
+        check_self_contained(training.SerializeToString())
 
 
 def test_tampered_model_is_refused_before_a_session_exists(trained, tmp_path):
