@@ -23,7 +23,8 @@ from aectl.export.entropy_classes import fit_classes
 from aectl.export.graphs import DecoderGraph, EncoderGraph
 from aectl.export.request import CLASS_PHOTOS, VARIANT_PHOTOS, check_export_request, given_folder
 from aectl.export.rewrites import depth_to_space_as_conv_transpose
-from aectl.export.tables import build_tables, entropy_digest
+from aectl.export.tables import build_tables
+from aectl.runtime.bundle import entropy_digest
 from aectl.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, MAX_CLASSES, bundle_folder, sha256_file
 from aectl.runtime.errors import AectlError
 from aectl.train.entropy import TAIL_MASS

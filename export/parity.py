@@ -145,18 +145,13 @@ def _check_stamps(bundle, role: str) -> None:
     there (model_id, classified tables) verified "ok" and then could not decode its own model's files."""
     import onnx
 
-    from aectl.export.tables import entropy_digest
+    from aectl.runtime.bundle import check_stamps
 
     path = bundle.file(role, verify=False)
     if path.suffix != ".onnx":
         return
-    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    if props.get("aectl.model_id", bundle.model_id) != bundle.model_id:
-        raise AectlError(f"bundle {bundle.path}: {path.name} belongs to model {props['aectl.model_id']}, but the "
-                         f"manifest says {bundle.model_id} (manifest edited or mixed up)")
-    if props.get("aectl.entropy_sha256", entropy_digest(bundle.entropy)) != entropy_digest(bundle.entropy):
-        raise AectlError(f"bundle {bundle.path}: the manifest's entropy tables are not the ones {path.name} was "
-                         "exported with (manifest edited or mixed up)")
+    model = onnx.load(str(path), load_external_data=False)
+    check_stamps(bundle, path.name, {p.key: p.value for p in model.metadata_props})
 
 
 def check_decoder_file(path: Path, model, preset: Preset, provider: str = "cpu") -> float:

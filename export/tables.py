@@ -8,8 +8,6 @@ compression with latent-variable models", ICLR 2019, make the same point about f
 """
 from __future__ import annotations
 
-import hashlib
-import json
 
 import numpy as np
 
@@ -50,7 +48,3 @@ def build_tables(pmf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, medi
             "medians": [float(np.float32(m)) for m in medians], "offsets": offs, "cdfs": cdfs}
 
 
-def entropy_digest(tables: dict) -> str:
-    """sha256 of a manifest's entropy section as canonical JSON: stamped into the ONNX files at export, so that
-    `aectl verify` can tell when the manifest's tables are not the ones the graphs were exported with."""
-    return hashlib.sha256(json.dumps(tables, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

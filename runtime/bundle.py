@@ -113,6 +113,24 @@ class Bundle:
         return AectlError(f"bundle {self.path}: cannot read {path.relative_to(self.path)}: {exc.strerror or exc}")
 
 
+def entropy_digest(tables: dict) -> str:
+    """sha256 of a manifest's entropy section as canonical JSON: export stamps it into the ONNX files, so that a
+    manifest whose tables are not the ones the graphs were exported with is told apart."""
+    return hashlib.sha256(json.dumps(tables, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def check_stamps(bundle: "Bundle", name: str, props: dict) -> None:
+    """A model file's stamps (its metadata, `props`) against the manifest: export stamps the model id and the
+    entropy tables' digest. A manifest edited or mixed up (another model's id or tables beside these graphs)
+    decoded its files wrong with exit 0; files exported before the stamps were added have none to compare."""
+    if props.get("aectl.model_id", bundle.model_id) != bundle.model_id:
+        raise AectlError(f"bundle {bundle.path}: {name} belongs to model {props['aectl.model_id']}, but the "
+                         f"manifest says {bundle.model_id} (manifest edited or mixed up)")
+    if "aectl.entropy_sha256" in props and props["aectl.entropy_sha256"] != entropy_digest(bundle.entropy):
+        raise AectlError(f"bundle {bundle.path}: the manifest's entropy tables are not the ones {name} was "
+                         "exported with (manifest edited or mixed up)")
+
+
 def check_file_path(path: str, error) -> None:
     """A manifest's file path must name a file inside the bundle: relative, no "..", no NUL (open() said only
     "embedded null byte"). `error(what)` makes the exception to raise."""

@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 
-from aectl.runtime.bundle import Bundle
+from aectl.runtime.bundle import Bundle, check_stamps
 from aectl.runtime.errors import AectlError
 from aectl.runtime.providers import (DEFAULT_TUNING, GPU_DEVICE_ID, Tuning, check_threads, require_provider,
                                      create_session, import_ort, run_options, session_device)
@@ -86,7 +86,9 @@ class Network:
             with self._starting:  # 8 threads' first calls made 8 sessions, each kept by its thread's binding
                 if role not in self._sessions:
                     session = create_session(self.bundle.read(role), self.provider, self.threads, self.tuning)
-                    self._check_fits(role, session)
+                    self._check_fits(role, session)  # the more telling, where the shapes differ too
+                    check_stamps(self.bundle, self.bundle.file(role, verify=False).name,
+                                 session.get_modelmeta().custom_metadata_map)
                     self._sessions[role] = session
         return self._sessions[role]
 

@@ -136,3 +136,13 @@ def test_verify_refuses_a_manifest_edited_after_export(classified, tmp_path):
     with pytest.raises(AectlError, match=f"encoder.onnx belongs to model {load_bundle(bundle).model_id}, but the "
                                          f"manifest says {'0' * 32}"):
         verify_bundle(renamed, run)
+    # The runtime holds them too, when a session starts (a security review: only verify did, so such a bundle
+    # decoded its model's files wrong, or another model's, with exit 0)
+    from aectl.runtime import Decoder
+
+    latents = np.zeros((1, load_bundle(bundle).latent_rule["channels"], 1, 1), np.float32)
+    with pytest.raises(AectlError, match="the manifest's entropy tables are not the ones decoder.onnx was exported"):
+        Decoder(swapped, provider="cpu").decode(latents)
+    with pytest.raises(AectlError, match=f"decoder.onnx belongs to model {load_bundle(bundle).model_id}, but the "
+                                         f"manifest says {'0' * 32}"):
+        Decoder(renamed, provider="cpu").decode(latents)
