@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         decoder.network.session("decoder")  # now: a broken bundle fails here, not at every request
     except AectlError as exc:
         sys.exit(f"error: {exc}")
+    except Exception as exc:  # a bundle no check foresaw: one line, not a traceback
+        sys.exit(f"error: internal error loading {args.bundle}: {type(exc).__name__}: {exc}")
     try:
         server = Server((args.host, args.port), make_handler(decoder, threading.Semaphore(args.max_decodes),
                                                             args.timeout))

@@ -19,6 +19,7 @@ from pathlib import Path
 from aectl.runtime.errors import AectlError, option
 from aectl.runtime.outputs import hidden_sibling, make_folders, remove_empty, write_error
 from aectl.runtime.onnx_guard import check_self_contained, is_ort_format
+from aectl.runtime.tiling import MAX_TILE
 
 MANIFEST = "manifest.json"
 FORMAT = "aectl-bundle"
@@ -26,6 +27,14 @@ FORMAT_VERSION = 1
 FILE_ROLES = ("encoder", "decoder", "decoder_ort")
 PRECISIONS = ("fp32", "fp16", "int8")  # of a file's weights (manifest files.ROLE.precision)
 MAX_CLASSES = 64  # classified entropy tables per bundle (export/entropy_classes.py)
+MAX_TABLE_ENTRIES = 1 << 24  # table sets x channels x widest table: 128 MB of float64 bit costs at most
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the file system: an internal error that stopped the bundle search
+        return False
 
 
 def sha256_file(path: Path) -> str:
@@ -57,8 +66,8 @@ class Bundle:
         files = self.manifest["files"]
         if "decoder" not in files:
             return "decoder_ort"
-        if "decoder_ort" in files and not (self.path / files["decoder"]["path"]).is_file() and \
-                (self.path / files["decoder_ort"]["path"]).is_file():
+        if "decoder_ort" in files and not _is_file(self.path / files["decoder"]["path"]) and \
+                _is_file(self.path / files["decoder_ort"]["path"]):
             return "decoder_ort"
         return "decoder"
 
@@ -79,6 +88,7 @@ class Bundle:
         created from these bytes, so the file cannot change between the check and the load."""
         path = self.file(role, verify=False)
         try:
+            self._check_size(role, path)
             data = path.read_bytes()
         except OSError as exc:  # named the .aec or image file being coded, as if it were the unreadable one
             raise self._unreadable(path, exc) from None
@@ -102,12 +112,22 @@ class Bundle:
         try:
             if not path.is_file():
                 raise AectlError(f"bundle {self.path}: {entry['path']} is missing")
+            if verify:
+                self._check_size(role, path)
             if verify and sha256_file(path) != entry["sha256"]:
                 raise AectlError(f"bundle {self.path}: {entry['path']} does not match its sha256 in the manifest "
                                  "(corrupted or modified)")
         except OSError as exc:
             raise self._unreadable(path, exc) from None
         return path
+
+    def _check_size(self, role: str, path: Path) -> None:
+        """A file of another size than the manifest's `bytes` fails its hash anyway: said before reading it (a
+        sparse 1 TiB decoder was read whole into memory, or hashed for minutes on every search)."""
+        size = self.manifest["files"][role].get("bytes")
+        if isinstance(size, int) and path.stat().st_size != size:
+            raise AectlError(f"bundle {self.path}: {path.name} does not match its size in the manifest "
+                             f"({path.stat().st_size} bytes, not {size}; corrupted or modified)")
 
     def _unreadable(self, path: Path, exc: OSError) -> AectlError:
         return AectlError(f"bundle {self.path}: cannot read {path.relative_to(self.path)}: {exc.strerror or exc}")
@@ -153,6 +173,8 @@ def read_json(path: Path):
         raise AectlError(f"{path}: not valid JSON ({exc})") from None
     except RecursionError:
         raise AectlError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # an integer of thousands of digits: an internal error that stopped the search
+        raise AectlError(f"{path}: not valid JSON ({exc})") from None
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -196,8 +218,10 @@ def validate_manifest(m: dict, where: Path) -> None:
     inp = m["input"]
     need(inp.get("channels") == 3, "input.channels must be 3")
     fixed, stride = inp.get("fixed_size"), inp.get("stride")
-    need(isinstance(stride, int) and 1 <= stride <= 1024, "input.stride must be an integer in 1..1024")
+    need(isinstance(stride, int) and 1 <= stride <= MAX_TILE, f"input.stride must be an integer in 1..{MAX_TILE}")
     need(fixed is None or (isinstance(fixed, int) and 1 <= fixed <= 4096), "input.fixed_size must be null or 1..4096")
+    need(fixed is not None or MAX_TILE % stride == 0,  # a fully convolutional model's tiles: MAX_TILE a side
+         f"input.stride must divide {MAX_TILE} (the tile side) for a fully convolutional model")
     lat = m["latent"]
     need(isinstance(lat.get("channels"), int) and 1 <= lat["channels"] <= 1 << 16, "latent.channels out of range")
     need(lat.get("layout") in ("NCHW", "NC"), "latent.layout must be NCHW or NC")
@@ -210,7 +234,8 @@ def validate_manifest(m: dict, where: Path) -> None:
         need(isinstance(ent.get(key), list) and len(ent[key]) == channels, f"entropy.{key} needs one entry per channel")
     need(isinstance(ent.get("tail_mass"), (int, float)) and 0 <= ent["tail_mass"] < 0.5, "entropy.tail_mass")
     need(all(isinstance(v, int) and abs(v) < 1 << 30 for v in ent["offsets"]), "entropy.offsets must lie within +-2**30")
-    need(all(isinstance(v, (int, float)) and math.isfinite(v) and abs(v) < 1e6 for v in ent["medians"]),
+    # the bound before isfinite: a huge integer overflowed it (an internal error)
+    need(all(isinstance(v, (int, float)) and abs(v) < 1e6 and math.isfinite(v) for v in ent["medians"]),
          "entropy.medians must be finite numbers")
     need(math.isfinite(step), "entropy.step must be finite")
     total = 1 << ent["precision"]
@@ -220,6 +245,12 @@ def validate_manifest(m: dict, where: Path) -> None:
         need(all(isinstance(v, int) for v in cdf) and all(b > a for a, b in zip(cdf, cdf[1:])),
              f"entropy.cdfs[{c}] must be strictly increasing integers")
     classes = ent.get("classes")
+    # The coder holds a channels x widest-table array of bit costs per table set (float64): a 1.7 MB manifest
+    # of 65535 channels asked numpy for 34 GB. The shipped q7 needs 320 x 108 x 9.
+    count = classes.get("count") if isinstance(classes, dict) else None
+    sets = 1 + (count if isinstance(count, int) and count > 0 else 0)
+    need(sets * channels * max(len(cdf) for cdf in ent["cdfs"]) <= MAX_TABLE_ENTRIES,
+         f"entropy tables too large (at most {MAX_TABLE_ENTRIES} entries: table sets x channels x widest table)")
     if classes is not None:
         _check_classes(classes, ent["cdfs"], total, lat["layout"], need)
 

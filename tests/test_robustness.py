@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from aectl.runtime import Codec, Decoder, container
+from aectl.runtime import Codec, Decoder, container, load_bundle
 from aectl.runtime.errors import AectlError
 from conftest import KODAK, aectl_exe
 
@@ -139,6 +139,15 @@ def _write_manifest(folder, manifest):
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
+def _widen(manifest: dict, total: int) -> None:
+    """One table as wide as a manifest's may be, and enough channels to pass the coder's size cap."""
+    wide = list(range(min(total, 65535))) + [total]
+    channels = (1 << 24) // len(wide) + 1
+    manifest["latent"].update(channels=channels)
+    manifest["entropy"].update(offsets=[0] * channels, medians=[0.0] * channels,
+                               cdfs=[wide] + [manifest["entropy"]["cdfs"][0]] * (channels - 1))
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m["files"]["decoder"].update(path="../decoder.onnx"), "inside the bundle"),
     (lambda m: m["files"]["decoder"].update(path="/etc/passwd"), "inside the bundle"),
@@ -156,6 +165,12 @@ def _write_manifest(folder, manifest):
     (lambda m: m.update(model_id="g" * 32), "model_id"),
     (lambda m: m.update(input=[]), "input must be a JSON object"),
     (lambda m: m.update(entropy=[1]), "entropy must be a JSON object"),
+    # A security review: a median of 1e400 written as an integer overflowed isfinite (an internal error); a stride
+    # that does not divide the 1024-pixel tiles failed in numpy; 257 channels with one table of 65,536 entries
+    # (65,535 channels: a 1.7 MB manifest asked numpy for 34 GB)
+    (lambda m: m["entropy"]["medians"].__setitem__(0, 10**400), "entropy.medians must be finite numbers"),
+    (lambda m: m["input"].update(stride=48), "input.stride must divide 1024"),
+    (lambda m: _widen(m, 1 << m["entropy"]["precision"]), "entropy tables too large"),
 ])
 def test_hostile_manifests_are_refused(trained, tmp_path, edit, message):
     folder, manifest = _copy_bundle(trained["seed-conv"][1], tmp_path / "b")
@@ -163,6 +178,42 @@ def test_hostile_manifests_are_refused(trained, tmp_path, edit, message):
     _write_manifest(folder, manifest)
     with pytest.raises(AectlError, match=message):
         Decoder(folder, provider="cpu").decode(np.zeros((1, 24, 1, 1), np.float32))
+
+
+def test_a_bundle_search_passes_over_a_manifest_it_cannot_use(trained, tmp_path, monkeypatch):
+    """A security review: an integer of 5000 digits anywhere in a manifest of the search path ended every
+    decompress without -m in `internal error: ValueError`; a decoder path too long for the file system ended the
+    search ("File name too long", blamed on the .aec); a sparse 1 TiB decoder was hashed for minutes on every
+    search, or read whole into memory with -m. Each gives way to the next bundle, or is refused in one line."""
+    import sys
+
+    from aectl.runtime import Codec
+    from aectl.runtime.registry import find_bundle
+
+    good = trained["seed-conv"][1]
+    model_id = load_bundle(good).model_id
+    data = Codec(good, provider="cpu").compress(np.zeros((16, 16, 3), np.uint8))
+    search = tmp_path / "search"
+    search.mkdir()
+    folder, manifest = _copy_bundle(good, search / "a-bigint")
+    text = json.dumps(manifest).replace('"tail_mass": ', '"extra": 1' + "0" * 5000 + ', "tail_mass": ')
+    (folder / "manifest.json").write_text(text)
+    folder, manifest = _copy_bundle(good, search / "b-long")
+    manifest["files"]["decoder_ort"] = dict(manifest["files"]["decoder"], path="decoder.ort")  # not there
+    manifest["files"]["decoder"]["path"] = "a" * 300 + ".onnx"
+    _write_manifest(folder, manifest)
+    folder, _ = _copy_bundle(good, search / "c-huge")
+    with open(folder / "decoder.onnx", "r+b") as fh:
+        fh.truncate(1 << 40)  # sparse: no disk used
+    (search / "d-good").symlink_to(good)
+    monkeypatch.setenv("AECTL_BUNDLES", str(search))
+    assert find_bundle(model_id).path == search / "d-good"
+    assert Codec(find_bundle(model_id), provider="cpu").decompress(data).size == (16, 16)
+    for name, message in (("a-bigint", "not valid JSON \\(Exceeds the limit"),
+                          ("c-huge", "decoder.onnx does not match its size in the manifest \\(1099511627776 bytes")):
+        with pytest.raises(AectlError, match=message):
+            Codec(search / name, provider="cpu").decompress(data)
+    assert sys.get_int_max_str_digits() in (0, 4300)
 
 
 @pytest.mark.parametrize("edit, rows", [
