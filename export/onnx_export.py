@@ -24,7 +24,7 @@ from aectl.export.graphs import DecoderGraph, EncoderGraph
 from aectl.export.request import CLASS_PHOTOS, VARIANT_PHOTOS, check_export_request, given_folder
 from aectl.export.rewrites import depth_to_space_as_conv_transpose
 from aectl.export.tables import build_tables
-from aectl.runtime.bundle import entropy_digest
+from aectl.runtime.bundle import MAX_TABLE_ENTRIES, entropy_digest
 from aectl.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, MAX_CLASSES, bundle_folder, sha256_file
 from aectl.runtime.errors import AectlError
 from aectl.train.entropy import TAIL_MASS
@@ -183,6 +183,7 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
         _export_graph(EncoderGraph(model), example, "x", "y", enc_dyn, tmp / "encoder.onnx")
         _export_graph(DecoderGraph(model), latent_example, "y_hat", "x_hat", dec_dyn, tmp / "decoder.onnx")
         tables = entropy_tables(model)
+        _check_table_size(tables, entropy_classes)  # before the classes' fit, the slow part
         if entropy_classes:
             symbols, folder = _fit_symbols(model, preset, ckpt, calibration)
             tables["classes"] = fit_classes(symbols, tables, entropy_classes)
@@ -250,6 +251,15 @@ def _fit_symbols(model, preset: Preset, ckpt: dict, calibration) -> tuple[list[n
         with torch.no_grad():
             symbols.append(model.quantize(model.encode(x))[0].to(torch.int32).numpy())
     return symbols, str(folder)
+
+
+def _check_table_size(tables: dict, classes: int) -> None:
+    """The runtime refuses a manifest whose tables pass its cap (runtime/bundle.py MAX_TABLE_ENTRIES): a model of
+    thousands of channels with 64 classes was exported whole, its manifest then refused at every use."""
+    sets, widest = 1 + classes, max(len(cdf) for cdf in tables["cdfs"])
+    if sets * len(tables["cdfs"]) * widest > MAX_TABLE_ENTRIES:
+        raise AectlError(f"{len(tables['cdfs'])} channels x tables of up to {widest} entries x {sets} table sets "
+                         f"pass the runtime's {MAX_TABLE_ENTRIES} entries; give fewer --entropy-classes")
 
 
 def _photo_source(given: str | Path | None, option: str) -> tuple[str, str]:

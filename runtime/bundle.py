@@ -142,7 +142,8 @@ def entropy_digest(tables: dict) -> str:
 def check_stamps(bundle: "Bundle", name: str, props: dict) -> None:
     """A model file's stamps (its metadata, `props`) against the manifest: export stamps the model id and the
     entropy tables' digest. A manifest edited or mixed up (another model's id or tables beside these graphs)
-    decoded its files wrong with exit 0; files exported before the stamps were added have none to compare."""
+    decoded its files wrong with exit 0. Files exported before 2026-11-25, the shipped ones included, carry the
+    model id alone: an edited table of theirs is not caught."""
     if props.get("aectl.model_id", bundle.model_id) != bundle.model_id:
         raise AectlError(f"bundle {bundle.path}: {name} belongs to model {props['aectl.model_id']}, but the "
                          f"manifest says {bundle.model_id} (manifest edited or mixed up)")
@@ -246,7 +247,7 @@ def validate_manifest(m: dict, where: Path) -> None:
              f"entropy.cdfs[{c}] must be strictly increasing integers")
     classes = ent.get("classes")
     # The coder holds a channels x widest-table array of bit costs per table set (float64): a 1.7 MB manifest
-    # of 65535 channels asked numpy for 34 GB. The shipped q7 needs 320 x 108 x 9.
+    # of 65535 channels asked numpy for 34 GB. The shipped q7 needs 9 x 128 x 140.
     count = classes.get("count") if isinstance(classes, dict) else None
     sets = 1 + (count if isinstance(count, int) and count > 0 else 0)
     need(sets * channels * max(len(cdf) for cdf in ent["cdfs"]) <= MAX_TABLE_ENTRIES,

@@ -41,6 +41,8 @@ def _fields(buf: memoryview):
     pos = 0
     while pos < len(buf):
         key, pos = _varint(buf, pos)
+        if key >= 1 << 32 or key >> 3 == 0:  # protobuf keeps a tag's low 32 bits: field 7 written with bit 32 set
+            raise AectlError("malformed ONNX file (field tag)")  # walked as a field we skip, loaded as the graph
         field, wire = key >> 3, key & 7
         if wire == 0:
             value, pos = _varint(buf, pos)

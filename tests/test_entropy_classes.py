@@ -105,6 +105,20 @@ def test_broken_class_tables_are_refused_at_load(classified, tmp_path, edit, mes
         load_bundle(bundle)
 
 
+def test_export_refuses_tables_the_runtime_would_refuse_before_fitting_classes(trained, photos, tmp_path,
+                                                                             monkeypatch):
+    """A review of the runtime's cap on table sizes: export made such a bundle whole (thousands of channels, 64
+    classes), its manifest then refused at every use. The cap is lowered here to meet a test-sized model."""
+    import aectl.export.onnx_export as onnx_export
+
+    run, _ = trained["factorized"]
+    monkeypatch.setattr(onnx_export, "MAX_TABLE_ENTRIES", 1000)
+    with pytest.raises(AectlError, match=r"channels x tables of up to \d+ entries x 9 table sets pass the runtime's "
+                                         r"1000 entries; give fewer --entropy-classes$"):
+        onnx_export.export_bundle(run, tmp_path / "b", entropy_classes=8, calibration=photos, log=lambda *_: None)
+    assert not (tmp_path / "b").exists()
+
+
 def test_dense_models_cannot_take_classes(trained, tmp_path):
     run, _ = trained["seed-dense"]
     proc = aectl("export", run, "-o", tmp_path / "b", "--entropy-classes", 8, check=False)

@@ -290,9 +290,19 @@ def test_external_data_in_a_functions_attribute_defaults_is_refused():
                               [helper.make_tensor_value_info("y", TensorProto.UINT8, [4])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
                               functions=[function])
-    assert not is_ort_format(model.SerializeToString())
+    assert not is_ort_format(model.SerializeToString())  # walked as ONNX, as onnxruntime reads it
     with pytest.raises(AectlError, match="external data"):
         check_self_contained(model.SerializeToString())
+    # A review of that fix: protobuf keeps a tag's low 32 bits, so the graph's tag written with bit 32 set was a
+    # field the walker skipped and onnxruntime loaded as the graph
+    plain = helper.make_model(helper.make_graph([], "g", [], [], [tensor])).SerializeToString()
+    assert plain[0] == 0x08  # ir_version first; the graph's tag (field 7, length-delimited) follows it
+    at = plain.index(bytes([7 << 3 | 2]), 2)
+    long_tag = plain[:at] + bytes([0xBA, 0x80, 0x80, 0x80, 0x10]) + plain[at + 1:]
+    with pytest.raises(AectlError, match="malformed ONNX file"):
+        check_self_contained(long_tag)
+    with pytest.raises(AectlError, match="external data"):
+        check_self_contained(plain)
     training = helper.make_model(helper.make_graph([], "g", [], []))
     training.training_info.add().initialization.CopyFrom(helper.make_graph([], "init", [], [], [tensor]))
     with pytest.raises(AectlError, match="external data"):
