@@ -351,7 +351,7 @@ def test_verify_reads_the_decoders_precision_from_its_graph(trained, variants, t
 
     def swap_in_int8(bundle, entry):
         shutil.copyfile(variants["int8"] / "decoder.onnx", bundle / "decoder.onnx")
-        entry.update(sha256=sha256_file(bundle / "decoder.onnx"))
+        entry.update(sha256=sha256_file(bundle / "decoder.onnx"), bytes=(bundle / "decoder.onnx").stat().st_size)
 
     lie = copy(fp32, "lie", lambda _, entry: entry.update(precision="int8"))
     with pytest.raises(AectlError, match="the manifest says the decoder is int8, but decoder.onnx is an fp32 graph"):
