@@ -54,6 +54,9 @@ def import_ort():
         if dists:  # installed, but its import fails (a missing shared library, a numpy ABI mismatch)
             raise AectlError(f"{' and '.join(dists)} installed, but `import onnxruntime` fails: {exc}") from None
         raise AectlError("onnxruntime is not installed: pip install 'aectl[cpu]' (or 'aectl[gpu]' for CUDA)") from None
+    except Exception as exc:  # a broken build raising something else at import: the environment's fault, said so
+        raise AectlError(f"`import onnxruntime` raised {type(exc).__name__}: {exc}; reinstall it "
+                         "(pip install --force-reinstall 'aectl[cpu]')") from None
     return onnxruntime
 
 

@@ -762,3 +762,20 @@ def test_compress_and_decompress_walk_hidden_files_as_gzip_r_does(kodak, tmp_pat
     assert back.returncode == 0 and back.stderr.endswith("3 ok, 0 failed\n"), back.stderr
     assert sorted(str(p.relative_to(tmp_path / "back")) for p in (tmp_path / "back").rglob("*") if p.is_file()) \
         == [".b.png", ".hid/a.png", "c.png"]
+
+
+def test_an_onnxruntime_that_fails_to_import_is_said_in_one_line(kodak, tmp_path):
+    """A review: an onnxruntime build whose import raises something other than ImportError (here a module that
+    shadows it) ended compress, doctor and every other command in `internal error: RuntimeError`."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "onnxruntime.py").write_text('raise RuntimeError("a broken build")\n')
+    env = {**os.environ, "PYTHONPATH": str(shadow), "COLUMNS": "300"}
+    said = "`import onnxruntime` raised RuntimeError: a broken build; reinstall it (pip install --force-reinstall " \
+           "'aectl[cpu]')"
+    proc = subprocess.run([aectl_exe(), "compress", kodak / "kodim03.png", "-o", tmp_path / "x.aec"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr == f"error: {said}\n", proc.stderr
+    doctor = subprocess.run([aectl_exe(), "doctor"], env=env, capture_output=True, text=True, timeout=120)
+    assert doctor.returncode == 0 and said in " ".join(doctor.stdout.split()), doctor.stdout + doctor.stderr
+    assert not (tmp_path / "x.aec").exists()
