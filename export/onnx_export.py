@@ -178,12 +178,12 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
     enc_dyn, dec_dyn = _dynamic_shapes(preset)
     with torch.no_grad():
         latent_example = model.encode(example)
+    tables = entropy_tables(model)
+    _check_table_size(tables, entropy_classes)  # before any graph is exported or class fitted
 
     with bundle_folder(out_dir, force, source=source) as tmp:
         _export_graph(EncoderGraph(model), example, "x", "y", enc_dyn, tmp / "encoder.onnx")
         _export_graph(DecoderGraph(model), latent_example, "y_hat", "x_hat", dec_dyn, tmp / "decoder.onnx")
-        tables = entropy_tables(model)
-        _check_table_size(tables, entropy_classes)  # before the classes' fit, the slow part
         if entropy_classes:
             symbols, folder = _fit_symbols(model, preset, ckpt, calibration)
             tables["classes"] = fit_classes(symbols, tables, entropy_classes)
