@@ -150,8 +150,9 @@ def _check_stamps(bundle, role: str) -> None:
     from aectl.runtime.onnx_guard import is_ort_format
 
     path = bundle.file(role, verify=False)
-    if is_ort_format(path.read_bytes()):  # by its bytes, as the runtime tells (an ONNX graph may be named .bin)
-        return
+    with open(path, "rb") as fh:  # its first bytes tell, as the runtime tells (an ONNX graph may be named .bin)
+        if is_ort_format(fh.read(8)):
+            return
     model = onnx.load(str(path), load_external_data=False)
     check_stamps(bundle, path.name, {p.key: p.value for p in model.metadata_props})
 

@@ -150,7 +150,7 @@ def files_in(folder: Path, suffixes: set[str]) -> list[Path]:
     """The files directly in `folder` (eval's --data, bench's --images) that a walk would take, sorted, hidden
     ones passed over as for a data set: a FIFO there hung eval, which opened it, and bench passed over a symlink
     that leads nowhere without a word."""
-    return sorted(path for path in folder.iterdir() if _wanted(path, suffixes) and not is_hidden(path.name))
+    return sorted(path for path in folder.iterdir() if not is_hidden(path.name) and _wanted(path, suffixes))
 
 
 def _wanted(path: Path, suffixes: set[str]) -> bool:
