@@ -145,6 +145,9 @@ def verify(
                                          "run's training data, as at export)"),
 ) -> None:
     """Re-run the torch vs onnxruntime parity check of a bundle on demand."""
+    from aectl.runtime.providers import check_provider_name
+
+    check_provider_name(provider)  # before torch and the exporter load (2-3 s)
     from aectl.export.parity import verify_bundle
     from aectl.export.request import given_folder
 

@@ -76,10 +76,8 @@ def test_export_refuses_a_mistyped_option_before_torch_loads(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_train_refuses_a_mistyped_option_before_torch_loads(tmp_path, photos):
-    """`aectl train` refused a mistyped option only after importing torch (1.3 s here, more on a slower machine);
-    the options are checked first, here in a process where torch is found but importing it raises."""
-    blocker = """
+# torch is found, but importing it raises: what a command refuses before it loads torch says so, not this.
+TORCH_RAISES = """
 import importlib.machinery
 import sys
 class Block:
@@ -92,6 +90,17 @@ class Block:
         raise ImportError('blocked for this test: ' + module.__name__)
 sys.meta_path.insert(0, Block())
 """
+
+
+def run_cli_torch_raises(*args) -> subprocess.CompletedProcess:
+    argv = ["aectl", *map(str, args)]
+    return subprocess.run([sys.executable, "-c", f"{TORCH_RAISES}\nsys.argv = {argv!r}\n"
+                           "from aectl.cli.main import main\nmain()"], capture_output=True, text=True, timeout=300)
+
+
+def test_train_refuses_a_mistyped_option_before_torch_loads(tmp_path, photos):
+    """`aectl train` refused a mistyped option only after importing torch (1.3 s here, more on a slower machine);
+    the options are checked first, here in a process where torch is found but importing it raises."""
     new = ("--data", photos, "--out", tmp_path / "run")
     for args, message in [(("--preset", "bogus", *new), "unknown preset 'bogus'; choose one of"),
                           (("--preset", "factorized", "--steps", "0", *new), "--steps must be positive"),
@@ -101,9 +110,15 @@ sys.meta_path.insert(0, Block())
                           (("--preset", "seed-conv", "--init-from", tmp_path / "none", *new), "--init-from"),
                           (("--out", tmp_path / "run"), "a new run needs --preset and --data"),
                           (("--out", tmp_path / "run", "--resume", "--force"), "--force starts a new run")]:
-        argv = ["aectl", "train", *map(str, args)]
-        proc = subprocess.run([sys.executable, "-c", f"{blocker}\nsys.argv = {argv!r}\n"
-                               "from aectl.cli.main import main\nmain()"], capture_output=True, text=True, timeout=300)
+        proc = run_cli_torch_raises("train", *args)
         assert proc.returncode == 1 and proc.stderr.startswith(f"error: {message}"), (args, proc.stderr)
         assert "blocked for this test" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_verify_refuses_an_unknown_provider_before_torch_loads(trained):
+    """`verify --provider bogus` was refused only after importing torch and the exporter (2.9 s here)."""
+    run, bundle = trained["factorized"]
+    proc = run_cli_torch_raises("verify", bundle, run, "--provider", "bogus")
+    assert proc.returncode == 1 and proc.stderr == "error: unknown provider 'bogus'; choose one of auto, cpu, cuda, " \
+        "tensorrt\n", proc.stderr
