@@ -24,10 +24,21 @@ def aectl_exe() -> str:
     return found
 
 
+# Photos the tests train, calibrate and fit classes on: the first of ../shared/data/photos. Every training or
+# calibrating process decodes its folder whole (all 49 photos: 2-3 s a process, in dozens of processes), and a
+# few steps of training take a few dozen crops.
+TEST_PHOTOS = 12
+
+
 @pytest.fixture(scope="session")
-def photos() -> Path:
+def photos(tmp_path_factory) -> Path:
+    """A folder holding copies of the first TEST_PHOTOS training photos (real photos, fewer of them)."""
     assert PHOTOS.is_dir(), f"training photos not found at {PHOTOS} (set AECTL_TEST_DATA)"
-    return PHOTOS
+    folder = tmp_path_factory.mktemp("photos")
+    for path in sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() == ".png")[:TEST_PHOTOS]:
+        shutil.copyfile(path, folder / path.name)
+    assert len(list(folder.iterdir())) == TEST_PHOTOS, f"{PHOTOS} holds fewer than {TEST_PHOTOS} PNG photos"
+    return folder
 
 
 @pytest.fixture(scope="session")

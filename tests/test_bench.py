@@ -225,12 +225,13 @@ def test_models_of_96_channels_export_folded_and_rebuild_in_torch(photos, kodak,
     (it crashed on those with a KeyError)."""
     from aectl.export import onnx_export
     from aectl.runtime import Codec
+    from aectl.train.loop import TrainConfig, train
     from aectl.train.torch_ref import TorchNetwork
 
     run, bundle, before = tmp_path / "run", tmp_path / "bundle", tmp_path / "before"
-    aectl("train", "--preset", "factorized", "--channels", "96,128", "--data", photos, "--out", run, "--steps", "1",
-          "--batch-size", "1", "--crop", "32", "--fit-steps", "1", "--no-progress")
-    aectl("export", run, "-o", bundle)
+    train(TrainConfig(preset="factorized", channels=(96, 128), data=str(photos), out=str(run), steps=1, batch_size=1,
+                      crop=32, fit_steps=1, seed=0, threads=2), progress=False, log=lambda *_: None)
+    onnx_export.export_bundle(run, bundle, log=lambda *a: None)
     assert _computed_conv_weights(bundle / "encoder.onnx") == _computed_conv_weights(bundle / "decoder.onnx") == 0
     monkeypatch.setattr(onnx_export, "FOLD_LIMIT", 8192)  # the exporter's own limit: a bundle as exported before
     onnx_export.export_bundle(run, before, log=lambda *a: None)

@@ -17,7 +17,7 @@ from aectl.runtime.entropy_coder import (STREAM_SYMBOLS, ChannelTables, EntropyC
                                         stream_spans, trim)
 from aectl.runtime.errors import AectlError
 from aectl.train.checkpoint import build_from_checkpoint, load_checkpoint
-from conftest import ROOT, aectl_exe
+from conftest import PHOTOS, ROOT, aectl_exe
 
 
 def torch_reference(run, image: np.ndarray, codec: Codec) -> tuple[np.ndarray, np.ndarray]:
@@ -39,9 +39,9 @@ def torch_reference(run, image: np.ndarray, codec: Codec) -> tuple[np.ndarray, n
 
 @pytest.mark.parametrize("preset", ["seed-conv", "seed-dense", "factorized"])
 @pytest.mark.parametrize("source", ["kodak", "photos"])
-def test_round_trip_matches_torch_quantised_reconstruction(trained, preset, source, kodak, photos):
+def test_round_trip_matches_torch_quantised_reconstruction(trained, preset, source, kodak):
     run, bundle = trained[preset]
-    path = kodak / "kodim04.png" if source == "kodak" else photos / "017.png"
+    path = kodak / "kodim04.png" if source == "kodak" else PHOTOS / "017.png"  # a photo the tests do not train on
     image = np.asarray(Image.open(path).convert("RGB"))
     if source == "photos":
         image = image[:400, :600]  # keep the dense preset's tile count small

@@ -1051,23 +1051,28 @@ def test_thousand_files_with_bad_ones(trained, tmp_path):
 def test_sigterm_during_training_then_resume_matches_uninterrupted(photos, tmp_path):
     args = ["train", "--preset", "seed-conv", "--data", photos, "--steps", "300", "--batch-size", "4",
             "--seed", "5", "--fit-steps", "3", "--threads", "1", "--checkpoint-every", "0.5"]
-    straight = subprocess.run([aectl_exe(), *args, "--out", tmp_path / "straight"], capture_output=True, text=True)
-    assert straight.returncode == 0, straight.stderr
-    run = tmp_path / "killed"
-    proc = subprocess.Popen([aectl_exe(), *args, "--out", run], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.time() + 120
-    while not (run / "last.pt").exists():  # the first periodic checkpoint
-        assert time.time() < deadline and proc.poll() is None, "no checkpoint, or the run ended before the signal"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
-    assert "checkpoint saved" in err and err.strip().splitlines()[-1] == "error: terminated"
-    stopped_at = torch.load(run / "last.pt", weights_only=False)["step"]
-    assert 0 < stopped_at < 300
-    resumed = subprocess.run([aectl_exe(), *args, "--out", run, "--resume"], capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
+    # The uninterrupted run goes on beside the one stopped (one thread each, the suite's two cores).
+    with open(tmp_path / "straight.log", "w") as log:
+        straight = subprocess.Popen([aectl_exe(), *args, "--out", tmp_path / "straight"], stdout=log, stderr=log)
+    try:
+        run = tmp_path / "killed"
+        proc = subprocess.Popen([aectl_exe(), *args, "--out", run], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        deadline = time.time() + 120
+        while not (run / "last.pt").exists():  # the first periodic checkpoint
+            assert time.time() < deadline and proc.poll() is None, "no checkpoint, or the run ended before the signal"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 143, err
+        assert "checkpoint saved" in err and err.strip().splitlines()[-1] == "error: terminated"
+        stopped_at = torch.load(run / "last.pt", weights_only=False)["step"]
+        assert 0 < stopped_at < 300
+        resumed = subprocess.run([aectl_exe(), *args, "--out", run, "--resume"], capture_output=True, text=True)
+        assert resumed.returncode == 0, resumed.stderr
+        assert straight.wait(timeout=600) == 0, (tmp_path / "straight.log").read_text()
+    finally:
+        straight.kill()
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
     b = torch.load(run / "last.pt", weights_only=False)
     for key in a["model"]:
