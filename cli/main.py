@@ -397,7 +397,9 @@ def doctor() -> None:
     from aectl.cli.show import show_doctor
 
     _needs_stdout("what doctor finds")
-    show_doctor()
+    problem = show_doctor()
+    if problem:  # after the table: a script that checks an install reads the exit status
+        raise AectlError(problem)
 
 
 def _die(message: str, code: int = 1) -> None:

@@ -83,9 +83,11 @@ def _absent(bundle: Path, entry: dict) -> str:
         return " UNREADABLE"
 
 
-def show_doctor() -> None:
+def show_doctor() -> str | None:
+    """Print doctor's table; return why aectl cannot run here at all (no working onnxruntime CPU provider), or
+    None. GPU providers that do not run are reported, not a failure: the CPU serves every command."""
     from aectl.runtime.cores import cpu_quota, default_threads, physical_cores, usable_cpus
-    from aectl.runtime.providers import installed_distributions, usable_providers
+    from aectl.runtime.providers import import_ort, installed_distributions, usable_providers
 
     table = Table(title="aectl doctor", show_header=False)
     table.add_column("item", style="bold")
@@ -97,17 +99,23 @@ def show_doctor() -> None:
     table.add_row("onnxruntime distributions", ", ".join(f"{k} {v}" for k, v in dists.items()) or "none")
     if "onnxruntime" in dists and "onnxruntime-gpu" in dists:
         table.add_row("warning", "onnxruntime and onnxruntime-gpu are both installed and overwrite each other")
-    if dists:
-        try:
-            for name, verdict in usable_providers().items():
-                table.add_row(f"provider {name}", verdict)
-        except AectlError as exc:  # installed but not importable: the reason is what doctor is for
+    problem = None
+    try:
+        import_ort()  # the runtime's own words where onnxruntime is missing or its import fails
+        for name, verdict in usable_providers().items():
+            table.add_row(f"provider {name}", verdict)
+            if name == "cpu" and verdict != "works":
+                problem = f"onnxruntime's CPU provider does not run here: {verdict}"
+    except AectlError as exc:  # installed but not importable: the reason is what doctor is for
+        if dists:
             table.add_row("onnxruntime import", f"fails: {exc}")
+        problem = str(exc)
     cpus, threads = usable_cpus(), default_threads()
     table.add_row("cpu threads", f"{threads or 'onnxruntime chooses'} by default (--threads): {len(cpus)} usable "
                                  f"logical CPUs, {physical_cores(cpus) or 'unknown'} physical cores, cgroup quota "
                                  f"{cpu_quota() or 'none'}")
     console.print(table)
+    return problem
 
 
 def show_aec(path: Path, json_out: bool = False, data: bytes | None = None) -> None:

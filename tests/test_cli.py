@@ -776,6 +776,8 @@ def test_an_onnxruntime_that_fails_to_import_is_said_in_one_line(kodak, tmp_path
     proc = subprocess.run([aectl_exe(), "compress", kodak / "kodim03.png", "-o", tmp_path / "x.aec"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stderr == f"error: {said}\n", proc.stderr
+    # doctor shows it in its table, then says it on stderr and exits 1: aectl cannot run here (it exited 0).
     doctor = subprocess.run([aectl_exe(), "doctor"], env=env, capture_output=True, text=True, timeout=120)
-    assert doctor.returncode == 0 and said in " ".join(doctor.stdout.split()), doctor.stdout + doctor.stderr
+    assert doctor.returncode == 1 and said in " ".join(doctor.stdout.split()), doctor.stdout + doctor.stderr
+    assert doctor.stderr == f"error: {said}\n", doctor.stderr
     assert not (tmp_path / "x.aec").exists()
