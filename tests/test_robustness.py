@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from aectl.runtime import Codec, Decoder, container, load_bundle
+from aectl.runtime import Codec, Decoder, container, load_bundle, tiling
 from aectl.runtime.errors import AectlError
 from conftest import KODAK, aectl_exe
 
@@ -73,10 +73,18 @@ def test_mutated_files_with_repaired_checksums(seed_codec, valid_files, index, e
 
 
 def test_declared_sizes_are_limited_before_allocation(seed_codec, valid_files):
+    """Past the codec's max_pixels (4 Mpx here) the pixel limit refuses a header; within it, the payload (a
+    version 4 file of 1x1 pixels: its bound on the payload's size is loose, its streams do not fit). Tile and
+    latent fields are set as the size needs, so the shape check does not refuse the file first (it did, and the
+    pixel limit went untested)."""
     header, payload, alpha = container.parse(valid_files[0])
-    for w, h in [(1 << 20, 1 << 20), (5000, 5000), (2048, 2048)]:
-        header.width, header.height = w, h
-        with pytest.raises(AectlError, match="exceeds the limit|cannot hold|tile or latent"):
+    assert header.version == 4
+    for w, h, refusal in [(1 << 20, 1 << 20, "exceeds the limit of 4194304"), (5000, 5000, "exceeds the limit"),
+                          (2048, 2048, "^corrupted payload")]:
+        tile = tiling.choose_tile_size(h, w, seed_codec.stride, seed_codec.fixed_size)
+        header.width, header.height, (header.tile_height, header.tile_width) = w, h, tile
+        header.latent_channels, header.latent_height, header.latent_width = seed_codec._latent_tile_shape(*tile)
+        with pytest.raises(AectlError, match=refusal):
             seed_codec.decompress(container.pack(header, payload, alpha))
 
 
