@@ -88,7 +88,9 @@ def test_two_processes_hold_identical_weights_and_match_one_process(photos, tmp_
 def test_resume_with_a_different_world_size(photos, tmp_path, single_run):
     run = tmp_path / "mixed"
     _torchrun(tmp_path, 2, *ARGS, "--data", photos, "--out", run, "--steps", "4")
-    _single(*ARGS, "--data", photos, "--out", run, "--steps", "8", "--resume")
+    resumed = _single(*ARGS, "--data", photos, "--out", run, "--steps", "8", "--resume")
+    # Not begun again: a restart from step 0 also ends near the single run's loss.
+    assert f"resumed {run} at step 4" in resumed.stdout + resumed.stderr, resumed.stdout
     mixed = _ckpt(run)
     assert mixed["step"] == 8 and mixed["run"]["world_size"] == 1
     assert _val_loss(mixed) == pytest.approx(_val_loss(_ckpt(single_run)), rel=TOLERANCE)

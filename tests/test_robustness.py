@@ -1078,6 +1078,8 @@ def test_sigterm_during_training_then_resume_matches_uninterrupted(photos, tmp_p
         assert 0 < stopped_at < 300
         resumed = subprocess.run([aectl_exe(), *args, "--out", run, "--resume"], capture_output=True, text=True)
         assert resumed.returncode == 0, resumed.stderr
+        # Not begun again: with one seed, a restart from step 0 also ends with the straight run's weights.
+        assert f"resumed {run} at step {stopped_at}" in resumed.stdout + resumed.stderr, resumed.stdout
         assert straight.wait(timeout=600) == 0, (tmp_path / "straight.log").read_text()
     finally:
         straight.kill()

@@ -19,9 +19,13 @@ def _cfg(photos, out, **kw):
 
 
 def test_resume_continues_exactly(photos, tmp_path):
+    """Equal weights alone hold for a run that ignored its checkpoint and began again (one seed): the resumed
+    run must also say where it took up."""
     train(_cfg(photos, tmp_path / "straight", steps=6), progress=False, log=lambda *_: None)
     train(_cfg(photos, tmp_path / "split", steps=3), progress=False, log=lambda *_: None)
-    train(_cfg(photos, tmp_path / "split", steps=6, resume=True), progress=False, log=lambda *_: None)
+    lines = []
+    train(_cfg(photos, tmp_path / "split", steps=6, resume=True), progress=False, log=lines.append)
+    assert f"resumed {tmp_path / 'split'} at step 3" in lines, lines
     a = load_checkpoint(tmp_path / "straight")
     b = load_checkpoint(tmp_path / "split")
     assert a["step"] == b["step"] == 6
@@ -34,7 +38,9 @@ def test_stop_at_pauses_without_changing_the_schedule(photos, tmp_path):
     train(_cfg(photos, tmp_path / "straight", steps=10), progress=False, log=lambda *_: None)
     train(_cfg(photos, tmp_path / "paused", steps=10, stop_at=4), progress=False, log=lambda *_: None)
     assert load_checkpoint(tmp_path / "paused")["step"] == 4
-    train(_cfg(photos, tmp_path / "paused", steps=10, resume=True), progress=False, log=lambda *_: None)
+    lines = []
+    train(_cfg(photos, tmp_path / "paused", steps=10, resume=True), progress=False, log=lines.append)
+    assert f"resumed {tmp_path / 'paused'} at step 4" in lines, lines  # not begun again (the same weights too)
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "paused")
     assert a["step"] == b["step"] == 10
     for key, value in a["model"].items():
@@ -53,7 +59,9 @@ def test_resume_takes_the_runs_own_options(photos, tmp_path, monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    train(TrainConfig(out=str(tmp_path / "split"), resume=True), **quiet)
+    lines = []
+    train(TrainConfig(out=str(tmp_path / "split"), resume=True), progress=False, log=lines.append)
+    assert f"resumed {tmp_path / 'split'} at step 3" in lines, lines  # not begun again (the same weights too)
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
     assert a["step"] == b["step"] == 6 and b["config"]["batch_size"] == 4 and b["config"]["seed"] == 3
     assert b["config"]["threads"] == 1
@@ -121,6 +129,7 @@ def test_resume_follows_photos_that_moved(photos, tmp_path):
     notes = []
     train(TrainConfig(out=str(run), resume=True, data=str(new), threads=2), progress=False, log=notes.append)
     assert f"note: the run's training data {old} is gone; training goes on with {new}" in notes
+    assert f"resumed {run} at step 2" in notes, notes  # not begun again (the same weights too)
     assert training_data(load_checkpoint(run)["config"]) == str(new)
     train(_cfg(new, tmp_path / "straight", steps=4), progress=False, log=lambda *_: None)
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(run)
