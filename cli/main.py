@@ -172,7 +172,7 @@ def verify(
                    "export's own parity inputs", err=True)
     if "decoder_ort" in report:
         ort = report["decoder_ort"]
-        typer.echo(f"ok: {ort['file']} matches {source} on {report['provider']}: max |torch - onnxruntime| = "
+        typer.echo(f"ok: {ort['file']} matches {source} on {ort['provider']}: max |torch - onnxruntime| = "
                    f"{ort['max_abs_diff']:.2e} <= {ort['tolerance']:.0e}")
 
 

@@ -335,7 +335,7 @@ def _add_ort_decoder(folder: Path, model, preset: Preset) -> dict:
     from aectl.export.parity import check_decoder_file
 
     convert_to_ort(folder / "decoder.traced.onnx", folder / "decoder.ort")
-    diff = check_decoder_file(folder / "decoder.ort", model, preset)
+    diff = check_decoder_file(folder / "decoder.ort", model, preset)["max_abs_diff"]
     return {"path": "decoder.ort", "precision": "fp32", "sha256": sha256_file(folder / "decoder.ort"),
             "bytes": (folder / "decoder.ort").stat().st_size, "optimization_level": LEVEL, "max_abs_diff": diff}
 

@@ -37,7 +37,8 @@ def check_parity(bundle_dir: str | Path, model, preset: Preset, images: np.ndarr
         cases.append(_compare(net, model, np.ascontiguousarray(x, dtype=np.float32), decoder))
     worst_case = max(cases, key=lambda c: c["max_abs_diff"])
     worst = worst_case["max_abs_diff"]
-    report = {"provider": provider, "tolerance": preset.tolerance, "max_abs_diff": worst, "cases": cases}
+    ran = ", ".join(dict.fromkeys(_provider_name(ep) for ep in net.providers))  # as the sessions ran
+    report = {"provider": ran, "tolerance": preset.tolerance, "max_abs_diff": worst, "cases": cases}
     if worst > preset.tolerance:
         raise AectlError(f"parity failed: max |torch - onnxruntime| = {worst:.3g} > tolerance {preset.tolerance:g} "
                          f"(input shape {worst_case['shape']})")
@@ -111,16 +112,17 @@ def verify_bundle(bundle_dir: str | Path, source: str | Path, provider: str = "c
         report = {"provider": provider, "tolerance": preset.tolerance, "max_abs_diff": 0.0, "cases": [],
                   "checked": "decoder"}
         if precision == "fp32":
-            diff = check_decoder_file(bundle.file(bundle.decoder_role), model, preset, provider)
-            report.update(max_abs_diff=diff, cases=[{"file": bundle.manifest["files"][bundle.decoder_role]["path"],
-                                                     "max_abs_diff": diff}])
+            checked = check_decoder_file(bundle.file(bundle.decoder_role), model, preset, provider)
+            diff = checked["max_abs_diff"]
+            report.update(max_abs_diff=diff, provider=checked["provider"],
+                          cases=[{"file": bundle.manifest["files"][bundle.decoder_role]["path"], "max_abs_diff": diff}])
     if precision != "fp32":
         report["decoder"] = check_variant(bundle.file("decoder"), model, preset, precision,
                                           variant_images(ckpt, images, "--images")["check"], provider=provider)
     checked = "decoder" if precision != "fp32" else bundle.decoder_role
     if "decoder_ort" in bundle.manifest["files"] and checked != "decoder_ort":  # shipped too: said "ok" unchecked
-        diff = check_decoder_file(bundle.file("decoder_ort"), model, preset, provider)
-        report["decoder_ort"] = {"file": bundle.manifest["files"]["decoder_ort"]["path"], "max_abs_diff": diff,
+        report["decoder_ort"] = {"file": bundle.manifest["files"]["decoder_ort"]["path"],
+                                 **check_decoder_file(bundle.file("decoder_ort"), model, preset, provider),
                                  "tolerance": preset.tolerance}
     return report
 
@@ -157,8 +159,22 @@ def _check_stamps(bundle, role: str) -> None:
     check_stamps(bundle, path.name, {p.key: p.value for p in model.metadata_props})
 
 
-def check_decoder_file(path: Path, model, preset: Preset, provider: str = "cpu") -> float:
-    """A single decoder file (e.g. decoder.ort) against torch on an untraced shape; raises over tolerance."""
+def _ran_on(session) -> str:
+    """aectl's name of the provider a session runs on: what verify reports, read from the session, so a check
+    that ran elsewhere than asked says so (the decoder-only and variant checks ran on the CPU whatever was asked,
+    and said the asked provider)."""
+    return _provider_name(session.get_providers()[0])
+
+
+def _provider_name(execution_provider: str) -> str:
+    from aectl.runtime.providers import EXECUTION_PROVIDERS
+
+    return next((name for name, ep in EXECUTION_PROVIDERS.items() if ep == execution_provider), execution_provider)
+
+
+def check_decoder_file(path: Path, model, preset: Preset, provider: str = "cpu") -> dict:
+    """A single decoder file (e.g. decoder.ort) against torch on an untraced shape; raises over tolerance.
+    Returns its max_abs_diff and the provider it ran on."""
     from aectl.runtime.providers import create_session
 
     session = create_session(str(path), provider)
@@ -172,7 +188,7 @@ def check_decoder_file(path: Path, model, preset: Preset, provider: str = "cpu")
     diff = float(np.abs(got - expected).max())
     if diff > preset.tolerance:
         raise AectlError(f"{path.name}: max |torch - onnxruntime| = {diff:.3g} > tolerance {preset.tolerance:g}")
-    return diff
+    return {"max_abs_diff": diff, "provider": _ran_on(session)}
 
 
 def check_variant(path: Path, model, preset: Preset, precision: str, images: list[np.ndarray],
@@ -205,7 +221,7 @@ def check_variant(path: Path, model, preset: Preset, precision: str, images: lis
         cases.append({"shape": list(x.shape), "max_abs_diff": diff, "psnr_db": psnr})
     if not cases:
         raise AectlError("variant parity: no image large enough to check")
-    report = {"precision": precision, "reference": "fp32 torch decoder", "provider": provider, "tolerance": tol,
+    report = {"precision": precision, "reference": "fp32 torch decoder", "provider": _ran_on(session), "tolerance": tol,
               "max_abs_diff": worst, "min_psnr_db": min(psnrs), "cases": cases}
     if worst > tol["max_abs_diff"] or min(psnrs) < tol["min_psnr_db"]:
         raise AectlError(f"{precision} parity failed: max |torch fp32 - {precision}| = {worst:.3g} (tolerance "

@@ -112,3 +112,22 @@ def test_tensorrt_engines_are_cached(tmp_path, monkeypatch, images):
     Codec(SHIPPED[0], provider="tensorrt").compress(images[0][:256, :256])
     cached = list((tmp_path / "aectl" / "trt").iterdir())
     assert cached, "no TensorRT engine or timing cache written"
+
+
+@pytest.mark.parametrize("name", GPU)
+def test_verify_runs_every_check_on_the_asked_gpu(name, trained, photos, tmp_path):
+    """verify's decoder-only and variant checks ran on the CPU whatever was asked, and said the asked provider.
+    Each line now names the provider its sessions ran on, so here, where a GPU runs, a check on the CPU shows
+    (on a machine with the CPU alone the two cannot be told apart: tests/test_precision.py)."""
+    from aectl.export.onnx_export import export_bundle
+    from aectl.runtime.bundle import strip_bundle
+
+    run, fp32 = trained["factorized"]
+    fp16 = tmp_path / "fp16"
+    export_bundle(run, fp16, precision="fp16", calibration=photos, log=lambda *_: None)
+    for bundle in (fp32, strip_bundle(fp32, tmp_path / "stripped").path, fp16):
+        proc = subprocess.run([aectl_exe(), "verify", str(bundle), str(run), "--provider", name, "--images",
+                               str(photos)], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.strip().splitlines()
+        assert lines and all(f" on {name}" in line for line in lines), (bundle.name, proc.stdout)

@@ -310,7 +310,8 @@ def test_without_m_the_least_lossy_decoder_wins_in_one_folder(trained, variants,
 
 def test_verify_runs_every_check_on_the_asked_provider(trained, variants, photos, tmp_path):
     """`verify --provider` reaches the decoder-only and the variant decoder checks too: they ran on the CPU
-    whatever was asked, and said ok for a provider that does not exist."""
+    whatever was asked, and said ok for a provider that does not exist. Each line names the provider its sessions
+    ran on; that a GPU is asked for and used is tests/test_cuda.py's, where one runs."""
     from aectl.runtime.bundle import strip_bundle
 
     run, fp32 = trained["factorized"]
