@@ -105,7 +105,7 @@ def show_doctor() -> str | None:
         for name, verdict in usable_providers().items():
             table.add_row(f"provider {name}", verdict)
             if name == "cpu" and verdict != "works":
-                problem = f"onnxruntime's CPU provider does not run here: {verdict}"
+                problem = f"onnxruntime's CPU provider does not run here: {verdict.removeprefix('fails: ')}"
     except AectlError as exc:  # installed but not importable: the reason is what doctor is for
         if dists:
             table.add_row("onnxruntime import", f"fails: {exc}")

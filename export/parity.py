@@ -160,9 +160,9 @@ def _check_stamps(bundle, role: str) -> None:
 
 
 def _ran_on(session) -> str:
-    """aectl's name of the provider a session runs on: what verify reports, read from the session, so a check
-    that ran elsewhere than asked says so (the decoder-only and variant checks ran on the CPU whatever was asked,
-    and said the asked provider)."""
+    """aectl's name of the provider a session runs on: what verify reports, read from the session rather than
+    repeated from the request, so a check that ran elsewhere than asked would say so (create_session holds each
+    session to the asked provider; the decoder-only and variant checks once ran on the CPU whatever was asked)."""
     return _provider_name(session.get_providers()[0])
 
 

@@ -24,9 +24,9 @@ def aectl_exe() -> str:
     return found
 
 
-# Photos the tests train, calibrate and fit classes on: the first of ../shared/data/photos. Every training or
-# calibrating process decodes its folder whole (all 49 photos: 2-3 s a process, in dozens of processes), and a
-# few steps of training take a few dozen crops.
+# Photos the tests train, calibrate and fit classes on: the first 12 of the data's photos/ (../shared/data's holds
+# 49). Every training or calibrating process decodes its folder whole (all 49: 2-3 s a process, in dozens of
+# processes), and a few steps of training take a few dozen crops.
 TEST_PHOTOS = 12
 
 
@@ -34,10 +34,14 @@ TEST_PHOTOS = 12
 def photos(tmp_path_factory) -> Path:
     """A folder holding copies of the first TEST_PHOTOS training photos (real photos, fewer of them)."""
     assert PHOTOS.is_dir(), f"training photos not found at {PHOTOS} (set AECTL_TEST_DATA)"
+    from aectl.runtime.files import IMAGE_SUFFIXES
+
+    found = sorted(p for p in PHOTOS.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and p.suffix.lower() in IMAGE_SUFFIXES)
+    assert len(found) >= TEST_PHOTOS, f"{PHOTOS} holds {len(found)} photos; the tests need {TEST_PHOTOS}"
     folder = tmp_path_factory.mktemp("photos")
-    for path in sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() == ".png")[:TEST_PHOTOS]:
+    for path in found[:TEST_PHOTOS]:
         shutil.copyfile(path, folder / path.name)
-    assert len(list(folder.iterdir())) == TEST_PHOTOS, f"{PHOTOS} holds fewer than {TEST_PHOTOS} PNG photos"
     return folder
 
 

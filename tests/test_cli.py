@@ -162,7 +162,7 @@ def test_version_prints_the_installed_version():
 def test_doctor_lists_working_cpu_provider():
     proc = aectl("doctor")
     assert "onnxruntime" in proc.stdout
-    assert re.search(r"provider cpu\s*│\s*works\s", proc.stdout), proc.stdout  # on the CPU's own row
+    assert re.search(r"provider cpu\s*[│|]\s*works\s", proc.stdout), proc.stdout  # on the CPU's own row
     from aectl.runtime.cores import default_threads
     assert re.search(rf"\b{default_threads() or 'onnxruntime chooses'} by default", proc.stdout)  # no --threads
 

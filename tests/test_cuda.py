@@ -16,7 +16,7 @@ from aectl.runtime import Codec, container
 from aectl.runtime.metrics import psnr
 from aectl.runtime.providers import EXECUTION_PROVIDERS, probe
 from aectl.runtime.registry import shipped_bundles
-from conftest import aectl_exe
+from conftest import PHOTOS, aectl_exe
 
 SHIPPED = shipped_bundles()
 GPU = [pytest.param(name, marks=pytest.mark.skipif(not probe(name)[0], reason=f"{name}: {probe(name)[1]}"))
@@ -115,14 +115,19 @@ def test_tensorrt_engines_are_cached(tmp_path, monkeypatch, images):
 
 
 @pytest.mark.parametrize("name", GPU)
-def test_verify_runs_every_check_on_the_asked_gpu(name, trained, photos, tmp_path):
-    """verify's decoder-only and variant checks ran on the CPU whatever was asked, and said the asked provider.
-    Each line now names the provider its sessions ran on, so here, where a GPU runs, a check on the CPU shows
-    (on a machine with the CPU alone the two cannot be told apart: tests/test_precision.py)."""
+def test_verify_runs_every_check_on_the_asked_gpu(name, request, tmp_path):
+    """verify's decoder-only and variant checks once ran on the CPU whatever was asked. Each line names the
+    provider its sessions ran on, so here, where a GPU runs, a check on the CPU would show (on a machine with the
+    CPU alone the two cannot be told apart: tests/test_precision.py). It trains and exports, so it needs the
+    training photos and the export extras, which benchmarks/gpu_check.sh does not carry to the GPU machine."""
+    if not PHOTOS.is_dir():
+        pytest.skip(f"training photos not found at {PHOTOS}")
+    pytest.importorskip("onnxscript", reason="the export extras (aectl[train]) are not installed")
     from aectl.export.onnx_export import export_bundle
     from aectl.runtime.bundle import strip_bundle
 
-    run, fp32 = trained["factorized"]
+    photos = request.getfixturevalue("photos")  # after the checks: the fixtures train on them
+    run, fp32 = request.getfixturevalue("trained")["factorized"]
     fp16 = tmp_path / "fp16"
     export_bundle(run, fp16, precision="fp16", calibration=photos, log=lambda *_: None)
     for bundle in (fp32, strip_bundle(fp32, tmp_path / "stripped").path, fp16):

@@ -1126,9 +1126,11 @@ def test_a_broken_onnxruntime_install_is_named_and_an_interrupted_import_is_an_i
         return subprocess.run([aectl_exe(), *map(str, args)], capture_output=True, text=True, timeout=120,
                               env={**os.environ, "PYTHONPATH": str(shadow.parent), "COLUMNS": "300"})
 
-    doctor = run(broken, "doctor")
-    assert doctor.returncode == 0 and "onnxruntime import" in doctor.stdout and "cannot open shared" in \
+    doctor = run(broken, "doctor")  # its table, then the reason on stderr: exit 1, aectl cannot run here
+    assert doctor.returncode == 1 and "onnxruntime import" in doctor.stdout and "cannot open shared" in \
         doctor.stdout and "cpu threads" in doctor.stdout, doctor.stdout + doctor.stderr
+    assert doctor.stderr.startswith("error: onnxruntime ") and doctor.stderr.endswith(
+        "installed, but `import onnxruntime` fails: libonnxruntime.so.1: cannot open shared object file\n"), doctor.stderr
     image = kodak / "kodim01.png"
     compress = run(broken, "compress", image, "-o", tmp_path / "a.aec")
     assert compress.returncode == 1 and "installed, but `import onnxruntime` fails: libonnxruntime.so.1" in \
