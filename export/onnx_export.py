@@ -24,8 +24,8 @@ from aectl.export.graphs import DecoderGraph, EncoderGraph
 from aectl.export.request import CLASS_PHOTOS, VARIANT_PHOTOS, check_export_request, given_folder
 from aectl.export.rewrites import depth_to_space_as_conv_transpose
 from aectl.export.tables import build_tables
-from aectl.runtime.bundle import MAX_TABLE_ENTRIES, entropy_digest
-from aectl.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, MAX_CLASSES, bundle_folder, sha256_file
+from aectl.runtime.bundle import (FORMAT, FORMAT_VERSION, MANIFEST, MAX_CLASSES, MAX_TABLE_ENTRIES, bundle_folder,
+                                  entropy_digest, sha256_file, table_entries)
 from aectl.runtime.errors import AectlError
 from aectl.train.entropy import TAIL_MASS
 from aectl.train.checkpoint import build_from_checkpoint, entropy_fitted, load_checkpoint, training_data
@@ -256,10 +256,10 @@ def _fit_symbols(model, preset: Preset, ckpt: dict, calibration) -> tuple[list[n
 def _check_table_size(tables: dict, classes: int) -> None:
     """The runtime refuses a manifest whose tables pass its cap (runtime/bundle.py MAX_TABLE_ENTRIES): a model of
     thousands of channels with 64 classes was exported whole, its manifest then refused at every use."""
-    sets, widest = 1 + classes, max(len(cdf) for cdf in tables["cdfs"])
-    if sets * len(tables["cdfs"]) * widest > MAX_TABLE_ENTRIES:
-        raise AectlError(f"{len(tables['cdfs'])} channels x tables of up to {widest} entries x {sets} table sets "
-                         f"pass the runtime's {MAX_TABLE_ENTRIES} entries; give fewer --entropy-classes")
+    if table_entries(tables["cdfs"], classes) > MAX_TABLE_ENTRIES:
+        widest = max(len(cdf) for cdf in tables["cdfs"])
+        raise AectlError(f"{len(tables['cdfs'])} channels x tables of up to {widest} entries x {1 + classes} table "
+                         f"sets pass the runtime's {MAX_TABLE_ENTRIES} entries; give fewer --entropy-classes")
 
 
 def _photo_source(given: str | Path | None, option: str) -> tuple[str, str]:

@@ -8,7 +8,6 @@ compression with latent-variable models", ICLR 2019, make the same point about f
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 PRECISION = 16          # bits of probability resolution in the stored tables
@@ -46,5 +45,3 @@ def build_tables(pmf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, medi
         offs.append(offset)
     return {"precision": PRECISION, "tail_mass": tail_mass, "step": float(step),
             "medians": [float(np.float32(m)) for m in medians], "offsets": offs, "cdfs": cdfs}
-
-
