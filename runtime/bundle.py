@@ -37,6 +37,12 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+def table_entries(cdfs: list, classes: int) -> int:
+    """What the entropy coder holds per bundle, held to MAX_TABLE_ENTRIES: a channels x widest-table array of
+    bit costs for the plain tables and for each class's."""
+    return (1 + classes) * len(cdfs) * max(len(cdf) for cdf in cdfs)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -249,8 +255,7 @@ def validate_manifest(m: dict, where: Path) -> None:
     # The coder holds a channels x widest-table array of bit costs per table set (float64): a 1.7 MB manifest
     # of 65535 channels asked numpy for 34 GB. The shipped q7 needs 9 x 128 x 140.
     count = classes.get("count") if isinstance(classes, dict) else None
-    sets = 1 + (count if isinstance(count, int) and count > 0 else 0)
-    need(sets * channels * max(len(cdf) for cdf in ent["cdfs"]) <= MAX_TABLE_ENTRIES,
+    need(table_entries(ent["cdfs"], count if isinstance(count, int) and count > 0 else 0) <= MAX_TABLE_ENTRIES,
          f"entropy tables too large (at most {MAX_TABLE_ENTRIES} entries: table sets x channels x widest table)")
     if classes is not None:
         _check_classes(classes, ent["cdfs"], total, lat["layout"], need)
