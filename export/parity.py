@@ -11,6 +11,7 @@ import torch
 from aectl.runtime.errors import AectlError
 from aectl.runtime.network import Network
 from aectl.runtime.bundle import load_bundle
+from aectl.runtime.providers import provider_name
 from aectl.train.zoo import Preset
 
 BATCHES = (1, 3)
@@ -37,7 +38,7 @@ def check_parity(bundle_dir: str | Path, model, preset: Preset, images: np.ndarr
         cases.append(_compare(net, model, np.ascontiguousarray(x, dtype=np.float32), decoder))
     worst_case = max(cases, key=lambda c: c["max_abs_diff"])
     worst = worst_case["max_abs_diff"]
-    ran = ", ".join(dict.fromkeys(_provider_name(ep) for ep in net.providers))  # as the sessions ran
+    ran = ", ".join(dict.fromkeys(provider_name(ep) for ep in net.providers))  # as the sessions ran
     report = {"provider": ran, "tolerance": preset.tolerance, "max_abs_diff": worst, "cases": cases}
     if worst > preset.tolerance:
         raise AectlError(f"parity failed: max |torch - onnxruntime| = {worst:.3g} > tolerance {preset.tolerance:g} "
@@ -112,9 +113,9 @@ def verify_bundle(bundle_dir: str | Path, source: str | Path, provider: str = "c
         report = {"provider": provider, "tolerance": preset.tolerance, "max_abs_diff": 0.0, "cases": [],
                   "checked": "decoder"}
         if precision == "fp32":
-            checked = check_decoder_file(bundle.file(bundle.decoder_role), model, preset, provider)
-            diff = checked["max_abs_diff"]
-            report.update(max_abs_diff=diff, provider=checked["provider"],
+            result = check_decoder_file(bundle.file(bundle.decoder_role), model, preset, provider)
+            diff = result["max_abs_diff"]
+            report.update(max_abs_diff=diff, provider=result["provider"],
                           cases=[{"file": bundle.manifest["files"][bundle.decoder_role]["path"], "max_abs_diff": diff}])
     if precision != "fp32":
         report["decoder"] = check_variant(bundle.file("decoder"), model, preset, precision,
@@ -148,7 +149,6 @@ def _check_stamps(bundle, role: str) -> None:
     import onnx
 
     from aectl.runtime.bundle import check_stamps
-
     from aectl.runtime.onnx_guard import is_ort_format
 
     path = bundle.file(role, verify=False)
@@ -163,13 +163,7 @@ def _ran_on(session) -> str:
     """aectl's name of the provider a session runs on: what verify reports, read from the session rather than
     repeated from the request, so a check that ran elsewhere than asked would say so (create_session holds each
     session to the asked provider; the decoder-only and variant checks once ran on the CPU whatever was asked)."""
-    return _provider_name(session.get_providers()[0])
-
-
-def _provider_name(execution_provider: str) -> str:
-    from aectl.runtime.providers import EXECUTION_PROVIDERS
-
-    return next((name for name, ep in EXECUTION_PROVIDERS.items() if ep == execution_provider), execution_provider)
+    return provider_name(session.get_providers()[0])
 
 
 def check_decoder_file(path: Path, model, preset: Preset, provider: str = "cpu") -> dict:
@@ -221,8 +215,8 @@ def check_variant(path: Path, model, preset: Preset, precision: str, images: lis
         cases.append({"shape": list(x.shape), "max_abs_diff": diff, "psnr_db": psnr})
     if not cases:
         raise AectlError("variant parity: no image large enough to check")
-    report = {"precision": precision, "reference": "fp32 torch decoder", "provider": _ran_on(session), "tolerance": tol,
-              "max_abs_diff": worst, "min_psnr_db": min(psnrs), "cases": cases}
+    report = {"precision": precision, "reference": "fp32 torch decoder", "provider": _ran_on(session),
+              "tolerance": tol, "max_abs_diff": worst, "min_psnr_db": min(psnrs), "cases": cases}
     if worst > tol["max_abs_diff"] or min(psnrs) < tol["min_psnr_db"]:
         raise AectlError(f"{precision} parity failed: max |torch fp32 - {precision}| = {worst:.3g} (tolerance "
                          f"{tol['max_abs_diff']:g}), least PSNR {min(psnrs):.1f} dB (tolerance {tol['min_psnr_db']:g} dB)")

@@ -25,6 +25,11 @@ EXECUTION_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProv
 GPU_DEVICE_ID = 0  # one GPU per process; CUDA_VISIBLE_DEVICES picks which
 
 
+def provider_name(execution_provider: str) -> str:
+    """aectl's name ("cpu", "cuda", "tensorrt") of an onnxruntime execution provider; others as they are."""
+    return next((name for name, ep in EXECUTION_PROVIDERS.items() if ep == execution_provider), execution_provider)
+
+
 def installed_distributions() -> dict[str, str]:
     """onnxruntime distributions installed in this environment, name -> version."""
     found = {}
