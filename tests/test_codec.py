@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -532,19 +533,38 @@ def test_16_bit_gray_alpha_png_comes_back_gray_alpha(trained, kodak, tmp_path):
 
 
 def test_every_single_byte_flip_is_rejected(small_file):
+    """docs/robustness.md: the magic or the version is named first, a size field's flip as the sizes it breaks,
+    anything else by the checksum; always one line."""
     codec, data = small_file
     for i in range(len(data)):
         bad = bytearray(data)
         bad[i] ^= 0xFF
-        with pytest.raises(AectlError):
+        with pytest.raises(AectlError) as err:
             codec.decompress(bytes(bad))
+        message = str(err.value)
+        if i < 4:
+            assert message == "not an .aec file (bad magic bytes)", (i, message)
+        elif i == 4:
+            assert re.fullmatch(r"\.aec format version \d+ is not supported \(this aectl reads versions [\d, ]+\)",
+                                message), message
+        else:
+            assert re.fullmatch(r"corrupted \.aec file \(checksum mismatch\)|truncated \.aec file \(\d+ of \d+ "
+                                r"bytes\)|corrupted \.aec file \(\d+ unexpected bytes? after the end\)", message), \
+                (i, message)
 
 
 def test_every_truncation_is_rejected(small_file):
+    """Each length names what is missing (docs/robustness.md lists these messages)."""
     codec, data = small_file
     for n in range(len(data)):
-        with pytest.raises(AectlError):
+        with pytest.raises(AectlError) as err:
             codec.decompress(data[:n])
+        expected = ("empty file, not an .aec file" if n == 0 else
+                    "not an .aec file (bad magic bytes)" if n < 4 else
+                    "truncated .aec file (no version)" if n == 4 else
+                    f"truncated .aec file ({n} bytes, the header alone needs 60)" if n < 60 else
+                    f"truncated .aec file ({n} of {len(data)} bytes)")
+        assert str(err.value) == expected, (n, str(err.value))
     with pytest.raises(AectlError, match=r"\(1 unexpected byte after the end\)"):  # it said "1 unexpected bytes"
         codec.decompress(data + b"\0")
 
