@@ -258,6 +258,13 @@ def test_decompress_fits_16_bit_gray_to_8_bit_formats_and_fails_per_file_where_p
     assert np.array_equal(np.asarray(Image.open(tmp_path / "bmp" / "gray16.bmp")), sixteen // 257)
     aectl("decompress", tmp_path / "aec" / "gray16.aec", "-o", tmp_path / "gray16.pgm")  # 16-bit PGM (it was 8)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "gray16.pgm"), dtype=np.uint32), sixteen)
+    # The formats that came out all white, written as decompress writes them (in-process: three starts saved).
+    from aectl.runtime.image_io import write_image
+
+    for suffix, tolerance in ((".gif", 0), (".webp", 12), (".avif", 12)):  # GIF is lossless for gray
+        write_image(tmp_path / f"gray16{suffix}", Image.open(tmp_path / "png" / "gray16.png"))
+        written = np.asarray(Image.open(tmp_path / f"gray16{suffix}").convert("L"), dtype=np.int32)
+        assert np.abs(written - sixteen // 257).max() <= tolerance, suffix
     proc = aectl("decompress", tmp_path / "aec", "-o", tmp_path / "qoi", "--format", "qoi", "--json", check=False)
     report = json.loads(proc.stdout)
     assert proc.returncode == 1 and report["ok"] == 1 and report["failed"] == 1
@@ -347,7 +354,9 @@ def test_names_that_are_not_files_are_told_as_such(kodak, tmp_path):
     for args in [("compress", "x.png", "-m", ""), ("decompress", "x.aec", "-m", ""), ("bench", "--images", ""),
                  ("bench", "--images", ".", "--save", ""), ("eval", "--data", "", "-o", "e"),
                  ("eval", "--data", ".", "-o", ""), ("export", "run", "-o", ""),
-                 ("train", "--data", ".", "--out", "r", "--init-from", "")]:
+                 ("train", "--data", ".", "--out", "r", "--init-from", ""), ("bench", "--images", ".", "-m", ""),
+                 ("eval", "--data", ".", "-o", "e", "-m", ""),
+                 ("train", "--data", "stl10", "--out", "r", "--data-root", "")]:
         proc = subprocess.run([aectl_exe(), *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and proc.stderr.startswith("error: Invalid value for '--") and \
             proc.stderr.endswith("': \"\": give a file or a folder (. for this one)\n"), (args, proc.stderr)

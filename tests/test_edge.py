@@ -117,6 +117,9 @@ def test_edge_service_returns_png(edge_files):
         assert (err.value.code, err.value.headers["Allow"], err.value.headers["Content-Type"]) == \
             (405, "POST", "text/plain")
         assert err.value.read() == b"error: GET is not allowed; use POST /decode\n"
+        with pytest.raises(urllib.error.HTTPError) as err:  # a HEAD gets the same headers, and no body
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=60)
+        assert (err.value.code, err.value.headers["Allow"]) == (405, "POST") and err.value.read() == b""
         with socket.create_connection((host, int(port)), timeout=60) as raw:  # a client that leaves early
             raw.sendall(b"POST /decode HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=60) as resp:
@@ -126,6 +129,42 @@ def test_edge_service_returns_png(edge_files):
         _, stderr = server.communicate(timeout=30)
     assert stderr == "", "no traceback, for a client that left before its answer either"
     assert server.returncode == 0, "SIGTERM (docker stop, systemd) stops it as Ctrl-C does; it died by the signal"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (proc(5): fields 14 and 15 of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads a process's CPU time from /proc")
+def test_edge_service_stops_mid_decode_on_sigterm(edge_files, trained, kodak):
+    """SIGTERM (docker stop, systemd) while a file decodes stops the service at once, exit 0 and nothing on
+    stderr, as Ctrl-C does (it died by the signal, 143); the client's connection closes without an answer. The
+    signal is sent once the service has spent 0.2 s of CPU on the request, i.e. while it decodes."""
+    _, stripped, _, _ = edge_files
+    _, bundle = trained["factorized"]
+    photo = np.asarray(Image.open(kodak / "kodim01.png").convert("RGB"))
+    big = Codec(bundle, provider="cpu").compress(np.tile(photo, (6, 4, 1)))  # 3072x3072
+    server = subprocess.Popen([EDGE_PYTHON or sys.executable, str(ROOT / "examples" / "edge_client.py"), "--bundle",
+                               str(stripped), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        host, port = server.stdout.readline().split()[-1].split("/")[2].split(":")
+        with socket.create_connection((host, int(port)), timeout=60) as raw:
+            raw.sendall(b"POST /decode HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
+            start, deadline = _cpu_seconds(server.pid), time.monotonic() + 60
+            while _cpu_seconds(server.pid) - start < 0.2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            server.terminate()
+            try:
+                answer = _read_answer(raw)
+            except ConnectionResetError:
+                answer = b""
+        assert answer == b"", answer[:200]  # stopped before its answer: the signal came mid-decode
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=30)
+    assert server.returncode == 0 and stderr == "", (server.returncode, stderr)
 
 
 def _raw_request(address, head: bytes, body: bytes = b"") -> bytes:

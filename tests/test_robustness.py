@@ -156,6 +156,12 @@ def _widen(manifest: dict, total: int) -> None:
                                cdfs=[wide] + [manifest["entropy"]["cdfs"][0]] * (channels - 1))
 
 
+def _swap_inner(cdf: list) -> None:
+    """A decrease inside a table whose ends stay 0 and 2**precision (a reversed table fails on its ends)."""
+    assert len(cdf) >= 4
+    cdf[1], cdf[2] = cdf[2], cdf[1]
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m["files"]["decoder"].update(path="../decoder.onnx"), "inside the bundle"),
     (lambda m: m["files"]["decoder"].update(path="/etc/passwd"), "inside the bundle"),
@@ -163,7 +169,8 @@ def _widen(manifest: dict, total: int) -> None:
     (lambda m: m["files"]["decoder"].update(sha256="0" * 64), "sha256"),
     (lambda m: m["entropy"].update(precision=40), "precision"),
     (lambda m: m["entropy"].update(step=-1.0), "step"),
-    (lambda m: m["entropy"]["cdfs"][0].reverse(), "cdfs"),
+    (lambda m: m["entropy"]["cdfs"][0].reverse(), "cdfs"),  # its ends are wrong first: "must start at 0"
+    (lambda m: _swap_inner(m["entropy"]["cdfs"][0]), r"entropy\.cdfs\[0\] must be strictly increasing"),
     (lambda m: m["entropy"]["medians"].pop(), "medians"),
     (lambda m: m["entropy"]["offsets"].__setitem__(0, 2**30), "offsets"),
     (lambda m: m["latent"].update(channels=0), "latent.channels"),
@@ -178,6 +185,8 @@ def _widen(manifest: dict, total: int) -> None:
     # (65,535 channels: a 1.7 MB manifest asked numpy for 34 GB)
     (lambda m: m["entropy"]["medians"].__setitem__(0, 10**400), "entropy.medians must be finite numbers"),
     (lambda m: m["input"].update(stride=48), "input.stride must divide 1024"),
+    (lambda m: m["input"].update(stride=1000), "input.stride must divide 1024"),
+    (lambda m: m["files"]["decoder"].update(path="a" * 300), "cannot read a{300}: File name too long"),
     (lambda m: _widen(m, 1 << m["entropy"]["precision"]), "entropy tables too large"),
 ])
 def test_hostile_manifests_are_refused(trained, tmp_path, edit, message):
@@ -276,6 +285,20 @@ def test_onnx_external_data_is_refused_even_with_a_matching_hash(trained, tmp_pa
     _write_manifest(folder, manifest)
     with pytest.raises(AectlError, match="decoder.bin: ONNX file stores tensors as external data"):
         Decoder(folder, provider="cpu").decode(np.zeros((1, 24, 1, 1), np.float32))
+    (folder / "decoder.bin").rename(folder / "decoder.ort")  # the ORT format's own name: told by its bytes
+    manifest["files"]["decoder"]["path"] = "decoder.ort"
+    _write_manifest(folder, manifest)
+    with pytest.raises(AectlError, match="decoder.ort: ONNX file stores tensors as external data"):
+        Decoder(folder, provider="cpu").decode(np.zeros((1, 24, 1, 1), np.float32))
+    # A review of those fixes: "ORTM" planted at bytes 4-8 makes the file read as ORT format, so the ONNX walk is
+    # skipped; onnxruntime then refuses it as an ORT model, so nothing is read from outside.
+    planted = bytearray((folder / "decoder.ort").read_bytes())
+    planted[4:8] = b"ORTM"
+    (folder / "decoder.ort").write_bytes(bytes(planted))
+    manifest["files"]["decoder"].update(sha256=hashlib.sha256(planted).hexdigest(), bytes=len(planted))
+    _write_manifest(folder, manifest)
+    with pytest.raises(AectlError, match="onnxruntime cannot load the model"):
+        Decoder(folder, provider="cpu").decode(np.zeros((1, 24, 1, 1), np.float32))
 
 
 def test_external_data_in_a_functions_attribute_defaults_is_refused():
@@ -316,6 +339,19 @@ def test_external_data_in_a_functions_attribute_defaults_is_refused():
     training.training_info.add().initialization.CopyFrom(helper.make_graph([], "init", [], [], [tensor]))
     with pytest.raises(AectlError, match="external data"):
         check_self_contained(training.SerializeToString())
+    # The review's other places onnxruntime reads tensors from: sparse initializers, and subgraphs inside a
+    # function's nodes. A graph without external data passes.
+    sparse = onnx.SparseTensorProto(values=tensor, indices=helper.make_tensor("i", TensorProto.INT64, [1], [0]),
+                                    dims=[4])
+    inner = helper.make_graph([], "inner", [], [helper.make_tensor_value_info("w", TensorProto.UINT8, [4])], [tensor])
+    branch = helper.make_function("local", "B", ["c"], ["y"],
+                                  [helper.make_node("If", ["c"], ["y"], then_branch=inner, else_branch=inner)],
+                                  [helper.make_opsetid("", 17)], [])
+    for hidden in (helper.make_model(helper.make_graph([], "g", [], [], sparse_initializer=[sparse])),
+                   helper.make_model(helper.make_graph([], "g", [], []), functions=[branch])):
+        with pytest.raises(AectlError, match="external data"):
+            check_self_contained(hidden.SerializeToString())
+    check_self_contained(helper.make_model(helper.make_graph([], "g", [], [])).SerializeToString())
 
 
 def test_tampered_model_is_refused_before_a_session_exists(trained, tmp_path):
@@ -647,7 +683,8 @@ def test_full_disk_fails_cleanly(trained, tmp_path):
     proc = subprocess.run([aectl_exe(), "compress", KODAK / "kodim07.png", "-m", bundle, "-o", out, "--provider",
                            "cpu"], capture_output=True, text=True, preexec_fn=limit)
     assert proc.returncode == 1
-    assert "cannot write" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr == f"error: {KODAK / 'kodim07.png'}: cannot write {out / 'kodim07.aec'}: File too large\n", \
+        proc.stderr
     assert not out.exists() or not list(out.iterdir()), "no partial or temporary file"
 
 
@@ -1186,6 +1223,49 @@ def test_interrupt_right_after_the_temporary_file_exists_leaves_nothing(tmp_path
         atomic_write(tmp_path / "out.aec", b"payload")
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
+
+
+# Run as `python SCRIPT SIGNAL aectl-args...`: torch.export.export receives the signal and wraps the interrupt the
+# CLI's handler raises in its own error, as torch does where a signal lands inside its tracing (by hand, 2.3-2.5 s
+# into an export: 2 of 6 tries gave an internal error before the fix).
+_SIGNAL_INSIDE_TORCH_EXPORT = """
+import os, sys, time
+import torch.export
+SIGNAL = int(sys.argv.pop(1))
+
+def export(*args, **kwargs):
+    try:
+        os.kill(os.getpid(), SIGNAL)
+        time.sleep(30)
+    except KeyboardInterrupt as stop:
+        raise RuntimeError("tracing failed") from stop
+
+torch.export.export = export
+from aectl.cli.main import main
+sys.argv[0] = "aectl"
+main()
+"""
+
+
+def test_a_signal_inside_torch_export_ends_export_as_a_signal(trained, tmp_path):
+    """`aectl export` stopped by Ctrl-C or SIGTERM inside torch.export said `internal error: TorchExportError`,
+    exit 1; it says `interrupted` (130) or `terminated` (143), and leaves no bundle or temporary folder."""
+    import sys
+
+    script = tmp_path / "signal_inside_export.py"
+    script.write_text(_SIGNAL_INSIDE_TORCH_EXPORT)
+    run = trained["seed-conv"][0]
+    out = tmp_path / "out"
+    out.mkdir()
+    stops = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated")}
+    procs = {sig: subprocess.Popen([sys.executable, str(script), str(int(sig)), "export", str(run), "-o",
+                                    str(out / f"b{int(sig)}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True) for sig in stops}
+    for sig, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        code, word = stops[sig]
+        assert (proc.returncode, stderr) == (code, f"error: {word}\n"), (sig, proc.returncode, stderr)
+    assert list(out.iterdir()) == [], "no bundle and no temporary folder"
 
 
 def test_an_interrupt_wrapped_by_the_exporter_is_still_an_interrupt():

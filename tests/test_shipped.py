@@ -312,15 +312,22 @@ def test_eval_writes_its_report_whole_or_not_at_all(kodak, tmp_path):
 
 
 def test_eval_says_why_a_bd_rate_is_missing(kodak, tmp_path):
-    """A curve of one model point has no BD-rate; the console said only "n/a" (the reason was in results.json)."""
+    """A curve of one model point has no BD-rate; the console said only "n/a" (the reason was in results.json).
+    A flat image beside the photo, which JPEG codes losslessly, keeps results.json strict JSON: an infinite PSNR
+    is null (it was written as Infinity, which strict parsers refuse)."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "kodim03.png").symlink_to(kodak / "kodim03.png")
+    Image.new("RGB", (192, 192), (128, 128, 128)).save(data / "flat.png")  # 176 a side at least, for MS-SSIM
     from aectl.runtime.registry import shipped_bundle
 
     shown = aectl("eval", "-m", shipped_bundle(1), "--data", data, "--baselines", "jpeg", "-o", tmp_path / "e").stdout
     why = "each curve needs at least four (rate, quality) points"
     assert f"factorized vs jpeg: BD-rate n/a (PSNR: {why}), n/a (MS-SSIM: {why})" in shown.splitlines()
+    results = json.loads((tmp_path / "e" / "results.json").read_text(),
+                         parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    lossless = [row for row in results["per_image"] if row["image"] == "flat.png" and row["psnr"] is None]
+    assert lossless and all(row["codec"] == "jpeg" for row in lossless)
 
 
 def _piped(*args, data: bytes = b"", stdout=subprocess.PIPE):
