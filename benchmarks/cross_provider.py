@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--a", default="cuda")
     parser.add_argument("--b", default="cpu")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "kodak-dev")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=bench_script.at_least(1), default=3)
     parser.add_argument("--json", type=bench_script.output_file, default=None, help="also write the full report here")
     args = parser.parse_args()
     bundle = args.bundle or shipped_bundle()  # the default quality, as `aectl compress` without -m

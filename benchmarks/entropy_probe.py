@@ -109,8 +109,8 @@ def main() -> None:
     parser = bench_script.parser(__doc__)
     parser.add_argument("bundle", nargs="?", type=Path, default=ROOT / "models" / "factorized-q4")
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "kodak-dev")
-    parser.add_argument("--passes", type=int, default=30)
-    parser.add_argument("--cache-passes", type=int, default=6)
+    parser.add_argument("--passes", type=bench_script.at_least(1), default=30)
+    parser.add_argument("--cache-passes", type=bench_script.at_least(1), default=6)
     parser.add_argument("--json", type=bench_script.output_file)
     args = parser.parse_args()
 

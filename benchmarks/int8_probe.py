@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=Path, default=ROOT.parent / "shared" / "data" / "photos")
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "kodak-dev")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=bench_script.at_least(1), default=9)
     parser.add_argument("--json", type=bench_script.output_file)
     args = parser.parse_args()
 

@@ -84,8 +84,8 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "kodak-dev")
     parser.add_argument("--count", type=int, default=3, help="images decoded per run")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--top", type=int, default=25, help="nodes listed per decoder")
+    parser.add_argument("--runs", type=bench_script.at_least(1), default=5)
+    parser.add_argument("--top", type=bench_script.at_least(1), default=25, help="nodes listed per decoder")
     parser.add_argument("--json", type=bench_script.output_file)
     args = parser.parse_args()
 

@@ -64,7 +64,7 @@ def main() -> None:
     parser = bench_script.parser(__doc__)
     parser.add_argument("--bundle", type=Path, default=ROOT / "models" / "factorized-q4")
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=bench_script.at_least(1), default=7)
     parser.add_argument("--big", default="2500x3000", help="HxW of the tiled image for the arena memory test")
     parser.add_argument("--json", type=bench_script.output_file)
     args = parser.parse_args()

@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("bundles", nargs="+", type=Path, help="the fp32 bundle first, then its variants")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "kodak-dev")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=bench_script.at_least(1), default=5)
     parser.add_argument("--json", type=bench_script.output_file)
     args = parser.parse_args()
 

@@ -47,3 +47,11 @@ def test_arguments_are_checked_before_measuring(tmp_path):
     assert proc.returncode == 2 and "--big 256: give HxW" in proc.stderr
     proc = run("kodak_rate", str(ROOT / "models" / "factorized-q1"), "--data", str(tmp_path))
     assert proc.returncode == 1 and proc.stderr.splitlines() == [f"error: --data {tmp_path}: no .png images there"]
+    # Counts of rounds, repeats and passes that leave nothing to take a median of: an IndexError after the set-up
+    # (spinning_probe), or a failure after all the calibrating and timing (int8_probe, precision, ort_knobs).
+    for script, args in [("int8_probe", ["--rounds", "0"]), ("spinning_probe", ["--rounds", "0"]),
+                         ("ort_knobs", ["--repeats", "0"]), ("precision", ["a", "b", "--repeats", "0"]),
+                         ("entropy_probe", ["--passes", "0"]), ("entropy_probe", ["--cache-passes", "0"]),
+                         ("node_profile", ["--runs", "0"]), ("cross_provider", ["--repeat", "0"])]:
+        proc = run(script, *args)
+        assert proc.returncode == 2 and f"{args[-2]}: 0: give at least 1" in proc.stderr, (script, proc.stderr)
