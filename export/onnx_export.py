@@ -24,7 +24,7 @@ from aectl.export.graphs import DecoderGraph, EncoderGraph
 from aectl.export.request import CLASS_PHOTOS, VARIANT_PHOTOS, check_export_request, given_folder
 from aectl.export.rewrites import depth_to_space_as_conv_transpose
 from aectl.export.tables import build_tables
-from aectl.runtime.bundle import (FORMAT, FORMAT_VERSION, MANIFEST, MAX_CLASSES, MAX_TABLE_ENTRIES, bundle_folder,
+from aectl.runtime.bundle import (FORMAT, FORMAT_VERSION, MANIFEST, MAX_TABLE_ENTRIES, bundle_folder,
                                   entropy_digest, sha256_file, table_entries)
 from aectl.runtime.errors import AectlError
 from aectl.train.entropy import TAIL_MASS
@@ -168,10 +168,9 @@ def export_bundle(source: str | Path, out_dir: str | Path, force: bool = False,
     if precision == "int8" and preset.name.startswith("seed"):  # failed inside onnxruntime or on a missing node
         raise AectlError(f"--precision int8 is made for the factorized models' decoders, not {preset.name}; "
                          "use fp16 or fp32")
-    if entropy_classes and (preset.fixed_size is not None or not 2 <= entropy_classes <= MAX_CLASSES):
-        raise AectlError(f"--entropy-classes {entropy_classes}: give 2..{MAX_CLASSES} for a fully convolutional "
-                         f"model, or 0 (preset {preset.name} {'has' if preset.fixed_size else 'does not have'} a "
-                         "fixed input size)")
+    if entropy_classes and preset.fixed_size is not None:  # one latent vector per image: no positions to classify
+        raise AectlError(f"--entropy-classes {entropy_classes}: {preset.name} takes a fixed input size, and class "
+                         "maps are for fully convolutional models; give 0")
     photos = variant_images(ckpt, calibration) if precision != "fp32" else None
     side = preset.fixed_size or 4 * preset.stride
     example = torch.rand(TRACE_BATCH, 3, side, side, generator=torch.Generator().manual_seed(0))

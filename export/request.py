@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aectl.runtime.bundle import PRECISIONS, check_output_folder
+from aectl.runtime.bundle import MAX_CLASSES, PRECISIONS, check_output_folder
 from aectl.runtime.errors import AectlError
 
 # What the photos of --calibration are for, said when the folder is missing.
@@ -27,6 +27,8 @@ def check_export_request(source: str | Path, out_dir: str | Path, force: bool, p
     """The options' own errors, and an output folder that is taken; what needs the checkpoint comes later."""
     if precision not in PRECISIONS:
         raise AectlError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if entropy_classes and not 2 <= entropy_classes <= MAX_CLASSES:
+        raise AectlError(f"--entropy-classes {entropy_classes}: give 2..{MAX_CLASSES}, or 0 for none")
     if precision != "fp32" and ort:
         raise AectlError("--ort is only made for fp32 decoders; export the ORT format from an fp32 bundle")
     check_output_folder(Path(out_dir), force, Path(source))  # before the slow work; bundle_folder checks again

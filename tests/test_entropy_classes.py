@@ -120,9 +120,17 @@ def test_export_refuses_tables_the_runtime_would_refuse_before_fitting_classes(t
 
 
 def test_dense_models_cannot_take_classes(trained, tmp_path):
+    """Each refusal says its own reason: the range's refusal read "(preset factorized does not have a fixed input
+    size)", as if that were why 1 class was refused."""
+    from aectl.export.onnx_export import export_bundle
+
     run, _ = trained["seed-dense"]
     proc = aectl("export", run, "-o", tmp_path / "b", "--entropy-classes", 8, check=False)
-    assert proc.returncode != 0 and proc.stderr.count("\n") == 1 and "--entropy-classes" in proc.stderr
+    assert proc.returncode == 1 and proc.stderr == "error: --entropy-classes 8: seed-dense takes a fixed input " \
+        "size, and class maps are for fully convolutional models; give 0\n", proc.stderr
+    for classes in (1, 65):
+        with pytest.raises(AectlError, match=rf"^--entropy-classes {classes}: give 2\.\.64, or 0 for none$"):
+            export_bundle(trained["factorized"][0], tmp_path / "b", entropy_classes=classes, log=lambda *_: None)
     assert not (tmp_path / "b").exists()
 
 
