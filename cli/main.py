@@ -27,10 +27,11 @@ def _path(value: str) -> Path:
 
 PATH = {"parser": _path, "metavar": "<path>"}  # for every Path option below
 
-THREADS_HELP = ("onnxruntime intra-op threads (default: one per physical core this process may use; 0: "
-                "onnxruntime's own choice, which pins its threads)")
+THREADS_HELP = ("onnxruntime intra-op threads, 1..4 per CPU (default: one per physical core this process may "
+                "use; 0: onnxruntime's own choice, which pins its threads)")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Learned image compression: train in PyTorch, export to ONNX, compress with onnxruntime.")
 
 
@@ -63,9 +64,10 @@ def train(
     preset: Optional[str] = typer.Option(None, help="seed-conv, seed-dense or factorized (a resumed run: its own)"),
     data: Optional[str] = typer.Option(None, help="folder of images (recursive), or 'stl10' with --data-root "
                                        "(a resumed run: its own)"),
-    out: str = typer.Option(..., help="run directory for checkpoints and logs"),
-    steps: Optional[int] = typer.Option(None, help="total optimisation steps"),
-    epochs: Optional[int] = typer.Option(None, help="total epochs (an epoch covers the training pixels once)"),
+    out: str = typer.Option(..., "--out", "-o", help="run directory for checkpoints and logs"),
+    steps: Optional[int] = typer.Option(None, help="total optimisation steps, or --epochs (default: one epoch)"),
+    epochs: Optional[int] = typer.Option(None, help="total epochs, or --steps (an epoch covers the training "
+                                         "pixels once)"),
     batch_size: Optional[int] = typer.Option(None, help="default: the preset's"),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate; default: the preset's"),
     seed: Optional[int] = typer.Option(None, help="makes runs repeatable; default 0"),
@@ -73,11 +75,12 @@ def train(
     resume: bool = typer.Option(False, help="continue the run in --out exactly where it stopped, with the options "
                                 "it was started with"),
     force: bool = typer.Option(False, help="start a new run in --out, replacing the run files already there"),
-    quality: Optional[int] = typer.Option(None, "--quality", "-q", help="factorized: 1..8 (lambda, N/M table)"),
+    quality: Optional[int] = typer.Option(None, "--quality", "-q", help="factorized: 1..8 (lambda, N/M table); default 3"),
     channels: Optional[str] = typer.Option(None, help="factorized: N,M channel counts, overriding the quality's"),
     crop: Optional[int] = typer.Option(None, help="training crop side; default: the preset's"),
     data_root: Optional[Path] = typer.Option(None, **PATH, help="with --data stl10: folder holding stl10_binary/"),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads, 1..4 per CPU (default: torch's own; a "
+                                          "resumed run: its own)"),
     fit_steps: Optional[int] = typer.Option(None, help="steps fitting the entropy model: seed presets after "
                                             "training, --init-from BUNDLE before it; default 1000"),
     init_from: Optional[Path] = typer.Option(None, **PATH, help="start from the weights of another run, checkpoint or "
@@ -117,13 +120,16 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", **PATH, help="bundle directory to write"),
     force: bool = typer.Option(False, help="replace an existing bundle"),
     decoder_only: bool = typer.Option(False, "--decoder-only", help="write an edge bundle: decoder and manifest only"),
-    ort: bool = typer.Option(False, "--ort", help="also write decoder.ort (ORT format, for mobile/minimal builds)"),
-    precision: str = typer.Option("fp32", help="decoder precision: fp32, fp16 or int8 (the encoder stays fp32)"),
+    ort: bool = typer.Option(False, "--ort", help="also write decoder.ort (ORT format, for mobile/minimal builds; fp32 "
+                             "only)"),
+    precision: str = typer.Option("fp32", help="decoder precision: fp32, fp16 or int8 (the encoder stays fp32; int8 for "
+                                 "factorized models)"),
     calibration: Optional[str] = typer.Option(None, help="--precision int8/fp16 and --entropy-classes: folder of "
                                               "real photos to calibrate, check and fit on; default: the run's "
                                               "training data"),
     entropy_classes: int = typer.Option(0, "--entropy-classes", help="fit this many classified entropy tables "
-                                        "(8 for the shipped models; smaller files, same pictures); 0: off"),
+                                        "(2..64, 8 for the shipped models; smaller files, same pictures; fully "
+                                        "convolutional models only); 0: off"),
 ) -> None:
     """Export a checkpoint to encoder.onnx + decoder.onnx + manifest.json, verified against torch."""
     from aectl.export.request import check_export_request
@@ -239,9 +245,9 @@ def compress(
                                          help="bundle directory; default: a shipped model"),
     quality: Optional[int] = typer.Option(None, "--quality", "-q", help="shipped model quality (see `aectl models`); "
                                           "default: 4"),
-    max_bytes: Optional[int] = typer.Option(None, help="use the best shipped quality whose file fits in this many bytes"),
-    max_bpp: Optional[float] = typer.Option(None, help="use the best shipped quality whose file fits in this many "
-                                            "bits per pixel"),
+    max_bytes: Optional[int] = typer.Option(None, help="per image, the best shipped quality (with -m: that "
+                                            "bundle only) whose file fits in this many bytes; not with -q"),
+    max_bpp: Optional[float] = typer.Option(None, help="the same as --max-bytes, in bits per pixel"),
     out: Optional[str] = typer.Option(None, "--out", "-o", metavar="<path>",
                                       help="output directory (or .aec file for one input; - for standard output); "
                                            "default: next to each input (standard output for -)"),
@@ -252,7 +258,8 @@ def compress(
     max_pixels: int = typer.Option(1 << 28, help="refuse images larger than this many pixels"),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="stop at the first file that fails"),
     engine: str = typer.Option("local", help="local, or ray (Ray Data on $RAY_ADDRESS or a local Ray)"),
-    workers: Optional[int] = typer.Option(None, help="--engine ray: parallel workers (each loads the bundle once)"),
+    workers: Optional[int] = typer.Option(None, help="--engine ray: parallel workers (each loads the bundle once, and "
+                                         "runs 1 onnxruntime thread unless --threads says); default 1"),
     format_version: Optional[int] = typer.Option(None, "--format-version", help=".aec format version to write; "
                                                  "default: the current (4); 1, 2 or 3 for decoders of older "
                                                  "aectl releases (docs/aec-format.md)"),
@@ -272,9 +279,9 @@ def compress(
 def decompress(
     inputs: list[str] = typer.Argument(..., help=".aec files or directories (recursive); - reads standard input"),
     out: Optional[str] = typer.Option(None, "--out", "-o", metavar="<path>",
-                                      help="output directory (or image file for one input; - for standard output, "
-                                           "as --format, default png); default: next to each input (standard output "
-                                           "for -)"),
+                                      help="output directory (or image file for one input; - writes standard "
+                                           "output, in --format, default png); default: next to each input "
+                                           "(standard output for -)"),
     model: Optional[Path] = typer.Option(None, "--model", "-m", **PATH,
                                          help="bundle; default: found by the file's model id"),
     provider: str = typer.Option("auto", help="onnxruntime provider: auto (CUDA if it works, else CPU), cpu, cuda or tensorrt"),
@@ -315,14 +322,17 @@ def bench(
     images: Path = typer.Option(..., "--images", **PATH, help="folder of images to compress (e.g. kodak-dev)"),
     model: Optional[Path] = typer.Option(None, "--model", "-m", **PATH,
                                          help="bundle directory; default: the model compress uses without -m"),
-    provider: str = typer.Option("cpu", help="cpu, cuda or all (every provider that works here)"),
-    threads: int = typer.Option(2, help="intra-op threads for onnxruntime, torch and the matmul peak"),
+    provider: str = typer.Option("cpu", help="cpu, cuda or all (every provider that works here, TensorRT "
+                                 "included)"),
+    threads: int = typer.Option(2, help="intra-op threads for onnxruntime, torch and the matmul peak, 1..4 per "
+                                "CPU"),
     repeats: int = typer.Option(3, help="timed passes over all images; the median pass is reported"),
     batch_sizes: str = typer.Option("1,8", "--batch-sizes", help="comma-separated images per call"),
     torch: bool = typer.Option(True, "--torch/--no-torch", help="also torch eager, when torch is installed"),
     peak: bool = typer.Option(True, "--peak/--no-peak", help="measure the matmul peak (4 s or more) for the MAC "
                               "rates' share of it"),
-    baselines: str = typer.Option("jpeg,webp", help="Pillow codecs at the same bpp (comma-separated; '' for none)"),
+    baselines: str = typer.Option("jpeg,webp", help="Pillow codecs at the same bpp: jpeg, webp (comma-separated; '' for "
+                                   "none)"),
     limit: Optional[int] = typer.Option(None, help="use only the first N images"),
     json_out: bool = typer.Option(False, "--json", help="print the full results as JSON"),
     save: Optional[Path] = typer.Option(None, **PATH, help="also write the JSON results to this file"),
@@ -377,7 +387,7 @@ def evaluate(
     baselines: str = typer.Option("jpeg,webp,avif", help="comma-separated: jpeg, webp, avif (through Pillow)"),
     out: Path = typer.Option(..., "--out", "-o", **PATH,
                              help="folder for results.json, per_image.csv, curves.csv, rd.png"),
-    provider: str = typer.Option("cpu", help="onnxruntime provider for the models"),
+    provider: str = typer.Option("cpu", help="onnxruntime provider for the models: cpu, cuda, tensorrt or auto"),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     force: bool = typer.Option(False, help="overwrite existing results in --out"),
     json_out: bool = typer.Option(False, "--json", help="print the summary (curves, BD-rates) as JSON"),

@@ -72,7 +72,7 @@ def test_train_names_what_is_wrong_with_its_options(photos, tmp_path):
     a folder of one image trained and validated on it without a note."""
     (tmp_path / "f.txt").write_text("a file")
     base = ("train", "--preset", "factorized", "-q", "1", "--data", photos, "--steps", "2")
-    for args, message in [(("--out", tmp_path / "f.txt"), f"cannot write {tmp_path / 'f.txt'}: File exists"),
+    for args, message in [(("-o", tmp_path / "f.txt"), f"cannot write {tmp_path / 'f.txt'}: File exists"),  # -o too
                           (("--out", tmp_path / "r", "--data-root", tmp_path),
                            "--data-root is the folder holding stl10_binary/, for --data stl10 only"),
                           (("--out", tmp_path / "r", "--threads", "0"), "--threads 0: give 1..")]:
@@ -464,6 +464,10 @@ def test_bare_command_prints_the_help_without_an_empty_error_line():
     for args in ((), ("bundle",)):
         proc = aectl(*args, check=False)
         assert proc.returncode == 2 and "Usage:" in proc.stdout + proc.stderr and "error:" not in proc.stderr, args
+    # -h as well as --help, on every level (a help audit: `aectl compress -h` was "No such option: -h")
+    for args in (("-h",), ("compress", "-h"), ("bundle", "strip", "-h")):
+        proc = aectl(*args)
+        assert proc.stdout.lstrip().startswith(f"Usage: aectl {' '.join(args[:-1])}".rstrip()), (args, proc.stdout)
 
 
 def test_output_names_and_inputs_of_the_wrong_kind_are_told_apart(kodak, tmp_path):
