@@ -72,10 +72,12 @@ def train(
     lr: Optional[float] = typer.Option(None, help="Adam learning rate; default: the preset's"),
     seed: Optional[int] = typer.Option(None, help="makes runs repeatable; default 0"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
-    resume: bool = typer.Option(False, help="continue the run in --out exactly where it stopped, with the options "
-                                "it was started with"),
-    force: bool = typer.Option(False, help="start a new run in --out, replacing the run files already there"),
-    quality: Optional[int] = typer.Option(None, "--quality", "-q", help="factorized: 1..8 (lambda, N/M table); default 3"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out exactly where it stopped, with "
+                                "the options it was started with"),
+    force: bool = typer.Option(False, "--force", help="start a new run in --out, replacing the run files already "
+                               "there"),
+    quality: Optional[int] = typer.Option(None, "--quality", "-q", help="factorized: 1..8 (lambda, N/M table); "
+                                          "default 3"),
     channels: Optional[str] = typer.Option(None, help="factorized: N,M channel counts, overriding the quality's"),
     crop: Optional[int] = typer.Option(None, help="training crop side; default: the preset's"),
     data_root: Optional[Path] = typer.Option(None, **PATH, help="with --data stl10: folder holding stl10_binary/"),
@@ -118,12 +120,12 @@ def export(
     source: Path = typer.Argument(..., parser=_path, metavar="SOURCE", help="run directory (its latest checkpoint) "
                                   "or checkpoint file"),
     out: Path = typer.Option(..., "--out", "-o", **PATH, help="bundle directory to write"),
-    force: bool = typer.Option(False, help="replace an existing bundle"),
+    force: bool = typer.Option(False, "--force", help="replace an existing bundle (only a bundle or an empty folder)"),
     decoder_only: bool = typer.Option(False, "--decoder-only", help="write an edge bundle: decoder and manifest only"),
     ort: bool = typer.Option(False, "--ort", help="also write decoder.ort (ORT format, for mobile/minimal builds; fp32 "
                              "only)"),
-    precision: str = typer.Option("fp32", help="decoder precision: fp32, fp16 or int8 (the encoder stays fp32; int8 for "
-                                 "factorized models)"),
+    precision: str = typer.Option("fp32", help="decoder precision: fp32, fp16 or int8 (the encoder stays fp32; "
+                                 "int8 for factorized models)"),
     calibration: Optional[str] = typer.Option(None, help="--precision int8/fp16 and --entropy-classes: folder of "
                                               "real photos to calibrate, check and fit on; default: the run's "
                                               "training data"),
@@ -190,7 +192,7 @@ app.add_typer(bundle_app, name="bundle")
 def bundle_strip(
     source: Path = typer.Argument(..., parser=_path, metavar="SOURCE", help="bundle directory"),
     out: Path = typer.Option(..., "--out", "-o", **PATH, help="decoder-only bundle to write"),
-    force: bool = typer.Option(False, help="replace an existing output"),
+    force: bool = typer.Option(False, "--force", help="replace an existing output"),
     ort: bool = typer.Option(False, "--ort", help="keep only decoder.ort (onnxruntime's minimal and mobile builds; "
                              "the bundle must have been exported with --ort)"),
 ) -> None:
@@ -252,7 +254,7 @@ def compress(
                                       help="output directory (or .aec file for one input; - for standard output); "
                                            "default: next to each input (standard output for -)"),
     provider: str = typer.Option("auto", help="onnxruntime provider: auto (CUDA if it works, else CPU), cpu, cuda or tensorrt"),
-    force: bool = typer.Option(False, help="overwrite existing outputs"),
+    force: bool = typer.Option(False, "--force", help="overwrite existing outputs"),
     json_out: bool = typer.Option(False, "--json", help="print per-file results as JSON"),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     max_pixels: int = typer.Option(1 << 28, help="refuse images larger than this many pixels"),
@@ -283,11 +285,12 @@ def decompress(
                                            "output, in --format, default png); default: next to each input "
                                            "(standard output for -)"),
     model: Optional[Path] = typer.Option(None, "--model", "-m", **PATH,
-                                         help="bundle; default: found by the file's model id"),
+                                         help="bundle; default: the one with the file's model id in $AECTL_BUNDLES, "
+                                         "~/.local/share/aectl/bundles or the shipped models"),
     provider: str = typer.Option("auto", help="onnxruntime provider: auto (CUDA if it works, else CPU), cpu, cuda or tensorrt"),
     image_format: Optional[str] = typer.Option(None, "--format", help="output image format (file suffix): png, bmp, "
                                                "tiff, ...; default: the suffix of -o FILE for one input, else png"),
-    force: bool = typer.Option(False, help="overwrite existing outputs"),
+    force: bool = typer.Option(False, "--force", help="overwrite existing outputs"),
     json_out: bool = typer.Option(False, "--json", help="print per-file results as JSON"),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     max_pixels: int = typer.Option(1 << 28, help="refuse files declaring more pixels than this"),
@@ -331,12 +334,12 @@ def bench(
     torch: bool = typer.Option(True, "--torch/--no-torch", help="also torch eager, when torch is installed"),
     peak: bool = typer.Option(True, "--peak/--no-peak", help="measure the matmul peak (4 s or more) for the MAC "
                               "rates' share of it"),
-    baselines: str = typer.Option("jpeg,webp", help="Pillow codecs at the same bpp: jpeg, webp (comma-separated; '' for "
-                                   "none)"),
+    baselines: str = typer.Option("jpeg,webp", help="Pillow codecs at the same bpp: jpeg, webp (comma-separated; "
+                                  "'' for none)"),
     limit: Optional[int] = typer.Option(None, help="use only the first N images"),
     json_out: bool = typer.Option(False, "--json", help="print the full results as JSON"),
     save: Optional[Path] = typer.Option(None, **PATH, help="also write the JSON results to this file"),
-    force: bool = typer.Option(False, help="overwrite an existing --save file"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing --save file"),
 ) -> None:
     """Throughput of compress/decompress: onnxruntime vs torch eager vs JPEG/WebP, time split, % of matmul peak."""
     from aectl.cli.json_out import json_text
@@ -389,7 +392,7 @@ def evaluate(
                              help="folder for results.json, per_image.csv, curves.csv, rd.png"),
     provider: str = typer.Option("cpu", help="onnxruntime provider for the models: cpu, cuda, tensorrt or auto"),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
-    force: bool = typer.Option(False, help="overwrite existing results in --out"),
+    force: bool = typer.Option(False, "--force", help="overwrite existing results in --out"),
     json_out: bool = typer.Option(False, "--json", help="print the summary (curves, BD-rates) as JSON"),
 ) -> None:
     """Rate-distortion evaluation: bpp, PSNR, MS-SSIM per image, BD-rates against JPEG/WebP/AVIF, and an RD plot."""
