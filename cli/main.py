@@ -27,8 +27,8 @@ def _path(value: str) -> Path:
 
 PATH = {"parser": _path, "metavar": "<path>"}  # for every Path option below
 
-THREADS_HELP = ("onnxruntime intra-op threads, 1..4 per CPU (default: one per physical core this process may "
-                "use; 0: onnxruntime's own choice, which pins its threads)")
+THREADS_HELP = ("onnxruntime intra-op threads, 1 up to 4 per CPU of the machine (default: one per physical core "
+                "this process may use; 0: onnxruntime's own choice, which pins its threads)")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -81,8 +81,8 @@ def train(
     channels: Optional[str] = typer.Option(None, help="factorized: N,M channel counts, overriding the quality's"),
     crop: Optional[int] = typer.Option(None, help="training crop side; default: the preset's"),
     data_root: Optional[Path] = typer.Option(None, **PATH, help="with --data stl10: folder holding stl10_binary/"),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads, 1..4 per CPU (default: torch's own; a "
-                                          "resumed run: its own)"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads, 1 up to 4 per CPU of the machine "
+                                          "(default: torch's own; a resumed run: its own)"),
     fit_steps: Optional[int] = typer.Option(None, help="steps fitting the entropy model: seed presets after "
                                             "training, --init-from BUNDLE before it; default 1000"),
     init_from: Optional[Path] = typer.Option(None, **PATH, help="start from the weights of another run, checkpoint or "
@@ -327,8 +327,8 @@ def bench(
                                          help="bundle directory; default: the model compress uses without -m"),
     provider: str = typer.Option("cpu", help="cpu, cuda or all (every provider that works here, TensorRT "
                                  "included)"),
-    threads: int = typer.Option(2, help="intra-op threads for onnxruntime, torch and the matmul peak, 1..4 per "
-                                "CPU"),
+    threads: int = typer.Option(2, help="intra-op threads for onnxruntime, torch and the matmul peak, 1 up to 4 "
+                                "per CPU of the machine"),
     repeats: int = typer.Option(3, help="timed passes over all images; the median pass is reported"),
     batch_sizes: str = typer.Option("1,8", "--batch-sizes", help="comma-separated images per call"),
     torch: bool = typer.Option(True, "--torch/--no-torch", help="also torch eager, when torch is installed"),

@@ -122,3 +122,12 @@ def test_verify_refuses_an_unknown_provider_before_torch_loads(trained):
     proc = run_cli_torch_raises("verify", bundle, run, "--provider", "bogus")
     assert proc.returncode == 1 and proc.stderr == "error: unknown provider 'bogus'; choose one of auto, cpu, cuda, " \
         "tensorrt\n", proc.stderr
+
+
+def test_export_refuses_a_class_count_before_torch_loads(trained, tmp_path):
+    """`export --entropy-classes 1` was refused after torch, onnx and the checkpoint had loaded."""
+    run, _ = trained["factorized"]
+    proc = run_cli_torch_raises("export", run, "-o", tmp_path / "b", "--entropy-classes", "1")
+    assert proc.returncode == 1 and proc.stderr == "error: --entropy-classes 1: give 2..64, or 0 for none\n", \
+        proc.stderr
+    assert not (tmp_path / "b").exists()

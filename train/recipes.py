@@ -288,7 +288,8 @@ def record_recipe(bundle: Path, quality: int, runs: Path = Path("runs/models"), 
     tmp.replace(manifest_path)
 
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 
 
 @app.command()
@@ -306,7 +307,8 @@ def stage_command(name: str, runs: Path = typer.Option(Path("runs/models")), dat
 
 @app.command("build")
 def build_command(quality: int, runs: Path = typer.Option(Path("runs/models")),
-                  out: Path = typer.Option(...), data: str = DATA, force: bool = False) -> None:
+                  out: Path = typer.Option(...), data: str = DATA,
+                  force: bool = typer.Option(False, "--force", help="replace the bundle at --out")) -> None:
     """Run every stage a shipped quality needs (resuming), then export it with its recipe recorded."""
     require_extra(*TRAIN_MODULES)
     build(quality, runs, out, data, force)
