@@ -325,6 +325,8 @@ def bench(
     images: Path = typer.Option(..., "--images", **PATH, help="folder of images to compress (e.g. kodak-dev)"),
     model: Optional[Path] = typer.Option(None, "--model", "-m", **PATH,
                                          help="bundle directory; default: the model compress uses without -m"),
+    quality: Optional[int] = typer.Option(None, "--quality", "-q", help="shipped model quality instead of -m (see "
+                                          "`aectl models`)"),
     provider: str = typer.Option("cpu", help="cpu, cuda or all (every provider that works here, TensorRT "
                                  "included)"),
     threads: int = typer.Option(2, help="intra-op threads for onnxruntime, torch and the matmul peak, 1 up to 4 "
@@ -346,7 +348,12 @@ def bench(
     from aectl.cli.show import show_bench
     from aectl.perf.bench import BenchConfig, run_bench
     from aectl.runtime.outputs import atomic_write
+    from aectl.runtime.registry import shipped_bundle
 
+    if model is not None and quality is not None:
+        raise AectlError("give -m BUNDLE or -q QUALITY, not both")
+    if model is None:  # the model `aectl compress` uses without -m (it raises the same error when none ships)
+        model = shipped_bundle(quality)
     if save is not None and save.is_dir():
         raise AectlError(f"--save {save} is a folder; give a file name")
     if save is not None and os.path.lexists(save) and not force:  # checked before minutes of measuring
@@ -357,10 +364,6 @@ def bench(
         _needs_stdout("--json's output" if json_out else "the table",
                       "" if save else "; give --save FILE to keep the results")
 
-    if model is None:  # the model `aectl compress` uses without -m (it raises the same error when none ships)
-        from aectl.runtime.registry import shipped_bundle
-
-        model = shipped_bundle()
     cfg = BenchConfig(bundle=str(model), images=str(images), provider=provider, threads=threads, repeats=repeats,
                       batch_sizes=_batch_sizes(batch_sizes), torch=torch, peak=peak,
                       baselines=tuple(b for b in baselines.split(",") if b), limit=limit)
@@ -386,6 +389,8 @@ def models(json_out: bool = typer.Option(False, "--json", help="print JSON, with
 def evaluate(
     model: Optional[list[Path]] = typer.Option(None, "--model", "-m", **PATH, help="bundle (repeat for a curve); "
                                                "default: every shipped model"),
+    quality: Optional[list[int]] = typer.Option(None, "--quality", "-q", help="shipped model quality (repeat; "
+                                                "with -m too: compared together)"),
     data: Path = typer.Option(..., **PATH, help="folder of evaluation images (e.g. Kodak)"),
     baselines: str = typer.Option("jpeg,webp,avif", help="comma-separated: jpeg, webp, avif (through Pillow)"),
     out: Path = typer.Option(..., "--out", "-o", **PATH,
@@ -397,7 +402,9 @@ def evaluate(
 ) -> None:
     """Rate-distortion evaluation: bpp, PSNR, MS-SSIM per image, BD-rates against JPEG/WebP/AVIF, and an RD plot."""
     from aectl.cli.show import show_eval
+    from aectl.runtime.registry import shipped_bundle
 
+    model = [*(model or []), *(shipped_bundle(q) for q in quality or [])] or None
     if json_out:
         _needs_stdout("--json's summary")
     show_eval(model, data, [b.strip() for b in baselines.split(",") if b.strip()], out, provider, threads, force,

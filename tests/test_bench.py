@@ -207,6 +207,13 @@ def test_bench_without_a_model_measures_the_default_one(two_images, tmp_path):
     rates = cpu["efficiency"]["onnxruntime"]["batch_1"]
     assert all(r["macs_per_s"] > 0 and r["percent_of_peak"] is None for r in rates.values())
     assert "matmul peak: skipped, not measured (--no-peak)" in text.splitlines() and "% of peak" not in text
+    # -q picks another shipped quality, as compress's does; one that does not ship is refused before any work
+    aectl("bench", "--images", images, "-q", 1, "--limit", "1", "--repeats", "1", "--batch-sizes", "1", "--no-torch",
+          "--baselines", "", "--no-peak", "--save", saved, "--force")
+    assert Path(json.loads(saved.read_text())["config"]["bundle"]).resolve() == shipped_bundle(1).resolve()
+    missing = aectl("bench", "--images", images, "-q", 9, check=False)
+    assert missing.returncode == 1 and missing.stderr.startswith("error: -q 9: no shipped model at that quality; "
+                                                                 "shipped: "), missing.stderr
 
 
 def _computed_conv_weights(path: Path) -> int:
@@ -299,6 +306,8 @@ def test_bench_bad_inputs_are_one_line_errors(trained, two_images, tmp_path):
          "Invalid value: expected comma-separated batch sizes, e.g. 1,8\n"),
         (("--images", two_images, "--baselines", "gif"), 1, "unknown baseline(s) gif; choose from jpeg, webp\n"),
         (("--images", two_images, "-m", tmp_path), 1, not_a_bundle),
+        (("--images", two_images, "-m", bundle, "-q", "1"), 1, "give -m BUNDLE or -q QUALITY, not both\n"),
+        (("--images", two_images, "-q", "9", "-m", bundle), 1, "give -m BUNDLE or -q QUALITY, not both\n"),
         (("--images", two_images, "--limit", "0"), 1, "--limit must be positive\n"),
         # bench sets torch's and onnxruntime's counts: the shared message offered 0, which bench refuses
         (("--images", two_images, "--threads", "0"), 1, "--threads 0: give 1.."),

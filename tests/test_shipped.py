@@ -319,15 +319,14 @@ def test_eval_says_why_a_bd_rate_is_missing(kodak, tmp_path):
     data.mkdir()
     (data / "kodim03.png").symlink_to(kodak / "kodim03.png")
     Image.new("RGB", (192, 192), (128, 128, 128)).save(data / "flat.png")  # 176 a side at least, for MS-SSIM
-    from aectl.runtime.registry import shipped_bundle
-
-    shown = aectl("eval", "-m", shipped_bundle(1), "--data", data, "--baselines", "jpeg", "-o", tmp_path / "e").stdout
+    shown = aectl("eval", "-q", 1, "--data", data, "--baselines", "jpeg", "-o", tmp_path / "e").stdout  # -q as -m
     why = "each curve needs at least four (rate, quality) points"
     assert f"factorized vs jpeg: BD-rate n/a (PSNR: {why}), n/a (MS-SSIM: {why})" in shown.splitlines()
     results = json.loads((tmp_path / "e" / "results.json").read_text(),
                          parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
     lossless = [row for row in results["per_image"] if row["image"] == "flat.png" and row["psnr"] is None]
     assert lossless and all(row["codec"] == "jpeg" for row in lossless)
+    assert [point["setting"] for point in results["curves"]["factorized"]] == ["q1"]  # the quality -q named
 
 
 def _piped(*args, data: bytes = b"", stdout=subprocess.PIPE):
