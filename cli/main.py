@@ -412,12 +412,13 @@ def evaluate(
 
 
 @app.command()
-def doctor() -> None:
+def doctor(json_out: bool = typer.Option(False, "--json", help="print the report as JSON (exit status as without)")
+           ) -> None:
     """Versions, installed onnxruntime distributions, and which providers really work here."""
     from aectl.cli.show import show_doctor
 
     _needs_stdout("what doctor finds")
-    problem = show_doctor()
+    problem = show_doctor(json_out)
     if problem:  # after the table: a script that checks an install reads the exit status
         raise AectlError(problem)
 

@@ -21,11 +21,11 @@ from aectl.runtime.outputs import check_writable_folder
 console = Console(markup=False)
 
 
-def _version(dist: str) -> str:
+def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
-        return "not installed"
+        return None
 
 
 def show_bundle(path: Path, json_out: bool = False) -> None:
@@ -83,39 +83,60 @@ def _absent(bundle: Path, entry: dict) -> str:
         return " UNREADABLE"
 
 
-def show_doctor() -> str | None:
-    """Print doctor's table; return why aectl cannot run here at all (no working onnxruntime CPU provider), or
-    None. GPU providers that do not run are reported, not a failure: the CPU serves every command."""
+DOCTOR_PACKAGES = ("aectl", "numpy", "constriction", "pillow", "typer", "rich", "torch", "onnx", "onnxscript")
+
+
+def doctor_report() -> dict:
+    """What doctor finds, as data: versions, onnxruntime's distributions, each provider's verdict, the default
+    thread count, and `problem`: why aectl cannot run here at all (no working onnxruntime CPU provider), or None.
+    GPU providers that do not run are reported, not a problem: the CPU serves every command."""
     from aectl.runtime.cores import cpu_quota, default_threads, physical_cores, usable_cpus
     from aectl.runtime.providers import import_ort, installed_distributions, usable_providers
+    report = {"python": sys.version.split()[0], "platform": platform.platform(),
+              "packages": {dist: _version(dist) for dist in DOCTOR_PACKAGES},
+              "onnxruntime_distributions": installed_distributions(), "onnxruntime_import_error": None,
+              "providers": {}, "problem": None}
+    try:
+        import_ort()  # the runtime's own words where onnxruntime is missing or its import fails
+        report["providers"] = usable_providers()
+        if report["providers"]["cpu"] != "works":
+            report["problem"] = ("onnxruntime's CPU provider does not run here: "
+                                 f"{report['providers']['cpu'].removeprefix('fails: ')}")
+    except AectlError as exc:  # installed but not importable: the reason is what doctor is for
+        report["onnxruntime_import_error"] = report["problem"] = str(exc)
+    cpus = usable_cpus()
+    report["threads"] = {"default": default_threads(), "usable_logical_cpus": len(cpus),
+                         "physical_cores": physical_cores(cpus), "cgroup_quota": cpu_quota()}
+    return report
 
+
+def show_doctor(json_out: bool = False) -> str | None:
+    """Print doctor's table (or its report as JSON); return the report's problem, or None."""
+    report = doctor_report()
+    if json_out:
+        print(json_text(report))
+        return report["problem"]
     table = Table(title="aectl doctor", show_header=False)
     table.add_column("item", style="bold")
     table.add_column("value")
-    table.add_row("python", f"{sys.version.split()[0]} ({platform.platform()})")
-    for dist in ("aectl", "numpy", "constriction", "pillow", "typer", "rich", "torch", "onnx", "onnxscript"):
-        table.add_row(dist, _version(dist))
-    dists = installed_distributions()
+    table.add_row("python", f"{report['python']} ({report['platform']})")
+    for dist, version in report["packages"].items():
+        table.add_row(dist, version or "not installed")
+    dists = report["onnxruntime_distributions"]
     table.add_row("onnxruntime distributions", ", ".join(f"{k} {v}" for k, v in dists.items()) or "none")
     if "onnxruntime" in dists and "onnxruntime-gpu" in dists:
         table.add_row("warning", "onnxruntime and onnxruntime-gpu are both installed and overwrite each other")
-    problem = None
-    try:
-        import_ort()  # the runtime's own words where onnxruntime is missing or its import fails
-        for name, verdict in usable_providers().items():
-            table.add_row(f"provider {name}", verdict)
-            if name == "cpu" and verdict != "works":
-                problem = f"onnxruntime's CPU provider does not run here: {verdict.removeprefix('fails: ')}"
-    except AectlError as exc:  # installed but not importable: the reason is what doctor is for
-        if dists:
-            table.add_row("onnxruntime import", f"fails: {exc}")
-        problem = str(exc)
-    cpus, threads = usable_cpus(), default_threads()
-    table.add_row("cpu threads", f"{threads or 'onnxruntime chooses'} by default (--threads): {len(cpus)} usable "
-                                 f"logical CPUs, {physical_cores(cpus) or 'unknown'} physical cores, cgroup quota "
-                                 f"{cpu_quota() or 'none'}")
+    for name, verdict in report["providers"].items():
+        table.add_row(f"provider {name}", verdict)
+    if report["onnxruntime_import_error"] and dists:
+        table.add_row("onnxruntime import", f"fails: {report['onnxruntime_import_error']}")
+    threads = report["threads"]
+    table.add_row("cpu threads", f"{threads['default'] or 'onnxruntime chooses'} by default (--threads): "
+                                 f"{threads['usable_logical_cpus']} usable logical CPUs, "
+                                 f"{threads['physical_cores'] or 'unknown'} physical cores, cgroup quota "
+                                 f"{threads['cgroup_quota'] or 'none'}")
     console.print(table)
-    return problem
+    return report["problem"]
 
 
 def show_aec(path: Path, json_out: bool = False, data: bytes | None = None) -> None:

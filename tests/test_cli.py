@@ -165,6 +165,13 @@ def test_doctor_lists_working_cpu_provider():
     assert re.search(r"provider cpu\s*[│|]\s*works\s", proc.stdout), proc.stdout  # on the CPU's own row
     from aectl.runtime.cores import default_threads
     assert re.search(rf"\b{default_threads() or 'onnxruntime chooses'} by default", proc.stdout)  # no --threads
+    # --json: the same findings for a script (an install check reads the providers without parsing a table)
+    from importlib import metadata
+
+    report = json.loads(aectl("doctor", "--json").stdout)
+    assert report["providers"]["cpu"] == "works" and report["problem"] is None
+    assert report["packages"]["aectl"] == metadata.version("aectl") and report["threads"]["default"] == \
+        default_threads()
 
 
 @pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
