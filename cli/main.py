@@ -389,8 +389,8 @@ def models(json_out: bool = typer.Option(False, "--json", help="print JSON, with
 def evaluate(
     model: Optional[list[Path]] = typer.Option(None, "--model", "-m", **PATH, help="bundle (repeat for a curve); "
                                                "default: every shipped model"),
-    quality: Optional[list[int]] = typer.Option(None, "--quality", "-q", help="shipped model quality (repeat; "
-                                                "with -m too: compared together)"),
+    quality: Optional[list[int]] = typer.Option(None, "--quality", "-q", metavar="<int>", help="shipped model "
+                                                "quality (repeat; with -m too: compared together)"),
     data: Path = typer.Option(..., **PATH, help="folder of evaluation images (e.g. Kodak)"),
     baselines: str = typer.Option("jpeg,webp,avif", help="comma-separated: jpeg, webp, avif (through Pillow)"),
     out: Path = typer.Option(..., "--out", "-o", **PATH,

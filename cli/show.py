@@ -95,7 +95,7 @@ def doctor_report() -> dict:
     report = {"python": sys.version.split()[0], "platform": platform.platform(),
               "packages": {dist: _version(dist) for dist in DOCTOR_PACKAGES},
               "onnxruntime_distributions": installed_distributions(), "onnxruntime_import_error": None,
-              "providers": {}, "problem": None}
+              "providers": dict.fromkeys(("cpu", "cuda", "tensorrt")), "problem": None}
     try:
         import_ort()  # the runtime's own words where onnxruntime is missing or its import fails
         report["providers"] = usable_providers()
@@ -127,7 +127,8 @@ def show_doctor(json_out: bool = False) -> str | None:
     if "onnxruntime" in dists and "onnxruntime-gpu" in dists:
         table.add_row("warning", "onnxruntime and onnxruntime-gpu are both installed and overwrite each other")
     for name, verdict in report["providers"].items():
-        table.add_row(f"provider {name}", verdict)
+        if verdict is not None:  # None: onnxruntime did not import, which the next row says
+            table.add_row(f"provider {name}", verdict)
     if report["onnxruntime_import_error"] and dists:
         table.add_row("onnxruntime import", f"fails: {report['onnxruntime_import_error']}")
     threads = report["threads"]

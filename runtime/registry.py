@@ -129,7 +129,9 @@ def shipped_bundle(quality: int | None = None) -> Path:
     """The shipped bundle for `quality` (default DEFAULT_QUALITY, or the nearest shipped one to it)."""
     levels = shipped_qualities()
     if not levels:
-        raise AectlError("no model given and none ships with this install: "
+        asked = f"{option('quality', quality)}: no model ships" if quality is not None else \
+            "no model given and none ships"
+        raise AectlError(f"{asked} with this install: "
                          f"{'pass a bundle with -m BUNDLE' if on_command_line() else 'give a bundle folder'}")
     if quality is None:
         return levels[min(levels, key=lambda q: (abs(q - DEFAULT_QUALITY), -q))]

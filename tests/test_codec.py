@@ -429,7 +429,7 @@ def test_api_arguments_are_checked_when_the_codec_is_made_and_path_likes_are_pat
         shipped_bundle("4")
 
 
-def test_api_errors_name_python_arguments_and_the_cli_its_flags(trained, kodak, tmp_path):
+def test_api_errors_name_python_arguments_and_the_cli_its_flags(trained, kodak, tmp_path, monkeypatch):
     """A library caller was told `--threads 100000: give 1..`, to raise --max-pixels, to pass -m or --force,
     and `-q 9`: options it does not have. Now it reads its own parameters; the command line keeps its flags."""
     from aectl.runtime.outputs import atomic_write
@@ -453,6 +453,14 @@ def test_api_errors_name_python_arguments_and_the_cli_its_flags(trained, kodak, 
         with pytest.raises(AectlError, match=message) as err:
             call()
         assert " -m" not in str(err.value) and " -q" not in str(err.value) and "--" not in str(err.value)
+    # An install without shipped models: a quality asked for is named (bench and eval -q said "no model given")
+    import aectl.runtime.registry as registry
+
+    monkeypatch.setattr(registry, "shipped_qualities", lambda: {})
+    for quality, asked in ((3, "quality=3: no model ships"), (None, "no model given and none ships")):
+        with pytest.raises(AectlError, match=f"^{asked} with this install: give a bundle folder$"):
+            shipped_bundle(quality)
+    monkeypatch.undo()
     # The pixel limit has a type of its own (as Pillow's DecompressionBombError), its reason apart from the hint
     from aectl.runtime import PixelLimitError
 
