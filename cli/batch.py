@@ -178,6 +178,12 @@ def _print_ok(json_out: bool, advance):
     return on_result
 
 
+def refuse_model_and_quality(model, quality) -> None:
+    """-m and -q both choose the model (compress, bench): one of them."""
+    if model is not None and quality is not None:
+        raise AectlError("give -m BUNDLE or -q QUALITY, not both")
+
+
 def compress_files(inputs, model, out, provider, force, json_out, threads, max_pixels, fail_fast=False,
                    engine="local", workers=None, quality=None, max_bytes=None, max_bpp=None,
                    format_version=None, out_is_folder=False) -> int:
@@ -185,8 +191,7 @@ def compress_files(inputs, model, out, provider, force, json_out, threads, max_p
     from aectl.runtime.registry import manifest_quality, shipped_bundle, shipped_qualities
     from aectl.runtime.providers import PROVIDER_NAMES, require_provider
 
-    if model is not None and quality is not None:
-        raise AectlError("give -m BUNDLE or -q QUALITY, not both")
+    refuse_model_and_quality(model, quality)
     budget = max_bytes is not None or max_bpp is not None
     if budget and quality is not None:
         raise AectlError("--max-bytes/--max-bpp choose the quality themselves: drop -q")

@@ -344,14 +344,14 @@ def bench(
     force: bool = typer.Option(False, "--force", help="overwrite an existing --save file"),
 ) -> None:
     """Throughput of compress/decompress: onnxruntime vs torch eager vs JPEG/WebP, time split, % of matmul peak."""
+    from aectl.cli.batch import refuse_model_and_quality
     from aectl.cli.json_out import json_text
     from aectl.cli.show import show_bench
     from aectl.perf.bench import BenchConfig, run_bench
     from aectl.runtime.outputs import atomic_write
     from aectl.runtime.registry import shipped_bundle
 
-    if model is not None and quality is not None:
-        raise AectlError("give -m BUNDLE or -q QUALITY, not both")
+    refuse_model_and_quality(model, quality)
     if model is None:  # the model `aectl compress` uses without -m (it raises the same error when none ships)
         model = shipped_bundle(quality)
     if save is not None and save.is_dir():

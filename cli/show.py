@@ -91,11 +91,12 @@ def doctor_report() -> dict:
     thread count, and `problem`: why aectl cannot run here at all (no working onnxruntime CPU provider), or None.
     GPU providers that do not run are reported, not a problem: the CPU serves every command."""
     from aectl.runtime.cores import cpu_quota, default_threads, physical_cores, usable_cpus
-    from aectl.runtime.providers import import_ort, installed_distributions, usable_providers
+    from aectl.runtime.providers import EXECUTION_PROVIDERS, import_ort, installed_distributions, usable_providers
+
     report = {"python": sys.version.split()[0], "platform": platform.platform(),
               "packages": {dist: _version(dist) for dist in DOCTOR_PACKAGES},
               "onnxruntime_distributions": installed_distributions(), "onnxruntime_import_error": None,
-              "providers": dict.fromkeys(("cpu", "cuda", "tensorrt")), "problem": None}
+              "providers": dict.fromkeys(EXECUTION_PROVIDERS), "problem": None}
     try:
         import_ort()  # the runtime's own words where onnxruntime is missing or its import fails
         report["providers"] = usable_providers()

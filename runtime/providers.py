@@ -334,7 +334,7 @@ def resolve(name: str) -> str:
 
 def usable_providers() -> dict[str, str]:
     """For `aectl doctor`: which providers really create a working session here, by trying each."""
-    return {name: probe(name)[1] for name in ("cpu", "cuda", "tensorrt")}
+    return {name: probe(name)[1] for name in EXECUTION_PROVIDERS}
 
 
 def _identity_model() -> bytes:
